@@ -1,0 +1,1053 @@
+//! One group call: a sans-IO state machine around one [`str0m::Rtc`].
+//!
+//! A [`Call`] knows the Telegram parameters (what goes into the join payload, what came back
+//! in the SFU's answer), the media source and its cursor (pause/mute/time), and its stats. It
+//! sets str0m up through the direct API (no SDP) in the roles Telegram's own clients take
+//! toward the SFU: **ICE-controlled** and **DTLS server** (`setup: "passive"` in the join
+//! payload); see `telegram-signaling.md` §2.3-2.4 and tgcalls' `GroupNetworkManager.cpp`.
+//!
+//! The surface is push in ([`Call::handle_input`]), poll out ([`Call::poll_output`]). After
+//! every `handle_input` the caller drains `poll_output` until it returns [`Output::Timeout`].
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+use str0m::crypto::CryptoProvider;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
+use str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcConfig, RtcError};
+
+use crate::media::{FRAME_DURATION, FrameSource, OpusFrame, SourceError};
+use crate::signaling::group::{
+    AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, URI_AUDIO_LEVEL,
+};
+use crate::signaling::{SignalingError, Ssrc};
+
+/// How long a call may take from [`Call::connect`] to a working DTLS-SRTP path before it
+/// fails with [`EndReason::ConnectTimeout`]. ntgcalls uses the same order of magnitude.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The mid we give the single audio media section. Telegram's SFU never sees it (no SDP, and
+/// we do not send the MID header extension), so any value works; "0" mirrors a BUNDLE offer.
+const AUDIO_MID: &str = "0";
+
+/// A 20 ms Opus packet that decodes to silence: TOC 0xF8 (CELT-only fullband 20 ms, code 0)
+/// followed by the "silence" frame libopus itself emits in DTX (RFC 6716 §3.1). Sent while a
+/// call is muted, so the SFU keeps seeing a live stream with the audio-level extension.
+const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
+
+/// RFC 6464 level meaning "silence" (-127 dBov).
+const AUDIO_LEVEL_SILENCE: u8 = 127;
+
+/// If the caller drives us this late, skip frames instead of bursting them out: more than this
+/// many overdue frames are dropped (and counted) and the schedule restarts at `now`.
+const MAX_CATCH_UP_FRAMES: u32 = 3;
+
+/// Upper bound on the remote SSRCs a call will accept audio from (other speakers forwarded by
+/// the SFU). A hostile SFU cannot make us allocate a receive stream per random SSRC.
+const MAX_REMOTE_SSRCS: usize = 64;
+
+/// Static configuration of one call.
+#[derive(Clone)]
+pub struct CallConfig {
+    /// Seed for everything the call picks at random: ICE ufrag/pwd, SSRC, initial RTP sequence
+    /// number and timestamp. Same seed, same choices.
+    pub seed: u64,
+    /// The DTLS certificate. Generating one needs OS randomness, so the caller supplies it
+    /// (the runtime keeps a pool, the simulator a fixed one).
+    pub dtls_cert: DtlsCert,
+    /// Crypto provider for str0m. `None` uses str0m's default from its feature flags.
+    pub crypto: Option<Arc<CryptoProvider>>,
+    /// See [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+}
+
+impl CallConfig {
+    /// A configuration with default timeouts.
+    pub fn new(seed: u64, dtls_cert: DtlsCert) -> Self {
+        Self {
+            seed,
+            dtls_cert,
+            crypto: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Debug for CallConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallConfig")
+            .field("seed", &self.seed)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallState {
+    /// Created; the join payload exists but no SFU answer has been applied.
+    New,
+    /// The SFU's answer is applied; ICE and DTLS are in progress.
+    Connecting,
+    /// ICE, DTLS and SRTP are up; media flows.
+    Connected,
+    /// The call is over. No further datagrams are accepted.
+    Ended(EndReason),
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// [`Command::Stop`] was handled.
+    Stopped,
+    /// No working path within [`CallConfig::connect_timeout`].
+    ConnectTimeout,
+    /// ICE lost the path after it had connected (consent checks failed).
+    IceDisconnected,
+    /// The peer closed DTLS (close_notify) or sent a fatal alert, or the handshake failed.
+    Dtls(String),
+    /// str0m reported an unrecoverable error.
+    Transport(String),
+}
+
+impl EndReason {
+    /// True for every reason but a local [`Command::Stop`].
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Self::Stopped)
+    }
+}
+
+/// Commands a caller can give a call.
+#[non_exhaustive]
+pub enum Command {
+    /// Play frames from this source, replacing any current one.
+    SetSource(Box<dyn FrameSource>),
+    /// Stop sending; the played time stops too.
+    Pause,
+    /// Continue after [`Command::Pause`].
+    Resume,
+    /// Keep the stream going but send silence (the source keeps advancing).
+    Mute,
+    /// Undo [`Command::Mute`].
+    Unmute,
+    /// End the call ([`EndReason::Stopped`]).
+    Stop,
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::SetSource(_) => "SetSource",
+            Self::Pause => "Pause",
+            Self::Resume => "Resume",
+            Self::Mute => "Mute",
+            Self::Unmute => "Unmute",
+            Self::Stop => "Stop",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Input to [`Call::handle_input`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input<'a> {
+    /// The deadline from [`Output::Timeout`] has passed (or any time: spurious wakeups are fine).
+    Timeout,
+    /// A datagram arrived on the call's socket.
+    Datagram {
+        /// Where it came from.
+        source: SocketAddr,
+        /// The local address it arrived on (must equal [`CallConfig::local_addr`]).
+        destination: SocketAddr,
+        /// Its bytes.
+        contents: &'a [u8],
+    },
+    /// A command from the application.
+    Command(Command),
+}
+
+/// A datagram to send. Plain data, as quinn-udp's and str0m's `Transmit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The local address to send from.
+    pub source: SocketAddr,
+    /// The remote address to send to.
+    pub destination: SocketAddr,
+    /// The datagram.
+    pub contents: Vec<u8>,
+}
+
+/// The media state a call reports in [`Event::MediaStateChanged`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MediaState {
+    /// Sending nothing, time stopped.
+    pub paused: bool,
+    /// Sending silence.
+    pub muted: bool,
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The connection state changed. A failure is `ConnectionChanged(CallState::Ended(r))` with
+    /// `r.is_failure()`.
+    ConnectionChanged(CallState),
+    /// The source ran out of frames (`error: None`) or failed (`Some`). The call stays up.
+    StreamEnded {
+        /// The source error, if the stream ended because of one.
+        error: Option<String>,
+    },
+    /// Pause/mute changed.
+    MediaStateChanged(MediaState),
+    /// An Opus packet from another participant, forwarded by the SFU.
+    AudioReceived {
+        /// The speaker's SSRC.
+        ssrc: Ssrc,
+        /// RTP sequence number.
+        seq: u16,
+        /// RTP timestamp.
+        rtp_time: u32,
+        /// RFC 6464 level if the packet carried the extension.
+        audio_level: Option<i8>,
+        /// The Opus packet.
+        payload: Arc<[u8]>,
+    },
+}
+
+/// Output of [`Call::poll_output`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send this datagram.
+    Transmit(Transmit),
+    /// Deliver this event.
+    Event(Event),
+    /// Nothing more to do until this instant (or until the next input).
+    Timeout(Instant),
+}
+
+/// Errors from [`Call`]'s methods. None of them ends the call by itself unless the docs of the
+/// variant say so; a dropped datagram is also counted in [`CallStats`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The SFU's answer was not usable.
+    #[error("invalid sfu answer: {0}")]
+    Signaling(#[from] SignalingError),
+    /// [`Call::connect`] was called twice.
+    #[error("call is already connecting or connected")]
+    AlreadyConnecting,
+    /// The call has ended; nothing more is accepted.
+    #[error("call has ended")]
+    Ended,
+    /// A datagram was not STUN/DTLS/RTP/RTCP.
+    #[error("malformed datagram: {reason}")]
+    Malformed {
+        /// What the parser said.
+        reason: String,
+    },
+    /// A datagram arrived before [`Call::connect`].
+    #[error("datagram before connect")]
+    NotConnecting,
+    /// str0m refused the datagram (bad STUN integrity, replayed SRTP, ...). The call goes on.
+    #[error("datagram rejected: {reason}")]
+    Rejected {
+        /// What str0m said.
+        reason: String,
+    },
+    /// The configuration is unusable (for example an unspecified local address).
+    #[error("invalid call config: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Counters of one call. Every datagram the call drops is counted under its reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// RTP media packets handed to str0m (one per 20 ms frame sent).
+    pub packets_sent: u64,
+    /// Opus payload bytes of those packets.
+    pub payload_bytes_sent: u64,
+    /// Datagrams emitted (STUN, DTLS, SRTP, SRTCP).
+    pub datagrams_sent: u64,
+    /// Bytes of those datagrams.
+    pub bytes_sent: u64,
+    /// Datagrams received and accepted by str0m.
+    pub datagrams_received: u64,
+    /// Audio packets received from other participants.
+    pub audio_packets_received: u64,
+    /// Datagrams dropped because they were not parseable.
+    pub dropped_malformed: u64,
+    /// Datagrams str0m refused.
+    pub dropped_rejected: u64,
+    /// Datagrams that arrived before connect or after the end.
+    pub dropped_not_live: u64,
+    /// Frames skipped because the caller drove the call late.
+    pub frames_skipped_late: u64,
+    /// Packets from remote SSRCs over [`MAX_REMOTE_SSRCS`].
+    pub dropped_unknown_ssrc: u64,
+    /// 48 kHz samples of media played (stops while paused).
+    pub played_samples: u64,
+}
+
+/// Media plumbing that exists once the SFU's answer is applied.
+struct Session {
+    rtc: Rtc,
+    pt: Pt,
+    /// The local address (the socket's concrete bound address).
+    local_addr: SocketAddr,
+    /// The SFU candidates' addresses.
+    remotes: Vec<SocketAddr>,
+    /// Deadline str0m asked for.
+    rtc_timeout: Option<Instant>,
+}
+
+/// One call to a Telegram-style SFU. See the [module docs](self).
+pub struct Call {
+    config: CallConfig,
+    local_creds: IceCreds,
+    local_fingerprint: DtlsFingerprint,
+    ssrc: Ssrc,
+    state: CallState,
+    session: Option<Session>,
+    connect_deadline: Option<Instant>,
+    source: Option<Box<dyn FrameSource>>,
+    media: MediaState,
+    /// When the next frame is due; `None` while nothing can be sent.
+    next_frame_at: Option<Instant>,
+    /// Extended RTP sequence number of the next packet.
+    seq: u64,
+    /// RTP timestamp of the next packet.
+    rtp_time: u32,
+    /// When the call was paused, to advance the RTP clock by the gap on resume.
+    paused_at: Option<Instant>,
+    remote_ssrcs: HashSet<u32>,
+    events: VecDeque<Event>,
+    stats: CallStats,
+    last_now: Instant,
+}
+
+impl fmt::Debug for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("ssrc", &self.ssrc)
+            .field("state", &self.state)
+            .field("media", &self.media)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Call {
+    /// Creates a call. Nothing is sent until [`Call::connect`] applies the SFU's answer.
+    pub fn new(now: Instant, config: CallConfig) -> Result<Self, CallError> {
+        let mut rng = fastrand::Rng::with_seed(config.seed);
+        // libwebrtc uses 4-char ufrags and 24-char passwords (RFC 8445 §5.3 needs >= 4 / >= 22
+        // ice-chars); ours are longer so ufrags stay unique across thousands of calls.
+        let ufrag = random_ice_chars(&mut rng, 16);
+        let pass = random_ice_chars(&mut rng, 24);
+        // ntgcalls `generateSsrcs`: positive int32, non-zero.
+        let ssrc = Ssrc(rng.u32(1..=0x7FFF_FFFF));
+        // RFC 3550 §5.1: random initial sequence number and timestamp. str0m wants seq < 2^16
+        // at the start (no ROC signalled).
+        let seq = u64::from(rng.u16(..));
+        let rtp_time = rng.u32(..);
+        let crypto = config
+            .crypto
+            .clone()
+            .unwrap_or_else(|| Arc::new(str0m::crypto::from_feature_flags()));
+        let digest = crypto.sha256_provider.sha256(&config.dtls_cert.certificate);
+        let local_fingerprint = DtlsFingerprint {
+            hash: "sha-256".to_owned(),
+            setup: "passive".to_owned(),
+            fingerprint: hex_colon(&digest),
+        };
+        Ok(Self {
+            config: CallConfig {
+                crypto: Some(crypto),
+                ..config
+            },
+            local_creds: IceCreds { ufrag, pass },
+            local_fingerprint,
+            ssrc,
+            state: CallState::New,
+            session: None,
+            connect_deadline: None,
+            source: None,
+            media: MediaState::default(),
+            next_frame_at: None,
+            seq,
+            rtp_time,
+            paused_at: None,
+            remote_ssrcs: HashSet::new(),
+            events: VecDeque::new(),
+            stats: CallStats::default(),
+            last_now: now,
+        })
+    }
+
+    /// The join payload to send with `phone.joinGroupCall` (or to the sfu-mock's join URL).
+    pub fn join_payload(&self) -> JoinPayload {
+        JoinPayload {
+            ufrag: self.local_creds.ufrag.clone(),
+            pwd: self.local_creds.pass.clone(),
+            fingerprints: vec![self.local_fingerprint.clone()],
+            ssrc: self.ssrc,
+            ssrc_groups: Vec::new(),
+        }
+    }
+
+    /// The SSRC of our outgoing audio.
+    pub fn audio_ssrc(&self) -> Ssrc {
+        self.ssrc
+    }
+
+    /// Our ICE username fragment; the demultiplexer routes STUN by it.
+    pub fn local_ufrag(&self) -> &str {
+        &self.local_creds.ufrag
+    }
+
+    /// The local address this call sends from, once connecting.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.session.as_ref().map(|s| s.local_addr)
+    }
+
+    /// The SFU addresses (from the answer's candidates) this call may talk to, once connecting.
+    /// The runtime routes datagrams from these addresses to this call.
+    pub fn remote_addrs(&self) -> &[SocketAddr] {
+        self.session.as_ref().map_or(&[], |s| &s.remotes)
+    }
+
+    /// Current state.
+    pub fn state(&self) -> &CallState {
+        &self.state
+    }
+
+    /// Pause/mute state.
+    pub fn media_state(&self) -> MediaState {
+        self.media
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    /// Duration of media played so far (stops while paused). ntgcalls calls this `time`.
+    pub fn played(&self) -> Duration {
+        Duration::from_micros(self.stats.played_samples * 1_000_000 / 48_000)
+    }
+
+    /// True while a source is attached.
+    pub fn has_source(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// Applies the SFU's answer: remote ICE credentials, candidates, DTLS fingerprint, Opus
+    /// payload type and the audio-level extension id. Starts ICE and the connect timer.
+    ///
+    /// `local_addr` is the exact address the call's socket is bound to: str0m drops STUN whose
+    /// destination is not a local candidate, so `0.0.0.0` does not work (str0m-notes.md §8).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        response: &JoinResponse,
+        local_addr: SocketAddr,
+    ) -> Result<(), CallError> {
+        if local_addr.ip().is_unspecified() || local_addr.port() == 0 {
+            return Err(CallError::Config {
+                reason: format!("local address {local_addr} must be the concrete bound address"),
+            });
+        }
+        match self.state {
+            CallState::New => {}
+            CallState::Ended(_) => return Err(CallError::Ended),
+            _ => return Err(CallError::AlreadyConnecting),
+        }
+        self.last_now = now;
+        let remote_fp = response
+            .transport
+            .fingerprints
+            .iter()
+            .find(|f| f.hash.eq_ignore_ascii_case("sha-256"))
+            .ok_or_else(|| SignalingError::InvalidField {
+                field: "transport.fingerprints".to_owned(),
+                reason: "no sha-256 fingerprint".to_owned(),
+            })?;
+        let remote_fp_bytes = parse_hex_colon(&remote_fp.fingerprint).ok_or_else(|| {
+            SignalingError::InvalidField {
+                field: "transport.fingerprints[].fingerprint".to_owned(),
+                reason: "not colon-separated hex".to_owned(),
+            }
+        })?;
+
+        let pt = response.opus_pt();
+        let level_id = response
+            .audio_extension_id(URI_AUDIO_LEVEL)
+            .unwrap_or(AUDIO_LEVEL_DEFAULT_ID);
+
+        let mut rtc_config = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_local_ice_credentials(self.local_creds.clone())
+            .set_dtls_cert(self.config.dtls_cert.clone())
+            .clear_codecs()
+            // Only the ssrc-audio-level extension: Telegram's SFU reads it for speaker
+            // selection and drops audio without it; we do not send MID/TWCC/abs-send-time
+            // because we do not run bandwidth estimation for audio.
+            .clear_extension_map()
+            .set_extension(level_id, Extension::AudioLevel);
+        if let Some(crypto) = &self.config.crypto {
+            rtc_config = rtc_config.set_crypto_provider(crypto.clone());
+        }
+        rtc_config.codec_config().add_config(
+            pt.into(),
+            None,
+            Codec::Opus,
+            Frequency::FORTY_EIGHT_KHZ,
+            Some(2),
+            FormatParams {
+                min_p_time: Some(10),
+                use_inband_fec: Some(true),
+                ..Default::default()
+            },
+        );
+        let mut rtc = rtc_config.build(now);
+
+        let local = Candidate::host(local_addr, "udp").map_err(|e| CallError::Config {
+            reason: format!("local candidate: {e}"),
+        })?;
+        rtc.add_local_candidate(local);
+        let mut remotes = Vec::new();
+        for c in &response.transport.candidates {
+            // An IPv4 socket cannot reach an IPv6 candidate (and vice versa): skip them.
+            if c.address().is_ipv4() != local_addr.is_ipv4() {
+                continue;
+            }
+            match Candidate::host(c.address(), "udp") {
+                Ok(cand) => {
+                    rtc.add_remote_candidate(cand);
+                    remotes.push(c.address());
+                }
+                Err(e) => tracing::debug!(addr = %c.address(), "skipping sfu candidate: {e}"),
+            }
+        }
+        if remotes.is_empty() {
+            return Err(SignalingError::InvalidField {
+                field: "transport.candidates".to_owned(),
+                reason: "no usable udp candidate".to_owned(),
+            }
+            .into());
+        }
+        let mid = Mid::from(AUDIO_MID);
+        {
+            let mut api = rtc.direct_api();
+            api.set_remote_ice_credentials(IceCreds {
+                ufrag: response.transport.ufrag.clone(),
+                pass: response.transport.pwd.clone(),
+            });
+            api.set_remote_fingerprint(str0m::config::Fingerprint {
+                hash_func: "sha-256".to_owned(),
+                bytes: remote_fp_bytes,
+            });
+            // Telegram's clients are ICE-controlled toward the SFU (tgcalls hardcodes
+            // isOutgoing = false) and DTLS server (setup "passive").
+            api.set_ice_controlling(false);
+            api.start_dtls(false).map_err(|e| CallError::Config {
+                reason: format!("start dtls: {e}"),
+            })?;
+            api.declare_media(mid, MediaKind::Audio);
+            api.declare_stream_tx(StrSsrc::from(self.ssrc.0), None, mid, None);
+        }
+        // str0m schedules nothing until it has seen a first timeout: start ICE now.
+        if let Err(e) = rtc.handle_input(str0m::Input::Timeout(now)) {
+            return Err(CallError::Config {
+                reason: format!("starting ice: {e}"),
+            });
+        }
+        self.session = Some(Session {
+            rtc,
+            pt: pt.into(),
+            local_addr,
+            remotes,
+            rtc_timeout: None,
+        });
+        self.connect_deadline = Some(now + self.config.connect_timeout);
+        self.set_state(CallState::Connecting);
+        Ok(())
+    }
+
+    /// Feeds one input. Drain [`Call::poll_output`] afterwards.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), CallError> {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        match input {
+            Input::Timeout => {
+                self.handle_timeout(now);
+                Ok(())
+            }
+            Input::Datagram {
+                source,
+                destination,
+                contents,
+            } => self.handle_datagram(now, source, destination, contents),
+            Input::Command(cmd) => self.handle_command(now, cmd),
+        }
+    }
+
+    /// Next output. Call until it returns [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(e) = self.events.pop_front() {
+            return Output::Event(e);
+        }
+        if !matches!(self.state, CallState::Ended(_)) {
+            if let Some(out) = self.poll_rtc() {
+                return out;
+            }
+        }
+        if let Some(e) = self.events.pop_front() {
+            return Output::Event(e);
+        }
+        Output::Timeout(self.next_deadline())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        // Far future when idle: the caller only wakes us for input.
+        let idle = self.last_now + Duration::from_secs(3600);
+        if matches!(self.state, CallState::Ended(_)) {
+            return idle;
+        }
+        let mut at = idle;
+        let candidates = [
+            self.session.as_ref().and_then(|s| s.rtc_timeout),
+            self.next_frame_at,
+            self.connect_deadline,
+        ];
+        for t in candidates.into_iter().flatten() {
+            at = at.min(t);
+        }
+        at
+    }
+
+    fn poll_rtc(&mut self) -> Option<Output> {
+        loop {
+            let session = self.session.as_mut()?;
+            match session.rtc.poll_output() {
+                Ok(str0m::Output::Timeout(t)) => {
+                    session.rtc_timeout = Some(t);
+                    return None;
+                }
+                Ok(str0m::Output::Transmit(t)) => {
+                    let contents: Vec<u8> = t.contents.into();
+                    self.stats.datagrams_sent += 1;
+                    self.stats.bytes_sent += contents.len() as u64;
+                    return Some(Output::Transmit(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents,
+                    }));
+                }
+                Ok(str0m::Output::Event(e)) => {
+                    if let Some(ev) = self.map_rtc_event(e) {
+                        return Some(Output::Event(ev));
+                    }
+                }
+                Err(e) => {
+                    self.end(EndReason::from_rtc_error(&e));
+                    return self.events.pop_front().map(Output::Event);
+                }
+            }
+        }
+    }
+
+    fn map_rtc_event(&mut self, e: str0m::Event) -> Option<Event> {
+        match e {
+            str0m::Event::Connected => {
+                self.connect_deadline = None;
+                self.set_state(CallState::Connected);
+                self.schedule_frames(self.last_now);
+                self.events.pop_front()
+            }
+            str0m::Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                tracing::debug!("ice disconnected");
+                if self.state == CallState::Connected {
+                    self.end(EndReason::IceDisconnected);
+                    self.events.pop_front()
+                } else {
+                    // Before the first connection str0m reports Disconnected while no pair
+                    // works yet; the connect timeout decides.
+                    None
+                }
+            }
+            str0m::Event::Closed => {
+                self.end(EndReason::Dtls("closed by peer".to_owned()));
+                self.events.pop_front()
+            }
+            str0m::Event::RtpPacket(p) => {
+                self.stats.audio_packets_received += 1;
+                Some(Event::AudioReceived {
+                    ssrc: Ssrc(*p.header.ssrc),
+                    seq: p.header.sequence_number,
+                    rtp_time: p.header.timestamp,
+                    audio_level: p.header.ext_vals.audio_level,
+                    payload: p.payload,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) -> Result<(), CallError> {
+        let Some(session) = self.session.as_mut() else {
+            self.stats.dropped_not_live += 1;
+            return Err(CallError::NotConnecting);
+        };
+        if matches!(self.state, CallState::Ended(_)) {
+            self.stats.dropped_not_live += 1;
+            return Err(CallError::Ended);
+        }
+        let receive = match Receive::new(Protocol::Udp, source, destination, contents) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                return Err(CallError::Malformed {
+                    reason: e.to_string(),
+                });
+            }
+        };
+        // The SFU forwards other speakers with their own SSRCs and no MID extension, which
+        // str0m drops unless the SSRC is expected. Like ntgcalls, accept audio from any new
+        // SSRC carrying our Opus PT (the RTP header is not encrypted by SRTP).
+        if let Some((ssrc, pt)) = rtp_ssrc_and_pt(contents) {
+            if pt == *session.pt
+                && ssrc != self.ssrc.0
+                && !self.remote_ssrcs.contains(&ssrc)
+                && session.rtc.is_connected()
+            {
+                if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
+                    self.stats.dropped_unknown_ssrc += 1;
+                } else {
+                    self.remote_ssrcs.insert(ssrc);
+                    session.rtc.direct_api().expect_stream_rx(
+                        StrSsrc::from(ssrc),
+                        None,
+                        Mid::from(AUDIO_MID),
+                        None,
+                    );
+                }
+            }
+        }
+        match session
+            .rtc
+            .handle_input(str0m::Input::Receive(now, receive))
+        {
+            Ok(()) => {
+                self.stats.datagrams_received += 1;
+                Ok(())
+            }
+            Err(e) => {
+                if session.rtc.is_alive() {
+                    self.stats.dropped_rejected += 1;
+                    Err(CallError::Rejected {
+                        reason: e.to_string(),
+                    })
+                } else {
+                    self.end(EndReason::from_rtc_error(&e));
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.state, CallState::Ended(_)) {
+            return;
+        }
+        if let Some(deadline) = self.connect_deadline {
+            if now >= deadline {
+                self.end(EndReason::ConnectTimeout);
+                return;
+            }
+        }
+        self.send_due_frames(now);
+        if let Some(session) = self.session.as_mut() {
+            if let Err(e) = session.rtc.handle_input(str0m::Input::Timeout(now)) {
+                self.end(EndReason::from_rtc_error(&e));
+            }
+        }
+    }
+
+    fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<(), CallError> {
+        if matches!(self.state, CallState::Ended(_)) {
+            return Err(CallError::Ended);
+        }
+        match cmd {
+            Command::SetSource(source) => {
+                self.source = Some(source);
+                self.schedule_frames(now);
+            }
+            Command::Pause => {
+                if !self.media.paused {
+                    self.media.paused = true;
+                    self.paused_at = Some(now);
+                    self.next_frame_at = None;
+                    self.events.push_back(Event::MediaStateChanged(self.media));
+                }
+            }
+            Command::Resume => {
+                if self.media.paused {
+                    self.media.paused = false;
+                    if let Some(at) = self.paused_at.take() {
+                        // Keep the RTP clock tied to wall time across the gap so receivers'
+                        // jitter buffers see a gap, not a jump back.
+                        let gap = now.saturating_duration_since(at);
+                        let ticks = gap.as_micros() * 48 / 1000;
+                        self.rtp_time = self.rtp_time.wrapping_add(ticks as u32);
+                    }
+                    self.schedule_frames(now);
+                    self.events.push_back(Event::MediaStateChanged(self.media));
+                }
+            }
+            Command::Mute => {
+                if !self.media.muted {
+                    self.media.muted = true;
+                    self.events.push_back(Event::MediaStateChanged(self.media));
+                }
+            }
+            Command::Unmute => {
+                if self.media.muted {
+                    self.media.muted = false;
+                    self.events.push_back(Event::MediaStateChanged(self.media));
+                }
+            }
+            Command::Stop => {
+                if let Some(session) = self.session.as_mut() {
+                    session.rtc.disconnect();
+                }
+                self.end(EndReason::Stopped);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the frame clock if everything needed to send is there.
+    fn schedule_frames(&mut self, now: Instant) {
+        let ready =
+            self.state == CallState::Connected && self.source.is_some() && !self.media.paused;
+        if ready && self.next_frame_at.is_none() {
+            self.next_frame_at = Some(now);
+        }
+    }
+
+    fn send_due_frames(&mut self, now: Instant) {
+        let Some(mut due) = self.next_frame_at else {
+            return;
+        };
+        if due > now {
+            return;
+        }
+        // How far behind are we? Skip (and count) frames beyond the catch-up budget.
+        let behind =
+            (now.saturating_duration_since(due).as_micros() / FRAME_DURATION.as_micros()) as u32;
+        if behind > MAX_CATCH_UP_FRAMES {
+            let skip = behind - MAX_CATCH_UP_FRAMES;
+            self.stats.frames_skipped_late += u64::from(skip);
+            due += FRAME_DURATION * skip;
+        }
+        while due <= now {
+            match self.next_source_frame() {
+                Some(frame) => {
+                    self.write_frame(due, &frame);
+                    due += frame_duration(&frame);
+                }
+                None => {
+                    self.next_frame_at = None;
+                    return;
+                }
+            }
+        }
+        self.next_frame_at = Some(due);
+    }
+
+    fn next_source_frame(&mut self) -> Option<OpusFrame> {
+        let source = self.source.as_mut()?;
+        let result: Result<Option<OpusFrame>, SourceError> = source.next_frame();
+        match result {
+            Ok(Some(frame)) => Some(frame),
+            Ok(None) => {
+                self.source = None;
+                self.events.push_back(Event::StreamEnded { error: None });
+                None
+            }
+            Err(e) => {
+                self.source = None;
+                self.events.push_back(Event::StreamEnded {
+                    error: Some(e.to_string()),
+                });
+                None
+            }
+        }
+    }
+
+    fn write_frame(&mut self, wallclock: Instant, frame: &OpusFrame) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let (payload, level, vad): (&[u8], u8, bool) = if self.media.muted {
+            (&OPUS_SILENCE_FRAME, AUDIO_LEVEL_SILENCE, false)
+        } else {
+            (&frame.data, frame.audio_level, frame.voice_activity)
+        };
+        let ext = ExtensionValues {
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: Some(vad),
+            ..Default::default()
+        };
+        let payload_len = payload.len();
+        let write = RtpWrite::new(
+            session.pt,
+            SeqNo::from(self.seq),
+            self.rtp_time,
+            wallclock,
+            payload,
+        )
+        .ext_vals(ext);
+        let mut api = session.rtc.direct_api();
+        let Some(stream) = api.stream_tx(&StrSsrc::from(self.ssrc.0)) else {
+            return;
+        };
+        stream.write_rtp(write);
+        self.seq += 1;
+        self.rtp_time = self.rtp_time.wrapping_add(frame.duration_samples);
+        self.stats.packets_sent += 1;
+        self.stats.payload_bytes_sent += payload_len as u64;
+        self.stats.played_samples += u64::from(frame.duration_samples);
+    }
+
+    fn set_state(&mut self, state: CallState) {
+        if self.state != state {
+            tracing::debug!(?state, "call state");
+            self.state = state.clone();
+            self.events.push_back(Event::ConnectionChanged(state));
+        }
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        if matches!(self.state, CallState::Ended(_)) {
+            return;
+        }
+        self.next_frame_at = None;
+        self.connect_deadline = None;
+        self.source = None;
+        self.set_state(CallState::Ended(reason));
+    }
+}
+
+impl EndReason {
+    fn from_rtc_error(e: &RtcError) -> Self {
+        match e {
+            RtcError::Dtls(d) => Self::Dtls(d.to_string()),
+            other => Self::Transport(other.to_string()),
+        }
+    }
+}
+
+fn frame_duration(frame: &OpusFrame) -> Duration {
+    Duration::from_micros(u64::from(frame.duration_samples) * 1_000_000 / 48_000)
+}
+
+/// SSRC and payload type of an RTP (not RTCP) datagram, read from the clear-text header.
+/// RFC 7983 §7: first byte 128..=191 is RTP/RTCP; RFC 5761 §4: PT 64..=95 (with marker) are
+/// RTCP packet types 192..=223.
+pub(crate) fn rtp_ssrc_and_pt(buf: &[u8]) -> Option<(u32, u8)> {
+    let header = buf.get(..12)?;
+    if !(128..=191).contains(&header[0]) {
+        return None;
+    }
+    let pt = header[1] & 0x7F;
+    if (64..=95).contains(&pt) {
+        return None;
+    }
+    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    Some((ssrc, pt))
+}
+
+/// ICE characters (RFC 8445 §5.3 `ice-char`: ALPHA / DIGIT / "+" / "/"). We use only
+/// alphanumerics so the values are also safe in JSON and logs.
+fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
+        .collect()
+}
+
+/// RFC 4572 fingerprint form: uppercase hex bytes joined by `:`.
+pub(crate) fn hex_colon(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
+
+/// Inverse of [`hex_colon`]; `None` unless every part is exactly two hex digits.
+pub(crate) fn parse_hex_colon(s: &str) -> Option<Vec<u8>> {
+    s.split(':')
+        .map(|part| {
+            if part.len() == 2 {
+                u8::from_str_radix(part, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let bytes = [0x00, 0xAB, 0x10, 0xFF];
+        assert_eq!(hex_colon(&bytes), "00:AB:10:FF");
+        assert_eq!(parse_hex_colon("00:AB:10:FF"), Some(bytes.to_vec()));
+        assert_eq!(parse_hex_colon("0:AB"), None);
+        assert_eq!(parse_hex_colon("ZZ"), None);
+    }
+
+    #[test]
+    fn rtp_header_peek() {
+        let mut pkt = [0u8; 20];
+        pkt[0] = 0x90;
+        pkt[1] = 111;
+        pkt[8..12].copy_from_slice(&0xDEADBEEFu32.to_be_bytes());
+        assert_eq!(rtp_ssrc_and_pt(&pkt), Some((0xDEADBEEF, 111)));
+        pkt[1] = 200; // RTCP SR with marker bit set
+        assert_eq!(rtp_ssrc_and_pt(&pkt), None);
+        assert_eq!(rtp_ssrc_and_pt(&pkt[..8]), None);
+        pkt[0] = 0x16; // DTLS
+        assert_eq!(rtp_ssrc_and_pt(&pkt), None);
+    }
+}

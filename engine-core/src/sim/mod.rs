@@ -1,0 +1,562 @@
+//! A deterministic simulator: virtual clock, seeded network, no sockets, no threads.
+//!
+//! A [`World`] owns N [`Call`]s and one SFU (anything implementing [`SimSfu`]; `sfu-mock`
+//! implements it behind its `sim` feature) and moves datagrams between them through a
+//! [`NetConfig`] network: latency, jitter (which also reorders), loss, duplication. Time jumps
+//! from one deadline to the next, so ten simulated seconds take as long as the work in them.
+//!
+//! Every datagram and event is folded, in order, into a digest ([`World::digest`]). The same
+//! seed gives the same digest; a failing seed replays from the test output alone
+//! (`RINGCAST_SIM_SEED`, see [`seed_from_env`]).
+//!
+//! # What the digest leaves out, and why
+//! DTLS handshake bytes and SRTP/SRTCP ciphertext depend on key material that str0m's DTLS
+//! stack draws from the OS, and RTCP sender reports carry wall-clock NTP times
+//! (str0m-notes.md §3). For those datagrams the digest covers time, addresses, fate
+//! (delivered, lost, duplicated), the datagram kind and, for RTP, the clear-text header
+//! (SSRC, sequence number, timestamp, payload type) and length — never the ciphertext, and for
+//! DTLS not the length (ECDSA signatures vary by a byte or two). STUN is hashed whole: its
+//! transaction ids come from `fastrand`, which the world seeds on its thread.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+
+use crate::call::{Call, CallConfig, CallState, Command, Event, Input, Output};
+use crate::demux::{DatagramKind, classify};
+use crate::media::FrameSource;
+use crate::signaling::group::JoinResponse;
+
+/// The SFU side of a simulated world.
+pub trait SimSfu {
+    /// The SFU's one UDP address.
+    fn addr(&self) -> SocketAddr;
+    /// Answers a join payload with the response JSON, or an error message.
+    fn join(&mut self, now: Instant, chat_id: i64, payload: &[u8]) -> Result<String, String>;
+    /// A datagram arrived.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    );
+    /// A deadline passed.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Next datagram to send: `(destination, contents)`.
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)>;
+    /// Earliest deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+/// Network impairments, applied independently to every datagram in both directions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    /// One-way base latency.
+    pub latency: Duration,
+    /// Uniform extra delay in `0..=jitter`; reorders packets closer together than this.
+    pub jitter: Duration,
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Probability a delivered datagram is delivered twice.
+    pub duplicate: f64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// Index of a call in a [`World`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SimCallId(pub usize);
+
+/// One simulated call and what it saw.
+#[derive(Debug)]
+pub struct SimCall {
+    /// The call.
+    pub call: Call,
+    /// The chat it joined.
+    pub chat_id: i64,
+    /// Every event it emitted, in order.
+    pub events: Vec<Event>,
+}
+
+impl SimCall {
+    /// True once the call reached [`CallState::Connected`].
+    pub fn connected(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::ConnectionChanged(CallState::Connected)))
+    }
+}
+
+/// Counters of the simulated network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Datagrams handed to the network.
+    pub sent: u64,
+    /// Datagrams delivered (duplicates count twice).
+    pub delivered: u64,
+    /// Datagrams lost.
+    pub lost: u64,
+    /// Extra copies delivered.
+    pub duplicated: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    deliver_at: Instant,
+    /// Tie-breaker: send order, so equal delivery times stay deterministic.
+    order: u64,
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: Vec<u8>,
+}
+
+/// FNV-1a, 64 bit: tiny, stable across Rust versions and platforms (std's hashers are not
+/// guaranteed to be).
+#[derive(Debug, Clone, Copy)]
+struct Digest(u64);
+
+impl Digest {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.write(&v.to_le_bytes());
+    }
+
+    fn write_addr(&mut self, a: &SocketAddr) {
+        match a.ip() {
+            IpAddr::V4(ip) => self.write(&ip.octets()),
+            IpAddr::V6(ip) => self.write(&ip.octets()),
+        }
+        self.write(&a.port().to_le_bytes());
+    }
+}
+
+/// Guard against a component that keeps asking for a timeout at the current instant.
+const MAX_ROUNDS_PER_INSTANT: u32 = 10_000;
+
+/// A simulated world. See the [module docs](self).
+pub struct World<S: SimSfu> {
+    epoch: Instant,
+    now: Instant,
+    rng: fastrand::Rng,
+    net: NetConfig,
+    sfu: S,
+    calls: Vec<SimCall>,
+    /// Virtual address -> call index.
+    by_addr: HashMap<SocketAddr, usize>,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
+    order: u64,
+    digest: Digest,
+    stats: NetStats,
+    cert: DtlsCert,
+    rounds_at_now: u32,
+}
+
+impl<S: SimSfu> std::fmt::Debug for World<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("elapsed", &self.elapsed())
+            .field("calls", &self.calls.len())
+            .field("net", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The seed from `RINGCAST_SIM_SEED` if set and valid, else `default`. Tests print the seed
+/// they ran with so a failure can be replayed.
+pub fn seed_from_env(default: u64) -> u64 {
+    std::env::var("RINGCAST_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+impl<S: SimSfu> World<S> {
+    /// A world starting at `epoch` (any instant; only offsets from it matter), seeded with
+    /// `seed`. `cert` is the DTLS certificate every call uses. Seeds `fastrand`'s thread-local
+    /// generator, which str0m draws from.
+    pub fn new(seed: u64, epoch: Instant, net: NetConfig, sfu: S, cert: DtlsCert) -> Self {
+        fastrand::seed(seed);
+        let mut digest = Digest(Digest::OFFSET);
+        digest.write_u64(seed);
+        Self {
+            epoch,
+            now: epoch,
+            rng: fastrand::Rng::with_seed(seed ^ 0x5151_5151_5151_5151),
+            net,
+            sfu,
+            calls: Vec::new(),
+            by_addr: HashMap::new(),
+            in_flight: BinaryHeap::new(),
+            order: 0,
+            digest,
+            stats: NetStats::default(),
+            cert,
+            rounds_at_now: 0,
+        }
+    }
+
+    /// Virtual time since the epoch.
+    pub fn elapsed(&self) -> Duration {
+        self.now.saturating_duration_since(self.epoch)
+    }
+
+    /// The current virtual instant.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The SFU.
+    pub fn sfu(&self) -> &S {
+        &self.sfu
+    }
+
+    /// The SFU, mutably.
+    pub fn sfu_mut(&mut self) -> &mut S {
+        &mut self.sfu
+    }
+
+    /// The calls.
+    pub fn calls(&self) -> &[SimCall] {
+        &self.calls
+    }
+
+    /// One call.
+    pub fn call(&self, id: SimCallId) -> Option<&SimCall> {
+        self.calls.get(id.0)
+    }
+
+    /// Network counters.
+    pub fn net_stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// The trace digest so far.
+    pub fn digest(&self) -> u64 {
+        self.digest.0
+    }
+
+    /// Creates a call, joins it to `chat_id` on the SFU, applies the answer and starts
+    /// `source` playing. Each call gets its own virtual address.
+    pub fn add_call(
+        &mut self,
+        chat_id: i64,
+        source: Box<dyn FrameSource>,
+    ) -> Result<SimCallId, String> {
+        let n = self.calls.len();
+        // 198.18.0.0/15 is reserved for benchmarking (RFC 2544); these addresses are virtual.
+        let ip = Ipv4Addr::new(198, 18, (n / 250) as u8, (n % 250 + 1) as u8);
+        let local = SocketAddr::new(IpAddr::V4(ip), 40_000);
+        let config = CallConfig::new(self.rng.u64(..), self.cert.clone());
+        let mut call = Call::new(self.now, config).map_err(|e| e.to_string())?;
+        let payload = call.join_payload().to_json();
+        let answer = self.sfu.join(self.now, chat_id, payload.as_bytes())?;
+        let response = JoinResponse::parse(answer.as_bytes()).map_err(|e| e.to_string())?;
+        call.connect(self.now, &response, local)
+            .map_err(|e| e.to_string())?;
+        call.handle_input(self.now, Input::Command(Command::SetSource(source)))
+            .map_err(|e| e.to_string())?;
+        self.calls.push(SimCall {
+            call,
+            chat_id,
+            events: Vec::new(),
+        });
+        self.by_addr.insert(local, n);
+        self.drain_call(n);
+        Ok(SimCallId(n))
+    }
+
+    /// Gives a command to a call.
+    pub fn command(&mut self, id: SimCallId, cmd: Command) -> Result<(), String> {
+        let now = self.now;
+        let sim = self.calls.get_mut(id.0).ok_or("no such call")?;
+        sim.call
+            .handle_input(now, Input::Command(cmd))
+            .map_err(|e| e.to_string())?;
+        self.drain_call(id.0);
+        Ok(())
+    }
+
+    /// Advances to the next deadline or delivery and processes everything due then.
+    /// Returns false if nothing at all is scheduled.
+    pub fn step(&mut self) -> bool {
+        let Some(next) = self.next_instant() else {
+            return false;
+        };
+        if next > self.now {
+            self.now = next;
+            self.rounds_at_now = 0;
+        } else {
+            self.rounds_at_now += 1;
+            if self.rounds_at_now > MAX_ROUNDS_PER_INSTANT {
+                // Something keeps asking to run "now": move time on by a millisecond rather
+                // than spin forever. Counted in the digest so it cannot hide.
+                self.digest.write(b"stall");
+                self.now += Duration::from_millis(1);
+                self.rounds_at_now = 0;
+            }
+        }
+        let now = self.now;
+
+        while self
+            .in_flight
+            .peek()
+            .is_some_and(|Reverse(p)| p.deliver_at <= now)
+        {
+            let Some(Reverse(p)) = self.in_flight.pop() else {
+                break;
+            };
+            self.deliver(p);
+        }
+        for i in 0..self.calls.len() {
+            if self.drain_call(i).is_some_and(|t| t <= now) {
+                if let Some(sim) = self.calls.get_mut(i) {
+                    // Timeouts never fail.
+                    let _ = sim.call.handle_input(now, Input::Timeout);
+                }
+                self.drain_call(i);
+            }
+        }
+        if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+            self.sfu.handle_timeout(now);
+        }
+        self.drain_sfu();
+        true
+    }
+
+    /// Steps until `done(self)` is true or `limit` of virtual time has passed since the call.
+    /// Returns whether `done` became true.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            if !self.step() {
+                break;
+            }
+        }
+        done(self)
+    }
+
+    /// Steps for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(d, |_| false);
+    }
+
+    fn next_instant(&mut self) -> Option<Instant> {
+        let mut next: Option<Instant> = self.in_flight.peek().map(|Reverse(p)| p.deliver_at);
+        for i in 0..self.calls.len() {
+            if let Some(t) = self.drain_call(i) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        if let Some(t) = self.sfu.poll_timeout() {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next
+    }
+
+    fn deliver(&mut self, p: InFlight) {
+        self.digest.write(b"rx");
+        if p.destination == self.sfu.addr() {
+            self.sfu
+                .handle_datagram(self.now, p.source, p.destination, &p.contents);
+            self.drain_sfu();
+            return;
+        }
+        let now = self.now;
+        if let Some(&i) = self.by_addr.get(&p.destination) {
+            if let Some(sim) = self.calls.get_mut(i) {
+                // Errors are counted in the call's stats; the sim keeps going.
+                let _ = sim.call.handle_input(
+                    now,
+                    Input::Datagram {
+                        source: p.source,
+                        destination: p.destination,
+                        contents: &p.contents,
+                    },
+                );
+            }
+            self.drain_call(i);
+        }
+    }
+
+    /// Drains call `i`'s outputs onto the wire; returns its next deadline.
+    fn drain_call(&mut self, i: usize) -> Option<Instant> {
+        loop {
+            let sim = self.calls.get_mut(i)?;
+            let out = sim.call.poll_output();
+            if let Output::Timeout(t) = out {
+                return Some(t);
+            }
+            if let Some((src, dst, contents)) = Self::record_call_output(&mut self.digest, sim, out)
+            {
+                self.order += 1;
+                Self::route(
+                    &mut self.rng,
+                    &self.net,
+                    &mut self.stats,
+                    &mut self.digest,
+                    &mut self.in_flight,
+                    self.now,
+                    self.order,
+                    src,
+                    dst,
+                    contents,
+                );
+            }
+        }
+    }
+
+    /// Records an event in the call's log and the digest; returns a transmit to route.
+    fn record_call_output(
+        digest: &mut Digest,
+        sim: &mut SimCall,
+        out: Output,
+    ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        match out {
+            Output::Transmit(t) => Some((t.source, t.destination, t.contents)),
+            Output::Event(e) => {
+                digest.write(b"ev");
+                digest.write_u64(sim.chat_id as u64);
+                if let Some(a) = sim.call.local_addr() {
+                    digest.write_addr(&a);
+                }
+                digest.write(event_tag(&e).as_bytes());
+                sim.events.push(e);
+                None
+            }
+            Output::Timeout(_) => None,
+        }
+    }
+
+    fn drain_sfu(&mut self) {
+        let src = self.sfu.addr();
+        while let Some((dst, contents)) = self.sfu.poll_transmit() {
+            self.order += 1;
+            Self::route(
+                &mut self.rng,
+                &self.net,
+                &mut self.stats,
+                &mut self.digest,
+                &mut self.in_flight,
+                self.now,
+                self.order,
+                src,
+                dst,
+                contents,
+            );
+        }
+    }
+
+    /// Puts a datagram on the simulated wire: decides its fate and delivery time.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        rng: &mut fastrand::Rng,
+        net: &NetConfig,
+        stats: &mut NetStats,
+        digest: &mut Digest,
+        in_flight: &mut BinaryHeap<Reverse<InFlight>>,
+        now: Instant,
+        order: u64,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    ) {
+        stats.sent += 1;
+        digest.write(b"tx");
+        digest.write_addr(&source);
+        digest.write_addr(&destination);
+        hash_datagram(digest, &contents);
+        if rng.f64() < net.loss {
+            stats.lost += 1;
+            digest.write(b"lost");
+            return;
+        }
+        let copies = if rng.f64() < net.duplicate { 2 } else { 1 };
+        for copy in 0..copies {
+            let jitter_us = net.jitter.as_micros() as u64;
+            let extra = if jitter_us > 0 {
+                rng.u64(0..=jitter_us)
+            } else {
+                0
+            };
+            let deliver_at = now + net.latency + Duration::from_micros(extra);
+            digest.write_u64(deliver_at.saturating_duration_since(now).as_micros() as u64);
+            stats.delivered += 1;
+            if copy > 0 {
+                stats.duplicated += 1;
+            }
+            in_flight.push(Reverse(InFlight {
+                deliver_at,
+                order: order * 2 + copy,
+                source,
+                destination,
+                contents: contents.clone(),
+            }));
+        }
+    }
+}
+
+/// Folds the deterministic parts of a datagram into the digest (see the module docs).
+fn hash_datagram(digest: &mut Digest, contents: &[u8]) {
+    match classify(contents) {
+        DatagramKind::Stun => {
+            digest.write(b"stun");
+            digest.write(contents);
+        }
+        DatagramKind::Dtls => {
+            digest.write(b"dtls");
+            // Content type only (handshake, alert, application data).
+            digest.write(contents.get(..1).unwrap_or(&[]));
+        }
+        DatagramKind::Rtp => {
+            digest.write(b"rtp");
+            let pt = contents.get(1).map_or(0, |b| b & 0x7F);
+            if (64..=95).contains(&pt) {
+                // SRTCP: sender reports carry wall-clock NTP time; type only.
+                digest.write(contents.get(1..2).unwrap_or(&[]));
+            } else {
+                digest.write(contents.get(..12).unwrap_or(&[]));
+                digest.write_u64(contents.len() as u64);
+            }
+        }
+        DatagramKind::Unknown => {
+            digest.write(b"other");
+            digest.write(contents);
+        }
+    }
+}
+
+/// A stable name for an event (payload bytes excluded: they are ciphertext-independent but
+/// large; the RTP header is hashed with the datagram already).
+fn event_tag(e: &Event) -> String {
+    match e {
+        Event::ConnectionChanged(s) => format!("conn:{s:?}"),
+        Event::StreamEnded { error } => format!("end:{error:?}"),
+        Event::MediaStateChanged(m) => format!("media:{}:{}", m.paused, m.muted),
+        Event::AudioReceived { ssrc, seq, .. } => format!("audio:{}:{seq}", ssrc.0),
+    }
+}

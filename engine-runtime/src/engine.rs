@@ -1,0 +1,371 @@
+//! The public [`Engine`] API: a handle that talks to the shard thread through bounded queues.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use ringcast_core::call::{CallState, CallStats, DEFAULT_CONNECT_TIMEOUT, MediaState};
+use ringcast_core::str0m::config::DtlsCert;
+
+use crate::error::EngineError;
+use crate::shard::{Request, ShardConfig};
+use crate::source::StreamSource;
+
+/// Default capacity of the event channel.
+const DEFAULT_EVENT_QUEUE: usize = 4096;
+/// Default capacity of the command queue into the shard.
+const DEFAULT_COMMAND_QUEUE: usize = 4096;
+/// How long an API call waits for the shard's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Something that happened to a call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineEvent {
+    /// The chat the call belongs to.
+    pub chat_id: i64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`EngineEvent`] (ntgcalls: `on_connection_change`, `on_stream_end`,
+/// `on_media_state_change`, plus received audio when enabled).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// Connection state changed. `CallState::Ended(reason)` means the call is gone (reaped):
+    /// the same chat can be created again at once.
+    ConnectionChanged(CallState),
+    /// The source ended (`error: None`) or failed.
+    StreamEnded {
+        /// The source's error, if any.
+        error: Option<String>,
+    },
+    /// Pause/mute changed.
+    MediaStateChanged(MediaState),
+    /// Audio from another participant (only with [`EngineBuilder::receive_audio`]).
+    AudioReceived {
+        /// Speaker SSRC.
+        ssrc: u32,
+        /// RTP sequence number.
+        seq: u16,
+        /// The Opus packet.
+        payload: Arc<[u8]>,
+    },
+}
+
+/// One call as listed by [`Engine::calls`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallInfo {
+    /// The chat.
+    pub chat_id: i64,
+    /// Its state.
+    pub state: CallState,
+    /// Its media state.
+    pub media: MediaState,
+    /// Its SSRC.
+    pub ssrc: u32,
+    /// Its counters.
+    pub stats: CallStats,
+}
+
+/// Engine-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Live calls.
+    pub calls: u64,
+    /// UDP sockets in the pool.
+    pub sockets: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Datagrams that matched no call (dropped).
+    pub dropped_unroutable: u64,
+    /// Datagrams a call refused (malformed, bad integrity, replay...).
+    pub dropped_by_call: u64,
+    /// Events dropped because the event channel was full.
+    pub dropped_events: u64,
+    /// Datagrams dropped because the receive queue was full.
+    pub dropped_rx_queue_full: u64,
+    /// Send errors from the socket.
+    pub send_errors: u64,
+}
+
+/// Builder for [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    bind: SocketAddr,
+    connect_timeout: Duration,
+    event_queue: usize,
+    command_queue: usize,
+    receive_audio: bool,
+    seed: Option<u64>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            event_queue: DEFAULT_EVENT_QUEUE,
+            command_queue: DEFAULT_COMMAND_QUEUE,
+            receive_audio: false,
+            seed: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// The local IP (and optionally port of the first socket) to bind. Must be a concrete IP
+    /// that the SFU can reach, not `0.0.0.0`. Default `127.0.0.1:0`.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// How long a call may take to connect before it fails. Default 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Capacity of the event channel; events beyond it are dropped and counted.
+    pub fn event_queue(mut self, capacity: usize) -> Self {
+        self.event_queue = capacity.max(1);
+        self
+    }
+
+    /// Capacity of the command queue; a full queue is [`EngineError::QueueFull`].
+    pub fn command_queue(mut self, capacity: usize) -> Self {
+        self.command_queue = capacity.max(1);
+        self
+    }
+
+    /// Deliver other participants' audio as [`EventKind::AudioReceived`]. Off by default.
+    pub fn receive_audio(mut self, on: bool) -> Self {
+        self.receive_audio = on;
+        self
+    }
+
+    /// Seed for the calls' random choices (ICE credentials, SSRCs). Default: from the OS.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Starts the shard thread.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        if self.bind.ip().is_unspecified() {
+            return Err(EngineError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "bind address must be a concrete ip (str0m matches STUN destinations against it)",
+            )));
+        }
+        let cert = generate_cert()?;
+        let (cmd_tx, cmd_rx) = bounded(self.command_queue);
+        let (ev_tx, ev_rx) = bounded(self.event_queue);
+        let config = ShardConfig {
+            index: 0,
+            bind: self.bind,
+            connect_timeout: self.connect_timeout,
+            receive_audio: self.receive_audio,
+        };
+        let (ready_tx, ready_rx) = bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("ringcast-shard-0".to_owned())
+            .spawn(move || crate::shard::run(config, cmd_rx, ev_tx, ready_tx))?;
+        match ready_rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(EngineError::Io(e)),
+            Err(_) => return Err(EngineError::ShardGone),
+        }
+        let seed = self.seed.unwrap_or_else(os_seed);
+        Ok(Engine {
+            commands: cmd_tx,
+            events: ev_rx,
+            thread: Some(thread),
+            cert,
+            next_seed: AtomicU64::new(seed),
+        })
+    }
+}
+
+/// The engine handle. Cheap to share by reference across threads; dropping it stops the shard.
+#[derive(Debug)]
+pub struct Engine {
+    commands: Sender<Request>,
+    events: Receiver<EngineEvent>,
+    thread: Option<JoinHandle<()>>,
+    /// One certificate for every call of this engine (ECDHE keys are still per handshake).
+    cert: DtlsCert,
+    next_seed: AtomicU64,
+}
+
+impl Engine {
+    /// A builder with defaults.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The event channel.
+    pub fn events(&self) -> &Receiver<EngineEvent> {
+        &self.events
+    }
+
+    fn request<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Result<T, EngineError> {
+        let (tx, rx) = bounded(1);
+        match self.commands.try_send(make(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(EngineError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => return Err(EngineError::ShardGone),
+        }
+        rx.recv_timeout(REPLY_TIMEOUT).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => EngineError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => EngineError::ShardGone,
+        })
+    }
+
+    /// Creates a call for `chat_id` and returns its join payload JSON (the `params` of
+    /// `phone.joinGroupCall`). Fails with [`EngineError::ConnectionExists`] if the chat has a
+    /// live call.
+    pub fn create_call(&self, chat_id: i64) -> Result<String, EngineError> {
+        // Spread seeds so calls never share ICE credentials or SSRCs.
+        let seed = self
+            .next_seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let cert = self.cert.clone();
+        self.request(|reply| Request::Create {
+            chat_id,
+            seed,
+            cert,
+            reply,
+        })?
+    }
+
+    /// Applies the SFU's answer (`updateGroupCallConnection.params.data`) and starts
+    /// connecting. The outcome arrives as [`EventKind::ConnectionChanged`].
+    pub fn connect(&self, chat_id: i64, response_json: &str) -> Result<(), EngineError> {
+        let response =
+            ringcast_core::signaling::group::JoinResponse::parse(response_json.as_bytes())?;
+        self.request(|reply| Request::Connect {
+            chat_id,
+            response: Box::new(response),
+            reply,
+        })?
+    }
+
+    /// Plays `source` on the call, replacing what it played.
+    pub fn set_stream_sources(
+        &self,
+        chat_id: i64,
+        source: StreamSource,
+    ) -> Result<(), EngineError> {
+        let source = source.open()?;
+        self.command(chat_id, ringcast_core::Command::SetSource(source))
+    }
+
+    /// Pauses sending; [`Engine::time`] stops.
+    pub fn pause(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::Pause)
+    }
+
+    /// Resumes after [`Engine::pause`].
+    pub fn resume(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::Resume)
+    }
+
+    /// Sends silence instead of the source (the source keeps advancing).
+    pub fn mute(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::Mute)
+    }
+
+    /// Undoes [`Engine::mute`].
+    pub fn unmute(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::Unmute)
+    }
+
+    /// Ends the call; it is reaped and the chat can be created again.
+    pub fn stop(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::Stop)
+    }
+
+    fn command(&self, chat_id: i64, command: ringcast_core::Command) -> Result<(), EngineError> {
+        self.request(|reply| Request::Command {
+            chat_id,
+            command,
+            reply,
+        })?
+    }
+
+    /// Media played on the call so far (stops while paused).
+    pub fn time(&self, chat_id: i64) -> Result<Duration, EngineError> {
+        let info = self.call_info(chat_id)?;
+        Ok(Duration::from_micros(
+            info.stats.played_samples * 1_000_000 / 48_000,
+        ))
+    }
+
+    /// The call's connection state (ntgcalls' name, kept for porting).
+    pub fn get_state(&self, chat_id: i64) -> Result<CallState, EngineError> {
+        Ok(self.call_info(chat_id)?.state)
+    }
+
+    /// The SSRC of the call's outgoing audio.
+    pub fn audio_ssrc(&self, chat_id: i64) -> Result<u32, EngineError> {
+        Ok(self.call_info(chat_id)?.ssrc)
+    }
+
+    /// One call's state, media state and counters.
+    pub fn call_info(&self, chat_id: i64) -> Result<CallInfo, EngineError> {
+        self.request(|reply| Request::Info { chat_id, reply })?
+    }
+
+    /// Every live call.
+    pub fn calls(&self) -> Result<Vec<CallInfo>, EngineError> {
+        self.request(|reply| Request::List { reply })
+    }
+
+    /// Engine-wide counters.
+    pub fn stats(&self) -> Result<EngineStats, EngineError> {
+        self.request(|reply| Request::Stats { reply })
+    }
+
+    /// Stops the shard and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop_shard();
+    }
+
+    fn stop_shard(&mut self) {
+        // A full queue still gets the shutdown through: the shard also exits when every
+        // sender is gone, which happens when `self` drops.
+        let _ = self.commands.try_send(Request::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_shard();
+    }
+}
+
+/// A fresh self-signed DTLS certificate.
+fn generate_cert() -> Result<DtlsCert, EngineError> {
+    ringcast_core::str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| EngineError::Io(std::io::Error::other("dtls certificate generation failed")))
+}
+
+/// A seed from the OS: std's `RandomState` is keyed from OS randomness per process.
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5249_4E47_4341_5354);
+    h.finish()
+}

@@ -1,0 +1,21 @@
+//! sfu-mock: a Telegram-like SFU for tests, demos and load runs.
+//!
+//! One UDP port serves every participant of every chat. The SFU plays Telegram's side of the
+//! group-call roles (full ICE agent, controlling; DTLS client), answers the join JSON of
+//! `phone.joinGroupCall` with the transport/audio JSON of `updateGroupCallConnection`,
+//! identifies a participant by its 5-tuple once ICE has nominated it, ignores audio without the
+//! ssrc-audio-level extension, forwards audio within a chat and verifies what it receives
+//! (packets, loss, dominant frequency of the decoded audio).
+//!
+//! [`Sfu`] is the sans-IO core (used directly by the simulator); [`server::Server`] runs it on a
+//! real UDP socket with a loopback HTTP control API, in-process or as the `sfu-mock` binary.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod analysis;
+pub mod server;
+mod sfu;
+
+pub use sfu::{
+    MAX_PARTICIPANTS, ParticipantStats, Sfu, SfuConfig, SfuCounters, SfuError, SfuTransmit,
+};

@@ -1,0 +1,469 @@
+//! The SFU on real sockets: one UDP thread running [`Sfu`], one HTTP thread serving the
+//! loopback control API. The HTTP thread never touches SFU state; it sends commands to the
+//! UDP thread over a bounded channel and waits for the answer.
+//!
+//! Control API:
+//! - `POST /v1/chats/{chat_id}/join`, body = join payload JSON → 200 + response JSON, or 400
+//!   `{"error": "..."}`;
+//! - `POST /v1/chats/{chat_id}/leave`, body `{"ssrc": N}` → 200 `{}` or 404/400;
+//! - `GET /v1/stats` → `{"chats": {"<chat_id>": [{"ssrc", "connected", "packets", "bytes",
+//!   "lost", "dominant_hz", ...}]}, "dropped": {...}}`.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ringcast_core::str0m::config::DtlsCert;
+
+use crate::{Sfu, SfuConfig};
+
+/// Largest body the control API reads (a join payload is well under 1 KiB).
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+/// Queue between the HTTP and UDP threads.
+const COMMAND_QUEUE: usize = 1024;
+/// How long a control request waits for the UDP thread.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the UDP thread sleeps in `recv` before checking timers and commands.
+const MAX_POLL: Duration = Duration::from_millis(5);
+/// Receive buffer: larger than any datagram str0m produces (its MTU is 1150-1400).
+const RECV_BUF: usize = 2048;
+
+/// Options for [`Server::start`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// UDP address (port 0 = any free port). Must be a concrete IP: str0m matches the
+    /// destination of every STUN check against it.
+    pub udp: SocketAddr,
+    /// HTTP control address (port 0 = any free port).
+    pub http: Option<SocketAddr>,
+    /// Seed for the SFU's ICE credentials.
+    pub seed: u64,
+    /// See [`SfuConfig::analyse_audio`].
+    pub analyse_audio: bool,
+    /// See [`SfuConfig::forward_audio`].
+    pub forward_audio: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            udp: loopback,
+            http: Some(loopback),
+            seed: 1,
+            analyse_audio: true,
+            forward_audio: true,
+        }
+    }
+}
+
+/// Errors of the in-process control API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The SFU refused (bad payload, unknown participant...).
+    #[error("{0}")]
+    Refused(String),
+    /// The UDP thread is gone or did not answer in time.
+    #[error("sfu thread unavailable")]
+    Unavailable,
+}
+
+enum Command {
+    Join {
+        chat_id: i64,
+        body: Vec<u8>,
+        reply: mpsc::Sender<Result<String, String>>,
+    },
+    Leave {
+        chat_id: i64,
+        ssrc: u32,
+        reply: mpsc::Sender<Result<String, String>>,
+    },
+    Stats {
+        reply: mpsc::Sender<serde_json::Value>,
+    },
+}
+
+/// A running SFU. Dropping it stops both threads.
+#[derive(Debug)]
+pub struct Server {
+    udp_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    commands: SyncSender<Command>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the sockets and starts the threads.
+    pub fn start(options: ServerOptions) -> io::Result<Self> {
+        let socket = UdpSocket::bind(options.udp)?;
+        let udp_addr = socket.local_addr()?;
+        if udp_addr.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the sfu's udp address must be a concrete ip (str0m matches it against STUN destinations)",
+            ));
+        }
+        let cert = generate_cert()?;
+        let mut config = SfuConfig::new(udp_addr, options.seed, cert);
+        config.analyse_audio = options.analyse_audio;
+        config.forward_audio = options.forward_audio;
+        let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+
+        let udp_stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("sfu-udp".to_owned())
+                .spawn(move || udp_loop(socket, config, rx, udp_stop))?,
+        );
+
+        let mut http_addr = None;
+        if let Some(addr) = options.http {
+            let http = tiny_http::Server::http(addr)
+                .map_err(|e| io::Error::other(format!("http bind {addr}: {e}")))?;
+            let bound = http
+                .server_addr()
+                .to_ip()
+                .ok_or_else(|| io::Error::other("http server has no ip address"))?;
+            http_addr = Some(bound);
+            let http_stop = stop.clone();
+            let commands = tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sfu-http".to_owned())
+                    .spawn(move || http_loop(http, commands, http_stop))?,
+            );
+        }
+        Ok(Self {
+            udp_addr,
+            http_addr,
+            commands: tx,
+            stop,
+            threads,
+        })
+    }
+
+    /// The UDP address every participant talks to.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    /// The HTTP control address, if started with one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The join URL of a chat on this server's control API.
+    pub fn join_url(&self, chat_id: i64) -> Option<String> {
+        self.http_addr
+            .map(|a| format!("http://{a}/v1/chats/{chat_id}/join"))
+    }
+
+    /// Joins in-process (same as `POST .../join`).
+    pub fn join(&self, chat_id: i64, payload: &[u8]) -> Result<String, ControlError> {
+        let (reply, rx) = mpsc::channel();
+        send(
+            &self.commands,
+            Command::Join {
+                chat_id,
+                body: payload.to_vec(),
+                reply,
+            },
+        )?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| ControlError::Unavailable)?
+            .map_err(ControlError::Refused)
+    }
+
+    /// Leaves in-process (same as `POST .../leave`).
+    pub fn leave(&self, chat_id: i64, ssrc: u32) -> Result<(), ControlError> {
+        let (reply, rx) = mpsc::channel();
+        send(
+            &self.commands,
+            Command::Leave {
+                chat_id,
+                ssrc,
+                reply,
+            },
+        )?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| ControlError::Unavailable)?
+            .map(|_| ())
+            .map_err(ControlError::Refused)
+    }
+
+    /// Stats in-process (same JSON as `GET /v1/stats`).
+    pub fn stats(&self) -> Result<serde_json::Value, ControlError> {
+        let (reply, rx) = mpsc::channel();
+        send(&self.commands, Command::Stats { reply })?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| ControlError::Unavailable)
+    }
+
+    /// Stops the threads and waits for them.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            // A panicked thread has nothing left to clean up.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn send(commands: &SyncSender<Command>, cmd: Command) -> Result<(), ControlError> {
+    match commands.try_send(cmd) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(ControlError::Unavailable)
+        }
+    }
+}
+
+/// A fresh self-signed certificate from str0m's crypto provider.
+pub fn generate_cert() -> io::Result<DtlsCert> {
+    ringcast_core::str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| io::Error::other("dtls certificate generation failed"))
+}
+
+fn udp_loop(
+    socket: UdpSocket,
+    config: SfuConfig,
+    commands: Receiver<Command>,
+    stop: Arc<AtomicBool>,
+) {
+    let local = config.udp_addr;
+    let mut sfu = Sfu::new(Instant::now(), config);
+    let mut buf = vec![0u8; RECV_BUF];
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = sfu
+            .poll_timeout()
+            .map_or(MAX_POLL, |t| t.saturating_duration_since(now).min(MAX_POLL))
+            .max(Duration::from_micros(100));
+        if socket.set_read_timeout(Some(wait)).is_err() {
+            break;
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, source)) => {
+                let data = buf.get(..n).unwrap_or(&[]);
+                sfu.handle_datagram(Instant::now(), source, local, data);
+                // Drain whatever else is queued without sleeping.
+                let _ = socket.set_nonblocking(true);
+                for _ in 0..256 {
+                    match socket.recv_from(&mut buf) {
+                        Ok((n, source)) => {
+                            let data = buf.get(..n).unwrap_or(&[]);
+                            sfu.handle_datagram(Instant::now(), source, local, data);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let _ = socket.set_nonblocking(false);
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+            }
+            Err(e) => tracing::debug!("sfu recv: {e}"),
+        }
+        let now = Instant::now();
+        if sfu.poll_timeout().is_some_and(|t| t <= now) {
+            sfu.handle_timeout(now);
+        }
+        while let Ok(cmd) = commands.try_recv() {
+            handle_command(&mut sfu, cmd);
+        }
+        while let Some(t) = sfu.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.contents, t.destination) {
+                tracing::debug!(dest = %t.destination, "sfu send: {e}");
+            }
+        }
+    }
+}
+
+fn handle_command(sfu: &mut Sfu, cmd: Command) {
+    // A requester that gave up waiting is not an error for the SFU.
+    match cmd {
+        Command::Join {
+            chat_id,
+            body,
+            reply,
+        } => {
+            let _ = reply.send(
+                sfu.join(Instant::now(), chat_id, &body)
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        Command::Leave {
+            chat_id,
+            ssrc,
+            reply,
+        } => {
+            let _ = reply.send(
+                sfu.leave(chat_id, ssrc)
+                    .map(|()| "{}".to_owned())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        Command::Stats { reply } => {
+            let _ = reply.send(sfu.stats_json());
+        }
+    }
+}
+
+fn http_loop(http: tiny_http::Server, commands: SyncSender<Command>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let request = match http.recv_timeout(Duration::from_millis(50)) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!("http recv: {e}");
+                continue;
+            }
+        };
+        serve(request, &commands);
+    }
+}
+
+fn serve(mut request: tiny_http::Request, commands: &SyncSender<Command>) {
+    let mut body = Vec::new();
+    let read = request
+        .as_reader()
+        .take(MAX_BODY_BYTES + 1)
+        .read_to_end(&mut body);
+    let (status, json) = if read.is_err() {
+        (400, error_json("could not read body"))
+    } else if body.len() as u64 > MAX_BODY_BYTES {
+        (413, error_json("body too large"))
+    } else {
+        route(request.method(), request.url(), body, commands)
+    };
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
+    let mut response = tiny_http::Response::from_string(json).with_status_code(status);
+    if let Ok(h) = header {
+        response = response.with_header(h);
+    }
+    if let Err(e) = request.respond(response) {
+        tracing::debug!("http respond: {e}");
+    }
+}
+
+fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+fn route(
+    method: &tiny_http::Method,
+    url: &str,
+    body: Vec<u8>,
+    commands: &SyncSender<Command>,
+) -> (u16, String) {
+    let path = url.split('?').next().unwrap_or(url);
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        (tiny_http::Method::Get, ["v1", "stats"]) => {
+            let (reply, rx) = mpsc::channel();
+            if send(commands, Command::Stats { reply }).is_err() {
+                return (503, error_json("sfu busy"));
+            }
+            match rx.recv_timeout(COMMAND_TIMEOUT) {
+                Ok(v) => (200, v.to_string()),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    (503, error_json("sfu unavailable"))
+                }
+            }
+        }
+        (tiny_http::Method::Post, ["v1", "chats", chat, action]) => {
+            let Ok(chat_id) = chat.parse::<i64>() else {
+                return (400, error_json("chat_id must be an integer"));
+            };
+            let (reply, rx) = mpsc::channel();
+            let cmd = match *action {
+                "join" => Command::Join {
+                    chat_id,
+                    body,
+                    reply,
+                },
+                "leave" => match parse_leave(&body) {
+                    Ok(ssrc) => Command::Leave {
+                        chat_id,
+                        ssrc,
+                        reply,
+                    },
+                    Err(e) => return (400, error_json(&e)),
+                },
+                _ => return (404, error_json("no such action")),
+            };
+            if send(commands, cmd).is_err() {
+                return (503, error_json("sfu busy"));
+            }
+            match rx.recv_timeout(COMMAND_TIMEOUT) {
+                Ok(Ok(json)) => (200, json),
+                Ok(Err(e)) => {
+                    let status = if e.starts_with("no participant") {
+                        404
+                    } else {
+                        400
+                    };
+                    (status, error_json(&e))
+                }
+                Err(_) => (503, error_json("sfu unavailable")),
+            }
+        }
+        _ => (404, error_json("not found")),
+    }
+}
+
+/// `{"ssrc": N}` with N as number or string, signed or unsigned 32-bit.
+fn parse_leave(body: &[u8]) -> Result<u32, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid json: {e}"))?;
+    let ssrc = v.get("ssrc").ok_or("missing field: ssrc")?;
+    let n = match ssrc {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse::<i64>().ok(),
+        _ => None,
+    }
+    .ok_or("invalid field ssrc: not an integer")?;
+    if (i64::from(i32::MIN)..=i64::from(u32::MAX)).contains(&n) {
+        // Negative values are int32 bit patterns (MTProto `int`).
+        Ok(n as u32)
+    } else {
+        Err("invalid field ssrc: out of 32-bit range".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leave_body_variants() {
+        assert_eq!(parse_leave(br#"{"ssrc": 5}"#), Ok(5));
+        assert_eq!(parse_leave(br#"{"ssrc": "7"}"#), Ok(7));
+        assert_eq!(parse_leave(br#"{"ssrc": -1}"#), Ok(u32::MAX));
+        assert!(parse_leave(br#"{"ssrc": 1e40}"#).is_err());
+        assert!(parse_leave(br#"{"ssrc": true}"#).is_err());
+        assert!(parse_leave(br#"{}"#).is_err());
+        assert!(parse_leave(b"{").is_err());
+    }
+}

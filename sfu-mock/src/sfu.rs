@@ -1,0 +1,844 @@
+//! The sans-IO SFU: every participant of every chat behind one UDP address.
+//!
+//! It plays Telegram's side of the roles (telegram-signaling.md §2.3-2.4): a full ICE agent that
+//! learns each client's address from the client's own checks (the join payload carries no
+//! candidates), takes the controlling role and nominates, and opens DTLS as the client. Once ICE
+//! has nominated a pair, a participant *is* its remote transport address: a datagram from that
+//! address belongs to that participant, whoever sent it. Two clients behind one 5-tuple are one
+//! participant here, exactly as on a real SFU.
+//!
+//! Audio without the ssrc-audio-level extension is ignored (counted, not forwarded), as
+//! Telegram's SFU is reported to do. Everything else is forwarded to the other participants of
+//! the same chat and measured: packets, bytes, loss from RTP sequence numbers, and the dominant
+//! frequency of the decoded audio.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringcast_core::demux::{DatagramKind, classify, stun_local_ufrag};
+use ringcast_core::signaling::group::{
+    DtlsFingerprint, HeaderExtension, IceCandidate, JoinPayload, JoinResponse, MediaDescription,
+    OPUS_DEFAULT_PT, PayloadType, RtcpFeedback, Transport, URI_AUDIO_LEVEL, URI_TRANSPORT_CC,
+};
+use ringcast_core::str0m::config::{DtlsCert, Fingerprint};
+use ringcast_core::str0m::crypto::CryptoProvider;
+use ringcast_core::str0m::media::{MediaKind, Mid};
+use ringcast_core::str0m::net::{Protocol, Receive};
+use ringcast_core::str0m::rtp::{Extension, ExtensionValues, RtpWrite, Ssrc as StrSsrc};
+use ringcast_core::str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcConfig};
+
+use crate::analysis::ToneMeter;
+
+/// The extension id we tell clients to use for ssrc-audio-level (tgcalls' hardcoded id).
+const AUDIO_LEVEL_ID: u8 = 1;
+/// transport-cc id, announced like Telegram does; the mock does not use it.
+const TRANSPORT_CC_ID: u8 = 3;
+/// The single audio media section of each participant's Rtc.
+const AUDIO_MID: &str = "0";
+/// Upper bound on participants across all chats; a join beyond it is refused.
+pub const MAX_PARTICIPANTS: usize = 20_000;
+/// Upper bound on queued outgoing datagrams; beyond it new ones are dropped and counted.
+const MAX_OUTBOX: usize = 65_536;
+/// Largest decoded frame: 120 ms at 48 kHz mono (RFC 6716 §2).
+const MAX_FRAME_SAMPLES: usize = 5_760;
+
+/// Errors of the SFU's signaling side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    /// The join payload did not parse.
+    #[error("bad join payload: {0}")]
+    BadPayload(#[from] ringcast_core::SignalingError),
+    /// Too many participants.
+    #[error("sfu is full ({0} participants)")]
+    Full(usize),
+    /// `leave` named a participant that is not in the chat.
+    #[error("no participant with ssrc {ssrc} in chat {chat_id}")]
+    UnknownParticipant {
+        /// The chat.
+        chat_id: i64,
+        /// The SSRC asked for.
+        ssrc: u32,
+    },
+    /// Setting up the participant's transport failed.
+    #[error("transport setup failed: {0}")]
+    Setup(String),
+}
+
+/// Configuration of an [`Sfu`].
+#[derive(Clone)]
+pub struct SfuConfig {
+    /// The one UDP address every participant talks to (must be concrete, not 0.0.0.0).
+    pub udp_addr: SocketAddr,
+    /// Seed for the SFU's ICE credentials.
+    pub seed: u64,
+    /// The SFU's DTLS certificate.
+    pub dtls_cert: DtlsCert,
+    /// Crypto provider; `None` = str0m's default.
+    pub crypto: Option<Arc<CryptoProvider>>,
+    /// Decode and analyse received audio (dominant frequency). Costs one Opus decode per packet.
+    pub analyse_audio: bool,
+    /// Forward each participant's audio to the others in its chat, as Telegram does. Load runs
+    /// turn it off: with ten speakers a chat it multiplies the SFU's sends by nine.
+    pub forward_audio: bool,
+}
+
+impl SfuConfig {
+    /// Defaults: analysis and forwarding on.
+    pub fn new(udp_addr: SocketAddr, seed: u64, dtls_cert: DtlsCert) -> Self {
+        Self {
+            udp_addr,
+            seed,
+            dtls_cert,
+            crypto: None,
+            analyse_audio: true,
+            forward_audio: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for SfuConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuConfig")
+            .field("udp_addr", &self.udp_addr)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A datagram the SFU wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SfuTransmit {
+    /// Destination (a participant's address).
+    pub destination: SocketAddr,
+    /// Bytes.
+    pub contents: Vec<u8>,
+}
+
+/// Per-participant statistics, as served by `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantStats {
+    /// The participant's audio SSRC (from its join payload).
+    pub ssrc: u32,
+    /// ICE+DTLS up and not left.
+    pub connected: bool,
+    /// The participant left (or was replaced by a rejoin).
+    pub left: bool,
+    /// Audio packets received (with the audio-level extension).
+    pub packets: u64,
+    /// Payload bytes of those packets.
+    pub bytes: u64,
+    /// Packets lost, from RTP sequence numbers (expected - received, RFC 3550 A.3).
+    pub lost: u64,
+    /// Audio packets ignored because they lacked the ssrc-audio-level extension.
+    pub dropped_no_audio_level: u64,
+    /// Packets forwarded to other participants on this participant's behalf.
+    pub forwarded: u64,
+    /// Dominant frequency of the most recently decoded audio, if any.
+    pub dominant_hz: Option<f32>,
+    /// The nominated remote address.
+    pub remote: Option<SocketAddr>,
+}
+
+/// SFU-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuCounters {
+    /// Datagrams that were neither STUN, DTLS nor RTP/RTCP.
+    pub dropped_garbage: u64,
+    /// Datagrams from an unknown address that were not routable STUN.
+    pub dropped_unknown_source: u64,
+    /// Datagrams a participant's transport refused.
+    pub dropped_rejected: u64,
+    /// Outgoing datagrams dropped because the outbox was full.
+    pub dropped_outbox_full: u64,
+    /// Joins refused for a bad payload.
+    pub bad_joins: u64,
+}
+
+/// RTP loss tracking after RFC 3550 A.3 (extended sequence numbers from str0m).
+#[derive(Debug, Default)]
+struct LossTracker {
+    base: Option<u64>,
+    max: u64,
+    received: u64,
+}
+
+impl LossTracker {
+    fn on_packet(&mut self, ext_seq: u64) {
+        self.received += 1;
+        match self.base {
+            None => {
+                self.base = Some(ext_seq);
+                self.max = ext_seq;
+            }
+            Some(_) => self.max = self.max.max(ext_seq),
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        match self.base {
+            Some(base) => (self.max - base + 1).saturating_sub(self.received),
+            None => 0,
+        }
+    }
+}
+
+struct Participant {
+    chat_id: i64,
+    ssrc: u32,
+    ufrag: String,
+    rtc: Rtc,
+    timeout: Option<Instant>,
+    remote: Option<SocketAddr>,
+    connected: bool,
+    left: bool,
+    packets: u64,
+    bytes: u64,
+    dropped_no_audio_level: u64,
+    forwarded: u64,
+    loss: LossTracker,
+    decoder: Option<opus::Decoder>,
+    meter: ToneMeter,
+    /// SSRCs of other participants this one's Rtc has a send stream for.
+    tx_streams: HashSet<u32>,
+}
+
+/// A Telegram-like SFU. See the [module docs](self).
+pub struct Sfu {
+    config: SfuConfig,
+    fingerprint: String,
+    crypto: Arc<CryptoProvider>,
+    rng: fastrand::Rng,
+    participants: Vec<Option<Participant>>,
+    /// Nominated remote address -> participant (the 5-tuple identity).
+    by_addr: HashMap<SocketAddr, usize>,
+    /// SFU-side ufrag -> participant, for STUN requests before nomination.
+    by_ufrag: HashMap<String, usize>,
+    /// Address a participant's STUN requests came from before nomination, so the answers to
+    /// the SFU's own checks (which carry no USERNAME) reach the right participant.
+    by_check_addr: HashMap<SocketAddr, usize>,
+    /// Live participants per chat.
+    chats: HashMap<i64, Vec<usize>>,
+    outbox: VecDeque<SfuTransmit>,
+    counters: SfuCounters,
+    pcm: Vec<i16>,
+    last_now: Instant,
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("udp_addr", &self.config.udp_addr)
+            .field("participants", &self.participants.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sfu {
+    /// A new SFU with no participants.
+    pub fn new(now: Instant, config: SfuConfig) -> Self {
+        let crypto = config
+            .crypto
+            .clone()
+            .unwrap_or_else(|| Arc::new(ringcast_core::str0m::crypto::from_feature_flags()));
+        let digest = crypto.sha256_provider.sha256(&config.dtls_cert.certificate);
+        let fingerprint = digest
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        Self {
+            rng: fastrand::Rng::with_seed(config.seed),
+            config,
+            fingerprint,
+            crypto,
+            participants: Vec::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_check_addr: HashMap::new(),
+            chats: HashMap::new(),
+            outbox: VecDeque::new(),
+            counters: SfuCounters::default(),
+            pcm: vec![0; MAX_FRAME_SAMPLES],
+            last_now: now,
+        }
+    }
+
+    /// The UDP address participants must use.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.config.udp_addr
+    }
+
+    /// SFU-wide counters.
+    pub fn counters(&self) -> &SfuCounters {
+        &self.counters
+    }
+
+    /// Handles `phone.joinGroupCall`: parses the join payload, sets up the participant's
+    /// transport and returns the response JSON (`updateGroupCallConnection.params.data`).
+    /// A participant rejoining with the same SSRC in the same chat replaces its old self.
+    pub fn join(&mut self, now: Instant, chat_id: i64, payload: &[u8]) -> Result<String, SfuError> {
+        self.last_now = self.last_now.max(now);
+        let join = match JoinPayload::parse(payload) {
+            Ok(j) => j,
+            Err(e) => {
+                self.counters.bad_joins += 1;
+                return Err(e.into());
+            }
+        };
+        let live = self
+            .participants
+            .iter()
+            .flatten()
+            .filter(|p| !p.left)
+            .count();
+        if live >= MAX_PARTICIPANTS {
+            return Err(SfuError::Full(live));
+        }
+        if let Some(old) = self.find(chat_id, join.ssrc.0) {
+            self.remove(old);
+        }
+        let fp = join
+            .fingerprints
+            .iter()
+            .find(|f| f.hash.eq_ignore_ascii_case("sha-256"))
+            .ok_or_else(|| SfuError::Setup("no sha-256 fingerprint".to_owned()))?;
+        let fp_bytes = fp
+            .fingerprint
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|e| SfuError::Setup(format!("fingerprint: {e}")))?;
+
+        let ufrag = self.random_chars(8);
+        let pwd = self.random_chars(24);
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_ice_lite(false)
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass: pwd.clone(),
+            })
+            .set_dtls_cert(self.config.dtls_cert.clone())
+            .set_crypto_provider(self.crypto.clone())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .clear_extension_map()
+            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel)
+            .build(now);
+        let local = Candidate::host(self.config.udp_addr, "udp")
+            .map_err(|e| SfuError::Setup(format!("local candidate: {e}")))?;
+        rtc.add_local_candidate(local);
+        let mid = Mid::from(AUDIO_MID);
+        {
+            let mut api = rtc.direct_api();
+            api.set_remote_ice_credentials(IceCreds {
+                ufrag: join.ufrag.clone(),
+                pass: join.pwd.clone(),
+            });
+            api.set_remote_fingerprint(Fingerprint {
+                hash_func: "sha-256".to_owned(),
+                bytes: fp_bytes,
+            });
+            // Telegram's SFU is the controlling side toward native clients, and the DTLS
+            // client (the join payload says setup "passive").
+            api.set_ice_controlling(true);
+            api.start_dtls(true)
+                .map_err(|e| SfuError::Setup(format!("start dtls: {e}")))?;
+            api.declare_media(mid, MediaKind::Audio);
+            api.expect_stream_rx(StrSsrc::from(join.ssrc.0), None, mid, None);
+        }
+        let decoder = if self.config.analyse_audio {
+            Some(
+                opus::Decoder::new(48_000, opus::Channels::Mono)
+                    .map_err(|e| SfuError::Setup(format!("opus decoder: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let participant = Participant {
+            chat_id,
+            ssrc: join.ssrc.0,
+            ufrag: ufrag.clone(),
+            rtc,
+            timeout: Some(now),
+            remote: None,
+            connected: false,
+            left: false,
+            packets: 0,
+            bytes: 0,
+            dropped_no_audio_level: 0,
+            forwarded: 0,
+            loss: LossTracker::default(),
+            decoder,
+            meter: ToneMeter::new(),
+            tx_streams: HashSet::new(),
+        };
+        let idx = self.participants.len();
+        self.participants.push(Some(participant));
+        self.by_ufrag.insert(ufrag.clone(), idx);
+        self.chats.entry(chat_id).or_default().push(idx);
+        self.drain(idx);
+        Ok(self.response_json(&ufrag, &pwd))
+    }
+
+    /// Handles `phone.leaveGroupCall` for the participant with `ssrc` in `chat_id`.
+    pub fn leave(&mut self, chat_id: i64, ssrc: u32) -> Result<(), SfuError> {
+        let idx = self
+            .find(chat_id, ssrc)
+            .ok_or(SfuError::UnknownParticipant { chat_id, ssrc })?;
+        self.remove(idx);
+        Ok(())
+    }
+
+    fn find(&self, chat_id: i64, ssrc: u32) -> Option<usize> {
+        self.chats.get(&chat_id)?.iter().copied().find(|i| {
+            self.participants
+                .get(*i)
+                .and_then(Option::as_ref)
+                .is_some_and(|p| p.ssrc == ssrc && !p.left)
+        })
+    }
+
+    /// Marks a participant as left, stops routing to it and keeps its stats.
+    fn remove(&mut self, idx: usize) {
+        let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        p.left = true;
+        p.connected = false;
+        p.timeout = None;
+        p.rtc.disconnect();
+        self.by_ufrag.remove(&p.ufrag);
+        self.by_check_addr.retain(|_, i| *i != idx);
+        if let Some(addr) = p.remote {
+            if self.by_addr.get(&addr) == Some(&idx) {
+                self.by_addr.remove(&addr);
+            }
+        }
+        if let Some(list) = self.chats.get_mut(&p.chat_id) {
+            list.retain(|i| *i != idx);
+        }
+    }
+
+    fn response_json(&self, ufrag: &str, pwd: &str) -> String {
+        let addr = self.config.udp_addr;
+        let response = JoinResponse {
+            transport: Transport {
+                ufrag: ufrag.to_owned(),
+                pwd: pwd.to_owned(),
+                fingerprints: vec![DtlsFingerprint {
+                    hash: "sha-256".to_owned(),
+                    setup: "active".to_owned(),
+                    fingerprint: self.fingerprint.clone(),
+                }],
+                candidates: vec![IceCandidate {
+                    foundation: "1".to_owned(),
+                    component: 1,
+                    protocol: "udp".to_owned(),
+                    priority: 2_130_706_431,
+                    ip: addr.ip(),
+                    port: addr.port(),
+                    kind: "host".to_owned(),
+                    generation: 0,
+                    network: 0,
+                    id: "1".to_owned(),
+                    rel_addr: None,
+                }],
+            },
+            audio: Some(MediaDescription {
+                payload_types: vec![PayloadType {
+                    id: OPUS_DEFAULT_PT,
+                    name: "opus".to_owned(),
+                    clockrate: 48_000,
+                    channels: 2,
+                    parameters: vec![
+                        ("minptime".to_owned(), "10".to_owned()),
+                        ("useinbandfec".to_owned(), "1".to_owned()),
+                    ],
+                    rtcp_fbs: vec![RtcpFeedback {
+                        kind: "transport-cc".to_owned(),
+                        subtype: None,
+                    }],
+                }],
+                rtp_hdrexts: vec![
+                    HeaderExtension {
+                        id: AUDIO_LEVEL_ID,
+                        uri: URI_AUDIO_LEVEL.to_owned(),
+                    },
+                    HeaderExtension {
+                        id: TRANSPORT_CC_ID,
+                        uri: URI_TRANSPORT_CC.to_owned(),
+                    },
+                ],
+            }),
+            video: None,
+        };
+        response.to_json()
+    }
+
+    fn random_chars(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        (0..len)
+            .map(|_| char::from(ALPHABET[self.rng.usize(..ALPHABET.len())]))
+            .collect()
+    }
+
+    /// Handles one datagram that arrived at the SFU's port.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        self.last_now = self.last_now.max(now);
+        let kind = classify(contents);
+        if kind == DatagramKind::Unknown {
+            self.counters.dropped_garbage += 1;
+            return;
+        }
+        let idx = match self.by_addr.get(&source) {
+            Some(i) => *i,
+            None => {
+                let by_ufrag = if kind == DatagramKind::Stun {
+                    stun_local_ufrag(contents).and_then(|u| self.by_ufrag.get(u).copied())
+                } else {
+                    None
+                };
+                match by_ufrag {
+                    Some(i) => {
+                        self.by_check_addr.insert(source, i);
+                        i
+                    }
+                    None => match self.by_check_addr.get(&source) {
+                        Some(i) if kind == DatagramKind::Stun => *i,
+                        _ => {
+                            self.counters.dropped_unknown_source += 1;
+                            return;
+                        }
+                    },
+                }
+            }
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, contents) else {
+            self.counters.dropped_garbage += 1;
+            return;
+        };
+        let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if p.left {
+            self.counters.dropped_unknown_source += 1;
+            return;
+        }
+        if let Err(e) = p
+            .rtc
+            .handle_input(ringcast_core::str0m::Input::Receive(now, receive))
+        {
+            tracing::debug!(ssrc = p.ssrc, "participant refused datagram: {e}");
+            self.counters.dropped_rejected += 1;
+        }
+        self.drain(idx);
+    }
+
+    /// The earliest instant any participant needs [`Sfu::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.participants
+            .iter()
+            .flatten()
+            .filter_map(|p| p.timeout)
+            .min()
+    }
+
+    /// Drives every participant whose deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        for idx in 0..self.participants.len() {
+            let due = self
+                .participants
+                .get(idx)
+                .and_then(Option::as_ref)
+                .and_then(|p| p.timeout)
+                .is_some_and(|t| t <= now);
+            if !due {
+                continue;
+            }
+            if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) {
+                if let Err(e) = p
+                    .rtc
+                    .handle_input(ringcast_core::str0m::Input::Timeout(now))
+                {
+                    tracing::debug!(ssrc = p.ssrc, "participant timeout error: {e}");
+                }
+            }
+            self.drain(idx);
+        }
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<SfuTransmit> {
+        self.outbox.pop_front()
+    }
+
+    fn push_transmit(&mut self, t: SfuTransmit) {
+        if self.outbox.len() >= MAX_OUTBOX {
+            self.counters.dropped_outbox_full += 1;
+        } else {
+            self.outbox.push_back(t);
+        }
+    }
+
+    /// Polls participant `idx` until it has nothing more to say.
+    fn drain(&mut self, idx: usize) {
+        loop {
+            let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
+                return;
+            };
+            if p.left {
+                return;
+            }
+            let out = match p.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(ssrc = p.ssrc, "participant failed: {e}");
+                    p.connected = false;
+                    p.timeout = None;
+                    return;
+                }
+            };
+            match out {
+                ringcast_core::str0m::Output::Timeout(t) => {
+                    p.timeout = Some(t);
+                    return;
+                }
+                ringcast_core::str0m::Output::Transmit(t) => {
+                    let contents: Vec<u8> = t.contents.into();
+                    if classify(&contents) != DatagramKind::Stun && p.remote != Some(t.destination)
+                    {
+                        // Non-STUN traffic only goes to the nominated pair: this is the
+                        // participant's 5-tuple from now on.
+                        let old = p.remote.replace(t.destination);
+                        if let Some(old) = old {
+                            if self.by_addr.get(&old) == Some(&idx) {
+                                self.by_addr.remove(&old);
+                            }
+                        }
+                        // A second client on the same 5-tuple takes it over, like on a real
+                        // SFU; the earlier participant no longer receives anything.
+                        self.by_addr.insert(t.destination, idx);
+                    }
+                    self.push_transmit(SfuTransmit {
+                        destination: t.destination,
+                        contents,
+                    });
+                }
+                ringcast_core::str0m::Output::Event(e) => self.handle_event(idx, e),
+            }
+        }
+    }
+
+    fn handle_event(&mut self, idx: usize, e: ringcast_core::str0m::Event) {
+        use ringcast_core::str0m::Event;
+        let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        match e {
+            Event::Connected => {
+                tracing::debug!(ssrc = p.ssrc, chat = p.chat_id, "participant connected");
+                p.connected = true;
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                p.connected = false;
+            }
+            Event::Closed => {
+                p.connected = false;
+            }
+            Event::RtpPacket(pkt) => {
+                let Some(level) = pkt.header.ext_vals.audio_level else {
+                    p.dropped_no_audio_level += 1;
+                    return;
+                };
+                p.packets += 1;
+                p.bytes += pkt.payload.len() as u64;
+                p.loss.on_packet(*pkt.seq_no);
+                if let Some(decoder) = p.decoder.as_mut() {
+                    match decoder.decode(&pkt.payload, &mut self.pcm, false) {
+                        Ok(n) => p.meter.push(self.pcm.get(..n).unwrap_or(&[])),
+                        Err(e) => tracing::debug!(ssrc = p.ssrc, "opus decode: {e}"),
+                    }
+                }
+                let chat_id = p.chat_id;
+                let from_ssrc = p.ssrc;
+                if self.config.forward_audio {
+                    self.forward(chat_id, idx, from_ssrc, &pkt, level);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forward(
+        &mut self,
+        chat_id: i64,
+        from: usize,
+        ssrc: u32,
+        pkt: &ringcast_core::str0m::rtp::RtpPacket,
+        level: i8,
+    ) {
+        let targets: Vec<usize> = match self.chats.get(&chat_id) {
+            Some(list) => list.iter().copied().filter(|i| *i != from).collect(),
+            None => return,
+        };
+        let mut forwarded = 0;
+        let now = self.last_now;
+        for t in targets {
+            let Some(p) = self.participants.get_mut(t).and_then(Option::as_mut) else {
+                continue;
+            };
+            if !p.connected || p.left {
+                continue;
+            }
+            let mid = Mid::from(AUDIO_MID);
+            let mut api = p.rtc.direct_api();
+            if p.tx_streams.insert(ssrc) {
+                api.declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
+            }
+            let Some(stream) = api.stream_tx(&StrSsrc::from(ssrc)) else {
+                continue;
+            };
+            let write = RtpWrite::new(
+                pkt.header.payload_type,
+                pkt.seq_no,
+                pkt.header.timestamp,
+                now,
+                pkt.payload.clone(),
+            )
+            .ext_vals(ExtensionValues {
+                audio_level: Some(level),
+                voice_activity: pkt.header.ext_vals.voice_activity,
+                ..Default::default()
+            });
+            stream.write_rtp(write);
+            // str0m releases queued RTP on the next timeout; make that now.
+            if let Err(e) = p
+                .rtc
+                .handle_input(ringcast_core::str0m::Input::Timeout(now))
+            {
+                tracing::debug!("forward timeout: {e}");
+            }
+            forwarded += 1;
+            self.drain(t);
+        }
+        if let Some(p) = self.participants.get_mut(from).and_then(Option::as_mut) {
+            p.forwarded += forwarded;
+        }
+    }
+
+    /// Stats of every participant, grouped by chat, in join order.
+    pub fn stats(&self) -> Vec<(i64, Vec<ParticipantStats>)> {
+        let mut chats: Vec<(i64, Vec<ParticipantStats>)> = Vec::new();
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        for p in self.participants.iter().flatten() {
+            let slot = *index.entry(p.chat_id).or_insert_with(|| {
+                chats.push((p.chat_id, Vec::new()));
+                chats.len() - 1
+            });
+            if let Some((_, list)) = chats.get_mut(slot) {
+                list.push(ParticipantStats {
+                    ssrc: p.ssrc,
+                    connected: p.connected && !p.left,
+                    left: p.left,
+                    packets: p.packets,
+                    bytes: p.bytes,
+                    lost: p.loss.lost(),
+                    dropped_no_audio_level: p.dropped_no_audio_level,
+                    forwarded: p.forwarded,
+                    dominant_hz: p.meter.dominant_hz(),
+                    remote: p.remote,
+                });
+            }
+        }
+        chats
+    }
+
+    /// Stats as the JSON served by `GET /v1/stats`.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut chats = serde_json::Map::new();
+        for (chat_id, list) in self.stats() {
+            let entries: Vec<serde_json::Value> = list
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "ssrc": p.ssrc,
+                        "connected": p.connected,
+                        "left": p.left,
+                        "packets": p.packets,
+                        "bytes": p.bytes,
+                        "lost": p.lost,
+                        "dropped_no_audio_level": p.dropped_no_audio_level,
+                        "forwarded": p.forwarded,
+                        "dominant_hz": p.dominant_hz,
+                        "remote": p.remote.map(|a| a.to_string()),
+                    })
+                })
+                .collect();
+            chats.insert(chat_id.to_string(), serde_json::Value::Array(entries));
+        }
+        let c = &self.counters;
+        serde_json::json!({
+            "chats": chats,
+            "dropped": {
+                "garbage": c.dropped_garbage,
+                "unknown_source": c.dropped_unknown_source,
+                "rejected": c.dropped_rejected,
+                "outbox_full": c.dropped_outbox_full,
+                "bad_joins": c.bad_joins,
+            }
+        })
+    }
+
+    /// Number of participants that have joined and not left.
+    pub fn participants(&self) -> usize {
+        self.participants
+            .iter()
+            .flatten()
+            .filter(|p| !p.left)
+            .count()
+    }
+}
+
+#[cfg(feature = "sim")]
+impl ringcast_core::sim::SimSfu for Sfu {
+    fn addr(&self) -> SocketAddr {
+        self.config.udp_addr
+    }
+
+    fn join(&mut self, now: Instant, chat_id: i64, payload: &[u8]) -> Result<String, String> {
+        Sfu::join(self, now, chat_id, payload).map_err(|e| e.to_string())
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        Sfu::handle_datagram(self, now, source, destination, contents);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Sfu::handle_timeout(self, now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        Sfu::poll_transmit(self).map(|t| (t.destination, t.contents))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Sfu::poll_timeout(self)
+    }
+}
