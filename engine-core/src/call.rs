@@ -612,10 +612,10 @@ impl Call {
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
         }
-        if !matches!(self.state, CallState::Ended(_)) {
-            if let Some(out) = self.poll_rtc() {
-                return out;
-            }
+        if !matches!(self.state, CallState::Ended(_))
+            && let Some(out) = self.poll_rtc()
+        {
+            return out;
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
@@ -736,23 +736,22 @@ impl Call {
         // The SFU forwards other speakers with their own SSRCs and no MID extension, which
         // str0m drops unless the SSRC is expected. Like ntgcalls, accept audio from any new
         // SSRC carrying our Opus PT (the RTP header is not encrypted by SRTP).
-        if let Some((ssrc, pt)) = rtp_ssrc_and_pt(contents) {
-            if pt == *session.pt
-                && ssrc != self.ssrc.0
-                && !self.remote_ssrcs.contains(&ssrc)
-                && session.rtc.is_connected()
-            {
-                if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
-                    self.stats.dropped_unknown_ssrc += 1;
-                } else {
-                    self.remote_ssrcs.insert(ssrc);
-                    session.rtc.direct_api().expect_stream_rx(
-                        StrSsrc::from(ssrc),
-                        None,
-                        Mid::from(AUDIO_MID),
-                        None,
-                    );
-                }
+        if let Some((ssrc, pt)) = rtp_ssrc_and_pt(contents)
+            && pt == *session.pt
+            && ssrc != self.ssrc.0
+            && !self.remote_ssrcs.contains(&ssrc)
+            && session.rtc.is_connected()
+        {
+            if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
+                self.stats.dropped_unknown_ssrc += 1;
+            } else {
+                self.remote_ssrcs.insert(ssrc);
+                session.rtc.direct_api().expect_stream_rx(
+                    StrSsrc::from(ssrc),
+                    None,
+                    Mid::from(AUDIO_MID),
+                    None,
+                );
             }
         }
         match session
@@ -781,17 +780,17 @@ impl Call {
         if matches!(self.state, CallState::Ended(_)) {
             return;
         }
-        if let Some(deadline) = self.connect_deadline {
-            if now >= deadline {
-                self.end(EndReason::ConnectTimeout);
-                return;
-            }
+        if let Some(deadline) = self.connect_deadline
+            && now >= deadline
+        {
+            self.end(EndReason::ConnectTimeout);
+            return;
         }
         self.send_due_frames(now);
-        if let Some(session) = self.session.as_mut() {
-            if let Err(e) = session.rtc.handle_input(str0m::Input::Timeout(now)) {
-                self.end(EndReason::from_rtc_error(&e));
-            }
+        if let Some(session) = self.session.as_mut()
+            && let Err(e) = session.rtc.handle_input(str0m::Input::Timeout(now))
+        {
+            self.end(EndReason::from_rtc_error(&e));
         }
     }
 

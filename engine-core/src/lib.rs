@@ -34,6 +34,7 @@
 #![warn(unreachable_pub)]
 
 pub mod call;
+pub mod crypto;
 pub mod demux;
 pub mod media;
 pub mod signaling;

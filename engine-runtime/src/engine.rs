@@ -7,8 +7,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use ringcast_core::call::CallConfig;
 use ringcast_core::call::{CallState, CallStats, DEFAULT_CONNECT_TIMEOUT, MediaState};
+use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::str0m::config::DtlsCert;
+use ringcast_core::str0m::crypto::CryptoProvider;
 
 use crate::error::EngineError;
 use crate::shard::{Request, ShardConfig};
@@ -165,6 +168,10 @@ impl EngineBuilder {
             )));
         }
         let cert = generate_cert()?;
+        // One validated DTLS configuration for every call of this engine.
+        let crypto = CallCrypto::new(CryptoOptions::default())
+            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?
+            .provider();
         let (cmd_tx, cmd_rx) = bounded(self.command_queue);
         let (ev_tx, ev_rx) = bounded(self.event_queue);
         let config = ShardConfig {
@@ -188,6 +195,7 @@ impl EngineBuilder {
             events: ev_rx,
             thread: Some(thread),
             cert,
+            crypto,
             next_seed: AtomicU64::new(seed),
         })
     }
@@ -201,6 +209,7 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
     /// One certificate for every call of this engine (ECDHE keys are still per handshake).
     cert: DtlsCert,
+    crypto: Arc<CryptoProvider>,
     next_seed: AtomicU64,
 }
 
@@ -236,11 +245,11 @@ impl Engine {
         let seed = self
             .next_seed
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        let cert = self.cert.clone();
+        let mut config = CallConfig::new(seed, self.cert.clone());
+        config.crypto = Some(self.crypto.clone());
         self.request(|reply| Request::Create {
             chat_id,
-            seed,
-            cert,
+            config,
             reply,
         })?
     }
@@ -356,9 +365,7 @@ impl Drop for Engine {
 
 /// A fresh self-signed DTLS certificate.
 fn generate_cert() -> Result<DtlsCert, EngineError> {
-    ringcast_core::str0m::crypto::from_feature_flags()
-        .dtls_provider
-        .generate_certificate()
+    ringcast_core::crypto::generate_certificate()
         .ok_or_else(|| EngineError::Io(std::io::Error::other("dtls certificate generation failed")))
 }
 

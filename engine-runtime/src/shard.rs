@@ -15,7 +15,6 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ringcast_core::call::{Call, CallConfig, CallState, Command, Event, Input, Output};
 use ringcast_core::demux::Demux;
 use ringcast_core::signaling::group::JoinResponse;
-use ringcast_core::str0m::config::DtlsCert;
 use tokio::sync::Notify;
 use tokio_uring::net::UdpSocket;
 
@@ -35,8 +34,7 @@ const RX_BUF: usize = 2048;
 pub(crate) enum Request {
     Create {
         chat_id: i64,
-        seed: u64,
-        cert: DtlsCert,
+        config: CallConfig,
         reply: Sender<Result<String, EngineError>>,
     },
     Connect {
@@ -199,11 +197,10 @@ impl Shard {
         match req {
             Request::Create {
                 chat_id,
-                seed,
-                cert,
+                config,
                 reply,
             } => {
-                let _ = reply.send(self.create(chat_id, seed, cert));
+                let _ = reply.send(self.create(chat_id, config));
             }
             Request::Connect {
                 chat_id,
@@ -249,12 +246,11 @@ impl Shard {
         }
     }
 
-    fn create(&mut self, chat_id: i64, seed: u64, cert: DtlsCert) -> Result<String, EngineError> {
+    fn create(&mut self, chat_id: i64, mut config: CallConfig) -> Result<String, EngineError> {
         if self.by_chat.contains_key(&chat_id) {
             return Err(EngineError::ConnectionExists(chat_id));
         }
         let now = Instant::now();
-        let mut config = CallConfig::new(seed, cert);
         config.connect_timeout = self.config.connect_timeout;
         let call = Call::new(now, config)?;
         let payload = call.join_payload().to_json();

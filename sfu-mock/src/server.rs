@@ -17,6 +17,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::str0m::config::DtlsCert;
 
 use crate::{Sfu, SfuConfig};
@@ -112,6 +113,11 @@ impl Server {
         }
         let cert = generate_cert()?;
         let mut config = SfuConfig::new(udp_addr, options.seed, cert);
+        config.crypto = Some(
+            CallCrypto::new(CryptoOptions::default())
+                .map_err(|e| io::Error::other(e.to_string()))?
+                .provider(),
+        );
         config.analyse_audio = options.analyse_audio;
         config.forward_audio = options.forward_audio;
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
@@ -237,11 +243,9 @@ fn send(commands: &SyncSender<Command>, cmd: Command) -> Result<(), ControlError
     }
 }
 
-/// A fresh self-signed certificate from str0m's crypto provider.
+/// A fresh self-signed DTLS certificate.
 pub fn generate_cert() -> io::Result<DtlsCert> {
-    ringcast_core::str0m::crypto::from_feature_flags()
-        .dtls_provider
-        .generate_certificate()
+    ringcast_core::crypto::generate_certificate()
         .ok_or_else(|| io::Error::other("dtls certificate generation failed"))
 }
 

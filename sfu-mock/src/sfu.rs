@@ -413,10 +413,10 @@ impl Sfu {
         p.rtc.disconnect();
         self.by_ufrag.remove(&p.ufrag);
         self.by_check_addr.retain(|_, i| *i != idx);
-        if let Some(addr) = p.remote {
-            if self.by_addr.get(&addr) == Some(&idx) {
-                self.by_addr.remove(&addr);
-            }
+        if let Some(addr) = p.remote
+            && self.by_addr.get(&addr) == Some(&idx)
+        {
+            self.by_addr.remove(&addr);
         }
         if let Some(list) = self.chats.get_mut(&p.chat_id) {
             list.retain(|i| *i != idx);
@@ -566,13 +566,12 @@ impl Sfu {
             if !due {
                 continue;
             }
-            if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) {
-                if let Err(e) = p
+            if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut)
+                && let Err(e) = p
                     .rtc
                     .handle_input(ringcast_core::str0m::Input::Timeout(now))
-                {
-                    tracing::debug!(ssrc = p.ssrc, "participant timeout error: {e}");
-                }
+            {
+                tracing::debug!(ssrc = p.ssrc, "participant timeout error: {e}");
             }
             self.drain(idx);
         }
@@ -621,10 +620,10 @@ impl Sfu {
                         // Non-STUN traffic only goes to the nominated pair: this is the
                         // participant's 5-tuple from now on.
                         let old = p.remote.replace(t.destination);
-                        if let Some(old) = old {
-                            if self.by_addr.get(&old) == Some(&idx) {
-                                self.by_addr.remove(&old);
-                            }
+                        if let Some(old) = old
+                            && self.by_addr.get(&old) == Some(&idx)
+                        {
+                            self.by_addr.remove(&old);
                         }
                         // A second client on the same 5-tuple takes it over, like on a real
                         // SFU; the earlier participant no longer receives anything.
@@ -817,7 +816,7 @@ impl ringcast_core::sim::SimSfu for Sfu {
     }
 
     fn join(&mut self, now: Instant, chat_id: i64, payload: &[u8]) -> Result<String, String> {
-        Sfu::join(self, now, chat_id, payload).map_err(|e| e.to_string())
+        Self::join(self, now, chat_id, payload).map_err(|e| e.to_string())
     }
 
     fn handle_datagram(
@@ -827,18 +826,18 @@ impl ringcast_core::sim::SimSfu for Sfu {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        Sfu::handle_datagram(self, now, source, destination, contents);
+        Self::handle_datagram(self, now, source, destination, contents);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        Sfu::handle_timeout(self, now);
+        Self::handle_timeout(self, now);
     }
 
     fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        Sfu::poll_transmit(self).map(|t| (t.destination, t.contents))
+        Self::poll_transmit(self).map(|t| (t.destination, t.contents))
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        Sfu::poll_timeout(self)
+        Self::poll_timeout(self)
     }
 }

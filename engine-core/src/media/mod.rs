@@ -262,35 +262,31 @@ mod tests {
 
     #[test]
     fn toc_durations() {
-        // (TOC, optional count byte, expected duration in 48 kHz ticks)
-        let cases: &[(&[u8], Option<u32>)] = &[
-            (&[0 << 3], Some(480)),                          // SILK NB 10 ms, code 0
-            (&[(1 << 3)], Some(960)),                        // SILK NB 20 ms
-            (&[(2 << 3)], Some(1920)),                       // SILK NB 40 ms
-            (&[(3 << 3)], Some(2880)),                       // SILK NB 60 ms
-            (&[(11 << 3) | 1, 0], Some(5760)),               // SILK WB 60 ms, code 1: two frames
-            (&[(12 << 3)], Some(480)),                       // hybrid SWB 10 ms
-            (&[(15 << 3) | 2, 1, 0], Some(1920)),            // hybrid FB 20 ms, code 2: two frames
-            (&[(16 << 3)], Some(120)),                       // CELT NB 2.5 ms
-            (&[(21 << 3)], Some(240)),                       // CELT WB 5 ms
-            (&[(26 << 3)], Some(480)),                       // CELT SWB 10 ms
-            (&[(31 << 3)], Some(960)), // CELT FB 20 ms (what libopus sends for music)
-            (&[(31 << 3) | 3, 6], Some(5760)), // CELT FB 20 ms × 6 = 120 ms
-            (&[(16 << 3) | 3, 48], Some(5760)), // CELT 2.5 ms × 48 = 120 ms
-            (&[(31 << 3) | 3, 0x80 | 0x40 | 3], Some(2880)), // VBR + padding flags ignored
-            (&[(31 << 3) | 3, 7], None), // 140 ms: too long
-            (&[(3 << 3) | 3, 3], None), // 3 × 60 ms = 180 ms: too long
-            (&[(3 << 3) | 1], Some(5760)), // 2 × 60 ms = exactly 120 ms
-            (&[(31 << 3) | 3, 0], None), // zero frames
-            (&[(31 << 3) | 3], None),  // missing count byte
-            (&[], None),               // empty
+        // (packet: TOC byte and maybe a frame count byte, expected duration, what it is)
+        let cases: &[(&[u8], Option<u32>, &str)] = &[
+            (&[0 << 3], Some(480), "SILK NB 10 ms, code 0"),
+            (&[1 << 3], Some(960), "SILK NB 20 ms"),
+            (&[2 << 3], Some(1920), "SILK NB 40 ms"),
+            (&[3 << 3], Some(2880), "SILK NB 60 ms"),
+            (&[(11 << 3) | 1, 0], Some(5760), "SILK WB 60 ms × 2"),
+            (&[12 << 3], Some(480), "hybrid SWB 10 ms"),
+            (&[(15 << 3) | 2, 1, 0], Some(1920), "FB 20 ms × 2"),
+            (&[16 << 3], Some(120), "CELT NB 2.5 ms"),
+            (&[21 << 3], Some(240), "CELT WB 5 ms"),
+            (&[26 << 3], Some(480), "CELT SWB 10 ms"),
+            (&[31 << 3], Some(960), "CELT FB 20 ms"),
+            (&[(31 << 3) | 3, 6], Some(5760), "20 ms × 6"),
+            (&[(16 << 3) | 3, 48], Some(5760), "2.5 ms × 48"),
+            (&[(31 << 3) | 3, 0xc3], Some(2880), "flags ignored"),
+            (&[(3 << 3) | 1], Some(5760), "60 ms × 2"),
+            (&[(31 << 3) | 3, 7], None, "20 ms × 7"),
+            (&[(3 << 3) | 3, 3], None, "60 ms × 3"),
+            (&[(31 << 3) | 3, 0], None, "zero frames"),
+            (&[(31 << 3) | 3], None, "no count byte"),
+            (&[], None, "empty"),
         ];
-        for &(packet, expected) in cases {
-            assert_eq!(
-                packet_duration_samples(packet),
-                expected,
-                "packet {packet:02x?}"
-            );
+        for &(packet, expected, what) in cases {
+            assert_eq!(packet_duration_samples(packet), expected, "{what}");
         }
     }
 

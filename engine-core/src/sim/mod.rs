@@ -23,7 +23,12 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use str0m::config::DtlsCert;
+use str0m::crypto::CryptoProvider;
+
+use crate::crypto::{CallCrypto, CryptoOptions};
 
 use crate::call::{Call, CallConfig, CallState, Command, Event, Input, Output};
 use crate::demux::{DatagramKind, classify};
@@ -155,21 +160,123 @@ impl Digest {
 /// Guard against a component that keeps asking for a timeout at the current instant.
 const MAX_ROUNDS_PER_INSTANT: u32 = 10_000;
 
-/// A simulated world. See the [module docs](self).
-pub struct World<S: SimSfu> {
+/// The simulated wire: fate and timing of every datagram, and the trace of all that happens.
+struct Wire {
     epoch: Instant,
-    now: Instant,
     rng: fastrand::Rng,
     net: NetConfig,
-    sfu: S,
-    calls: Vec<SimCall>,
-    /// Virtual address -> call index.
-    by_addr: HashMap<SocketAddr, usize>,
     in_flight: BinaryHeap<Reverse<InFlight>>,
     order: u64,
     digest: Digest,
     stats: NetStats,
+    trace: Option<Vec<String>>,
+}
+
+impl Wire {
+    /// Puts a datagram on the wire: decides its fate and delivery time.
+    fn send(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    ) {
+        self.stats.sent += 1;
+        self.order += 1;
+        self.digest.write(b"tx");
+        self.digest.write_addr(&source);
+        self.digest.write_addr(&destination);
+        hash_datagram(&mut self.digest, &contents);
+        let lost = self.rng.f64() < self.net.loss;
+        if let Some(trace) = self.trace.as_mut() {
+            // DTLS lengths vary run to run (see the module docs), so the trace leaves them out.
+            let kind = classify(&contents);
+            let len = if kind == DatagramKind::Dtls {
+                "-".to_owned()
+            } else {
+                contents.len().to_string()
+            };
+            trace.push(format!(
+                "{:>10?} tx {source} -> {destination} {kind:?} len {len}{}",
+                now.saturating_duration_since(self.epoch),
+                if lost { " LOST" } else { "" }
+            ));
+        }
+        if lost {
+            self.stats.lost += 1;
+            self.digest.write(b"lost");
+            return;
+        }
+        let copies = if self.rng.f64() < self.net.duplicate {
+            2
+        } else {
+            1
+        };
+        for copy in 0..copies {
+            let jitter_us = self.net.jitter.as_micros() as u64;
+            let extra = if jitter_us > 0 {
+                self.rng.u64(0..=jitter_us)
+            } else {
+                0
+            };
+            let deliver_at = now + self.net.latency + Duration::from_micros(extra);
+            self.digest
+                .write_u64(deliver_at.saturating_duration_since(now).as_micros() as u64);
+            self.stats.delivered += 1;
+            if copy > 0 {
+                self.stats.duplicated += 1;
+            }
+            self.in_flight.push(Reverse(InFlight {
+                deliver_at,
+                order: self.order * 2 + copy,
+                source,
+                destination,
+                contents: contents.clone(),
+            }));
+        }
+    }
+
+    fn record_event(&mut self, now: Instant, chat_id: i64, addr: Option<SocketAddr>, e: &Event) {
+        let tag = event_tag(e);
+        self.digest.write(b"ev");
+        self.digest.write_u64(chat_id as u64);
+        if let Some(a) = addr {
+            self.digest.write_addr(&a);
+        }
+        self.digest.write(tag.as_bytes());
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(format!(
+                "{:>10?} event chat {chat_id} {addr:?} {tag}",
+                now.saturating_duration_since(self.epoch)
+            ));
+        }
+    }
+
+    fn next_delivery(&self) -> Option<Instant> {
+        self.in_flight.peek().map(|Reverse(p)| p.deliver_at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<InFlight> {
+        if self.next_delivery()? <= now {
+            self.in_flight.pop().map(|Reverse(p)| p)
+        } else {
+            None
+        }
+    }
+}
+
+/// A simulated world. See the [module docs](self).
+pub struct World<S: SimSfu> {
+    now: Instant,
+    wire: Wire,
+    sfu: S,
+    calls: Vec<SimCall>,
+    /// Virtual address -> call index.
+    by_addr: HashMap<SocketAddr, usize>,
+    /// Seeds the calls' configs.
+    call_rng: fastrand::Rng,
     cert: DtlsCert,
+    crypto: Arc<CryptoProvider>,
     rounds_at_now: u32,
 }
 
@@ -178,8 +285,22 @@ impl<S: SimSfu> std::fmt::Debug for World<S> {
         f.debug_struct("World")
             .field("elapsed", &self.elapsed())
             .field("calls", &self.calls.len())
-            .field("net", &self.stats)
+            .field("net", &self.wire.stats)
             .finish_non_exhaustive()
+    }
+}
+
+/// A crypto provider for simulated components: dimpl's RNG seeded from `seed` so DTLS
+/// retransmission timing repeats. Never use it outside a simulation.
+pub fn sim_crypto(seed: u64) -> Arc<CryptoProvider> {
+    let options = CryptoOptions {
+        dangerous_rng_seed: Some(seed),
+        ..CryptoOptions::default()
+    };
+    match CallCrypto::new(options) {
+        Ok(c) => c.provider(),
+        // The same configuration builds in every other place; this cannot fail differently.
+        Err(e) => panic!("simulator dtls config: {e}"),
     }
 }
 
@@ -201,25 +322,30 @@ impl<S: SimSfu> World<S> {
         let mut digest = Digest(Digest::OFFSET);
         digest.write_u64(seed);
         Self {
-            epoch,
             now: epoch,
-            rng: fastrand::Rng::with_seed(seed ^ 0x5151_5151_5151_5151),
-            net,
+            wire: Wire {
+                epoch,
+                rng: fastrand::Rng::with_seed(seed ^ 0x5151_5151_5151_5151),
+                net,
+                in_flight: BinaryHeap::new(),
+                order: 0,
+                digest,
+                stats: NetStats::default(),
+                trace: None,
+            },
             sfu,
             calls: Vec::new(),
             by_addr: HashMap::new(),
-            in_flight: BinaryHeap::new(),
-            order: 0,
-            digest,
-            stats: NetStats::default(),
+            call_rng: fastrand::Rng::with_seed(seed.rotate_left(17) ^ 0xA5A5),
             cert,
+            crypto: sim_crypto(seed),
             rounds_at_now: 0,
         }
     }
 
     /// Virtual time since the epoch.
     pub fn elapsed(&self) -> Duration {
-        self.now.saturating_duration_since(self.epoch)
+        self.now.saturating_duration_since(self.wire.epoch)
     }
 
     /// The current virtual instant.
@@ -249,12 +375,27 @@ impl<S: SimSfu> World<S> {
 
     /// Network counters.
     pub fn net_stats(&self) -> NetStats {
-        self.stats
+        self.wire.stats
+    }
+
+    /// Changes the network's impairments from now on (datagrams in flight keep their fate).
+    pub fn set_net(&mut self, net: NetConfig) {
+        self.wire.net = net;
+    }
+
+    /// Keeps a readable line per datagram and event (for diffing two runs of a seed).
+    pub fn keep_trace(&mut self, on: bool) {
+        self.wire.trace = on.then(Vec::new);
+    }
+
+    /// The readable trace, if kept.
+    pub fn trace(&self) -> &[String] {
+        self.wire.trace.as_deref().unwrap_or(&[])
     }
 
     /// The trace digest so far.
     pub fn digest(&self) -> u64 {
-        self.digest.0
+        self.wire.digest.0
     }
 
     /// Creates a call, joins it to `chat_id` on the SFU, applies the answer and starts
@@ -268,7 +409,8 @@ impl<S: SimSfu> World<S> {
         // 198.18.0.0/15 is reserved for benchmarking (RFC 2544); these addresses are virtual.
         let ip = Ipv4Addr::new(198, 18, (n / 250) as u8, (n % 250 + 1) as u8);
         let local = SocketAddr::new(IpAddr::V4(ip), 40_000);
-        let config = CallConfig::new(self.rng.u64(..), self.cert.clone());
+        let mut config = CallConfig::new(self.call_rng.u64(..), self.cert.clone());
+        config.crypto = Some(self.crypto.clone());
         let mut call = Call::new(self.now, config).map_err(|e| e.to_string())?;
         let payload = call.join_payload().to_json();
         let answer = self.sfu.join(self.now, chat_id, payload.as_bytes())?;
@@ -284,6 +426,7 @@ impl<S: SimSfu> World<S> {
         });
         self.by_addr.insert(local, n);
         self.drain_call(n);
+        self.drain_sfu();
         Ok(SimCallId(n))
     }
 
@@ -312,21 +455,13 @@ impl<S: SimSfu> World<S> {
             if self.rounds_at_now > MAX_ROUNDS_PER_INSTANT {
                 // Something keeps asking to run "now": move time on by a millisecond rather
                 // than spin forever. Counted in the digest so it cannot hide.
-                self.digest.write(b"stall");
+                self.wire.digest.write(b"stall");
                 self.now += Duration::from_millis(1);
                 self.rounds_at_now = 0;
             }
         }
         let now = self.now;
-
-        while self
-            .in_flight
-            .peek()
-            .is_some_and(|Reverse(p)| p.deliver_at <= now)
-        {
-            let Some(Reverse(p)) = self.in_flight.pop() else {
-                break;
-            };
+        while let Some(p) = self.wire.pop_due(now) {
             self.deliver(p);
         }
         for i in 0..self.calls.len() {
@@ -366,7 +501,7 @@ impl<S: SimSfu> World<S> {
     }
 
     fn next_instant(&mut self) -> Option<Instant> {
-        let mut next: Option<Instant> = self.in_flight.peek().map(|Reverse(p)| p.deliver_at);
+        let mut next = self.wire.next_delivery();
         for i in 0..self.calls.len() {
             if let Some(t) = self.drain_call(i) {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -379,7 +514,7 @@ impl<S: SimSfu> World<S> {
     }
 
     fn deliver(&mut self, p: InFlight) {
-        self.digest.write(b"rx");
+        self.wire.digest.write(b"rx");
         if p.destination == self.sfu.addr() {
             self.sfu
                 .handle_datagram(self.now, p.source, p.destination, &p.contents);
@@ -407,115 +542,25 @@ impl<S: SimSfu> World<S> {
     fn drain_call(&mut self, i: usize) -> Option<Instant> {
         loop {
             let sim = self.calls.get_mut(i)?;
-            let out = sim.call.poll_output();
-            if let Output::Timeout(t) = out {
-                return Some(t);
-            }
-            if let Some((src, dst, contents)) = Self::record_call_output(&mut self.digest, sim, out)
-            {
-                self.order += 1;
-                Self::route(
-                    &mut self.rng,
-                    &self.net,
-                    &mut self.stats,
-                    &mut self.digest,
-                    &mut self.in_flight,
-                    self.now,
-                    self.order,
-                    src,
-                    dst,
-                    contents,
-                );
-            }
-        }
-    }
-
-    /// Records an event in the call's log and the digest; returns a transmit to route.
-    fn record_call_output(
-        digest: &mut Digest,
-        sim: &mut SimCall,
-        out: Output,
-    ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
-        match out {
-            Output::Transmit(t) => Some((t.source, t.destination, t.contents)),
-            Output::Event(e) => {
-                digest.write(b"ev");
-                digest.write_u64(sim.chat_id as u64);
-                if let Some(a) = sim.call.local_addr() {
-                    digest.write_addr(&a);
+            match sim.call.poll_output() {
+                Output::Timeout(t) => return Some(t),
+                Output::Transmit(t) => {
+                    self.wire
+                        .send(self.now, t.source, t.destination, t.contents)
                 }
-                digest.write(event_tag(&e).as_bytes());
-                sim.events.push(e);
-                None
+                Output::Event(e) => {
+                    self.wire
+                        .record_event(self.now, sim.chat_id, sim.call.local_addr(), &e);
+                    sim.events.push(e);
+                }
             }
-            Output::Timeout(_) => None,
         }
     }
 
     fn drain_sfu(&mut self) {
         let src = self.sfu.addr();
         while let Some((dst, contents)) = self.sfu.poll_transmit() {
-            self.order += 1;
-            Self::route(
-                &mut self.rng,
-                &self.net,
-                &mut self.stats,
-                &mut self.digest,
-                &mut self.in_flight,
-                self.now,
-                self.order,
-                src,
-                dst,
-                contents,
-            );
-        }
-    }
-
-    /// Puts a datagram on the simulated wire: decides its fate and delivery time.
-    #[allow(clippy::too_many_arguments)]
-    fn route(
-        rng: &mut fastrand::Rng,
-        net: &NetConfig,
-        stats: &mut NetStats,
-        digest: &mut Digest,
-        in_flight: &mut BinaryHeap<Reverse<InFlight>>,
-        now: Instant,
-        order: u64,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: Vec<u8>,
-    ) {
-        stats.sent += 1;
-        digest.write(b"tx");
-        digest.write_addr(&source);
-        digest.write_addr(&destination);
-        hash_datagram(digest, &contents);
-        if rng.f64() < net.loss {
-            stats.lost += 1;
-            digest.write(b"lost");
-            return;
-        }
-        let copies = if rng.f64() < net.duplicate { 2 } else { 1 };
-        for copy in 0..copies {
-            let jitter_us = net.jitter.as_micros() as u64;
-            let extra = if jitter_us > 0 {
-                rng.u64(0..=jitter_us)
-            } else {
-                0
-            };
-            let deliver_at = now + net.latency + Duration::from_micros(extra);
-            digest.write_u64(deliver_at.saturating_duration_since(now).as_micros() as u64);
-            stats.delivered += 1;
-            if copy > 0 {
-                stats.duplicated += 1;
-            }
-            in_flight.push(Reverse(InFlight {
-                deliver_at,
-                order: order * 2 + copy,
-                source,
-                destination,
-                contents: contents.clone(),
-            }));
+            self.wire.send(self.now, src, dst, contents);
         }
     }
 }
