@@ -70,6 +70,8 @@ pub struct CallInfo {
     pub media: MediaState,
     /// Its SSRC.
     pub ssrc: u32,
+    /// The local socket address it sends from (once connecting).
+    pub local_addr: Option<SocketAddr>,
     /// Its counters.
     pub stats: CallStats,
 }

@@ -484,6 +484,7 @@ fn info_of(slot: &Slot) -> CallInfo {
         state: slot.call.state().clone(),
         media: slot.call.media_state(),
         ssrc: slot.call.audio_ssrc().0,
+        local_addr: slot.call.local_addr(),
         stats: slot.call.stats().clone(),
     }
 }

@@ -1,0 +1,120 @@
+//! The loopback control API of sfu-mock: join, leave, stats, and bad requests.
+#![allow(clippy::unwrap_used)]
+
+use ringcast_core::signaling::Ssrc;
+use ringcast_core::signaling::group::{DtlsFingerprint, JoinPayload, JoinResponse};
+use serde_json::Value;
+use sfu_mock::server::{Server, ServerOptions};
+
+fn post(url: &str, body: &str) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.post(url).send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+fn payload(ssrc: u32) -> String {
+    JoinPayload {
+        ufrag: "abcdEFGH1234".to_owned(),
+        pwd: "0123456789abcdefghijklmn".to_owned(),
+        fingerprints: vec![DtlsFingerprint {
+            hash: "sha-256".to_owned(),
+            setup: "passive".to_owned(),
+            fingerprint: vec!["AB"; 32].join(":"),
+        }],
+        ssrc: Ssrc(ssrc),
+        ssrc_groups: Vec::new(),
+    }
+    .to_json()
+}
+
+#[test]
+fn join_answers_with_telegram_json_and_stats_list_the_participant() {
+    let server = Server::start(ServerOptions::default()).unwrap();
+    let http = server.http_addr().unwrap();
+    let (status, answer) = post(
+        &format!("http://{http}/v1/chats/-1001/join"),
+        &payload(4242),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let parsed = JoinResponse::parse(answer.to_string().as_bytes()).unwrap();
+    // Telegram's shape: the SFU's one UDP address as a host candidate, ports as strings,
+    // Opus 111 and the audio-level extension.
+    assert_eq!(parsed.transport.candidates.len(), 1);
+    assert_eq!(parsed.transport.candidates[0].address(), server.udp_addr());
+    assert!(answer["transport"]["candidates"][0]["port"].is_string());
+    assert_eq!(parsed.opus_pt(), 111);
+    assert_eq!(
+        parsed.audio_extension_id("urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        Some(1)
+    );
+    let stats: Value = serde_json::from_str(
+        &ureq::get(&format!("http://{http}/v1/stats"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let list = stats["chats"]["-1001"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["ssrc"], 4242);
+    assert_eq!(list[0]["connected"], false);
+    assert_eq!(list[0]["packets"], 0);
+
+    let (status, body) = post(
+        &format!("http://{http}/v1/chats/-1001/leave"),
+        r#"{"ssrc": 4242}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        &format!("http://{http}/v1/chats/-1001/leave"),
+        r#"{"ssrc": 4242}"#,
+    );
+    assert_eq!(status, 404, "{body}");
+    let left = server.stats().unwrap();
+    assert_eq!(left["chats"]["-1001"][0]["left"], true);
+}
+
+#[test]
+fn bad_join_payloads_get_400_with_the_field_named() {
+    let server = Server::start(ServerOptions::default()).unwrap();
+    let url = format!("http://{}/v1/chats/1/join", server.http_addr().unwrap());
+    let good = payload(1);
+    let cases: Vec<(String, &str)> = vec![
+        (String::new(), "json"),
+        (good[..good.len() / 2].to_owned(), "json"),
+        (good.replace("\"ssrc\":1", "\"ssrc\":\"x\""), "ssrc"),
+        (good.replace("\"ssrc\":1", "\"ssrc\":1.5"), "ssrc"),
+        (
+            good.replace("sha-256", "md5")
+                .replace(&vec!["AB"; 32].join(":"), "zz"),
+            "fingerprint",
+        ),
+        (good.replace("\"ufrag\"", "\"uf\""), "ufrag"),
+        ("[]".to_owned(), "$"),
+        (format!("{{\"ufrag\":\"{}\"}}", "a".repeat(70_000)), "large"),
+    ];
+    for (body, needle) in cases {
+        let (status, answer) = post(&url, &body);
+        assert!(status == 400 || status == 413, "{body:.80}: {status}");
+        let msg = answer["error"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body:.80}: {msg}");
+    }
+    assert_eq!(
+        server.stats().unwrap()["dropped"]["bad_joins"]
+            .as_u64()
+            .unwrap(),
+        7
+    );
+    let (status, _) = post(
+        &format!("http://{}/v1/nope", server.http_addr().unwrap()),
+        "",
+    );
+    assert_eq!(status, 404);
+}
