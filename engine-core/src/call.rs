@@ -24,6 +24,7 @@ use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
 use str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcConfig, RtcError};
 
 use crate::media::{FRAME_DURATION, FrameSource, OpusFrame, SourceError};
+use crate::pacer::LatenessHistogram;
 use crate::signaling::group::{
     AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, URI_AUDIO_LEVEL,
 };
@@ -301,6 +302,8 @@ pub struct CallStats {
     pub dropped_unknown_ssrc: u64,
     /// 48 kHz samples of media played (stops while paused).
     pub played_samples: u64,
+    /// How late each frame was handed to str0m (`now` minus its due time).
+    pub lateness: LatenessHistogram,
 }
 
 /// Media plumbing that exists once the SFU's answer is applied.
@@ -335,6 +338,8 @@ pub struct Call {
     /// When the call was paused, to advance the RTP clock by the gap on resume.
     paused_at: Option<Instant>,
     remote_ssrcs: HashSet<u32>,
+    /// [`OPUS_SILENCE_FRAME`], allocated once per call and shared by every muted packet.
+    silence: Arc<[u8]>,
     events: VecDeque<Event>,
     stats: CallStats,
     last_now: Instant,
@@ -392,6 +397,7 @@ impl Call {
             rtp_time,
             paused_at: None,
             remote_ssrcs: HashSet::new(),
+            silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
             events: VecDeque::new(),
             stats: CallStats::default(),
             last_now: now,
@@ -874,6 +880,9 @@ impl Call {
         while due <= now {
             match self.next_source_frame() {
                 Some(frame) => {
+                    self.stats
+                        .lateness
+                        .record(now.saturating_duration_since(due));
                     self.write_frame(due, &frame);
                     due += frame_duration(&frame);
                 }
@@ -910,10 +919,11 @@ impl Call {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        let (payload, level, vad): (&[u8], u8, bool) = if self.media.muted {
-            (&OPUS_SILENCE_FRAME, AUDIO_LEVEL_SILENCE, false)
+        // Arc clones: no allocation or copy per packet.
+        let (payload, level, vad): (Arc<[u8]>, u8, bool) = if self.media.muted {
+            (self.silence.clone(), AUDIO_LEVEL_SILENCE, false)
         } else {
-            (&frame.data, frame.audio_level, frame.voice_activity)
+            (frame.data.clone(), frame.audio_level, frame.voice_activity)
         };
         let ext = ExtensionValues {
             audio_level: Some(-(level.min(127) as i8)),

@@ -36,7 +36,9 @@
 pub mod call;
 pub mod crypto;
 pub mod demux;
+pub mod endpoint;
 pub mod media;
+pub mod pacer;
 pub mod signaling;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use ringcast_core::call::CallConfig;
-use ringcast_core::call::{CallState, CallStats, DEFAULT_CONNECT_TIMEOUT, MediaState};
+use ringcast_core::call::{CallState, DEFAULT_CONNECT_TIMEOUT, MediaState};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions};
+use ringcast_core::pacer::LatenessHistogram;
 use ringcast_core::str0m::config::DtlsCert;
 use ringcast_core::str0m::crypto::CryptoProvider;
 
 use crate::error::EngineError;
 use crate::shard::{Request, ShardConfig};
+
+/// A call's state, media state and counters, as [`Engine::call_info`] and [`Engine::calls`]
+/// return them.
+pub type CallInfo = ringcast_core::endpoint::CallSnapshot;
 use crate::source::StreamSource;
 
 /// Default capacity of the event channel.
@@ -59,49 +64,41 @@ pub enum EventKind {
     },
 }
 
-/// One call as listed by [`Engine::calls`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallInfo {
-    /// The chat.
-    pub chat_id: i64,
-    /// Its state.
-    pub state: CallState,
-    /// Its media state.
-    pub media: MediaState,
-    /// Its SSRC.
-    pub ssrc: u32,
-    /// The local socket address it sends from (once connecting).
-    pub local_addr: Option<SocketAddr>,
-    /// Its counters.
-    pub stats: CallStats,
-}
-
-/// Engine-wide counters.
+/// Engine-wide counters: every shard's endpoint counters added up, plus the runtime's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Number of shards.
+    pub shards: u64,
     /// Live calls.
     pub calls: u64,
-    /// UDP sockets in the pool.
+    /// UDP sockets in the pools.
     pub sockets: u64,
     /// Datagrams received.
     pub datagrams_received: u64,
     /// Datagrams sent.
     pub datagrams_sent: u64,
+    /// RTP media packets sent.
+    pub packets_sent: u64,
     /// Datagrams that matched no call (dropped).
     pub dropped_unroutable: u64,
     /// Datagrams a call refused (malformed, bad integrity, replay...).
     pub dropped_by_call: u64,
     /// Events dropped because the event channel was full.
     pub dropped_events: u64,
-    /// Datagrams dropped because the receive queue was full.
+    /// Datagrams dropped because a shard's receive queue was full.
     pub dropped_rx_queue_full: u64,
-    /// Send errors from the socket.
+    /// Send errors from the sockets.
     pub send_errors: u64,
+    /// Calls reaped after they ended.
+    pub calls_reaped: u64,
+    /// Pacer lateness (send time minus due time) of every packet, all shards.
+    pub lateness: LatenessHistogram,
 }
 
 /// Builder for [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
+    shards: usize,
     bind: SocketAddr,
     connect_timeout: Duration,
     event_queue: usize,
@@ -113,6 +110,7 @@ pub struct EngineBuilder {
 impl Default for EngineBuilder {
     fn default() -> Self {
         Self {
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             event_queue: DEFAULT_EVENT_QUEUE,
@@ -124,6 +122,13 @@ impl Default for EngineBuilder {
 }
 
 impl EngineBuilder {
+    /// Number of shard threads, each with its own io_uring and its own calls. Default: one
+    /// per available core.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n.max(1);
+        self
+    }
+
     /// The local IP (and optionally port of the first socket) to bind. Must be a concrete IP
     /// that the SFU can reach, not `0.0.0.0`. Default `127.0.0.1:0`.
     pub fn bind(mut self, addr: SocketAddr) -> Self {
@@ -174,28 +179,41 @@ impl EngineBuilder {
         let crypto = CallCrypto::new(CryptoOptions::default())
             .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?
             .provider();
-        let (cmd_tx, cmd_rx) = bounded(self.command_queue);
         let (ev_tx, ev_rx) = bounded(self.event_queue);
-        let config = ShardConfig {
-            index: 0,
-            bind: self.bind,
-            connect_timeout: self.connect_timeout,
-            receive_audio: self.receive_audio,
-        };
-        let (ready_tx, ready_rx) = bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("ringcast-shard-0".to_owned())
-            .spawn(move || crate::shard::run(config, cmd_rx, ev_tx, ready_tx))?;
-        match ready_rx.recv_timeout(REPLY_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(EngineError::Io(e)),
-            Err(_) => return Err(EngineError::ShardGone),
+        let mut shards = Vec::with_capacity(self.shards);
+        for index in 0..self.shards {
+            let (cmd_tx, cmd_rx) = bounded(self.command_queue);
+            // Only the first shard takes a fixed port; the others bind any port on the same IP.
+            let bind = if index == 0 {
+                self.bind
+            } else {
+                SocketAddr::new(self.bind.ip(), 0)
+            };
+            let config = ShardConfig {
+                index,
+                bind,
+                receive_audio: self.receive_audio,
+            };
+            let (ready_tx, ready_rx) = bounded(1);
+            let events = ev_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("ringcast-shard-{index}"))
+                .spawn(move || crate::shard::run(config, cmd_rx, events, ready_tx))?;
+            match ready_rx.recv_timeout(REPLY_TIMEOUT) {
+                Ok(Ok(_addr)) => {}
+                Ok(Err(e)) => return Err(EngineError::Io(e)),
+                Err(_) => return Err(EngineError::ShardGone),
+            }
+            shards.push(ShardHandle {
+                commands: cmd_tx,
+                thread: Some(thread),
+            });
         }
         let seed = self.seed.unwrap_or_else(os_seed);
         Ok(Engine {
-            commands: cmd_tx,
+            shards,
             events: ev_rx,
-            thread: Some(thread),
+            connect_timeout: self.connect_timeout,
             cert,
             crypto,
             next_seed: AtomicU64::new(seed),
@@ -203,12 +221,18 @@ impl EngineBuilder {
     }
 }
 
+#[derive(Debug)]
+struct ShardHandle {
+    commands: Sender<Request>,
+    thread: Option<JoinHandle<()>>,
+}
+
 /// The engine handle. Cheap to share by reference across threads; dropping it stops the shard.
 #[derive(Debug)]
 pub struct Engine {
-    commands: Sender<Request>,
+    shards: Vec<ShardHandle>,
     events: Receiver<EngineEvent>,
-    thread: Option<JoinHandle<()>>,
+    connect_timeout: Duration,
     /// One certificate for every call of this engine (ECDHE keys are still per handshake).
     cert: DtlsCert,
     crypto: Arc<CryptoProvider>,
@@ -226,9 +250,21 @@ impl Engine {
         &self.events
     }
 
-    fn request<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Result<T, EngineError> {
+    /// The shard that owns `chat_id` for the call's whole life: a multiplicative hash spreads
+    /// sequential and Telegram-style (-100...) ids evenly.
+    fn shard_of(&self, chat_id: i64) -> usize {
+        let h = (chat_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((h >> 32) % self.shards.len() as u64) as usize
+    }
+
+    fn request<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(Sender<T>) -> Request,
+    ) -> Result<T, EngineError> {
+        let handle = self.shards.get(shard).ok_or(EngineError::ShardGone)?;
         let (tx, rx) = bounded(1);
-        match self.commands.try_send(make(tx)) {
+        match handle.commands.try_send(make(tx)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(EngineError::QueueFull),
             Err(TrySendError::Disconnected(_)) => return Err(EngineError::ShardGone),
@@ -249,7 +285,8 @@ impl Engine {
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         let mut config = CallConfig::new(seed, self.cert.clone());
         config.crypto = Some(self.crypto.clone());
-        self.request(|reply| Request::Create {
+        config.connect_timeout = self.connect_timeout;
+        self.request(self.shard_of(chat_id), |reply| Request::Create {
             chat_id,
             config,
             reply,
@@ -261,7 +298,7 @@ impl Engine {
     pub fn connect(&self, chat_id: i64, response_json: &str) -> Result<(), EngineError> {
         let response =
             ringcast_core::signaling::group::JoinResponse::parse(response_json.as_bytes())?;
-        self.request(|reply| Request::Connect {
+        self.request(self.shard_of(chat_id), |reply| Request::Connect {
             chat_id,
             response: Box::new(response),
             reply,
@@ -304,7 +341,7 @@ impl Engine {
     }
 
     fn command(&self, chat_id: i64, command: ringcast_core::Command) -> Result<(), EngineError> {
-        self.request(|reply| Request::Command {
+        self.request(self.shard_of(chat_id), |reply| Request::Command {
             chat_id,
             command,
             reply,
@@ -319,6 +356,11 @@ impl Engine {
         ))
     }
 
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
     /// The call's connection state (ntgcalls' name, kept for porting).
     pub fn get_state(&self, chat_id: i64) -> Result<CallState, EngineError> {
         Ok(self.call_info(chat_id)?.state)
@@ -331,17 +373,45 @@ impl Engine {
 
     /// One call's state, media state and counters.
     pub fn call_info(&self, chat_id: i64) -> Result<CallInfo, EngineError> {
-        self.request(|reply| Request::Info { chat_id, reply })?
+        self.request(self.shard_of(chat_id), |reply| Request::Info {
+            chat_id,
+            reply,
+        })?
+        .ok_or(EngineError::ConnectionNotFound(chat_id))
     }
 
-    /// Every live call.
+    /// Every live call, from every shard.
     pub fn calls(&self) -> Result<Vec<CallInfo>, EngineError> {
-        self.request(|reply| Request::List { reply })
+        let mut all = Vec::new();
+        for shard in 0..self.shards.len() {
+            all.extend(self.request(shard, |reply| Request::List { reply })?);
+        }
+        Ok(all)
     }
 
-    /// Engine-wide counters.
+    /// Engine-wide counters, added up over the shards.
     pub fn stats(&self) -> Result<EngineStats, EngineError> {
-        self.request(|reply| Request::Stats { reply })
+        let mut total = EngineStats {
+            shards: self.shards.len() as u64,
+            ..EngineStats::default()
+        };
+        for shard in 0..self.shards.len() {
+            let s = self.request(shard, |reply| Request::Stats { reply })?;
+            let e = &s.endpoint;
+            total.calls += e.calls;
+            total.sockets += e.sockets;
+            total.datagrams_received += e.datagrams_received;
+            total.datagrams_sent += e.datagrams_sent;
+            total.packets_sent += e.packets_sent;
+            total.dropped_unroutable += e.dropped_unroutable;
+            total.dropped_by_call += e.dropped_by_call;
+            total.dropped_events += e.dropped_events;
+            total.calls_reaped += e.calls_reaped;
+            total.lateness.merge(&e.lateness);
+            total.dropped_rx_queue_full += s.dropped_rx_queue_full;
+            total.send_errors += s.send_errors;
+        }
+        Ok(total)
     }
 
     /// Stops the shard and waits for it.
@@ -350,11 +420,15 @@ impl Engine {
     }
 
     fn stop_shard(&mut self) {
-        // A full queue still gets the shutdown through: the shard also exits when every
+        // A full queue still gets the shutdown through: a shard also exits when its command
         // sender is gone, which happens when `self` drops.
-        let _ = self.commands.try_send(Request::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for s in &self.shards {
+            let _ = s.commands.try_send(Request::Shutdown);
+        }
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }

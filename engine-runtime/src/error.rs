@@ -30,7 +30,24 @@ pub enum EngineError {
     /// The media source could not be opened.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// No socket could be found or opened for the call.
+    #[error("no free socket for this sfu address")]
+    NoFreeSocket,
     /// Socket or thread setup failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<ringcast_core::endpoint::EndpointError> for EngineError {
+    fn from(e: ringcast_core::endpoint::EndpointError) -> Self {
+        use ringcast_core::endpoint::EndpointError as E;
+        match e {
+            E::ConnectionExists(c) => Self::ConnectionExists(c),
+            E::ConnectionNotFound(c) => Self::ConnectionNotFound(c),
+            E::NoFreeSocket => Self::NoFreeSocket,
+            E::Call(c) => Self::Call(c),
+            // EndpointError is non_exhaustive; a future variant still reaches the caller.
+            other => Self::Io(std::io::Error::other(other.to_string())),
+        }
+    }
 }

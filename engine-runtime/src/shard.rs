@@ -1,24 +1,27 @@
-//! A shard: one thread, one io_uring, the calls it owns and the sockets they share.
+//! A shard: one thread, one io_uring, one [`Endpoint`] and the sockets it sends from.
 //!
 //! Everything in here runs on the shard's thread; call state needs no lock. The API reaches
 //! the shard through a bounded command queue polled every [`COMMAND_POLL`] at worst; received
-//! datagrams arrive from one receive task per socket through a bounded local queue.
+//! datagrams arrive from one receive task per socket through a bounded local queue. Each turn
+//! of the loop is one pacer tick: every packet due is collected from the endpoint and all of
+//! them are submitted to the ring together (one `io_uring_enter` for the batch).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use ringcast_core::call::{Call, CallConfig, CallState, Command, Event, Input, Output};
-use ringcast_core::demux::Demux;
+use futures_util::future::join_all;
+use ringcast_core::call::{CallConfig, Event};
+use ringcast_core::endpoint::{CallSnapshot, Endpoint, EndpointError, EndpointStats, SocketId};
 use ringcast_core::signaling::group::JoinResponse;
 use tokio::sync::Notify;
 use tokio_uring::net::UdpSocket;
 
-use crate::engine::{CallInfo, EngineEvent, EngineStats, EventKind};
+use crate::engine::{EngineEvent, EventKind};
 use crate::error::EngineError;
 
 /// Longest the shard sleeps before looking at the command queue.
@@ -29,8 +32,10 @@ const COMMANDS_PER_TURN: usize = 256;
 const RX_QUEUE: usize = 16_384;
 /// Receive buffer size: above str0m's largest datagram.
 const RX_BUF: usize = 2048;
+/// Sends submitted per batch (bounds the futures alive at once).
+const SEND_BATCH: usize = 1024;
 
-/// Requests from the API thread.
+/// Requests from the API threads.
 pub(crate) enum Request {
     Create {
         chat_id: i64,
@@ -44,20 +49,28 @@ pub(crate) enum Request {
     },
     Command {
         chat_id: i64,
-        command: Command,
+        command: ringcast_core::Command,
         reply: Sender<Result<(), EngineError>>,
     },
     Info {
         chat_id: i64,
-        reply: Sender<Result<CallInfo, EngineError>>,
+        reply: Sender<Option<CallSnapshot>>,
     },
     List {
-        reply: Sender<Vec<CallInfo>>,
+        reply: Sender<Vec<CallSnapshot>>,
     },
     Stats {
-        reply: Sender<EngineStats>,
+        reply: Sender<ShardStats>,
     },
     Shutdown,
+}
+
+/// What a shard reports for [`crate::Engine::stats`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ShardStats {
+    pub(crate) endpoint: EndpointStats,
+    pub(crate) dropped_rx_queue_full: u64,
+    pub(crate) send_errors: u64,
 }
 
 /// Shard settings.
@@ -65,12 +78,11 @@ pub(crate) enum Request {
 pub(crate) struct ShardConfig {
     pub(crate) index: usize,
     pub(crate) bind: SocketAddr,
-    pub(crate) connect_timeout: Duration,
     pub(crate) receive_audio: bool,
 }
 
 struct Datagram {
-    socket: usize,
+    socket: SocketId,
     source: SocketAddr,
     contents: Vec<u8>,
 }
@@ -83,30 +95,14 @@ struct Inbox {
     notify: Notify,
 }
 
-struct SocketSlot {
-    socket: Rc<UdpSocket>,
-    addr: SocketAddr,
-    demux: Demux<usize>,
-}
-
-struct Slot {
-    chat_id: i64,
-    call: Call,
-    socket: Option<usize>,
-    deadline: Instant,
-    span: tracing::Span,
-}
-
 struct Shard {
     config: ShardConfig,
+    endpoint: Endpoint,
     events: Sender<EngineEvent>,
-    calls: Vec<Option<Slot>>,
-    free: Vec<usize>,
-    by_chat: HashMap<i64, usize>,
-    sockets: Vec<SocketSlot>,
+    sockets: Vec<Rc<UdpSocket>>,
     inbox: Rc<Inbox>,
-    outbox: Vec<(usize, SocketAddr, Vec<u8>)>,
-    stats: EngineStats,
+    send_errors: u64,
+    dropped_events: u64,
 }
 
 /// The shard thread's body.
@@ -114,25 +110,28 @@ pub(crate) fn run(
     config: ShardConfig,
     commands: Receiver<Request>,
     events: Sender<EngineEvent>,
-    ready: Sender<io::Result<()>>,
+    ready: Sender<io::Result<SocketAddr>>,
 ) {
     tokio_uring::start(async move {
         let mut shard = Shard {
+            endpoint: Endpoint::new(Instant::now(), config.index),
             config,
             events,
-            calls: Vec::new(),
-            free: Vec::new(),
-            by_chat: HashMap::new(),
             sockets: Vec::new(),
             inbox: Rc::new(Inbox::default()),
-            outbox: Vec::new(),
-            stats: EngineStats::default(),
+            send_errors: 0,
+            dropped_events: 0,
         };
-        if let Err(e) = shard.open_socket() {
-            let _ = ready.send(Err(e));
-            return;
+        match shard.open_socket() {
+            Ok(id) => {
+                let addr = shard.endpoint.socket_addr(id);
+                let _ = ready.send(addr.ok_or_else(|| io::Error::other("no socket address")));
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
         }
-        let _ = ready.send(Ok(()));
         shard.run(commands).await;
     });
 }
@@ -148,19 +147,22 @@ impl Shard {
                     Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 }
             }
-            self.handle_received();
-            self.handle_timeouts();
+            let now = Instant::now();
+            loop {
+                let next = self.inbox.queue.borrow_mut().pop_front();
+                let Some(d) = next else { break };
+                self.endpoint
+                    .handle_datagram(now, d.socket, d.source, &d.contents);
+            }
+            self.endpoint.handle_timeout(Instant::now());
+            self.forward_events();
             self.flush().await;
 
             let now = Instant::now();
             let next = self
-                .calls
-                .iter()
-                .flatten()
-                .map(|s| s.deadline)
-                .min()
-                .unwrap_or(now + COMMAND_POLL)
-                .min(now + COMMAND_POLL);
+                .endpoint
+                .poll_timeout()
+                .map_or(now + COMMAND_POLL, |t| t.min(now + COMMAND_POLL));
             if next > now && self.inbox.queue.borrow().is_empty() {
                 let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(next));
                 tokio::select! {
@@ -171,7 +173,7 @@ impl Shard {
         }
     }
 
-    fn open_socket(&mut self) -> io::Result<usize> {
+    fn open_socket(&mut self) -> io::Result<SocketId> {
         // The first socket takes the configured port; the rest any free port on the same IP.
         let addr = if self.sockets.is_empty() {
             self.config.bind
@@ -181,315 +183,131 @@ impl Shard {
         let std_socket = std::net::UdpSocket::bind(addr)?;
         let local = std_socket.local_addr()?;
         let socket = Rc::new(UdpSocket::from_std(std_socket));
-        let index = self.sockets.len();
-        self.sockets.push(SocketSlot {
-            socket: socket.clone(),
-            addr: local,
-            demux: Demux::new(),
-        });
+        let id = self.endpoint.add_socket(local);
+        self.sockets.push(socket.clone());
         let inbox = self.inbox.clone();
-        tokio_uring::spawn(receive_loop(socket, index, inbox));
-        self.stats.sockets = self.sockets.len() as u64;
-        Ok(index)
+        tokio_uring::spawn(receive_loop(socket, id, inbox));
+        Ok(id)
     }
 
     fn handle_request(&mut self, req: Request) {
+        let now = Instant::now();
         match req {
             Request::Create {
                 chat_id,
                 config,
                 reply,
             } => {
-                let _ = reply.send(self.create(chat_id, config));
+                let r = self
+                    .endpoint
+                    .create_call(now, chat_id, config)
+                    .map_err(EngineError::from);
+                let _ = reply.send(r);
             }
             Request::Connect {
                 chat_id,
                 response,
                 reply,
             } => {
-                let _ = reply.send(self.connect(chat_id, &response));
+                let r = match self.endpoint.connect(now, chat_id, &response) {
+                    Err(EndpointError::NoFreeSocket) => match self.open_socket() {
+                        Ok(_) => self.endpoint.connect(now, chat_id, &response),
+                        Err(e) => {
+                            let _ = reply.send(Err(EngineError::Io(e)));
+                            return;
+                        }
+                    },
+                    other => other,
+                };
+                let _ = reply.send(r.map(|_| ()).map_err(EngineError::from));
             }
             Request::Command {
                 chat_id,
                 command,
                 reply,
             } => {
-                let result = match self.by_chat.get(&chat_id).copied() {
-                    Some(idx) => self.with_call(idx, |call, now| {
-                        call.handle_input(now, Input::Command(command))
-                            .map_err(EngineError::from)
-                    }),
-                    None => Err(EngineError::ConnectionNotFound(chat_id)),
-                };
-                let _ = reply.send(result);
+                let r = self
+                    .endpoint
+                    .command(now, chat_id, command)
+                    .map_err(EngineError::from);
+                let _ = reply.send(r);
             }
             Request::Info { chat_id, reply } => {
-                let info = self
-                    .by_chat
-                    .get(&chat_id)
-                    .and_then(|i| self.calls.get(*i))
-                    .and_then(Option::as_ref)
-                    .map(info_of)
-                    .ok_or(EngineError::ConnectionNotFound(chat_id));
-                let _ = reply.send(info);
+                let _ = reply.send(self.endpoint.call(chat_id));
             }
             Request::List { reply } => {
-                let _ = reply.send(self.calls.iter().flatten().map(info_of).collect());
+                let _ = reply.send(self.endpoint.calls());
             }
             Request::Stats { reply } => {
-                let mut stats = self.stats.clone();
-                stats.calls = self.by_chat.len() as u64;
-                stats.dropped_rx_queue_full = *self.inbox.dropped.borrow();
-                let _ = reply.send(stats);
+                let mut endpoint = self.endpoint.stats().clone();
+                endpoint.dropped_events += self.dropped_events;
+                let _ = reply.send(ShardStats {
+                    endpoint,
+                    dropped_rx_queue_full: *self.inbox.dropped.borrow(),
+                    send_errors: self.send_errors,
+                });
             }
             Request::Shutdown => {}
         }
+        self.forward_events();
     }
 
-    fn create(&mut self, chat_id: i64, mut config: CallConfig) -> Result<String, EngineError> {
-        if self.by_chat.contains_key(&chat_id) {
-            return Err(EngineError::ConnectionExists(chat_id));
-        }
-        let now = Instant::now();
-        config.connect_timeout = self.config.connect_timeout;
-        let call = Call::new(now, config)?;
-        let payload = call.join_payload().to_json();
-        let span = tracing::info_span!("call", chat_id, shard = self.config.index);
-        let slot = Slot {
-            chat_id,
-            call,
-            socket: None,
-            deadline: now,
-            span,
-        };
-        let idx = match self.free.pop() {
-            Some(i) => {
-                if let Some(s) = self.calls.get_mut(i) {
-                    *s = Some(slot);
-                }
-                i
-            }
-            None => {
-                self.calls.push(Some(slot));
-                self.calls.len() - 1
-            }
-        };
-        self.by_chat.insert(chat_id, idx);
-        Ok(payload)
-    }
-
-    /// Places the call on a socket with no live call to any of its SFU addresses (an SFU
-    /// tells participants apart by 5-tuple), then applies the answer.
-    fn connect(&mut self, chat_id: i64, response: &JoinResponse) -> Result<(), EngineError> {
-        let idx = *self
-            .by_chat
-            .get(&chat_id)
-            .ok_or(EngineError::ConnectionNotFound(chat_id))?;
-        let remotes: Vec<SocketAddr> = response
-            .transport
-            .candidates
-            .iter()
-            .map(|c| c.address())
-            .filter(|a| a.is_ipv4() == self.config.bind.is_ipv4())
-            .collect();
-        let socket = match self
-            .sockets
-            .iter()
-            .position(|s| remotes.iter().all(|r| !s.demux.is_taken(r, idx)))
-        {
-            Some(s) => s,
-            None => self.open_socket()?,
-        };
-        let local = self
-            .sockets
-            .get(socket)
-            .map(|s| s.addr)
-            .ok_or(EngineError::ShardGone)?;
-        self.with_call(idx, |call, now| {
-            call.connect(now, response, local)
-                .map_err(EngineError::from)
-        })?;
-        if let Some(slot) = self.sockets.get_mut(socket) {
-            for r in &remotes {
-                // Cannot fail: the socket was chosen because these are free.
-                let _ = slot.demux.register_remote(*r, idx);
-            }
-            if let Some(Some(s)) = self.calls.get(idx) {
-                slot.demux.register_ufrag(s.call.local_ufrag(), idx);
-            }
-        }
-        if let Some(Some(s)) = self.calls.get_mut(idx) {
-            s.socket = Some(socket);
-        }
-        Ok(())
-    }
-
-    /// Runs `f` on call `idx` inside its span, then drains its outputs.
-    fn with_call<T>(
-        &mut self,
-        idx: usize,
-        f: impl FnOnce(&mut Call, Instant) -> Result<T, EngineError>,
-    ) -> Result<T, EngineError> {
-        let now = Instant::now();
-        let result = {
-            let Some(Some(slot)) = self.calls.get_mut(idx) else {
-                return Err(EngineError::ShardGone);
+    fn forward_events(&mut self) {
+        while let Some((chat_id, e)) = self.endpoint.poll_event() {
+            let kind = match e {
+                Event::ConnectionChanged(state) => Some(EventKind::ConnectionChanged(state)),
+                Event::StreamEnded { error } => Some(EventKind::StreamEnded { error }),
+                Event::MediaStateChanged(m) => Some(EventKind::MediaStateChanged(m)),
+                Event::AudioReceived {
+                    ssrc, seq, payload, ..
+                } => self
+                    .config
+                    .receive_audio
+                    .then_some(EventKind::AudioReceived {
+                        ssrc: ssrc.0,
+                        seq,
+                        payload,
+                    }),
+                _ => None,
             };
-            let _enter = slot.span.clone().entered();
-            f(&mut slot.call, now)
-        };
-        self.drain(idx);
-        result
-    }
-
-    fn handle_received(&mut self) {
-        loop {
-            let next = self.inbox.queue.borrow_mut().pop_front();
-            let Some(d) = next else {
-                break;
-            };
-            self.stats.datagrams_received += 1;
-            let Some(slot) = self.sockets.get(d.socket) else {
-                continue;
-            };
-            let local = slot.addr;
-            let Some(idx) = slot.demux.route(&d.source, &d.contents) else {
-                self.stats.dropped_unroutable += 1;
-                continue;
-            };
-            let now = Instant::now();
-            if let Some(Some(s)) = self.calls.get_mut(idx) {
-                let _enter = s.span.clone().entered();
-                let input = Input::Datagram {
-                    source: d.source,
-                    destination: local,
-                    contents: &d.contents,
-                };
-                if let Err(e) = s.call.handle_input(now, input) {
-                    self.stats.dropped_by_call += 1;
-                    tracing::trace!("datagram dropped: {e}");
-                }
-            }
-            self.drain(idx);
-        }
-    }
-
-    fn handle_timeouts(&mut self) {
-        let now = Instant::now();
-        for idx in 0..self.calls.len() {
-            let due = matches!(self.calls.get(idx), Some(Some(s)) if s.deadline <= now);
-            if due {
-                if let Some(Some(s)) = self.calls.get_mut(idx) {
-                    let _enter = s.span.clone().entered();
-                    // Timeouts do not fail.
-                    let _ = s.call.handle_input(now, Input::Timeout);
-                }
-                self.drain(idx);
-            }
-        }
-    }
-
-    /// Polls call `idx` until it waits; queues its transmits, forwards its events, reaps it
-    /// if it ended.
-    fn drain(&mut self, idx: usize) {
-        let mut ended = false;
-        loop {
-            let Some(Some(slot)) = self.calls.get_mut(idx) else {
-                return;
-            };
-            match slot.call.poll_output() {
-                Output::Timeout(t) => {
-                    slot.deadline = t;
-                    break;
-                }
-                Output::Transmit(t) => {
-                    if let Some(sock) = slot.socket {
-                        self.outbox.push((sock, t.destination, t.contents));
+            if let Some(kind) = kind {
+                match self.events.try_send(EngineEvent { chat_id, kind }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                        self.dropped_events += 1;
                     }
                 }
-                Output::Event(e) => {
-                    let chat_id = slot.chat_id;
-                    let kind = match e {
-                        Event::ConnectionChanged(state) => {
-                            ended |= matches!(state, CallState::Ended(_));
-                            Some(EventKind::ConnectionChanged(state))
-                        }
-                        Event::StreamEnded { error } => Some(EventKind::StreamEnded { error }),
-                        Event::MediaStateChanged(m) => Some(EventKind::MediaStateChanged(m)),
-                        Event::AudioReceived {
-                            ssrc, seq, payload, ..
-                        } => self
-                            .config
-                            .receive_audio
-                            .then_some(EventKind::AudioReceived {
-                                ssrc: ssrc.0,
-                                seq,
-                                payload,
-                            }),
-                        _ => None,
-                    };
-                    if let Some(kind) = kind {
-                        self.emit(EngineEvent { chat_id, kind });
-                    }
-                }
-                _ => break,
-            }
-        }
-        if ended {
-            self.reap(idx);
-        }
-    }
-
-    fn emit(&mut self, event: EngineEvent) {
-        match self.events.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.stats.dropped_events += 1;
             }
         }
     }
 
-    /// Removes an ended call so its chat can be created again at once.
-    fn reap(&mut self, idx: usize) {
-        let Some(slot) = self.calls.get_mut(idx).and_then(Option::take) else {
-            return;
-        };
-        if let Some(sock) = slot.socket.and_then(|s| self.sockets.get_mut(s)) {
-            sock.demux.remove_call(idx);
-        }
-        self.by_chat.remove(&slot.chat_id);
-        self.free.push(idx);
-    }
-
+    /// Submits everything the endpoint wants sent, in batches: all sends of a batch are pushed
+    /// to the submission queue before any is awaited, so the ring gets them in one go.
     async fn flush(&mut self) {
-        for (sock, dest, contents) in self.outbox.drain(..) {
-            let Some(slot) = self.sockets.get(sock) else {
-                continue;
-            };
-            let (result, _buf) = slot.socket.send_to(contents, dest).await;
-            match result {
-                Ok(_) => self.stats.datagrams_sent += 1,
-                Err(e) => {
-                    self.stats.send_errors += 1;
-                    tracing::debug!(%dest, "send: {e}");
+        while self.endpoint.pending_transmits() > 0 {
+            let mut batch = Vec::with_capacity(self.endpoint.pending_transmits().min(SEND_BATCH));
+            while batch.len() < SEND_BATCH {
+                let Some(t) = self.endpoint.poll_transmit() else {
+                    break;
+                };
+                let Some(socket) = self.sockets.get(t.socket.0) else {
+                    self.send_errors += 1;
+                    continue;
+                };
+                let socket = socket.clone();
+                batch.push(async move { socket.send_to(t.contents, t.destination).await.0 });
+            }
+            for result in join_all(batch).await {
+                if let Err(e) = result {
+                    self.send_errors += 1;
+                    tracing::debug!("send: {e}");
                 }
             }
         }
     }
 }
 
-fn info_of(slot: &Slot) -> CallInfo {
-    CallInfo {
-        chat_id: slot.chat_id,
-        state: slot.call.state().clone(),
-        media: slot.call.media_state(),
-        ssrc: slot.call.audio_ssrc().0,
-        local_addr: slot.call.local_addr(),
-        stats: slot.call.stats().clone(),
-    }
-}
-
-async fn receive_loop(socket: Rc<UdpSocket>, index: usize, inbox: Rc<Inbox>) {
+async fn receive_loop(socket: Rc<UdpSocket>, id: SocketId, inbox: Rc<Inbox>) {
     let mut buf = vec![0u8; RX_BUF];
     loop {
         let (result, b) = socket.recv_from(buf).await;
@@ -501,7 +319,7 @@ async fn receive_loop(socket: Rc<UdpSocket>, index: usize, inbox: Rc<Inbox>) {
                     *inbox.dropped.borrow_mut() += 1;
                 } else {
                     queue.push_back(Datagram {
-                        socket: index,
+                        socket: id,
                         source,
                         contents: buf.get(..n).unwrap_or(&[]).to_vec(),
                     });

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::sync::Arc;
 
 pub mod ogg;
 pub mod tone;
@@ -48,8 +48,10 @@ pub const MAX_PACKET_DURATION_SAMPLES: u32 = 5_760;
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpusFrame {
     /// Exactly one Opus packet (RFC 6716 §3), TOC byte first. Shared, never copied per call:
-    /// cloning a frame for a thousand calls clones a reference count.
-    pub data: Bytes,
+    /// cloning a frame for a thousand calls clones a reference count. An `Arc<[u8]>` rather
+    /// than `Bytes` because str0m's `RtpWrite` takes `Arc<[u8]>`: a `Bytes` payload would be
+    /// copied into a new allocation for every call and every packet.
+    pub data: Arc<[u8]>,
     /// Audio duration of the packet in 48 kHz ticks ([`OPUS_CLOCK_RATE_HZ`]); the RTP timestamp
     /// advances by this much. Usually [`SAMPLES_PER_FRAME`] (20 ms).
     pub duration_samples: u32,

@@ -6,8 +6,8 @@
 use std::f64::consts::TAU;
 use std::time::Duration;
 
-use bytes::Bytes;
 use opus::{Application, Bitrate, Channels, Encoder};
+use std::sync::Arc;
 
 use super::{
     FRAME_DURATION, FrameSource, OPUS_CLOCK_RATE_HZ, OpusFrame, SAMPLES_PER_FRAME, SourceError,
@@ -39,7 +39,7 @@ const FRAME_LEN: usize = SAMPLES_PER_FRAME as usize;
 /// across frames, so the tone has no clicks at frame boundaries.
 ///
 /// Per frame, [`next_frame`](FrameSource::next_frame) fills a reused PCM buffer, encodes into a
-/// reused output buffer, and makes exactly one allocation: the `Bytes` holding the encoded packet
+/// reused output buffer, and makes exactly one allocation: the `Arc<[u8]>` holding the encoded packet
 /// (a few dozen bytes), which the frame then shares with every call it is sent on.
 #[derive(Debug)]
 pub struct ToneSource {
@@ -144,7 +144,7 @@ impl FrameSource for ToneSource {
             });
         };
         // The one allocation per frame (see the type docs).
-        let data = Bytes::copy_from_slice(encoded);
+        let data: Arc<[u8]> = Arc::from(encoded);
         self.frames_encoded += 1;
         Ok(Some(OpusFrame {
             data,
