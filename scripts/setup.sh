@@ -20,3 +20,13 @@ if [ ${#need[@]} -gt 0 ]; then
         $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
     }
 fi
+
+# Loopback load (hundreds of calls into one sfu-mock port) needs socket buffers larger than
+# Linux's 208 KiB default cap. Raise the cap when we may; tests still run without it, with
+# more kernel drops under load.
+for knob in net.core.rmem_max net.core.wmem_max; do
+    current=$(sysctl -n "$knob" 2>/dev/null || echo 0)
+    if [ "$current" -lt 8388608 ] && [ -w "/proc/sys/${knob//.//}" ]; then
+        sysctl -qw "$knob=8388608" || true
+    fi
+done

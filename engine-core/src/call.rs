@@ -338,6 +338,8 @@ pub struct Call {
     /// When the call was paused, to advance the RTP clock by the gap on resume.
     paused_at: Option<Instant>,
     remote_ssrcs: HashSet<u32>,
+    /// After [`Command::Stop`], until str0m's closing datagrams are out.
+    flushing_close: bool,
     /// [`OPUS_SILENCE_FRAME`], allocated once per call and shared by every muted packet.
     silence: Arc<[u8]>,
     events: VecDeque<Event>,
@@ -397,6 +399,7 @@ impl Call {
             rtp_time,
             paused_at: None,
             remote_ssrcs: HashSet::new(),
+            flushing_close: false,
             silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
             events: VecDeque::new(),
             stats: CallStats::default(),
@@ -618,10 +621,21 @@ impl Call {
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
         }
-        if !matches!(self.state, CallState::Ended(_))
-            && let Some(out) = self.poll_rtc()
-        {
-            return out;
+        if !matches!(self.state, CallState::Ended(_)) {
+            if let Some(out) = self.poll_rtc() {
+                return out;
+            }
+        } else if self.flushing_close {
+            // After Stop: let the BYE and close_notify out; events of a closed call are moot.
+            while let Some(out) = self.poll_rtc() {
+                if let Output::Transmit(_) = out {
+                    return out;
+                }
+            }
+            self.flushing_close = false;
+            if let Some(session) = self.session.as_mut() {
+                session.rtc.disconnect();
+            }
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
@@ -844,8 +858,14 @@ impl Call {
                 }
             }
             Command::Stop => {
+                // RTCP BYE and DTLS close_notify tell the SFU at once that we left (an SFU
+                // otherwise notices only when consent checks time out).
                 if let Some(session) = self.session.as_mut() {
-                    session.rtc.disconnect();
+                    if session.rtc.close().is_ok() {
+                        self.flushing_close = true;
+                    } else {
+                        session.rtc.disconnect();
+                    }
                 }
                 self.end(EndReason::Stopped);
             }

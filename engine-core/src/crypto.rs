@@ -27,6 +27,11 @@ use str0m::crypto::{CryptoError, CryptoProvider};
 /// 100 ms: a lost handshake flight then costs 5 audio frames, not 50.
 pub const DEFAULT_FLIGHT_START_RTO: Duration = Duration::from_millis(100);
 
+/// Retransmissions per flight before the handshake fails. dimpl's default (4) suits a 1 s
+/// start; from 100 ms, 8 doublings still give up only after about 25 s, so a burst of
+/// handshakes on a loaded machine does not fail early.
+pub const DEFAULT_FLIGHT_RETRIES: usize = 8;
+
 /// The MTU str0m passes by default (`DATAGRAM_MTU_TARGET`); configs for it are prebuilt.
 const DEFAULT_MTU: usize = str0m::DATAGRAM_MTU_TARGET;
 
@@ -80,7 +85,8 @@ impl CallCrypto {
             .with_crypto_provider(str0m_aws_lc_rs::dimpl_crypto_provider())
             .use_server_cookie(false)
             .mtu(mtu)
-            .flight_start_rto(options.flight_start_rto);
+            .flight_start_rto(options.flight_start_rto)
+            .flight_retries(DEFAULT_FLIGHT_RETRIES);
         if let Some(seed) = options.dangerous_rng_seed {
             builder = builder.dangerously_set_rng_seed(seed);
         }

@@ -32,6 +32,8 @@ const COMMANDS_PER_TURN: usize = 256;
 const RX_QUEUE: usize = 16_384;
 /// Receive buffer size: above str0m's largest datagram.
 const RX_BUF: usize = 2048;
+/// Requested SO_RCVBUF/SO_SNDBUF per socket.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Sends submitted per batch (bounds the futures alive at once).
 const SEND_BATCH: usize = 1024;
 
@@ -181,6 +183,11 @@ impl Shard {
             SocketAddr::new(self.config.bind.ip(), 0)
         };
         let std_socket = std::net::UdpSocket::bind(addr)?;
+        // A pacer tick sends every due packet at once; give the kernel room for the burst.
+        // Capped by net.core.{r,w}mem_max (scripts/setup.sh raises them where it can).
+        let sock = socket2::SockRef::from(&std_socket);
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         let local = std_socket.local_addr()?;
         let socket = Rc::new(UdpSocket::from_std(std_socket));
         let id = self.endpoint.add_socket(local);

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ringcast_core::media::{OggOpusReader, ToneSource};
+use ringcast_core::media::{OggOpusReader, SharedSource, ToneSource};
 use ringcast_core::{FrameSource, SourceError};
 
 /// A media source for [`Engine::set_stream_sources`](crate::Engine::set_stream_sources).
@@ -19,6 +19,8 @@ pub enum StreamSource {
     OggFile(PathBuf),
     /// An Ogg/Opus file already in memory.
     OggBytes(Bytes),
+    /// A source shared with other calls: encoded once, sent to all (radio in many chats).
+    Shared(SharedSource),
     /// Any frame source.
     Custom(Box<dyn FrameSource>),
 }
@@ -29,6 +31,7 @@ impl fmt::Debug for StreamSource {
             Self::Tone { frequency_hz } => write!(f, "Tone({frequency_hz} Hz)"),
             Self::OggFile(p) => write!(f, "OggFile({})", p.display()),
             Self::OggBytes(b) => write!(f, "OggBytes({} bytes)", b.len()),
+            Self::Shared(s) => write!(f, "Shared({s:?})"),
             Self::Custom(_) => f.write_str("Custom"),
         }
     }
@@ -46,6 +49,7 @@ impl StreamSource {
                 Box::new(OggOpusReader::new(Bytes::from(bytes))?)
             }
             Self::OggBytes(bytes) => Box::new(OggOpusReader::new(bytes)?),
+            Self::Shared(shared) => Box::new(shared.reader()),
             Self::Custom(source) => source,
         })
     }

@@ -30,6 +30,8 @@ const COMMAND_QUEUE: usize = 1024;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the UDP thread sleeps in `recv` before checking timers and commands.
 const MAX_POLL: Duration = Duration::from_millis(5);
+/// Requested SO_RCVBUF/SO_SNDBUF.
+const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Receive buffer: larger than any datagram str0m produces (its MTU is 1150-1400).
 const RECV_BUF: usize = 2048;
 
@@ -104,6 +106,11 @@ impl Server {
     /// Binds the sockets and starts the threads.
     pub fn start(options: ServerOptions) -> io::Result<Self> {
         let socket = UdpSocket::bind(options.udp)?;
+        // Hundreds of calls send their frames in bursts; the default buffer (208 KiB) drops
+        // them. The kernel caps this at net.core.rmem_max (scripts/setup.sh raises it).
+        let sock = socket2::SockRef::from(&socket);
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         let udp_addr = socket.local_addr()?;
         if udp_addr.ip().is_unspecified() {
             return Err(io::Error::new(

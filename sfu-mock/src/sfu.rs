@@ -29,6 +29,8 @@ use ringcast_core::str0m::net::{Protocol, Receive};
 use ringcast_core::str0m::rtp::{Extension, ExtensionValues, RtpWrite, Ssrc as StrSsrc};
 use ringcast_core::str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcConfig};
 
+use ringcast_core::pacer::TimerWheel;
+
 use crate::analysis::ToneMeter;
 
 /// The extension id we tell clients to use for ssrc-audio-level (tgcalls' hardcoded id).
@@ -222,6 +224,9 @@ pub struct Sfu {
     /// Live participants per chat.
     chats: HashMap<i64, Vec<usize>>,
     outbox: VecDeque<SfuTransmit>,
+    /// One entry per participant deadline (lazy deletion, see `ringcast_core::pacer`).
+    wheel: TimerWheel<usize>,
+    due: Vec<(Instant, usize)>,
     counters: SfuCounters,
     pcm: Vec<i16>,
     last_now: Instant,
@@ -260,6 +265,8 @@ impl Sfu {
             by_check_addr: HashMap::new(),
             chats: HashMap::new(),
             outbox: VecDeque::new(),
+            wheel: TimerWheel::new(now),
+            due: Vec::new(),
             counters: SfuCounters::default(),
             pcm: vec![0; MAX_FRAME_SAMPLES],
             last_now: now,
@@ -363,7 +370,7 @@ impl Sfu {
             ssrc: join.ssrc.0,
             ufrag: ufrag.clone(),
             rtc,
-            timeout: Some(now),
+            timeout: None,
             remote: None,
             connected: false,
             left: false,
@@ -546,35 +553,32 @@ impl Sfu {
 
     /// The earliest instant any participant needs [`Sfu::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.participants
-            .iter()
-            .flatten()
-            .filter_map(|p| p.timeout)
-            .min()
+        self.wheel.next_deadline()
     }
 
     /// Drives every participant whose deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
-        for idx in 0..self.participants.len() {
-            let due = self
-                .participants
-                .get(idx)
-                .and_then(Option::as_ref)
-                .and_then(|p| p.timeout)
-                .is_some_and(|t| t <= now);
-            if !due {
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        self.wheel.pop_due(now, &mut due);
+        for (at, idx) in due.drain(..) {
+            let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
+            };
+            if p.timeout != Some(at) || p.left {
+                continue; // stale wheel entry
             }
-            if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut)
-                && let Err(e) = p
-                    .rtc
-                    .handle_input(ringcast_core::str0m::Input::Timeout(now))
+            p.timeout = None;
+            if let Err(e) = p
+                .rtc
+                .handle_input(ringcast_core::str0m::Input::Timeout(now))
             {
                 tracing::debug!(ssrc = p.ssrc, "participant timeout error: {e}");
             }
             self.drain(idx);
         }
+        self.due = due;
     }
 
     /// Next datagram to send.
@@ -610,7 +614,10 @@ impl Sfu {
             };
             match out {
                 ringcast_core::str0m::Output::Timeout(t) => {
-                    p.timeout = Some(t);
+                    if p.timeout != Some(t) {
+                        p.timeout = Some(t);
+                        self.wheel.insert(t, idx);
+                    }
                     return;
                 }
                 ringcast_core::str0m::Output::Transmit(t) => {

@@ -19,9 +19,11 @@ use std::time::Duration;
 use std::sync::Arc;
 
 pub mod ogg;
+pub mod shared;
 pub mod tone;
 
 pub use ogg::{OggOpusReader, OggOpusWriter};
+pub use shared::{SharedReader, SharedSource};
 pub use tone::ToneSource;
 
 /// Duration of one Opus frame produced by the sources in this crate: 20 ms.
