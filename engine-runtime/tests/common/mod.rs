@@ -9,12 +9,12 @@ use ringcast_core::media::ToneSource;
 use serde_json::Value;
 use sfu_mock::server::Server;
 
-pub fn tone_for(chat: i64) -> f32 {
+pub(crate) fn tone_for(chat: i64) -> f32 {
     300.0 + 20.0 * chat as f32
 }
 
 /// Joins `calls` calls spread over `chats` chats, each chat playing its own shared tone.
-pub fn join_all(
+pub(crate) fn join_all(
     engine: &Engine,
     sfu: &Server,
     calls: i64,
@@ -37,7 +37,7 @@ pub fn join_all(
     (plan, sources)
 }
 
-pub fn wait_connected(engine: &Engine, n: usize, limit: Duration) {
+pub(crate) fn wait_connected(engine: &Engine, n: usize, limit: Duration) {
     let end = Instant::now() + limit;
     let mut connected = 0;
     while connected < n {
@@ -56,7 +56,7 @@ pub fn wait_connected(engine: &Engine, n: usize, limit: Duration) {
     }
 }
 
-pub fn participant(stats: &Value, chat: i64, ssrc: u32) -> Value {
+pub(crate) fn participant(stats: &Value, chat: i64, ssrc: u32) -> Value {
     stats["chats"][chat.to_string()]
         .as_array()
         .unwrap()
@@ -67,7 +67,7 @@ pub fn participant(stats: &Value, chat: i64, ssrc: u32) -> Value {
 }
 
 /// Every call in `keys`: connected at the SFU, >= 95 % of its packets received, its chat's tone.
-pub fn verify(
+pub(crate) fn verify(
     engine: &Engine,
     sfu: &Server,
     plan: &HashMap<i64, (i64, u32)>,
