@@ -21,7 +21,7 @@ use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
-use str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcConfig, RtcError};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 
 use crate::media::{FRAME_DURATION, FrameSource, OpusFrame, SourceError};
 use crate::pacer::LatenessHistogram;
@@ -33,6 +33,9 @@ use crate::signaling::{SignalingError, Ssrc};
 /// How long a call may take from [`Call::connect`] to a working DTLS-SRTP path before it
 /// fails with [`EndReason::ConnectTimeout`]. ntgcalls uses the same order of magnitude.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often str0m reports peer and egress stats (which carry the RTCP round-trip time).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The mid we give the single audio media section. Telegram's SFU never sees it (no SDP, and
 /// we do not send the MID header extension), so any value works; "0" mirrors a BUNDLE offer.
@@ -67,6 +70,38 @@ pub struct CallConfig {
     pub crypto: Option<Arc<CryptoProvider>>,
     /// See [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// ICE timers (keepalive, retransmissions, how long a lost path may stay lost).
+    pub ice: IceTimings,
+    /// Wait this long after [`Call::connect`] before starting ICE (ntgcalls waits for the
+    /// SFU to install the participant; zero by default).
+    pub pre_connect_delay: Duration,
+}
+
+/// ICE timing knobs, passed to str0m's ICE agent and to the call's own disconnect handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IceTimings {
+    /// First STUN retransmission timeout (str0m default 250 ms; doubles per retry).
+    pub initial_rto: Duration,
+    /// Keepalive: how often a working pair is re-checked (str0m's max RTO, default 3 s).
+    pub keepalive: Duration,
+    /// STUN retransmissions before a check or a pair fails: the ICE binding budget
+    /// (str0m default 9).
+    pub max_retransmits: usize,
+    /// Consent freshness (RFC 7675): once connected, a call that receives nothing from the
+    /// SFU for this long (no STUN answer, no RTCP) fails with [`EndReason::IceDisconnected`].
+    /// Must exceed `keepalive`: our own checks, answered, are what a quiet SFU sends us.
+    pub failed_after: Duration,
+}
+
+impl Default for IceTimings {
+    fn default() -> Self {
+        Self {
+            initial_rto: Duration::from_millis(250),
+            keepalive: Duration::from_secs(3),
+            max_retransmits: 9,
+            failed_after: Duration::from_secs(10),
+        }
+    }
 }
 
 impl CallConfig {
@@ -77,6 +112,8 @@ impl CallConfig {
             dtls_cert,
             crypto: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            ice: IceTimings::default(),
+            pre_connect_delay: Duration::ZERO,
         }
     }
 }
@@ -304,6 +341,8 @@ pub struct CallStats {
     pub played_samples: u64,
     /// How late each frame was handed to str0m (`now` minus its due time).
     pub lateness: LatenessHistogram,
+    /// Round-trip time to the SFU, from RTCP (str0m's peer/egress stats).
+    pub rtt: Option<Duration>,
 }
 
 /// Media plumbing that exists once the SFU's answer is applied.
@@ -340,6 +379,10 @@ pub struct Call {
     remote_ssrcs: HashSet<u32>,
     /// After [`Command::Stop`], until str0m's closing datagrams are out.
     flushing_close: bool,
+    /// ICE starts at this instant (pre-connect delay); `None` once started.
+    ice_start_at: Option<Instant>,
+    /// When the SFU was last heard from (any datagram str0m accepted), for consent freshness.
+    last_heard: Option<Instant>,
     /// [`OPUS_SILENCE_FRAME`], allocated once per call and shared by every muted packet.
     silence: Arc<[u8]>,
     events: VecDeque<Event>,
@@ -400,6 +443,8 @@ impl Call {
             paused_at: None,
             remote_ssrcs: HashSet::new(),
             flushing_close: false,
+            ice_start_at: None,
+            last_heard: None,
             silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
             events: VecDeque::new(),
             stats: CallStats::default(),
@@ -532,6 +577,11 @@ impl Call {
                 ..Default::default()
             },
         );
+        rtc_config.set_initial_stun_rto(self.config.ice.initial_rto);
+        rtc_config.set_max_stun_rto(self.config.ice.keepalive);
+        rtc_config.set_max_stun_retransmits(self.config.ice.max_retransmits);
+        // Peer stats carry the RTT str0m measures from RTCP receiver reports.
+        let rtc_config = rtc_config.set_stats_interval(Some(STATS_INTERVAL));
         let mut rtc = rtc_config.build(now);
 
         let local = Candidate::host(local_addr, "udp").map_err(|e| CallError::Config {
@@ -579,11 +629,16 @@ impl Call {
             api.declare_media(mid, MediaKind::Audio);
             api.declare_stream_tx(StrSsrc::from(self.ssrc.0), None, mid, None);
         }
-        // str0m schedules nothing until it has seen a first timeout: start ICE now.
-        if let Err(e) = rtc.handle_input(str0m::Input::Timeout(now)) {
-            return Err(CallError::Config {
-                reason: format!("starting ice: {e}"),
-            });
+        // str0m schedules nothing until it has seen a first timeout: start ICE now, or after
+        // the pre-connect delay.
+        if self.config.pre_connect_delay.is_zero() {
+            if let Err(e) = rtc.handle_input(str0m::Input::Timeout(now)) {
+                return Err(CallError::Config {
+                    reason: format!("starting ice: {e}"),
+                });
+            }
+        } else {
+            self.ice_start_at = Some(now + self.config.pre_connect_delay);
         }
         self.session = Some(Session {
             rtc,
@@ -592,7 +647,8 @@ impl Call {
             remotes,
             rtc_timeout: None,
         });
-        self.connect_deadline = Some(now + self.config.connect_timeout);
+        self.connect_deadline =
+            Some(now + self.config.pre_connect_delay + self.config.connect_timeout);
         self.set_state(CallState::Connecting);
         Ok(())
     }
@@ -643,6 +699,15 @@ impl Call {
         Output::Timeout(self.next_deadline())
     }
 
+    /// When consent expires if nothing more is heard (only while connected).
+    fn consent_deadline(&self) -> Option<Instant> {
+        if self.state != CallState::Connected {
+            return None;
+        }
+        let heard = self.last_heard.unwrap_or(self.last_now);
+        Some(heard + self.config.ice.failed_after)
+    }
+
     fn next_deadline(&self) -> Instant {
         // Far future when idle: the caller only wakes us for input.
         let idle = self.last_now + Duration::from_secs(3600);
@@ -654,6 +719,8 @@ impl Call {
             self.session.as_ref().and_then(|s| s.rtc_timeout),
             self.next_frame_at,
             self.connect_deadline,
+            self.ice_start_at,
+            self.consent_deadline(),
         ];
         for t in candidates.into_iter().flatten() {
             at = at.min(t);
@@ -700,16 +767,23 @@ impl Call {
                 self.schedule_frames(self.last_now);
                 self.events.pop_front()
             }
-            str0m::Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                tracing::debug!("ice disconnected");
-                if self.state == CallState::Connected {
-                    self.end(EndReason::IceDisconnected);
-                    self.events.pop_front()
-                } else {
-                    // Before the first connection str0m reports Disconnected while no pair
-                    // works yet; the connect timeout decides.
-                    None
+            str0m::Event::IceConnectionStateChange(state) => {
+                // Not used for liveness: str0m's controlled agent reports Disconnected ("none
+                // nominated") while media flows. Consent freshness decides (`failed_after`).
+                tracing::debug!(?state, "ice state");
+                None
+            }
+            str0m::Event::PeerStats(stats) => {
+                if let Some(rtt) = stats.rtt {
+                    self.stats.rtt = Some(rtt);
                 }
+                None
+            }
+            str0m::Event::MediaEgressStats(stats) => {
+                if let Some(rtt) = stats.rtt {
+                    self.stats.rtt = Some(rtt);
+                }
+                None
             }
             str0m::Event::Closed => {
                 self.end(EndReason::Dtls("closed by peer".to_owned()));
@@ -780,6 +854,7 @@ impl Call {
         {
             Ok(()) => {
                 self.stats.datagrams_received += 1;
+                self.last_heard = Some(now);
                 Ok(())
             }
             Err(e) => {
@@ -805,6 +880,19 @@ impl Call {
         {
             self.end(EndReason::ConnectTimeout);
             return;
+        }
+        if let Some(deadline) = self.consent_deadline()
+            && now >= deadline
+        {
+            tracing::debug!("consent expired: nothing heard from the sfu");
+            self.end(EndReason::IceDisconnected);
+            return;
+        }
+        if let Some(start) = self.ice_start_at {
+            if now < start {
+                return;
+            }
+            self.ice_start_at = None;
         }
         self.send_due_frames(now);
         if let Some(session) = self.session.as_mut()

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use ringcast_core::call::CallConfig;
+use ringcast_core::call::{CallConfig, IceTimings};
 use ringcast_core::call::{CallState, DEFAULT_CONNECT_TIMEOUT, MediaState};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::pacer::LatenessHistogram;
@@ -105,6 +105,9 @@ pub struct EngineBuilder {
     command_queue: usize,
     receive_audio: bool,
     seed: Option<u64>,
+    ice: IceTimings,
+    pre_connect_delay: Duration,
+    cert_pool: usize,
 }
 
 impl Default for EngineBuilder {
@@ -117,6 +120,9 @@ impl Default for EngineBuilder {
             command_queue: DEFAULT_COMMAND_QUEUE,
             receive_audio: false,
             seed: None,
+            ice: IceTimings::default(),
+            pre_connect_delay: Duration::ZERO,
+            cert_pool: DEFAULT_CERT_POOL,
         }
     }
 }
@@ -160,6 +166,27 @@ impl EngineBuilder {
         self
     }
 
+    /// ICE timers: keepalive interval, STUN retransmission budget, initial retransmission
+    /// timeout, and how long a lost path may stay lost before the call fails.
+    pub fn ice_timings(mut self, ice: IceTimings) -> Self {
+        self.ice = ice;
+        self
+    }
+
+    /// Wait this long after `connect` before starting ICE.
+    pub fn pre_connect_delay(mut self, delay: Duration) -> Self {
+        self.pre_connect_delay = delay;
+        self
+    }
+
+    /// DTLS certificates generated ahead of time by a background thread, so a burst of
+    /// `create_call`s does not wait on key generation. 0 turns the pool off (one certificate
+    /// generated on the spot per call). Default 64.
+    pub fn cert_pool(mut self, size: usize) -> Self {
+        self.cert_pool = size;
+        self
+    }
+
     /// Seed for the calls' random choices (ICE credentials, SSRCs). Default: from the OS.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -174,7 +201,7 @@ impl EngineBuilder {
                 "bind address must be a concrete ip (str0m matches STUN destinations against it)",
             )));
         }
-        let cert = generate_cert()?;
+        let certs = CertPool::start(self.cert_pool)?;
         // One validated DTLS configuration for every call of this engine.
         let crypto = CallCrypto::new(CryptoOptions::default())
             .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?
@@ -214,7 +241,9 @@ impl EngineBuilder {
             shards,
             events: ev_rx,
             connect_timeout: self.connect_timeout,
-            cert,
+            ice: self.ice,
+            pre_connect_delay: self.pre_connect_delay,
+            certs,
             crypto,
             next_seed: AtomicU64::new(seed),
         })
@@ -233,8 +262,9 @@ pub struct Engine {
     shards: Vec<ShardHandle>,
     events: Receiver<EngineEvent>,
     connect_timeout: Duration,
-    /// One certificate for every call of this engine (ECDHE keys are still per handshake).
-    cert: DtlsCert,
+    ice: IceTimings,
+    pre_connect_delay: Duration,
+    certs: CertPool,
     crypto: Arc<CryptoProvider>,
     next_seed: AtomicU64,
 }
@@ -283,9 +313,11 @@ impl Engine {
         let seed = self
             .next_seed
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        let mut config = CallConfig::new(seed, self.cert.clone());
+        let mut config = CallConfig::new(seed, self.certs.take()?);
         config.crypto = Some(self.crypto.clone());
         config.connect_timeout = self.connect_timeout;
+        config.ice = self.ice;
+        config.pre_connect_delay = self.pre_connect_delay;
         self.request(self.shard_of(chat_id), |reply| Request::Create {
             chat_id,
             config,
@@ -354,6 +386,11 @@ impl Engine {
         Ok(Duration::from_micros(
             info.stats.played_samples * 1_000_000 / 48_000,
         ))
+    }
+
+    /// Certificates generated on the spot because the pool was empty.
+    pub fn certs_generated_inline(&self) -> u64 {
+        self.certs.generated_inline.load(Ordering::Relaxed)
     }
 
     /// Number of shards.
@@ -436,6 +473,65 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop_shard();
+    }
+}
+
+/// Default size of the DTLS certificate pool.
+const DEFAULT_CERT_POOL: usize = 64;
+
+/// DTLS certificates made ahead of time by a background thread. Each call gets its own
+/// certificate (as libwebrtc-based clients do); a burst of calls takes them from the pool
+/// instead of waiting on key generation, and generates inline only when the pool is dry.
+#[derive(Debug)]
+struct CertPool {
+    ready: Option<Receiver<DtlsCert>>,
+    generated_inline: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CertPool {
+    fn start(size: usize) -> Result<Self, EngineError> {
+        if size == 0 {
+            return Ok(Self {
+                ready: None,
+                generated_inline: AtomicU64::new(0),
+                thread: None,
+            });
+        }
+        let (tx, rx) = bounded(size);
+        let thread = std::thread::Builder::new()
+            .name("ringcast-certs".to_owned())
+            .spawn(move || {
+                // Ends when the engine drops the receiver.
+                while let Ok(cert) = generate_cert() {
+                    if tx.send(cert).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            ready: Some(rx),
+            generated_inline: AtomicU64::new(0),
+            thread: Some(thread),
+        })
+    }
+
+    fn take(&self) -> Result<DtlsCert, EngineError> {
+        if let Some(cert) = self.ready.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            return Ok(cert);
+        }
+        self.generated_inline.fetch_add(1, Ordering::Relaxed);
+        generate_cert()
+    }
+}
+
+impl Drop for CertPool {
+    fn drop(&mut self) {
+        // Dropping the receiver makes the generator's next send fail, so it exits.
+        self.ready = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -34,6 +34,6 @@ mod source;
 
 pub use engine::{CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind};
 pub use error::EngineError;
-pub use ringcast_core::call::{CallState, CallStats, EndReason, MediaState};
+pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;
 pub use source::StreamSource;

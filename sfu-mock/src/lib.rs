@@ -17,5 +17,6 @@ pub mod server;
 mod sfu;
 
 pub use sfu::{
-    MAX_PARTICIPANTS, ParticipantStats, Sfu, SfuConfig, SfuCounters, SfuError, SfuTransmit,
+    MAX_PARTICIPANTS, Misbehaviour, ParticipantStats, Sfu, SfuConfig, SfuCounters, SfuError,
+    SfuTransmit,
 };

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::str0m::config::DtlsCert;
 
-use crate::{Sfu, SfuConfig};
+use crate::{Misbehaviour, Sfu, SfuConfig};
 
 /// Largest body the control API reads (a join payload is well under 1 KiB).
 const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -89,6 +89,12 @@ enum Command {
     },
     Stats {
         reply: mpsc::Sender<serde_json::Value>,
+    },
+    Misbehave {
+        chat_id: i64,
+        ssrc: u32,
+        how: Misbehaviour,
+        reply: mpsc::Sender<Result<String, String>>,
     },
 }
 
@@ -204,6 +210,29 @@ impl Server {
             Command::Leave {
                 chat_id,
                 ssrc,
+                reply,
+            },
+        )?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| ControlError::Unavailable)?
+            .map(|_| ())
+            .map_err(ControlError::Refused)
+    }
+
+    /// Makes one participant misbehave (tests of the engine's isolation). In-process only.
+    pub fn misbehave(
+        &self,
+        chat_id: i64,
+        ssrc: u32,
+        how: Misbehaviour,
+    ) -> Result<(), ControlError> {
+        let (reply, rx) = mpsc::channel();
+        send(
+            &self.commands,
+            Command::Misbehave {
+                chat_id,
+                ssrc,
+                how,
                 reply,
             },
         )?;
@@ -337,6 +366,18 @@ fn handle_command(sfu: &mut Sfu, cmd: Command) {
         }
         Command::Stats { reply } => {
             let _ = reply.send(sfu.stats_json());
+        }
+        Command::Misbehave {
+            chat_id,
+            ssrc,
+            how,
+            reply,
+        } => {
+            let _ = reply.send(
+                sfu.misbehave(chat_id, ssrc, how)
+                    .map(|()| "{}".to_owned())
+                    .map_err(|e| e.to_string()),
+            );
         }
     }
 }

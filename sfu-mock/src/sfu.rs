@@ -69,6 +69,16 @@ pub enum SfuError {
     Setup(String),
 }
 
+/// Ways to make one participant misbehave, for tests of the engine's isolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Misbehaviour {
+    /// Stop answering: drop everything from and to the participant (a dead peer).
+    Silent,
+    /// Close the participant's DTLS association (a close_notify alert), then forget it.
+    CloseDtls,
+}
+
 /// Configuration of an [`Sfu`].
 #[derive(Clone)]
 pub struct SfuConfig {
@@ -205,6 +215,8 @@ struct Participant {
     meter: ToneMeter,
     /// SSRCs of other participants this one's Rtc has a send stream for.
     tx_streams: HashSet<u32>,
+    /// [`Misbehaviour::Silent`]: everything to and from it is dropped.
+    silent: bool,
 }
 
 /// A Telegram-like SFU. See the [module docs](self).
@@ -382,6 +394,7 @@ impl Sfu {
             decoder,
             meter: ToneMeter::new(),
             tx_streams: HashSet::new(),
+            silent: false,
         };
         let idx = self.participants.len();
         self.participants.push(Some(participant));
@@ -397,6 +410,36 @@ impl Sfu {
             .find(chat_id, ssrc)
             .ok_or(SfuError::UnknownParticipant { chat_id, ssrc })?;
         self.remove(idx);
+        Ok(())
+    }
+
+    /// Makes the participant with `ssrc` in `chat_id` misbehave.
+    pub fn misbehave(
+        &mut self,
+        chat_id: i64,
+        ssrc: u32,
+        how: Misbehaviour,
+    ) -> Result<(), SfuError> {
+        let idx = self
+            .find(chat_id, ssrc)
+            .ok_or(SfuError::UnknownParticipant { chat_id, ssrc })?;
+        match how {
+            Misbehaviour::Silent => {
+                if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) {
+                    p.silent = true;
+                }
+            }
+            Misbehaviour::CloseDtls => {
+                if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) {
+                    if let Err(e) = p.rtc.close() {
+                        tracing::debug!("close: {e}");
+                    }
+                }
+                // Sends the BYE and close_notify, then the participant is gone.
+                self.drain(idx);
+                self.remove(idx);
+            }
+        }
         Ok(())
     }
 
@@ -537,7 +580,7 @@ impl Sfu {
         let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        if p.left {
+        if p.left || p.silent {
             self.counters.dropped_unknown_source += 1;
             return;
         }
@@ -566,8 +609,8 @@ impl Sfu {
             let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
-            if p.timeout != Some(at) || p.left {
-                continue; // stale wheel entry
+            if p.timeout != Some(at) || p.left || p.silent {
+                continue; // stale wheel entry, or a participant that no longer talks
             }
             p.timeout = None;
             if let Err(e) = p
@@ -600,7 +643,7 @@ impl Sfu {
             let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
                 return;
             };
-            if p.left {
+            if p.left || p.silent {
                 return;
             }
             let out = match p.rtc.poll_output() {

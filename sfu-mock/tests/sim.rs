@@ -126,3 +126,29 @@ fn forwarded_audio_reaches_the_other_participant() {
         assert!(received > 100, "only {received} forwarded packets arrived");
     }
 }
+
+#[test]
+fn silent_sfu_ends_the_call_by_consent_freshness() {
+    let mut w = world(5, NetConfig::default(), 2, 1);
+    w.run_for(Duration::from_secs(2));
+    let ssrc = w.calls()[0].call.audio_ssrc().0;
+    w.sfu_mut()
+        .misbehave(1, ssrc, sfu_mock::Misbehaviour::Silent)
+        .unwrap();
+    // Default consent timeout is 10 s: still up after 8, ended after 12.
+    w.run_for(Duration::from_secs(8));
+    assert_eq!(
+        *w.calls()[0].call.state(),
+        ringcast_core::CallState::Connected
+    );
+    w.run_for(Duration::from_secs(4));
+    assert_eq!(
+        *w.calls()[0].call.state(),
+        ringcast_core::CallState::Ended(ringcast_core::EndReason::IceDisconnected)
+    );
+    // The other participant is unaffected.
+    assert_eq!(
+        *w.calls()[1].call.state(),
+        ringcast_core::CallState::Connected
+    );
+}
