@@ -430,10 +430,10 @@ impl Sfu {
                 }
             }
             Misbehaviour::CloseDtls => {
-                if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) {
-                    if let Err(e) = p.rtc.close() {
-                        tracing::debug!("close: {e}");
-                    }
+                if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut)
+                    && let Err(e) = p.rtc.close()
+                {
+                    tracing::debug!("close: {e}");
                 }
                 // Sends the BYE and close_notify, then the participant is gone.
                 self.drain(idx);
