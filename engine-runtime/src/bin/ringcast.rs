@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use mimalloc::MiMalloc;
-use ringcast::{CallState, Engine, EngineError, EventKind, StreamSource};
+use ringcast::{CallState, Engine, EngineError, EventKind, SharedSource, StreamSource};
+use ringcast_core::media::ToneSource;
 use sfu_mock::server::{Server, ServerOptions};
 
 #[global_allocator]
@@ -264,9 +265,10 @@ fn parse_demo(args: &[String]) -> Result<DemoOptions, String> {
     Ok(o)
 }
 
-/// The tone a demo chat plays: distinct per chat, well inside Opus' band.
+/// The tone a demo chat plays: distinct per chat (up to 150 chats), well inside Opus' band
+/// and far enough apart for the SFU's ±5 Hz check.
 fn chat_tone_hz(chat: usize) -> f32 {
-    300.0 + 110.0 * (chat % 30) as f32
+    300.0 + 20.0 * (chat % 150) as f32
 }
 
 fn demo(o: &DemoOptions) -> Result<(), String> {
@@ -276,6 +278,7 @@ fn demo(o: &DemoOptions) -> Result<(), String> {
     })
     .map_err(|e| format!("sfu-mock: {e}"))?;
     let engine = Engine::builder()
+        .event_queue(o.calls * 8 + 1024)
         .build()
         .map_err(|e| format!("engine: {e}"))?;
     eprintln!(
@@ -285,6 +288,12 @@ fn demo(o: &DemoOptions) -> Result<(), String> {
         o.chats,
         o.seconds
     );
+    // One shared tone per chat: each chat's frames are encoded once for all its calls.
+    let mut tones = Vec::with_capacity(o.chats);
+    for chat in 1..=o.chats {
+        let tone = ToneSource::new(chat_tone_hz(chat), None).map_err(|e| e.to_string())?;
+        tones.push(SharedSource::new(Box::new(tone)));
+    }
     // Engine key = call number; SFU chat = call number mod chats.
     let mut plan = Vec::new();
     for i in 0..o.calls {
@@ -296,8 +305,9 @@ fn demo(o: &DemoOptions) -> Result<(), String> {
             .join(chat, join.as_bytes())
             .map_err(|e| format!("join: {e}"))?;
         engine.connect(key, &response).map_err(|e| e.to_string())?;
+        let tone = tones[(chat - 1) as usize].clone();
         engine
-            .set_stream_sources(key, StreamSource::Tone { frequency_hz: hz })
+            .set_stream_sources(key, StreamSource::Shared(tone))
             .map_err(|e| e.to_string())?;
         let ssrc = engine.audio_ssrc(key).map_err(|e| e.to_string())?;
         plan.push((key, chat, hz, ssrc));
@@ -380,6 +390,8 @@ fn demo(o: &DemoOptions) -> Result<(), String> {
         }
         let _ = writeln!(out, "\n{verified}/{} calls verified by the SFU", o.calls);
     }
+    let estats = engine.stats().map_err(|e| e.to_string())?;
+    let p99_ms = estats.lateness.percentile(0.99).as_secs_f64() * 1000.0;
     if o.json {
         println!(
             "{}",
@@ -389,7 +401,18 @@ fn demo(o: &DemoOptions) -> Result<(), String> {
                 "verified": verified,
                 "packets_sent": packets_sent,
                 "packets_verified": packets_verified,
+                "p99_lateness_ms": (p99_ms * 1000.0).round() / 1000.0,
             })
+        );
+    } else {
+        eprintln!(
+            "pacer lateness p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} packets; {} shards, {} sockets",
+            estats.lateness.percentile(0.5).as_secs_f64() * 1000.0,
+            p99_ms,
+            estats.lateness.max().as_secs_f64() * 1000.0,
+            estats.lateness.count(),
+            estats.shards,
+            estats.sockets
         );
     }
     engine.shutdown();
@@ -415,8 +438,14 @@ fn print_live(engine: &Engine, started: Instant, per_call: bool) {
         .filter(|c| c.state == CallState::Connected)
         .count();
     let packets: u64 = calls.iter().map(|c| c.stats.packets_sent).sum();
+    let (p99, drops) = engine.stats().map_or((0.0, 0), |s| {
+        (
+            s.lateness.percentile(0.99).as_secs_f64() * 1000.0,
+            s.dropped_unroutable + s.dropped_by_call + s.dropped_events + s.dropped_rx_queue_full,
+        )
+    });
     eprintln!(
-        "[{:>4.1} s] {connected}/{} connected, {packets} packets sent",
+        "[{:>4.1} s] {connected}/{} connected, {packets} packets sent, p99 lateness {p99:.2} ms, {drops} drops",
         started.elapsed().as_secs_f64(),
         calls.len()
     );
