@@ -1,7 +1,8 @@
 //! A deterministic simulator: virtual clock, seeded network, no sockets, no threads.
 //!
-//! A [`World`] owns N [`Call`]s and one SFU (anything implementing [`SimSfu`]; `sfu-mock`
-//! implements it behind its `sim` feature) and moves datagrams between them through a
+//! A [`World`] owns an [`Endpoint`] (the same shard logic the runtime runs, minus the ring)
+//! holding N calls, and one SFU (anything implementing [`SimSfu`]; `sfu-mock` implements it
+//! behind its `sim` feature) and moves datagrams between them through a
 //! [`NetConfig`] network: latency, jitter (which also reorders), loss, duplication. Time jumps
 //! from one deadline to the next, so ten simulated seconds take as long as the work in them.
 //!
@@ -30,8 +31,9 @@ use str0m::crypto::CryptoProvider;
 
 use crate::crypto::{CallCrypto, CryptoOptions};
 
-use crate::call::{Call, CallConfig, CallState, Command, Event, Input, Output};
+use crate::call::{CallConfig, CallState, Command, Event};
 use crate::demux::{DatagramKind, classify};
+use crate::endpoint::{CallSnapshot, Endpoint, EndpointError, EndpointStats, SocketId};
 use crate::media::FrameSource;
 use crate::signaling::group::JoinResponse;
 
@@ -85,13 +87,18 @@ impl Default for NetConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SimCallId(pub usize);
 
-/// One simulated call and what it saw.
+/// One simulated call and what it saw. The call itself lives in the world's [`Endpoint`],
+/// exactly as it would in a runtime shard.
 #[derive(Debug)]
 pub struct SimCall {
-    /// The call.
-    pub call: Call,
-    /// The chat it joined.
+    /// The endpoint key.
+    pub key: i64,
+    /// The chat it joined on the SFU.
     pub chat_id: i64,
+    /// Its outgoing SSRC.
+    pub ssrc: u32,
+    /// Its state, as told by its events.
+    pub state: CallState,
     /// Every event it emitted, in order.
     pub events: Vec<Event>,
 }
@@ -236,17 +243,15 @@ impl Wire {
         }
     }
 
-    fn record_event(&mut self, now: Instant, chat_id: i64, addr: Option<SocketAddr>, e: &Event) {
+    fn record_event(&mut self, now: Instant, chat_id: i64, key: i64, e: &Event) {
         let tag = event_tag(e);
         self.digest.write(b"ev");
         self.digest.write_u64(chat_id as u64);
-        if let Some(a) = addr {
-            self.digest.write_addr(&a);
-        }
+        self.digest.write_u64(key as u64);
         self.digest.write(tag.as_bytes());
         if let Some(trace) = self.trace.as_mut() {
             trace.push(format!(
-                "{:>10?} event chat {chat_id} {addr:?} {tag}",
+                "{:>10?} event chat {chat_id} call {key} {tag}",
                 now.saturating_duration_since(self.epoch)
             ));
         }
@@ -270,14 +275,21 @@ pub struct World<S: SimSfu> {
     now: Instant,
     wire: Wire,
     sfu: S,
+    /// The shard logic the runtime runs, minus the ring.
+    endpoint: Endpoint,
     calls: Vec<SimCall>,
-    /// Virtual address -> call index.
-    by_addr: HashMap<SocketAddr, usize>,
+    /// Endpoint key -> index in `calls`.
+    by_key: HashMap<i64, usize>,
+    /// Virtual socket address -> endpoint socket.
+    sockets: HashMap<SocketAddr, SocketId>,
     /// Seeds the calls' configs.
     call_rng: fastrand::Rng,
     cert: DtlsCert,
     crypto: Arc<CryptoProvider>,
     rounds_at_now: u32,
+    /// Called with `true` right before and `false` right after each pacer tick of the
+    /// endpoint (a test's counting allocator uses it to attribute allocations).
+    tick_hook: Option<fn(bool)>,
 }
 
 impl<S: SimSfu> std::fmt::Debug for World<S> {
@@ -334,12 +346,15 @@ impl<S: SimSfu> World<S> {
                 trace: None,
             },
             sfu,
+            endpoint: Endpoint::new(epoch, 0),
             calls: Vec::new(),
-            by_addr: HashMap::new(),
+            by_key: HashMap::new(),
+            sockets: HashMap::new(),
             call_rng: fastrand::Rng::with_seed(seed.rotate_left(17) ^ 0xA5A5),
             cert,
             crypto: sim_crypto(seed),
             rounds_at_now: 0,
+            tick_hook: None,
         }
     }
 
@@ -373,6 +388,24 @@ impl<S: SimSfu> World<S> {
         self.calls.get(id.0)
     }
 
+    /// A live call's snapshot from the endpoint (`None` once it ended and was reaped).
+    pub fn snapshot(&self, id: SimCallId) -> Option<CallSnapshot> {
+        let key = self.calls.get(id.0)?.key;
+        self.endpoint.call(key)
+    }
+
+    /// Sets a function called with `true` right before and `false` right after every pacer
+    /// tick (`Endpoint::handle_timeout`): everything a tick does for its calls (frame fetch,
+    /// RTP write, SRTP, queueing the datagrams) happens between the two.
+    pub fn set_tick_hook(&mut self, hook: Option<fn(bool)>) {
+        self.tick_hook = hook;
+    }
+
+    /// The endpoint's counters.
+    pub fn endpoint_stats(&self) -> &EndpointStats {
+        self.endpoint.stats()
+    }
+
     /// Network counters.
     pub fn net_stats(&self) -> NetStats {
         self.wire.stats
@@ -399,45 +432,63 @@ impl<S: SimSfu> World<S> {
     }
 
     /// Creates a call, joins it to `chat_id` on the SFU, applies the answer and starts
-    /// `source` playing. Each call gets its own virtual address.
+    /// `source` playing. Sockets are added as the socket rule requires (one per call when
+    /// every chat is on the same SFU address).
     pub fn add_call(
         &mut self,
         chat_id: i64,
         source: Box<dyn FrameSource>,
     ) -> Result<SimCallId, String> {
         let n = self.calls.len();
-        // 198.18.0.0/15 is reserved for benchmarking (RFC 2544); these addresses are virtual.
-        let ip = Ipv4Addr::new(198, 18, (n / 250) as u8, (n % 250 + 1) as u8);
-        let local = SocketAddr::new(IpAddr::V4(ip), 40_000);
+        let key = n as i64;
         let mut config = CallConfig::new(self.call_rng.u64(..), self.cert.clone());
         config.crypto = Some(self.crypto.clone());
-        let mut call = Call::new(self.now, config).map_err(|e| e.to_string())?;
-        let payload = call.join_payload().to_json();
+        let payload = self
+            .endpoint
+            .create_call(self.now, key, config)
+            .map_err(|e| e.to_string())?;
         let answer = self.sfu.join(self.now, chat_id, payload.as_bytes())?;
         let response = JoinResponse::parse(answer.as_bytes()).map_err(|e| e.to_string())?;
-        call.connect(self.now, &response, local)
+        match self.endpoint.connect(self.now, key, &response) {
+            Ok(_) => {}
+            Err(EndpointError::NoFreeSocket) => {
+                let k = self.sockets.len();
+                // 198.18.0.0/15 is reserved for benchmarking (RFC 2544); these addresses are
+                // virtual.
+                let ip = Ipv4Addr::new(198, 18, (k / 250) as u8, (k % 250 + 1) as u8);
+                let addr = SocketAddr::new(IpAddr::V4(ip), 40_000);
+                let id = self.endpoint.add_socket(addr);
+                self.sockets.insert(addr, id);
+                self.endpoint
+                    .connect(self.now, key, &response)
+                    .map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        self.endpoint
+            .command(self.now, key, Command::SetSource(source))
             .map_err(|e| e.to_string())?;
-        call.handle_input(self.now, Input::Command(Command::SetSource(source)))
-            .map_err(|e| e.to_string())?;
+        let ssrc = self.endpoint.call(key).map_or(0, |c| c.ssrc);
         self.calls.push(SimCall {
-            call,
+            key,
             chat_id,
+            ssrc,
+            state: CallState::New,
             events: Vec::new(),
         });
-        self.by_addr.insert(local, n);
-        self.drain_call(n);
+        self.by_key.insert(key, n);
+        self.drain_endpoint();
         self.drain_sfu();
         Ok(SimCallId(n))
     }
 
     /// Gives a command to a call.
     pub fn command(&mut self, id: SimCallId, cmd: Command) -> Result<(), String> {
-        let now = self.now;
-        let sim = self.calls.get_mut(id.0).ok_or("no such call")?;
-        sim.call
-            .handle_input(now, Input::Command(cmd))
+        let key = self.calls.get(id.0).ok_or("no such call")?.key;
+        self.endpoint
+            .command(self.now, key, cmd)
             .map_err(|e| e.to_string())?;
-        self.drain_call(id.0);
+        self.drain_endpoint();
         Ok(())
     }
 
@@ -464,15 +515,16 @@ impl<S: SimSfu> World<S> {
         while let Some(p) = self.wire.pop_due(now) {
             self.deliver(p);
         }
-        for i in 0..self.calls.len() {
-            if self.drain_call(i).is_some_and(|t| t <= now) {
-                if let Some(sim) = self.calls.get_mut(i) {
-                    // Timeouts never fail.
-                    let _ = sim.call.handle_input(now, Input::Timeout);
-                }
-                self.drain_call(i);
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            if let Some(hook) = self.tick_hook {
+                hook(true);
+            }
+            self.endpoint.handle_timeout(now);
+            if let Some(hook) = self.tick_hook {
+                hook(false);
             }
         }
+        self.drain_endpoint();
         if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
             self.sfu.handle_timeout(now);
         }
@@ -502,10 +554,9 @@ impl<S: SimSfu> World<S> {
 
     fn next_instant(&mut self) -> Option<Instant> {
         let mut next = self.wire.next_delivery();
-        for i in 0..self.calls.len() {
-            if let Some(t) = self.drain_call(i) {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
+        self.drain_endpoint();
+        if let Some(t) = self.endpoint.poll_timeout() {
+            next = Some(next.map_or(t, |n| n.min(t)));
         }
         if let Some(t) = self.sfu.poll_timeout() {
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -521,39 +572,31 @@ impl<S: SimSfu> World<S> {
             self.drain_sfu();
             return;
         }
-        let now = self.now;
-        if let Some(&i) = self.by_addr.get(&p.destination) {
-            if let Some(sim) = self.calls.get_mut(i) {
-                // Errors are counted in the call's stats; the sim keeps going.
-                let _ = sim.call.handle_input(
-                    now,
-                    Input::Datagram {
-                        source: p.source,
-                        destination: p.destination,
-                        contents: &p.contents,
-                    },
-                );
-            }
-            self.drain_call(i);
+        if let Some(&socket) = self.sockets.get(&p.destination) {
+            self.endpoint
+                .handle_datagram(self.now, socket, p.source, &p.contents);
+            self.drain_endpoint();
         }
     }
 
-    /// Drains call `i`'s outputs onto the wire; returns its next deadline.
-    fn drain_call(&mut self, i: usize) -> Option<Instant> {
-        loop {
-            let sim = self.calls.get_mut(i)?;
-            match sim.call.poll_output() {
-                Output::Timeout(t) => return Some(t),
-                Output::Transmit(t) => {
-                    self.wire
-                        .send(self.now, t.source, t.destination, t.contents)
-                }
-                Output::Event(e) => {
-                    self.wire
-                        .record_event(self.now, sim.chat_id, sim.call.local_addr(), &e);
-                    sim.events.push(e);
-                }
+    /// Moves the endpoint's datagrams onto the wire and its events into the calls' logs.
+    fn drain_endpoint(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            let source = self
+                .endpoint
+                .socket_addr(t.socket)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            self.wire.send(self.now, source, t.destination, t.contents);
+        }
+        while let Some((key, e)) = self.endpoint.poll_event() {
+            let Some(sim) = self.by_key.get(&key).and_then(|i| self.calls.get_mut(*i)) else {
+                continue;
+            };
+            if let Event::ConnectionChanged(state) = &e {
+                sim.state = state.clone();
             }
+            self.wire.record_event(self.now, sim.chat_id, sim.key, &e);
+            sim.events.push(e);
         }
     }
 
