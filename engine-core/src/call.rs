@@ -155,6 +155,8 @@ pub enum EndReason {
     Dtls(String),
     /// str0m reported an unrecoverable error.
     Transport(String),
+    /// The media source failed (not: ran out, which emits [`Event::StreamEnded`] only).
+    SourceFailed(String),
 }
 
 impl EndReason {
@@ -1014,10 +1016,15 @@ impl Call {
                 None
             }
             Err(e) => {
+                // A dead source (broken file, failed encoder) ends the call, so the runtime
+                // reaps it and the chat can be created again at once. A source that simply
+                // ran out (Ok(None)) leaves the call up for the next track, as in ntgcalls.
                 self.source = None;
+                let reason = e.to_string();
                 self.events.push_back(Event::StreamEnded {
-                    error: Some(e.to_string()),
+                    error: Some(reason.clone()),
                 });
+                self.end(EndReason::SourceFailed(reason));
                 None
             }
         }

@@ -186,3 +186,51 @@ fn thousand_calls_under_loss_stay_deterministic() {
     let c = thousand(seed + 1);
     assert_ne!(a.digest(), c.digest());
 }
+
+/// Fails after a few frames, like a decoder hitting a broken file.
+struct Dying {
+    inner: ToneSource,
+    left: u32,
+}
+
+impl ringcast_core::FrameSource for Dying {
+    fn next_frame(
+        &mut self,
+    ) -> Result<Option<ringcast_core::OpusFrame>, ringcast_core::SourceError> {
+        if self.left == 0 {
+            return Err(ringcast_core::SourceError::Io {
+                reason: "decoder died".to_owned(),
+            });
+        }
+        self.left -= 1;
+        self.inner.next_frame()
+    }
+}
+
+#[test]
+fn end_of_stream_keeps_the_call_and_a_dead_source_ends_it() {
+    use ringcast_core::{CallState, EndReason, Event};
+    let mut w = world(9, NetConfig::default(), 0, 1);
+    let short = ToneSource::new(440.0, Some(Duration::from_millis(200))).unwrap();
+    let a = w.add_call(1, Box::new(short)).unwrap();
+    let dying = Dying {
+        inner: ToneSource::new(440.0, None).unwrap(),
+        left: 10,
+    };
+    let b = w.add_call(1, Box::new(dying)).unwrap();
+    w.run_for(Duration::from_secs(3));
+    let a = w.call(a).unwrap();
+    assert!(a.events.contains(&Event::StreamEnded { error: None }));
+    assert_eq!(
+        a.state,
+        CallState::Connected,
+        "a finished track leaves the call up"
+    );
+    let b = w.call(b).unwrap();
+    assert!(matches!(
+        &b.state,
+        CallState::Ended(EndReason::SourceFailed(reason)) if reason.contains("decoder died")
+    ));
+    // Reaped: only the first call is left in the endpoint.
+    assert_eq!(w.endpoint_stats().calls, 1);
+}
