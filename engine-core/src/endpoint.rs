@@ -59,6 +59,19 @@ pub struct EndpointTransmit {
     pub contents: Vec<u8>,
 }
 
+/// What [`Endpoint::poll_reaped`] reports about a removed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReapedCall {
+    /// Its chat id.
+    pub chat_id: i64,
+    /// The socket it was on, if it got as far as connecting.
+    pub socket: Option<SocketId>,
+    /// The SFU addresses it was routed from.
+    pub remotes: Vec<SocketAddr>,
+    /// Its ICE ufrag.
+    pub ufrag: String,
+}
+
 /// A snapshot of one call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallSnapshot {
@@ -126,6 +139,7 @@ pub struct Endpoint {
     due: Vec<(Instant, usize)>,
     transmits: VecDeque<EndpointTransmit>,
     events: VecDeque<(i64, Event)>,
+    reaped: VecDeque<ReapedCall>,
     stats: EndpointStats,
 }
 
@@ -152,6 +166,7 @@ impl Endpoint {
             due: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            reaped: VecDeque::new(),
             stats: EndpointStats::default(),
         }
     }
@@ -238,6 +253,25 @@ impl Endpoint {
             }
         }
         let socket = chosen.ok_or(EndpointError::NoFreeSocket)?;
+        self.connect_on(now, chat_id, response, SocketId(socket))?;
+        Ok(SocketId(socket))
+    }
+
+    /// Applies the SFU's answer to a call on a socket the caller chose. For runtimes whose
+    /// shards share sockets: the socket rule must then hold across shards, so placement is
+    /// decided by whoever sees them all (the engine's socket pool), not by one endpoint.
+    pub fn connect_on(
+        &mut self,
+        now: Instant,
+        chat_id: i64,
+        response: &JoinResponse,
+        socket: SocketId,
+    ) -> Result<(), EndpointError> {
+        let idx = *self
+            .by_chat
+            .get(&chat_id)
+            .ok_or(EndpointError::ConnectionNotFound(chat_id))?;
+        let socket = socket.0;
         let local = self
             .sockets
             .get(socket)
@@ -260,7 +294,21 @@ impl Endpoint {
             entry.demux.register_ufrag(slot.call.local_ufrag(), idx);
         }
         self.drain(idx);
-        Ok(SocketId(socket))
+        Ok(())
+    }
+
+    /// True if a datagram from `source` on `socket` belongs to one of this endpoint's calls.
+    pub fn routes(&self, socket: SocketId, source: &SocketAddr, contents: &[u8]) -> bool {
+        self.sockets
+            .get(socket.0)
+            .and_then(|s| s.demux.route(source, contents))
+            .is_some()
+    }
+
+    /// A call that ended and was removed: its chat id, socket, SFU addresses and ufrag, so a
+    /// runtime that shares sockets between shards can release them.
+    pub fn poll_reaped(&mut self) -> Option<ReapedCall> {
+        self.reaped.pop_front()
     }
 
     /// Gives a command to a call.
@@ -378,6 +426,12 @@ impl Endpoint {
         self.calls.get(*idx)?.as_ref().map(snapshot)
     }
 
+    /// A live call's ICE ufrag (for runtimes that route STUN across shards).
+    pub fn local_ufrag(&self, chat_id: i64) -> Option<&str> {
+        let idx = self.by_chat.get(&chat_id)?;
+        self.calls.get(*idx)?.as_ref().map(|s| s.call.local_ufrag())
+    }
+
     /// Every live call's snapshot.
     pub fn calls(&self) -> Vec<CallSnapshot> {
         self.calls.iter().flatten().map(snapshot).collect()
@@ -438,6 +492,16 @@ impl Endpoint {
         }
         self.by_chat.remove(&slot.chat_id);
         self.free.push(idx);
+        // Bounded by the number of calls: a runtime that never polls it holds at most one
+        // entry per call ever reaped, so cap it.
+        if self.reaped.len() < MAX_QUEUED_EVENTS {
+            self.reaped.push_back(ReapedCall {
+                chat_id: slot.chat_id,
+                socket: slot.socket,
+                remotes: slot.call.remote_addrs().to_vec(),
+                ufrag: slot.call.local_ufrag().to_owned(),
+            });
+        }
         self.stats.calls = self.by_chat.len() as u64;
         self.stats.calls_reaped += 1;
     }

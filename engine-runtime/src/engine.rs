@@ -15,6 +15,7 @@ use ringcast_core::str0m::config::DtlsCert;
 use ringcast_core::str0m::crypto::CryptoProvider;
 
 use crate::error::EngineError;
+use crate::pool::SocketPool;
 use crate::shard::{Request, ShardConfig};
 
 /// A call's state, media state and counters, as [`Engine::call_info`] and [`Engine::calls`]
@@ -22,6 +23,8 @@ use crate::shard::{Request, ShardConfig};
 pub type CallInfo = ringcast_core::endpoint::CallSnapshot;
 use crate::source::StreamSource;
 
+/// Capacity of each shard's queue of datagrams handed over by other shards.
+const FORWARD_QUEUE: usize = 8192;
 /// Default capacity of the event channel.
 const DEFAULT_EVENT_QUEUE: usize = 4096;
 /// Default capacity of the command queue into the shard.
@@ -71,7 +74,7 @@ pub struct EngineStats {
     pub shards: u64,
     /// Live calls.
     pub calls: u64,
-    /// UDP sockets in the pools.
+    /// UDP sockets in the pool (every shard serves all of them).
     pub sockets: u64,
     /// Datagrams received.
     pub datagrams_received: u64,
@@ -91,6 +94,10 @@ pub struct EngineStats {
     pub send_errors: u64,
     /// Calls reaped after they ended.
     pub calls_reaped: u64,
+    /// Datagrams received by one shard for a call on another and handed over.
+    pub forwarded_between_shards: u64,
+    /// Datagrams dropped because the owning shard's forward queue was full.
+    pub dropped_forward_full: u64,
     /// Pacer lateness (send time minus due time) of every packet, all shards.
     pub lateness: LatenessHistogram,
 }
@@ -207,19 +214,19 @@ impl EngineBuilder {
             .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?
             .provider();
         let (ev_tx, ev_rx) = bounded(self.event_queue);
+        // One socket pool for every shard: each shard sends and receives on all of it.
+        let pool = Arc::new(SocketPool::new(self.bind)?);
+        let (forward_tx, forward_rx): (Vec<_>, Vec<_>) =
+            (0..self.shards).map(|_| bounded(FORWARD_QUEUE)).unzip();
         let mut shards = Vec::with_capacity(self.shards);
-        for index in 0..self.shards {
+        for (index, forwarded) in forward_rx.into_iter().enumerate() {
             let (cmd_tx, cmd_rx) = bounded(self.command_queue);
-            // Only the first shard takes a fixed port; the others bind any port on the same IP.
-            let bind = if index == 0 {
-                self.bind
-            } else {
-                SocketAddr::new(self.bind.ip(), 0)
-            };
             let config = ShardConfig {
                 index,
-                bind,
                 receive_audio: self.receive_audio,
+                pool: pool.clone(),
+                forward: forward_tx.clone(),
+                forwarded,
             };
             let (ready_tx, ready_rx) = bounded(1);
             let events = ev_tx.clone();
@@ -227,7 +234,7 @@ impl EngineBuilder {
                 .name(format!("ringcast-shard-{index}"))
                 .spawn(move || crate::shard::run(config, cmd_rx, events, ready_tx))?;
             match ready_rx.recv_timeout(REPLY_TIMEOUT) {
-                Ok(Ok(_addr)) => {}
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(EngineError::Io(e)),
                 Err(_) => return Err(EngineError::ShardGone),
             }
@@ -239,6 +246,7 @@ impl EngineBuilder {
         let seed = self.seed.unwrap_or_else(os_seed);
         Ok(Engine {
             shards,
+            pool,
             events: ev_rx,
             connect_timeout: self.connect_timeout,
             ice: self.ice,
@@ -260,6 +268,7 @@ struct ShardHandle {
 #[derive(Debug)]
 pub struct Engine {
     shards: Vec<ShardHandle>,
+    pool: Arc<SocketPool>,
     events: Receiver<EngineEvent>,
     connect_timeout: Duration,
     ice: IceTimings,
@@ -430,13 +439,13 @@ impl Engine {
     pub fn stats(&self) -> Result<EngineStats, EngineError> {
         let mut total = EngineStats {
             shards: self.shards.len() as u64,
+            sockets: self.pool.len() as u64,
             ..EngineStats::default()
         };
         for shard in 0..self.shards.len() {
             let s = self.request(shard, |reply| Request::Stats { reply })?;
             let e = &s.endpoint;
             total.calls += e.calls;
-            total.sockets += e.sockets;
             total.datagrams_received += e.datagrams_received;
             total.datagrams_sent += e.datagrams_sent;
             total.packets_sent += e.packets_sent;
@@ -447,6 +456,8 @@ impl Engine {
             total.lateness.merge(&e.lateness);
             total.dropped_rx_queue_full += s.dropped_rx_queue_full;
             total.send_errors += s.send_errors;
+            total.forwarded_between_shards += s.forwarded_out;
+            total.dropped_forward_full += s.dropped_forward_full;
         }
         Ok(total)
     }

@@ -1,11 +1,17 @@
 //! ringcast: run many WebRTC calls from one process on io_uring.
 //!
-//! An [`Engine`] owns a shard thread with its own `tokio-uring` ring. The shard owns its calls
-//! outright ([`ringcast_core::Call`], a sans-IO state machine per call) and a small pool of UDP
-//! sockets shared by all of them; datagrams are routed to calls with an O(1) lookup
-//! ([`ringcast_core::demux`]). The application talks to the engine through a bounded command
-//! queue and receives [`EngineEvent`]s from a bounded channel; a full queue is an error to the
-//! caller, never a blocked shard.
+//! An [`Engine`] runs N shards (default: one per core), each a thread with its own
+//! `tokio-uring` ring and its own [`ringcast_core::endpoint::Endpoint`]: the calls it owns
+//! outright (a sans-IO state machine per call), one timing-wheel entry per call (the pacer),
+//! and O(1) routing tables. All shards serve one small pool of UDP sockets (each through its
+//! own `dup` of the fd); a call is placed on a socket with no live call to the same SFU
+//! address (the socket rule), so calls to different SFUs share a socket whichever shard they
+//! are on. A datagram that reaches the wrong shard is handed to its owner through a bounded
+//! queue. A pacer tick's packets are submitted to the ring together.
+//!
+//! The application talks to the shards through bounded command queues and receives
+//! [`EngineEvent`]s from one bounded channel; a full queue is an error to the caller or a
+//! counted drop, never a blocked shard.
 //!
 //! The method names follow ntgcalls/py-tgcalls (`create_call`, `connect`,
 //! `set_stream_sources`, `pause`, `resume`, `mute`, `unmute`, `stop`, `time`, `get_state`,
@@ -29,6 +35,7 @@
 
 mod engine;
 mod error;
+mod pool;
 mod shard;
 mod source;
 

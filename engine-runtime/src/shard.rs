@@ -11,18 +11,20 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::join_all;
 use ringcast_core::call::{CallConfig, Event};
-use ringcast_core::endpoint::{CallSnapshot, Endpoint, EndpointError, EndpointStats, SocketId};
+use ringcast_core::endpoint::{CallSnapshot, Endpoint, EndpointStats, SocketId};
 use ringcast_core::signaling::group::JoinResponse;
 use tokio::sync::Notify;
 use tokio_uring::net::UdpSocket;
 
 use crate::engine::{EngineEvent, EventKind};
 use crate::error::EngineError;
+use crate::pool::SocketPool;
 
 /// Longest the shard sleeps before looking at the command queue.
 const COMMAND_POLL: Duration = Duration::from_millis(2);
@@ -32,8 +34,6 @@ const COMMANDS_PER_TURN: usize = 256;
 const RX_QUEUE: usize = 16_384;
 /// Receive buffer size: above str0m's largest datagram.
 const RX_BUF: usize = 2048;
-/// Requested SO_RCVBUF/SO_SNDBUF per socket.
-const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Sends submitted per batch (bounds the futures alive at once).
 const SEND_BATCH: usize = 1024;
 
@@ -73,17 +73,25 @@ pub(crate) struct ShardStats {
     pub(crate) endpoint: EndpointStats,
     pub(crate) dropped_rx_queue_full: u64,
     pub(crate) send_errors: u64,
+    pub(crate) forwarded_out: u64,
+    pub(crate) dropped_forward_full: u64,
 }
 
 /// Shard settings.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardConfig {
     pub(crate) index: usize,
-    pub(crate) bind: SocketAddr,
     pub(crate) receive_audio: bool,
+    pub(crate) pool: Arc<SocketPool>,
+    /// One bounded queue into every shard (this one's included), for datagrams that arrived
+    /// here but belong to a call on another shard.
+    pub(crate) forward: Vec<Sender<Datagram>>,
+    pub(crate) forwarded: Receiver<Datagram>,
 }
 
-struct Datagram {
+/// A received datagram.
+#[derive(Debug)]
+pub(crate) struct Datagram {
     socket: SocketId,
     source: SocketAddr,
     contents: Vec<u8>,
@@ -105,6 +113,8 @@ struct Shard {
     inbox: Rc<Inbox>,
     send_errors: u64,
     dropped_events: u64,
+    forwarded_out: u64,
+    dropped_forward_full: u64,
 }
 
 /// The shard thread's body.
@@ -112,7 +122,7 @@ pub(crate) fn run(
     config: ShardConfig,
     commands: Receiver<Request>,
     events: Sender<EngineEvent>,
-    ready: Sender<io::Result<SocketAddr>>,
+    ready: Sender<io::Result<()>>,
 ) {
     tokio_uring::start(async move {
         let mut shard = Shard {
@@ -123,17 +133,14 @@ pub(crate) fn run(
             inbox: Rc::new(Inbox::default()),
             send_errors: 0,
             dropped_events: 0,
+            forwarded_out: 0,
+            dropped_forward_full: 0,
         };
-        match shard.open_socket() {
-            Ok(id) => {
-                let addr = shard.endpoint.socket_addr(id);
-                let _ = ready.send(addr.ok_or_else(|| io::Error::other("no socket address")));
-            }
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
+        if let Err(e) = shard.sync_sockets() {
+            let _ = ready.send(Err(e));
+            return;
         }
+        let _ = ready.send(Ok(()));
         shard.run(commands).await;
     });
 }
@@ -149,15 +156,12 @@ impl Shard {
                     Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 }
             }
-            let now = Instant::now();
-            loop {
-                let next = self.inbox.queue.borrow_mut().pop_front();
-                let Some(d) = next else { break };
-                self.endpoint
-                    .handle_datagram(now, d.socket, d.source, &d.contents);
+            if let Err(e) = self.sync_sockets() {
+                tracing::warn!("registering a pool socket: {e}");
             }
+            self.handle_received();
             self.endpoint.handle_timeout(Instant::now());
-            self.forward_events();
+            self.after_work();
             self.flush().await;
 
             let now = Instant::now();
@@ -165,7 +169,10 @@ impl Shard {
                 .endpoint
                 .poll_timeout()
                 .map_or(now + COMMAND_POLL, |t| t.min(now + COMMAND_POLL));
-            if next > now && self.inbox.queue.borrow().is_empty() {
+            if next > now
+                && self.inbox.queue.borrow().is_empty()
+                && self.config.forwarded.is_empty()
+            {
                 let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(next));
                 tokio::select! {
                     () = sleep => {}
@@ -175,26 +182,81 @@ impl Shard {
         }
     }
 
-    fn open_socket(&mut self) -> io::Result<SocketId> {
-        // The first socket takes the configured port; the rest any free port on the same IP.
-        let addr = if self.sockets.is_empty() {
-            self.config.bind
-        } else {
-            SocketAddr::new(self.config.bind.ip(), 0)
-        };
-        let std_socket = std::net::UdpSocket::bind(addr)?;
-        // A pacer tick sends every due packet at once; give the kernel room for the burst.
-        // Capped by net.core.{r,w}mem_max (scripts/setup.sh raises them where it can).
-        let sock = socket2::SockRef::from(&std_socket);
-        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-        let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-        let local = std_socket.local_addr()?;
-        let socket = Rc::new(UdpSocket::from_std(std_socket));
-        let id = self.endpoint.add_socket(local);
-        self.sockets.push(socket.clone());
-        let inbox = self.inbox.clone();
-        tokio_uring::spawn(receive_loop(socket, id, inbox));
-        Ok(id)
+    /// Registers every pool socket this shard does not have yet (in pool order, so socket
+    /// ids agree across shards) and starts receiving on it.
+    fn sync_sockets(&mut self) -> io::Result<()> {
+        while self.sockets.len() < self.config.pool.len() {
+            let (std_socket, addr) = self.config.pool.clone_socket(self.sockets.len())?;
+            let socket = Rc::new(UdpSocket::from_std(std_socket));
+            let id = self.endpoint.add_socket(addr);
+            self.sockets.push(socket.clone());
+            tokio_uring::spawn(receive_loop(socket, id, self.inbox.clone()));
+        }
+        Ok(())
+    }
+
+    /// Routes received datagrams: to this shard's calls without any lock; to another shard
+    /// (via the pool's ownership table and its forward queue) when the call lives there.
+    fn handle_received(&mut self) {
+        let now = Instant::now();
+        while let Ok(d) = self.config.forwarded.try_recv() {
+            self.endpoint
+                .handle_datagram(now, d.socket, d.source, &d.contents);
+        }
+        loop {
+            let next = self.inbox.queue.borrow_mut().pop_front();
+            let Some(d) = next else { break };
+            if !self.endpoint.routes(d.socket, &d.source, &d.contents)
+                && let Some(owner) = self.config.pool.owner(d.socket, &d.source, &d.contents)
+                && owner != self.config.index
+                && let Some(tx) = self.config.forward.get(owner)
+            {
+                match tx.try_send(d) {
+                    Ok(()) => self.forwarded_out += 1,
+                    Err(_) => self.dropped_forward_full += 1,
+                }
+                continue;
+            }
+            // Ours, or nobody's (the endpoint counts it as unroutable).
+            self.endpoint
+                .handle_datagram(now, d.socket, d.source, &d.contents);
+        }
+    }
+
+    /// Gives the pool back what reaped calls held.
+    fn release_reaped(&mut self) {
+        while let Some(r) = self.endpoint.poll_reaped() {
+            self.config.pool.release(r.socket, &r.remotes, &r.ufrag);
+        }
+    }
+
+    fn connect(&mut self, chat_id: i64, response: &JoinResponse) -> Result<(), EngineError> {
+        let now = Instant::now();
+        let ufrag = self
+            .endpoint
+            .local_ufrag(chat_id)
+            .ok_or(EngineError::ConnectionNotFound(chat_id))?
+            .to_owned();
+        let remotes: Vec<SocketAddr> = response
+            .transport
+            .candidates
+            .iter()
+            .map(|c| c.address())
+            .filter(|a| a.is_ipv4() == self.config.pool.is_ipv4())
+            .collect();
+        let socket = self
+            .config
+            .pool
+            .place(&remotes, &ufrag, self.config.index)?;
+        let result = self.sync_sockets().map_err(EngineError::Io).and_then(|()| {
+            self.endpoint
+                .connect_on(now, chat_id, response, socket)
+                .map_err(EngineError::from)
+        });
+        if result.is_err() {
+            self.config.pool.release(Some(socket), &remotes, &ufrag);
+        }
+        result
     }
 
     fn handle_request(&mut self, req: Request) {
@@ -216,17 +278,7 @@ impl Shard {
                 response,
                 reply,
             } => {
-                let r = match self.endpoint.connect(now, chat_id, &response) {
-                    Err(EndpointError::NoFreeSocket) => match self.open_socket() {
-                        Ok(_) => self.endpoint.connect(now, chat_id, &response),
-                        Err(e) => {
-                            let _ = reply.send(Err(EngineError::Io(e)));
-                            return;
-                        }
-                    },
-                    other => other,
-                };
-                let _ = reply.send(r.map(|_| ()).map_err(EngineError::from));
+                let _ = reply.send(self.connect(chat_id, &response));
             }
             Request::Command {
                 chat_id,
@@ -252,11 +304,20 @@ impl Shard {
                     endpoint,
                     dropped_rx_queue_full: *self.inbox.dropped.borrow(),
                     send_errors: self.send_errors,
+                    forwarded_out: self.forwarded_out,
+                    dropped_forward_full: self.dropped_forward_full,
                 });
             }
             Request::Shutdown => {}
         }
         self.forward_events();
+    }
+
+    /// Moves the endpoint's events to the engine's channel and releases reaped calls'
+    /// sockets. Called after every batch of work.
+    fn after_work(&mut self) {
+        self.forward_events();
+        self.release_reaped();
     }
 
     fn forward_events(&mut self) {

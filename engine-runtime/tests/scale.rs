@@ -63,3 +63,63 @@ fn five_hundred_calls_fifty_chats_one_sfu_port_two_shards() {
     }
     assert_eq!(engine.calls().unwrap().len(), 250);
 }
+
+/// Telegram puts many chats on few SFU addresses: calls to *different* SFU addresses share
+/// one local socket, whichever shard they live on.
+#[test]
+fn calls_to_different_sfus_share_sockets_across_shards() {
+    let sfus: Vec<Server> = (0..3)
+        .map(|_| {
+            Server::start(ServerOptions {
+                forward_audio: false,
+                ..ServerOptions::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let engine = Engine::builder().shards(2).build().unwrap();
+    let mut ssrcs = Vec::new();
+    for key in 0..30i64 {
+        let sfu = &sfus[(key % 3) as usize];
+        let payload = engine.create_call(key).unwrap();
+        let response = sfu.join(key, payload.as_bytes()).unwrap();
+        engine.connect(key, &response).unwrap();
+        engine
+            .set_stream_sources(
+                key,
+                ringcast::StreamSource::Tone {
+                    frequency_hz: 600.0,
+                },
+            )
+            .unwrap();
+        ssrcs.push(engine.audio_ssrc(key).unwrap());
+    }
+    wait_connected(&engine, 30, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = engine.stats().unwrap();
+    // 10 calls per SFU address need 10 sockets; 30 calls fit in those 10.
+    assert_eq!(stats.sockets, 10, "{stats:?}");
+    let infos = engine.calls().unwrap();
+    let mut shards_per_socket = std::collections::HashMap::new();
+    for info in &infos {
+        shards_per_socket
+            .entry(info.local_addr.unwrap())
+            .or_insert_with(Vec::new)
+            .push(info.chat_id);
+    }
+    assert_eq!(shards_per_socket.len(), 10);
+    std::thread::sleep(Duration::from_millis(200));
+    for info in &infos {
+        let sfu = &sfus[(info.chat_id % 3) as usize];
+        let p = participant(&sfu.stats().unwrap(), info.chat_id, info.ssrc);
+        let got = p["packets"].as_u64().unwrap();
+        assert!(
+            got as f64 >= info.stats.packets_sent as f64 * 0.95,
+            "call {}: {got}",
+            info.chat_id
+        );
+        assert!((p["dominant_hz"].as_f64().unwrap() - 600.0).abs() <= 5.0);
+    }
+    // Shards really share the sockets: some answers arrived on one shard for the other.
+    assert!(stats.forwarded_between_shards > 0, "{stats:?}");
+}

@@ -1,0 +1,168 @@
+//! The engine's socket pool, shared by every shard.
+//!
+//! Every shard sends and receives on every socket of the pool (each through its own `dup` of
+//! the fd, registered in its own ring). Two things therefore have to be decided across shards,
+//! and live here behind one mutex that only the control path and misrouted datagrams take:
+//!
+//! - **Placement (the socket rule).** An SFU tells participants apart by 5-tuple, so two live
+//!   calls that reach the same SFU address must not share a socket. [`SocketPool::place`]
+//!   picks the first socket with no live call to any of the call's SFU addresses, or binds a
+//!   new one. Telegram puts many chats on few SFU addresses, so this is the normal case.
+//! - **Ownership of a datagram.** The kernel hands a datagram to whichever shard's receive is
+//!   pending. The receiving shard routes it with its own endpoint first (no lock); only when the
+//!   call lives on another shard does it ask the pool whose it is, by remote address or, for
+//!   STUN before nomination, by ufrag, and forwards it there. For audio sending the receive
+//!   direction is light (RTCP and STUN keepalives), so the lock is off the hot path.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use ringcast_core::demux::stun_local_ufrag;
+use ringcast_core::endpoint::SocketId;
+
+/// Requested SO_RCVBUF/SO_SNDBUF per socket. A pacer tick sends every due packet at once;
+/// the kernel caps this at net.core.{r,w}mem_max (scripts/setup.sh raises them where it can).
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+struct PooledSocket {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    /// Live calls' SFU addresses on this socket -> owning shard.
+    remotes: HashMap<SocketAddr, usize>,
+}
+
+struct Inner {
+    sockets: Vec<PooledSocket>,
+    /// ICE ufrag -> owning shard, for STUN that arrives before an address is known.
+    ufrags: HashMap<String, usize>,
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct SocketPool {
+    ip: IpAddr,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("sockets", &self.sockets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SocketPool {
+    /// A pool whose first socket is bound to `bind` (port 0 = any).
+    pub(crate) fn new(bind: SocketAddr) -> io::Result<Self> {
+        let first = bind_socket(bind)?;
+        Ok(Self {
+            ip: bind.ip(),
+            inner: Mutex::new(Inner {
+                sockets: vec![first],
+                ufrags: HashMap::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation is a single insert/remove: a panic elsewhere leaves it consistent.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True if the pool's sockets are IPv4.
+    pub(crate) fn is_ipv4(&self) -> bool {
+        self.ip.is_ipv4()
+    }
+
+    /// Number of sockets.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().sockets.len()
+    }
+
+    /// A `dup` of socket `id` for a shard's ring, with its address.
+    pub(crate) fn clone_socket(&self, id: usize) -> io::Result<(UdpSocket, SocketAddr)> {
+        let inner = self.lock();
+        let s = inner
+            .sockets
+            .get(id)
+            .ok_or_else(|| io::Error::other("no such socket"))?;
+        Ok((s.socket.try_clone()?, s.addr))
+    }
+
+    /// The socket rule: a socket with none of `remotes` taken (binding a new one if needed),
+    /// claimed for `shard`.
+    pub(crate) fn place(
+        &self,
+        remotes: &[SocketAddr],
+        ufrag: &str,
+        shard: usize,
+    ) -> io::Result<SocketId> {
+        let mut inner = self.lock();
+        let free = inner
+            .sockets
+            .iter()
+            .position(|s| remotes.iter().all(|r| !s.remotes.contains_key(r)));
+        let id = match free {
+            Some(id) => id,
+            None => {
+                let socket = bind_socket(SocketAddr::new(self.ip, 0))?;
+                inner.sockets.push(socket);
+                inner.sockets.len() - 1
+            }
+        };
+        if let Some(s) = inner.sockets.get_mut(id) {
+            for r in remotes {
+                s.remotes.insert(*r, shard);
+            }
+        }
+        inner.ufrags.insert(ufrag.to_owned(), shard);
+        Ok(SocketId(id))
+    }
+
+    /// Releases what [`SocketPool::place`] claimed.
+    pub(crate) fn release(&self, socket: Option<SocketId>, remotes: &[SocketAddr], ufrag: &str) {
+        let mut inner = self.lock();
+        inner.ufrags.remove(ufrag);
+        if let Some(s) = socket.and_then(|id| inner.sockets.get_mut(id.0)) {
+            for r in remotes {
+                s.remotes.remove(r);
+            }
+        }
+    }
+
+    /// The shard that owns a datagram from `source` on `socket`, if any.
+    pub(crate) fn owner(
+        &self,
+        socket: SocketId,
+        source: &SocketAddr,
+        contents: &[u8],
+    ) -> Option<usize> {
+        let inner = self.lock();
+        if let Some(shard) = inner
+            .sockets
+            .get(socket.0)
+            .and_then(|s| s.remotes.get(source))
+        {
+            return Some(*shard);
+        }
+        let ufrag = stun_local_ufrag(contents)?;
+        inner.ufrags.get(ufrag).copied()
+    }
+}
+
+fn bind_socket(addr: SocketAddr) -> io::Result<PooledSocket> {
+    let socket = UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: the kernel caps the size; a smaller buffer only means more drops at bursts.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    let addr = socket.local_addr()?;
+    Ok(PooledSocket {
+        socket,
+        addr,
+        remotes: HashMap::new(),
+    })
+}
