@@ -49,6 +49,11 @@ const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
 /// RFC 6464 level meaning "silence" (-127 dBov).
 const AUDIO_LEVEL_SILENCE: u8 = 127;
 
+/// How early a frame may be sent. Timers in the runtimes have ~1 ms resolution (tokio's
+/// timer wheel); sending up to this much ahead keeps frames from going out late because of it.
+/// Receivers' jitter buffers absorb a millisecond of earliness without noticing.
+pub const FRAME_SEND_AHEAD: Duration = Duration::from_millis(1);
+
 /// If the caller drives us this late, skip frames instead of bursting them out: more than this
 /// many overdue frames are dropped (and counted) and the schedule restarts at `now`.
 const MAX_CATCH_UP_FRAMES: u32 = 3;
@@ -381,6 +386,9 @@ pub struct Call {
     remote_ssrcs: HashSet<u32>,
     /// After [`Command::Stop`], until str0m's closing datagrams are out.
     flushing_close: bool,
+    /// Lateness of the frames sent since the last [`Call::drain_frame_lateness`] (bounded,
+    /// allocated once), so a runtime can keep an engine-wide histogram of frame lateness.
+    recent_lateness: Vec<Duration>,
     /// ICE starts at this instant (pre-connect delay); `None` once started.
     ice_start_at: Option<Instant>,
     /// When the SFU was last heard from (any datagram str0m accepted), for consent freshness.
@@ -445,6 +453,7 @@ impl Call {
             paused_at: None,
             remote_ssrcs: HashSet::new(),
             flushing_close: false,
+            recent_lateness: Vec::with_capacity(MAX_CATCH_UP_FRAMES as usize + 2),
             ice_start_at: None,
             last_heard: None,
             silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
@@ -504,6 +513,14 @@ impl Call {
     /// Duration of media played so far (stops while paused). ntgcalls calls this `time`.
     pub fn played(&self) -> Duration {
         Duration::from_micros(self.stats.played_samples * 1_000_000 / 48_000)
+    }
+
+    /// Hands `f` the lateness (time handed to str0m minus due time) of every frame sent since
+    /// the last call, and forgets them.
+    pub fn drain_frame_lateness(&mut self, mut f: impl FnMut(Duration)) {
+        for l in self.recent_lateness.drain(..) {
+            f(l);
+        }
     }
 
     /// True while a source is attached.
@@ -719,7 +736,7 @@ impl Call {
         let mut at = idle;
         let candidates = [
             self.session.as_ref().and_then(|s| s.rtc_timeout),
-            self.next_frame_at,
+            self.next_frame_at.map(|t| t - FRAME_SEND_AHEAD),
             self.connect_deadline,
             self.ice_start_at,
             self.consent_deadline(),
@@ -976,7 +993,10 @@ impl Call {
         let Some(mut due) = self.next_frame_at else {
             return;
         };
-        if due > now {
+        // A frame within FRAME_SEND_AHEAD of its due time goes now: runtimes wake with ~1 ms
+        // timer resolution, and a frame a little early is harmless where one late is not.
+        let horizon = now + FRAME_SEND_AHEAD;
+        if due > horizon {
             return;
         }
         // How far behind are we? Skip (and count) frames beyond the catch-up budget.
@@ -987,12 +1007,14 @@ impl Call {
             self.stats.frames_skipped_late += u64::from(skip);
             due += FRAME_DURATION * skip;
         }
-        while due <= now {
+        while due <= horizon {
             match self.next_source_frame() {
                 Some(frame) => {
-                    self.stats
-                        .lateness
-                        .record(now.saturating_duration_since(due));
+                    let lateness = now.saturating_duration_since(due);
+                    self.stats.lateness.record(lateness);
+                    if self.recent_lateness.len() < self.recent_lateness.capacity() {
+                        self.recent_lateness.push(lateness);
+                    }
                     self.write_frame(due, &frame);
                     due += frame_duration(&frame);
                 }

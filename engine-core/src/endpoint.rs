@@ -110,7 +110,7 @@ pub struct EndpointStats {
     pub dropped_events: u64,
     /// Calls reaped after they ended.
     pub calls_reaped: u64,
-    /// Lateness of every frame sent, all calls merged (ended calls included).
+    /// Lateness of every frame sent (handed to str0m minus due), all calls, ended ones too.
     pub lateness: LatenessHistogram,
 }
 
@@ -384,14 +384,9 @@ impl Endpoint {
             let sent_before = slot.call.stats().packets_sent;
             // Timeouts never fail.
             let _ = slot.call.handle_input(now, Input::Timeout);
-            let sent = slot.call.stats().packets_sent - sent_before;
-            if sent > 0 {
-                self.stats.packets_sent += sent;
-                let lateness = now.saturating_duration_since(at);
-                for _ in 0..sent {
-                    self.stats.lateness.record(lateness);
-                }
-            }
+            self.stats.packets_sent += slot.call.stats().packets_sent - sent_before;
+            let lateness = &mut self.stats.lateness;
+            slot.call.drain_frame_lateness(|l| lateness.record(l));
             drop(_enter);
             self.drain(idx);
         }

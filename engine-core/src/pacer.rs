@@ -206,6 +206,17 @@ impl LatenessHistogram {
         self.max_us = self.max_us.max(other.max_us);
     }
 
+    /// The values recorded since `earlier` (a previous copy of this histogram). The maximum
+    /// cannot be windowed; it stays the overall maximum.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut out = self.clone();
+        for (a, b) in out.buckets.iter_mut().zip(earlier.buckets.iter()) {
+            *a = a.saturating_sub(*b);
+        }
+        out.count = self.count.saturating_sub(earlier.count);
+        out
+    }
+
     /// Number of values recorded.
     pub fn count(&self) -> u64 {
         self.count

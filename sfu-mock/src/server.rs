@@ -49,6 +49,8 @@ pub struct ServerOptions {
     pub analyse_audio: bool,
     /// See [`SfuConfig::forward_audio`].
     pub forward_audio: bool,
+    /// See [`SfuConfig::header_only`].
+    pub header_only: bool,
 }
 
 impl Default for ServerOptions {
@@ -60,6 +62,7 @@ impl Default for ServerOptions {
             seed: 1,
             analyse_audio: true,
             forward_audio: true,
+            header_only: false,
         }
     }
 }
@@ -133,6 +136,7 @@ impl Server {
         );
         config.analyse_audio = options.analyse_audio;
         config.forward_audio = options.forward_audio;
+        config.header_only = options.header_only;
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();

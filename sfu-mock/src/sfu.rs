@@ -95,6 +95,10 @@ pub struct SfuConfig {
     /// Forward each participant's audio to the others in its chat, as Telegram does. Load runs
     /// turn it off: with ten speakers a chat it multiplies the SFU's sends by nine.
     pub forward_audio: bool,
+    /// Load mode: once a participant is connected, count its RTP from the clear-text header
+    /// (packets, bytes, loss, audio-level extension present) without decrypting it. No
+    /// decoding, no forwarding; for load runs with thousands of calls on one SFU thread.
+    pub header_only: bool,
 }
 
 impl SfuConfig {
@@ -107,6 +111,7 @@ impl SfuConfig {
             crypto: None,
             analyse_audio: true,
             forward_audio: true,
+            header_only: false,
         }
     }
 }
@@ -177,6 +182,56 @@ struct LossTracker {
     received: u64,
 }
 
+/// Extends 16-bit RTP sequence numbers across wraps (RFC 3550 A.1, without probation).
+#[derive(Debug, Default)]
+struct SeqUnwrap {
+    last: Option<u64>,
+}
+
+impl SeqUnwrap {
+    fn extend(&mut self, seq: u16) -> u64 {
+        let ext = match self.last {
+            None => u64::from(seq) + (1 << 16),
+            Some(last) => {
+                let cycles = last & !0xFFFF;
+                let candidates = [cycles.wrapping_sub(1 << 16), cycles, cycles + (1 << 16)];
+                candidates
+                    .into_iter()
+                    .map(|c| c + u64::from(seq))
+                    .min_by_key(|v| v.abs_diff(last))
+                    .unwrap_or(last)
+            }
+        };
+        if self.last.is_none_or(|l| ext > l) {
+            self.last = Some(ext);
+        }
+        ext
+    }
+}
+
+/// The clear-text part of an SRTP packet's header (RFC 3550 §5.1).
+struct RtpHeaderView {
+    seq: u16,
+    ssrc: u32,
+    has_extension: bool,
+}
+
+impl RtpHeaderView {
+    fn parse(buf: &[u8]) -> Option<Self> {
+        let h = buf.get(..12)?;
+        let pt = h[1] & 0x7F;
+        // RTCP packet types 192..=223 look like PT 64..=95 (RFC 5761 §4).
+        if (64..=95).contains(&pt) {
+            return None;
+        }
+        Some(Self {
+            seq: u16::from_be_bytes([h[2], h[3]]),
+            ssrc: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+            has_extension: h[0] & 0x10 != 0,
+        })
+    }
+}
+
 impl LossTracker {
     fn on_packet(&mut self, ext_seq: u64) {
         self.received += 1;
@@ -211,6 +266,7 @@ struct Participant {
     dropped_no_audio_level: u64,
     forwarded: u64,
     loss: LossTracker,
+    seq_unwrap: SeqUnwrap,
     decoder: Option<opus::Decoder>,
     meter: ToneMeter,
     /// SSRCs of other participants this one's Rtc has a send stream for.
@@ -391,6 +447,7 @@ impl Sfu {
             dropped_no_audio_level: 0,
             forwarded: 0,
             loss: LossTracker::default(),
+            seq_unwrap: SeqUnwrap::default(),
             decoder,
             meter: ToneMeter::new(),
             tx_streams: HashSet::new(),
@@ -582,6 +639,25 @@ impl Sfu {
         };
         if p.left || p.silent {
             self.counters.dropped_unknown_source += 1;
+            return;
+        }
+        if self.config.header_only
+            && p.connected
+            && kind == DatagramKind::Rtp
+            && let Some(header) = RtpHeaderView::parse(contents)
+        {
+            // Load mode: account from the clear-text RTP header (sequence number, SSRC) and
+            // skip decryption, so one SFU thread can count what thousands of calls send.
+            if header.ssrc == p.ssrc {
+                if !header.has_extension {
+                    p.dropped_no_audio_level += 1;
+                    return;
+                }
+                let ext = p.seq_unwrap.extend(header.seq);
+                p.packets += 1;
+                p.bytes += contents.len() as u64;
+                p.loss.on_packet(ext);
+            }
             return;
         }
         if let Err(e) = p
@@ -889,5 +965,39 @@ impl ringcast_core::sim::SimSfu for Sfu {
 
     fn poll_timeout(&self) -> Option<Instant> {
         Self::poll_timeout(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_extend_across_wraps_and_reordering() {
+        let mut u = SeqUnwrap::default();
+        let a = u.extend(65_534);
+        assert_eq!(u.extend(65_535), a + 1);
+        assert_eq!(u.extend(0), a + 2);
+        assert_eq!(u.extend(65_535), a + 1, "late packet from before the wrap");
+        assert_eq!(u.extend(1), a + 3);
+        let mut loss = LossTracker::default();
+        for ext in [a, a + 1, a + 3] {
+            loss.on_packet(ext);
+        }
+        assert_eq!(loss.lost(), 1);
+    }
+
+    #[test]
+    fn header_view_skips_rtcp() {
+        let mut pkt = [0u8; 20];
+        pkt[0] = 0x90;
+        pkt[1] = 111;
+        pkt[2..4].copy_from_slice(&7u16.to_be_bytes());
+        pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
+        let h = RtpHeaderView::parse(&pkt).unwrap();
+        assert_eq!((h.seq, h.ssrc, h.has_extension), (7, 42, true));
+        pkt[1] = 200;
+        assert!(RtpHeaderView::parse(&pkt).is_none());
+        assert!(RtpHeaderView::parse(&pkt[..8]).is_none());
     }
 }
