@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -230,9 +230,11 @@ impl EngineBuilder {
             };
             let (ready_tx, ready_rx) = bounded(1);
             let events = ev_tx.clone();
+            let stopped = Arc::new(AtomicBool::new(false));
+            let stopped_flag = stopped.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringcast-shard-{index}"))
-                .spawn(move || crate::shard::run(config, cmd_rx, events, ready_tx))?;
+                .spawn(move || crate::shard::run(config, cmd_rx, events, ready_tx, stopped_flag))?;
             match ready_rx.recv_timeout(REPLY_TIMEOUT) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(EngineError::Io(e)),
@@ -241,6 +243,7 @@ impl EngineBuilder {
             shards.push(ShardHandle {
                 commands: cmd_tx,
                 thread: Some(thread),
+                stopped,
             });
         }
         let seed = self.seed.unwrap_or_else(os_seed);
@@ -262,6 +265,8 @@ impl EngineBuilder {
 struct ShardHandle {
     commands: Sender<Request>,
     thread: Option<JoinHandle<()>>,
+    /// Set by the shard once its calls are gone (it then parks; see `shard::run`).
+    stopped: Arc<AtomicBool>,
 }
 
 /// The engine handle. Cheap to share by reference across threads; dropping it stops the shard.
@@ -473,10 +478,17 @@ impl Engine {
         for s in &self.shards {
             let _ = s.commands.try_send(Request::Shutdown);
         }
+        // Wait (bounded) until every shard has dropped its calls; the threads themselves stay
+        // parked rather than tear down their rings (see `shard::run`), so they are detached.
+        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
         for s in &mut self.shards {
-            if let Some(t) = s.thread.take() {
-                let _ = t.join();
+            while !s.stopped.load(Ordering::Acquire)
+                && s.thread.as_ref().is_some_and(|t| !t.is_finished())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
             }
+            drop(s.thread.take());
         }
     }
 }

@@ -123,6 +123,7 @@ pub(crate) fn run(
     commands: Receiver<Request>,
     events: Sender<EngineEvent>,
     ready: Sender<io::Result<()>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 ) {
     tokio_uring::start(async move {
         let mut shard = Shard {
@@ -142,6 +143,19 @@ pub(crate) fn run(
         }
         let _ = ready.send(Ok(()));
         shard.run(commands).await;
+        // Stopped. Every call is ended and dropped with the endpoint, but the ring stays up:
+        // dropping a tokio-uring runtime while receives are in flight on sockets shared with
+        // other rings corrupted the heap in our tests ("corrupted double-linked list", the
+        // same abort as tokio-rs/tokio-uring#328, open). Until that is fixed upstream (or the
+        // runtime moves to raw io-uring with explicit cancellation), a stopped shard parks
+        // here: an idle thread whose pending receives never complete.
+        let Shard {
+            endpoint, events, ..
+        } = shard;
+        drop(endpoint);
+        drop(events);
+        stopped.store(true, std::sync::atomic::Ordering::Release);
+        std::future::pending::<()>().await;
     });
 }
 

@@ -1,7 +1,11 @@
 //! Mute, pause, resume and stop, verified at the SFU (what arrived), with events in order.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
+
+use common::participant;
 
 use ringcast::{CallState, EndReason, Engine, EventKind, MediaState, StreamSource};
 use serde_json::Value;
@@ -10,14 +14,7 @@ use sfu_mock::server::{Server, ServerOptions};
 fn me(sfu: &Server, ssrc: u32) -> Value {
     // Let packets in flight land before reading.
     std::thread::sleep(Duration::from_millis(150));
-    let stats = sfu.stats().unwrap();
-    stats["chats"]["1"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["ssrc"].as_u64() == Some(u64::from(ssrc)))
-        .cloned()
-        .unwrap()
+    participant(&sfu.stats().unwrap(), 1, ssrc)
 }
 
 fn packets(v: &Value) -> u64 {

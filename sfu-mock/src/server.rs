@@ -190,37 +190,33 @@ impl Server {
             .map(|a| format!("http://{a}/v1/chats/{chat_id}/join"))
     }
 
+    /// Sends a command to the UDP thread and waits for its answer.
+    fn request<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, ControlError> {
+        let (reply, rx) = mpsc::channel();
+        send(&self.commands, make(reply))?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| ControlError::Unavailable)
+    }
+
     /// Joins in-process (same as `POST .../join`).
     pub fn join(&self, chat_id: i64, payload: &[u8]) -> Result<String, ControlError> {
-        let (reply, rx) = mpsc::channel();
-        send(
-            &self.commands,
-            Command::Join {
-                chat_id,
-                body: payload.to_vec(),
-                reply,
-            },
-        )?;
-        rx.recv_timeout(COMMAND_TIMEOUT)
-            .map_err(|_| ControlError::Unavailable)?
-            .map_err(ControlError::Refused)
+        self.request(|reply| Command::Join {
+            chat_id,
+            body: payload.to_vec(),
+            reply,
+        })?
+        .map_err(ControlError::Refused)
     }
 
     /// Leaves in-process (same as `POST .../leave`).
     pub fn leave(&self, chat_id: i64, ssrc: u32) -> Result<(), ControlError> {
-        let (reply, rx) = mpsc::channel();
-        send(
-            &self.commands,
-            Command::Leave {
-                chat_id,
-                ssrc,
-                reply,
-            },
-        )?;
-        rx.recv_timeout(COMMAND_TIMEOUT)
-            .map_err(|_| ControlError::Unavailable)?
-            .map(|_| ())
-            .map_err(ControlError::Refused)
+        self.request(|reply| Command::Leave {
+            chat_id,
+            ssrc,
+            reply,
+        })?
+        .map(|_| ())
+        .map_err(ControlError::Refused)
     }
 
     /// Makes one participant misbehave (tests of the engine's isolation). In-process only.
@@ -230,28 +226,19 @@ impl Server {
         ssrc: u32,
         how: Misbehaviour,
     ) -> Result<(), ControlError> {
-        let (reply, rx) = mpsc::channel();
-        send(
-            &self.commands,
-            Command::Misbehave {
-                chat_id,
-                ssrc,
-                how,
-                reply,
-            },
-        )?;
-        rx.recv_timeout(COMMAND_TIMEOUT)
-            .map_err(|_| ControlError::Unavailable)?
-            .map(|_| ())
-            .map_err(ControlError::Refused)
+        self.request(|reply| Command::Misbehave {
+            chat_id,
+            ssrc,
+            how,
+            reply,
+        })?
+        .map(|_| ())
+        .map_err(ControlError::Refused)
     }
 
     /// Stats in-process (same JSON as `GET /v1/stats`).
     pub fn stats(&self) -> Result<serde_json::Value, ControlError> {
-        let (reply, rx) = mpsc::channel();
-        send(&self.commands, Command::Stats { reply })?;
-        rx.recv_timeout(COMMAND_TIMEOUT)
-            .map_err(|_| ControlError::Unavailable)
+        self.request(|reply| Command::Stats { reply })
     }
 
     /// Stops the threads and waits for them.

@@ -256,6 +256,17 @@ fn tone_for(chat: usize) -> f32 {
     300.0 + 20.0 * chat as f32
 }
 
+/// One shared tone per chat: both systems play exactly the same sources.
+fn chat_tones() -> Result<Vec<SharedSource>, String> {
+    (0..CHATS)
+        .map(|c| {
+            ToneSource::new(tone_for(c), None)
+                .map(|t| SharedSource::new(Box::new(t)))
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 struct Ringcast {
     engine: Engine,
     tones: Vec<SharedSource>,
@@ -271,13 +282,7 @@ impl Ringcast {
             .cert_pool(256)
             .build()
             .map_err(|e| e.to_string())?;
-        let tones = (0..CHATS)
-            .map(|c| {
-                ToneSource::new(tone_for(c), None)
-                    .map(|t| SharedSource::new(Box::new(t)))
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
+        let tones = chat_tones()?;
         Ok(Self {
             engine,
             tones,
@@ -356,13 +361,7 @@ impl TokioPerCall {
         let crypto = CallCrypto::new(CryptoOptions::default())
             .map_err(|e| e.to_string())?
             .provider();
-        let tones = (0..CHATS)
-            .map(|c| {
-                ToneSource::new(tone_for(c), None)
-                    .map(|t| SharedSource::new(Box::new(t)))
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
+        let tones = chat_tones()?;
         Ok(Self {
             runtime,
             shared: Arc::new(Mutex::new(HashMap::new())),
