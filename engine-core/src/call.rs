@@ -23,10 +23,12 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 
+use crate::demux::{RtpHeaderPeek, rtp_header};
 use crate::media::{FRAME_DURATION, FrameSource, OpusFrame, SourceError};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::{
     AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, URI_AUDIO_LEVEL,
+    fingerprint_hex, parse_fingerprint_hex,
 };
 use crate::signaling::{SignalingError, Ssrc};
 
@@ -432,7 +434,7 @@ impl Call {
         let local_fingerprint = DtlsFingerprint {
             hash: "sha-256".to_owned(),
             setup: "passive".to_owned(),
-            fingerprint: hex_colon(&digest),
+            fingerprint: fingerprint_hex(&digest),
         };
         Ok(Self {
             config: CallConfig {
@@ -559,7 +561,7 @@ impl Call {
                 field: "transport.fingerprints".to_owned(),
                 reason: "no sha-256 fingerprint".to_owned(),
             })?;
-        let remote_fp_bytes = parse_hex_colon(&remote_fp.fingerprint).ok_or_else(|| {
+        let remote_fp_bytes = parse_fingerprint_hex(&remote_fp.fingerprint).ok_or_else(|| {
             SignalingError::InvalidField {
                 field: "transport.fingerprints[].fingerprint".to_owned(),
                 reason: "not colon-separated hex".to_owned(),
@@ -849,7 +851,7 @@ impl Call {
         // The SFU forwards other speakers with their own SSRCs and no MID extension, which
         // str0m drops unless the SSRC is expected. Like ntgcalls, accept audio from any new
         // SSRC carrying our Opus PT (the RTP header is not encrypted by SRTP).
-        if let Some((ssrc, pt)) = rtp_ssrc_and_pt(contents)
+        if let Some(RtpHeaderPeek { ssrc, pt, .. }) = rtp_header(contents)
             && pt == *session.pt
             && ssrc != self.ssrc.0
             && !self.remote_ssrcs.contains(&ssrc)
@@ -1120,22 +1122,6 @@ fn frame_duration(frame: &OpusFrame) -> Duration {
     Duration::from_micros(u64::from(frame.duration_samples) * 1_000_000 / 48_000)
 }
 
-/// SSRC and payload type of an RTP (not RTCP) datagram, read from the clear-text header.
-/// RFC 7983 §7: first byte 128..=191 is RTP/RTCP; RFC 5761 §4: PT 64..=95 (with marker) are
-/// RTCP packet types 192..=223.
-pub(crate) fn rtp_ssrc_and_pt(buf: &[u8]) -> Option<(u32, u8)> {
-    let header = buf.get(..12)?;
-    if !(128..=191).contains(&header[0]) {
-        return None;
-    }
-    let pt = header[1] & 0x7F;
-    if (64..=95).contains(&pt) {
-        return None;
-    }
-    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-    Some((ssrc, pt))
-}
-
 /// ICE characters (RFC 8445 §5.3 `ice-char`: ALPHA / DIGIT / "+" / "/"). We use only
 /// alphanumerics so the values are also safe in JSON and logs.
 fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
@@ -1143,57 +1129,4 @@ fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
     (0..len)
         .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
         .collect()
-}
-
-/// RFC 4572 fingerprint form: uppercase hex bytes joined by `:`.
-pub(crate) fn hex_colon(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 3);
-    for (i, b) in bytes.iter().enumerate() {
-        if i > 0 {
-            s.push(':');
-        }
-        s.push_str(&format!("{b:02X}"));
-    }
-    s
-}
-
-/// Inverse of [`hex_colon`]; `None` unless every part is exactly two hex digits.
-pub(crate) fn parse_hex_colon(s: &str) -> Option<Vec<u8>> {
-    s.split(':')
-        .map(|part| {
-            if part.len() == 2 {
-                u8::from_str_radix(part, 16).ok()
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_round_trip() {
-        let bytes = [0x00, 0xAB, 0x10, 0xFF];
-        assert_eq!(hex_colon(&bytes), "00:AB:10:FF");
-        assert_eq!(parse_hex_colon("00:AB:10:FF"), Some(bytes.to_vec()));
-        assert_eq!(parse_hex_colon("0:AB"), None);
-        assert_eq!(parse_hex_colon("ZZ"), None);
-    }
-
-    #[test]
-    fn rtp_header_peek() {
-        let mut pkt = [0u8; 20];
-        pkt[0] = 0x90;
-        pkt[1] = 111;
-        pkt[8..12].copy_from_slice(&0xDEADBEEFu32.to_be_bytes());
-        assert_eq!(rtp_ssrc_and_pt(&pkt), Some((0xDEADBEEF, 111)));
-        pkt[1] = 200; // RTCP SR with marker bit set
-        assert_eq!(rtp_ssrc_and_pt(&pkt), None);
-        assert_eq!(rtp_ssrc_and_pt(&pkt[..8]), None);
-        pkt[0] = 0x16; // DTLS
-        assert_eq!(rtp_ssrc_and_pt(&pkt), None);
-    }
 }

@@ -45,6 +45,39 @@ pub fn classify(buf: &[u8]) -> DatagramKind {
     }
 }
 
+/// The clear-text part of an RTP header (SRTP encrypts only the payload, RFC 3711 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpHeaderPeek {
+    /// Payload type.
+    pub pt: u8,
+    /// 16-bit sequence number.
+    pub seq: u16,
+    /// Synchronization source.
+    pub ssrc: u32,
+    /// The X bit: a header extension (such as ssrc-audio-level) follows.
+    pub has_extension: bool,
+}
+
+/// Reads the clear-text header of an RTP (not RTCP) datagram. RFC 7983 §7: a first byte of
+/// 128..=191 is RTP or RTCP; RFC 5761 §4: payload types 64..=95 (with the marker bit) are RTCP
+/// packet types 192..=223, so those are `None`.
+pub fn rtp_header(buf: &[u8]) -> Option<RtpHeaderPeek> {
+    let h = buf.get(..12)?;
+    if classify(h) != DatagramKind::Rtp {
+        return None;
+    }
+    let pt = h[1] & 0x7F;
+    if (64..=95).contains(&pt) {
+        return None;
+    }
+    Some(RtpHeaderPeek {
+        pt,
+        seq: u16::from_be_bytes([h[2], h[3]]),
+        ssrc: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+        has_extension: h[0] & 0x10 != 0,
+    })
+}
+
 /// The receiver's (our) ufrag from a STUN message's USERNAME, if the datagram is a well-formed
 /// STUN message that carries one. Never panics; does not verify integrity (the call does).
 pub fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
@@ -177,6 +210,25 @@ mod tests {
         buf.extend_from_slice(&[7; 12]);
         buf.extend_from_slice(&attr);
         buf
+    }
+
+    #[test]
+    fn rtp_header_peek() {
+        let mut pkt = [0u8; 20];
+        pkt[0] = 0x90;
+        pkt[1] = 111;
+        pkt[2..4].copy_from_slice(&7u16.to_be_bytes());
+        pkt[8..12].copy_from_slice(&0xDEAD_BEEFu32.to_be_bytes());
+        let h = rtp_header(&pkt).unwrap();
+        assert_eq!(
+            (h.pt, h.seq, h.ssrc, h.has_extension),
+            (111, 7, 0xDEAD_BEEF, true)
+        );
+        pkt[1] = 200; // RTCP SR with marker bit set
+        assert_eq!(rtp_header(&pkt), None);
+        assert_eq!(rtp_header(&pkt[..8]), None);
+        pkt[0] = 0x16; // DTLS
+        assert_eq!(rtp_header(&pkt), None);
     }
 
     #[test]

@@ -324,7 +324,8 @@ impl Shard {
             }
             Request::Shutdown => {}
         }
-        self.forward_events();
+        // A command may have ended (and reaped) a call: release its sockets at once too.
+        self.after_work();
     }
 
     /// Moves the endpoint's events to the engine's channel and releases reaped calls'

@@ -1,11 +1,13 @@
 //! The Engine API against an in-process sfu-mock over real UDP on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
+use common::participant;
 use ringcast::{CallState, EndReason, Engine, EngineError, EventKind, StreamSource};
-use serde_json::Value;
 use sfu_mock::analysis::dominant_frequency_hz;
 use sfu_mock::server::{Server, ServerOptions};
 
@@ -33,15 +35,6 @@ fn join(engine: &Engine, sfu: &Server, key: i64, chat: i64, hz: f32) -> u32 {
         .set_stream_sources(key, StreamSource::Tone { frequency_hz: hz })
         .unwrap();
     engine.audio_ssrc(key).unwrap()
-}
-
-fn participant(stats: &Value, chat: i64, ssrc: u32) -> &Value {
-    stats["chats"][chat.to_string()]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["ssrc"].as_u64() == Some(u64::from(ssrc)))
-        .unwrap()
 }
 
 #[test]

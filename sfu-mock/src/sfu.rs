@@ -17,10 +17,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ringcast_core::demux::{DatagramKind, classify, stun_local_ufrag};
+use ringcast_core::demux::{DatagramKind, classify, rtp_header, stun_local_ufrag};
 use ringcast_core::signaling::group::{
     DtlsFingerprint, HeaderExtension, IceCandidate, JoinPayload, JoinResponse, MediaDescription,
     OPUS_DEFAULT_PT, PayloadType, RtcpFeedback, Transport, URI_AUDIO_LEVEL, URI_TRANSPORT_CC,
+    fingerprint_hex, parse_fingerprint_hex,
 };
 use ringcast_core::str0m::config::{DtlsCert, Fingerprint};
 use ringcast_core::str0m::crypto::CryptoProvider;
@@ -209,29 +210,6 @@ impl SeqUnwrap {
     }
 }
 
-/// The clear-text part of an SRTP packet's header (RFC 3550 §5.1).
-struct RtpHeaderView {
-    seq: u16,
-    ssrc: u32,
-    has_extension: bool,
-}
-
-impl RtpHeaderView {
-    fn parse(buf: &[u8]) -> Option<Self> {
-        let h = buf.get(..12)?;
-        let pt = h[1] & 0x7F;
-        // RTCP packet types 192..=223 look like PT 64..=95 (RFC 5761 §4).
-        if (64..=95).contains(&pt) {
-            return None;
-        }
-        Some(Self {
-            seq: u16::from_be_bytes([h[2], h[3]]),
-            ssrc: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
-            has_extension: h[0] & 0x10 != 0,
-        })
-    }
-}
-
 impl LossTracker {
     fn on_packet(&mut self, ext_seq: u64) {
         self.received += 1;
@@ -317,11 +295,7 @@ impl Sfu {
             .clone()
             .unwrap_or_else(|| Arc::new(ringcast_core::str0m::crypto::from_feature_flags()));
         let digest = crypto.sha256_provider.sha256(&config.dtls_cert.certificate);
-        let fingerprint = digest
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let fingerprint = fingerprint_hex(&digest);
         Self {
             rng: fastrand::Rng::with_seed(config.seed),
             config,
@@ -380,12 +354,8 @@ impl Sfu {
             .iter()
             .find(|f| f.hash.eq_ignore_ascii_case("sha-256"))
             .ok_or_else(|| SfuError::Setup("no sha-256 fingerprint".to_owned()))?;
-        let fp_bytes = fp
-            .fingerprint
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|e| SfuError::Setup(format!("fingerprint: {e}")))?;
+        let fp_bytes = parse_fingerprint_hex(&fp.fingerprint)
+            .ok_or_else(|| SfuError::Setup("fingerprint is not colon-separated hex".to_owned()))?;
 
         let ufrag = self.random_chars(8);
         let pwd = self.random_chars(24);
@@ -644,7 +614,7 @@ impl Sfu {
         if self.config.header_only
             && p.connected
             && kind == DatagramKind::Rtp
-            && let Some(header) = RtpHeaderView::parse(contents)
+            && let Some(header) = rtp_header(contents)
         {
             // Load mode: account from the clear-text RTP header (sequence number, SSRC) and
             // skip decryption, so one SFU thread can count what thousands of calls send.
@@ -985,19 +955,5 @@ mod tests {
             loss.on_packet(ext);
         }
         assert_eq!(loss.lost(), 1);
-    }
-
-    #[test]
-    fn header_view_skips_rtcp() {
-        let mut pkt = [0u8; 20];
-        pkt[0] = 0x90;
-        pkt[1] = 111;
-        pkt[2..4].copy_from_slice(&7u16.to_be_bytes());
-        pkt[8..12].copy_from_slice(&42u32.to_be_bytes());
-        let h = RtpHeaderView::parse(&pkt).unwrap();
-        assert_eq!((h.seq, h.ssrc, h.has_extension), (7, 42, true));
-        pkt[1] = 200;
-        assert!(RtpHeaderView::parse(&pkt).is_none());
-        assert!(RtpHeaderView::parse(&pkt[..8]).is_none());
     }
 }

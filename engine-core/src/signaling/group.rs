@@ -782,12 +782,37 @@ fn check_remote_credential(value: &str, at: &Path<'_>) -> Result<(), SignalingEr
     Ok(())
 }
 
+/// One fingerprint byte: exactly two hex digits (no sign, unlike `u8::from_str_radix`).
+fn hex_byte(part: &str) -> Option<u8> {
+    if part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u8::from_str_radix(part, 16).ok()
+    } else {
+        None
+    }
+}
+
+/// RFC 8122 §5 fingerprint form of a digest: uppercase hex bytes joined by `:`.
+pub fn fingerprint_hex(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(digest.len() * 3);
+    for (i, b) in digest.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
+
+/// The digest bytes of an RFC 8122 fingerprint; `None` unless every part is two hex digits.
+pub fn parse_fingerprint_hex(fingerprint: &str) -> Option<Vec<u8>> {
+    fingerprint.split(':').map(hex_byte).collect()
+}
+
 /// RFC 8122 §5 fingerprint: hex byte pairs joined by `:`, as many bytes as `hash` produces.
 fn check_fingerprint(hash: &str, fingerprint: &str, at: &Path<'_>) -> Result<(), SignalingError> {
     let mut bytes = 0usize;
     for part in fingerprint.split(':') {
-        let is_hex_byte = part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_hex_byte {
+        if hex_byte(part).is_none() {
             return Err(at.invalid(format!(
                 "{} is not colon-separated hex bytes",
                 quoted(fingerprint)
@@ -1790,6 +1815,16 @@ mod tests {
             let v = without(join_value(), pointer, key);
             assert_eq!(missing_field(parse_join(&v)), field);
         }
+    }
+
+    #[test]
+    fn fingerprint_hex_round_trip() {
+        let bytes = [0x00, 0xAB, 0x10, 0xFF];
+        assert_eq!(fingerprint_hex(&bytes), "00:AB:10:FF");
+        assert_eq!(parse_fingerprint_hex("00:ab:10:FF"), Some(bytes.to_vec()));
+        assert_eq!(parse_fingerprint_hex("0:AB"), None);
+        assert_eq!(parse_fingerprint_hex("+F:AB"), None);
+        assert_eq!(parse_fingerprint_hex("ZZ"), None);
     }
 
     #[test]
