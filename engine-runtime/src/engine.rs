@@ -115,6 +115,21 @@ pub struct EngineBuilder {
     ice: IceTimings,
     pre_connect_delay: Duration,
     cert_pool: usize,
+    send_path: SendPath,
+}
+
+/// How a shard puts its datagrams on the wire; see [`EngineBuilder::send_path`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendPath {
+    /// A private raw io_uring per shard: every datagram of a pacer tick is one `SENDMSG`
+    /// entry in a pre-allocated slot, all submitted with one system call, no allocation per
+    /// packet. The default.
+    #[default]
+    IoUringBatch,
+    /// One tokio-uring `send_to` future per datagram, joined per tick (one submission per
+    /// tick too, but a boxed operation, a future and a waker per datagram). Kept to measure
+    /// the batch path against.
+    TokioUring,
 }
 
 impl Default for EngineBuilder {
@@ -130,6 +145,7 @@ impl Default for EngineBuilder {
             ice: IceTimings::default(),
             pre_connect_delay: Duration::ZERO,
             cert_pool: DEFAULT_CERT_POOL,
+            send_path: SendPath::default(),
         }
     }
 }
@@ -194,6 +210,13 @@ impl EngineBuilder {
         self
     }
 
+    /// How shards send datagrams (default [`SendPath::IoUringBatch`]). `docs/performance.md`
+    /// compares the two paths.
+    pub fn send_path(mut self, path: SendPath) -> Self {
+        self.send_path = path;
+        self
+    }
+
     /// Seed for the calls' random choices (ICE credentials, SSRCs). Default: from the OS.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -224,6 +247,7 @@ impl EngineBuilder {
             let config = ShardConfig {
                 index,
                 receive_audio: self.receive_audio,
+                send_path: self.send_path,
                 pool: pool.clone(),
                 forward: forward_tx.clone(),
                 forwarded,

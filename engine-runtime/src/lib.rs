@@ -38,8 +38,9 @@ mod error;
 mod pool;
 mod shard;
 mod source;
+mod uring_send;
 
-pub use engine::{CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind};
+pub use engine::{CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind, SendPath};
 pub use error::EngineError;
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;

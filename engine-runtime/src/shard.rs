@@ -4,7 +4,9 @@
 //! the shard through a bounded command queue polled every [`COMMAND_POLL`] at worst; received
 //! datagrams arrive from one receive task per socket through a bounded local queue. Each turn
 //! of the loop is one pacer tick: every packet due is collected from the endpoint and all of
-//! them are submitted to the ring together (one `io_uring_enter` for the batch).
+//! them are submitted together: by default on the shard's private send ring
+//! ([`crate::uring_send`], pre-allocated slots, one `io_uring_enter` per tick), or as joined
+//! tokio-uring futures ([`SendPath::TokioUring`]).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -22,9 +24,10 @@ use ringcast_core::signaling::group::JoinResponse;
 use tokio::sync::Notify;
 use tokio_uring::net::UdpSocket;
 
-use crate::engine::{EngineEvent, EventKind};
+use crate::engine::{EngineEvent, EventKind, SendPath};
 use crate::error::EngineError;
 use crate::pool::SocketPool;
+use crate::uring_send::UringSender;
 
 /// Longest the shard sleeps before looking at the command queue.
 const COMMAND_POLL: Duration = Duration::from_millis(2);
@@ -34,8 +37,10 @@ const COMMANDS_PER_TURN: usize = 256;
 const RX_QUEUE: usize = 16_384;
 /// Receive buffer size: above str0m's largest datagram.
 const RX_BUF: usize = 2048;
-/// Sends submitted per batch (bounds the futures alive at once).
+/// Sends submitted per batch on the tokio-uring path (bounds the futures alive at once).
 const SEND_BATCH: usize = 1024;
+/// Datagrams in flight at once on the batched path (slots of the send ring).
+const SEND_SLOTS: usize = 16_384;
 
 /// Requests from the API threads.
 pub(crate) enum Request {
@@ -82,6 +87,7 @@ pub(crate) struct ShardStats {
 pub(crate) struct ShardConfig {
     pub(crate) index: usize,
     pub(crate) receive_audio: bool,
+    pub(crate) send_path: SendPath,
     pub(crate) pool: Arc<SocketPool>,
     /// One bounded queue into every shard (this one's included), for datagrams that arrived
     /// here but belong to a call on another shard.
@@ -110,6 +116,8 @@ struct Shard {
     endpoint: Endpoint,
     events: Sender<EngineEvent>,
     sockets: Vec<Rc<UdpSocket>>,
+    /// The batched send ring ([`SendPath::IoUringBatch`]).
+    sender: Option<UringSender>,
     inbox: Rc<Inbox>,
     send_errors: u64,
     dropped_events: u64,
@@ -125,8 +133,19 @@ pub(crate) fn run(
     ready: Sender<io::Result<()>>,
     stopped: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let sender = match config.send_path {
+        SendPath::IoUringBatch => match UringSender::new(SEND_SLOTS) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        },
+        SendPath::TokioUring => None,
+    };
     tokio_uring::start(async move {
         let mut shard = Shard {
+            sender,
             endpoint: Endpoint::new(Instant::now(), config.index),
             config,
             events,
@@ -201,6 +220,9 @@ impl Shard {
     fn sync_sockets(&mut self) -> io::Result<()> {
         while self.sockets.len() < self.config.pool.len() {
             let (std_socket, addr) = self.config.pool.clone_socket(self.sockets.len())?;
+            if let Some(sender) = &mut self.sender {
+                sender.add_socket(std::os::fd::AsRawFd::as_raw_fd(&std_socket));
+            }
             let socket = Rc::new(UdpSocket::from_std(std_socket));
             let id = self.endpoint.add_socket(addr);
             self.sockets.push(socket.clone());
@@ -317,7 +339,8 @@ impl Shard {
                 let _ = reply.send(ShardStats {
                     endpoint,
                     dropped_rx_queue_full: *self.inbox.dropped.borrow(),
-                    send_errors: self.send_errors,
+                    send_errors: self.send_errors
+                        + self.sender.as_ref().map_or(0, |s| s.counters().errors),
                     forwarded_out: self.forwarded_out,
                     dropped_forward_full: self.dropped_forward_full,
                 });
@@ -364,9 +387,17 @@ impl Shard {
         }
     }
 
-    /// Submits everything the endpoint wants sent, in batches: all sends of a batch are pushed
-    /// to the submission queue before any is awaited, so the ring gets them in one go.
+    /// Submits everything the endpoint wants sent. On the batch path every datagram takes a
+    /// slot of the shard's send ring and the tick goes out with one `io_uring_enter`; on the
+    /// tokio-uring path all sends of a batch are pushed before any is awaited.
     async fn flush(&mut self) {
+        if let Some(sender) = &mut self.sender {
+            while let Some(t) = self.endpoint.poll_transmit() {
+                sender.push(t.socket.0, t.destination, t.contents);
+            }
+            sender.submit();
+            return;
+        }
         while self.endpoint.pending_transmits() > 0 {
             let mut batch = Vec::with_capacity(self.endpoint.pending_transmits().min(SEND_BATCH));
             while batch.len() < SEND_BATCH {

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! load [--quick] [--report PATH] [--plot PATH.svg] [--steps 250,500,...] [--step-seconds S]
-//!      [--shards N] [--no-baseline]
+//!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring]
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mimalloc::MiMalloc;
-use ringcast::{CallState, Engine, EventKind, SharedSource, StreamSource};
+use ringcast::{CallState, Engine, EventKind, SendPath, SharedSource, StreamSource};
 use ringcast_core::call::{Call, CallConfig, Command as CallCommand, Input, Output};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::media::ToneSource;
@@ -74,6 +74,7 @@ struct Args {
     step_seconds: f64,
     shards: usize,
     baseline: bool,
+    send_path: SendPath,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -87,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
         step_seconds: 5.0,
         shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
         baseline: true,
+        send_path: SendPath::default(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -120,6 +122,15 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--shards needs a number")?;
             }
             "--no-baseline" => a.baseline = false,
+            "--send-path" => {
+                a.send_path = match value(&mut i, "--send-path")?.as_str() {
+                    "batch" => SendPath::IoUringBatch,
+                    "tokio-uring" => SendPath::TokioUring,
+                    other => {
+                        return Err(format!("--send-path: batch or tokio-uring, not {other:?}"));
+                    }
+                };
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
         i += 1;
@@ -275,9 +286,10 @@ struct Ringcast {
 }
 
 impl Ringcast {
-    fn new(shards: usize) -> Result<Self, String> {
+    fn new(shards: usize, send_path: SendPath) -> Result<Self, String> {
         let engine = Engine::builder()
             .shards(shards)
+            .send_path(send_path)
             .event_queue(1 << 16)
             .cert_pool(256)
             .build()
@@ -671,7 +683,7 @@ fn run(args: &Args) -> Result<(), String> {
         args.shards,
         if args.quick { " (quick)" } else { "" }
     );
-    let mut ringcast = Ringcast::new(args.shards)?;
+    let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
     let ours = ramp(&mut ringcast, args)?;
     drop(ringcast);
     let ours_spc = streams_per_core(&ours, args.shards);
