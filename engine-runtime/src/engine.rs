@@ -13,6 +13,7 @@ use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::pacer::LatenessHistogram;
 use ringcast_core::str0m::config::DtlsCert;
 use ringcast_core::str0m::crypto::CryptoProvider;
+use tokio::sync::Notify;
 
 use crate::error::EngineError;
 use crate::pool::SocketPool;
@@ -241,6 +242,9 @@ impl EngineBuilder {
         let pool = Arc::new(SocketPool::new(self.bind)?);
         let (forward_tx, forward_rx): (Vec<_>, Vec<_>) =
             (0..self.shards).map(|_| bounded(FORWARD_QUEUE)).unzip();
+        // One wake-up per shard: the API (and other shards' forwarding) pokes it after
+        // queueing work, so a command is handled at once, not at the next poll.
+        let wakes: Vec<Arc<Notify>> = (0..self.shards).map(|_| Arc::new(Notify::new())).collect();
         let mut shards = Vec::with_capacity(self.shards);
         for (index, forwarded) in forward_rx.into_iter().enumerate() {
             let (cmd_tx, cmd_rx) = bounded(self.command_queue);
@@ -251,6 +255,7 @@ impl EngineBuilder {
                 pool: pool.clone(),
                 forward: forward_tx.clone(),
                 forwarded,
+                wakes: wakes.clone(),
             };
             let (ready_tx, ready_rx) = bounded(1);
             let events = ev_tx.clone();
@@ -266,6 +271,7 @@ impl EngineBuilder {
             }
             shards.push(ShardHandle {
                 commands: cmd_tx,
+                wake: wakes.get(index).cloned().unwrap_or_default(),
                 thread: Some(thread),
                 stopped,
             });
@@ -288,6 +294,8 @@ impl EngineBuilder {
 #[derive(Debug)]
 struct ShardHandle {
     commands: Sender<Request>,
+    /// Wakes the shard's loop after a request is queued.
+    wake: Arc<Notify>,
     thread: Option<JoinHandle<()>>,
     /// Set by the shard once its calls are gone (it then parks; see `shard::run`).
     stopped: Arc<AtomicBool>,
@@ -333,7 +341,7 @@ impl Engine {
         let handle = self.shards.get(shard).ok_or(EngineError::ShardGone)?;
         let (tx, rx) = bounded(1);
         match handle.commands.try_send(make(tx)) {
-            Ok(()) => {}
+            Ok(()) => handle.wake.notify_one(),
             Err(TrySendError::Full(_)) => return Err(EngineError::QueueFull),
             Err(TrySendError::Disconnected(_)) => return Err(EngineError::ShardGone),
         }
@@ -426,6 +434,11 @@ impl Engine {
         ))
     }
 
+    /// Certificates waiting in the pool (see [`EngineBuilder::cert_pool`]).
+    pub fn cert_pool_ready(&self) -> usize {
+        self.certs.ready()
+    }
+
     /// Certificates generated on the spot because the pool was empty.
     pub fn certs_generated_inline(&self) -> u64 {
         self.certs.generated_inline.load(Ordering::Relaxed)
@@ -501,6 +514,7 @@ impl Engine {
         // sender is gone, which happens when `self` drops.
         for s in &self.shards {
             let _ = s.commands.try_send(Request::Shutdown);
+            s.wake.notify_one();
         }
         // Wait (bounded) until every shard has dropped its calls; the threads themselves stay
         // parked rather than tear down their rings (see `shard::run`), so they are detached.
@@ -561,6 +575,10 @@ impl CertPool {
             generated_inline: AtomicU64::new(0),
             thread: Some(thread),
         })
+    }
+
+    fn ready(&self) -> usize {
+        self.ready.as_ref().map_or(0, Receiver::len)
     }
 
     fn take(&self) -> Result<DtlsCert, EngineError> {

@@ -93,6 +93,8 @@ pub(crate) struct ShardConfig {
     /// here but belong to a call on another shard.
     pub(crate) forward: Vec<Sender<Datagram>>,
     pub(crate) forwarded: Receiver<Datagram>,
+    /// Every shard's wake-up (indexed like `forward`): notified after queueing work for it.
+    pub(crate) wakes: Vec<Arc<Notify>>,
 }
 
 /// A received datagram.
@@ -205,11 +207,20 @@ impl Shard {
             if next > now
                 && self.inbox.queue.borrow().is_empty()
                 && self.config.forwarded.is_empty()
+                && commands.is_empty()
             {
                 let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(next));
+                let wake = self.config.wakes.get(self.config.index).cloned();
+                let woken = async {
+                    match &wake {
+                        Some(w) => w.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = sleep => {}
                     () = self.inbox.notify.notified() => {}
+                    () = woken => {}
                 }
             }
         }
@@ -248,7 +259,12 @@ impl Shard {
                 && let Some(tx) = self.config.forward.get(owner)
             {
                 match tx.try_send(d) {
-                    Ok(()) => self.forwarded_out += 1,
+                    Ok(()) => {
+                        self.forwarded_out += 1;
+                        if let Some(wake) = self.config.wakes.get(owner) {
+                            wake.notify_one();
+                        }
+                    }
                     Err(_) => self.dropped_forward_full += 1,
                 }
                 continue;

@@ -10,7 +10,16 @@
 //!
 //! ```text
 //! load [--quick] [--report PATH] [--plot PATH.svg] [--steps 250,500,...] [--step-seconds S]
-//!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring]
+//!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring] [--no-pin]
+//!      [--bursts 100,1000]
+//! ```
+//!
+//! By default the engine gets one shard pinned to core 0 and sfu-mock the other cores
+//! (`taskset`), so streams per core is the calls one engine core carries. The connect burst
+//! creates N calls at once on a fresh engine, with a full certificate pool and without one, and
+//! times create, join (the SFU's HTTP answer) and connect until every call is up.
+//!
+//! ```text
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -62,8 +71,10 @@ static GLOBAL: Counting = Counting;
 
 /// p99 lateness at or above this breaks a step (architecture.md target).
 const MAX_P99: Duration = Duration::from_millis(2);
-/// Chats the calls are spread over; each chat plays one shared tone.
-const CHATS: usize = 50;
+/// Chats the calls are spread over; each chat plays one shared tone. Each tone is one Opus
+/// encoder (about 60 µs per 20 ms frame): a fixed cost of ~3 % of a core for 10 chats, which
+/// every system under test pays alike.
+const CHATS: usize = 10;
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -75,6 +86,12 @@ struct Args {
     shards: usize,
     baseline: bool,
     send_path: SendPath,
+    /// Pin this process to the first `shards` cores and sfu-mock to the others.
+    pin: bool,
+    /// Connect-burst sizes (empty: no burst measurement).
+    bursts: Vec<usize>,
+    /// Cores of the machine, read before this process pins itself.
+    cores: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -86,9 +103,13 @@ fn parse_args() -> Result<Args, String> {
             100, 250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10_000,
         ],
         step_seconds: 5.0,
-        shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // One core for the engine and the rest for sfu-mock, so "per core" means what it says.
+        shards: cores().saturating_sub(1).max(1),
         baseline: true,
         send_path: SendPath::default(),
+        pin: true,
+        bursts: vec![100, 1000],
+        cores: cores(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -102,6 +123,7 @@ fn parse_args() -> Result<Args, String> {
                 a.quick = true;
                 a.steps = vec![20, 50];
                 a.step_seconds = 2.0;
+                a.bursts = vec![20];
             }
             "--report" => a.report = value(&mut i, "--report")?.into(),
             "--plot" => a.plot = Some(value(&mut i, "--plot")?.into()),
@@ -122,6 +144,14 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--shards needs a number")?;
             }
             "--no-baseline" => a.baseline = false,
+            "--no-pin" => a.pin = false,
+            "--bursts" => {
+                a.bursts = value(&mut i, "--bursts")?
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().parse().map_err(|_| format!("bad burst {s:?}")))
+                    .collect::<Result<_, _>>()?;
+            }
             "--send-path" => {
                 a.send_path = match value(&mut i, "--send-path")?.as_str() {
                     "batch" => SendPath::IoUringBatch,
@@ -145,7 +175,7 @@ struct Sfu {
 }
 
 impl Sfu {
-    fn start() -> Result<Self, String> {
+    fn start(pin: Option<String>) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let bin = exe.with_file_name("sfu-mock");
         if !bin.exists() {
@@ -154,7 +184,15 @@ impl Sfu {
                 bin.display()
             ));
         }
-        let mut child = Command::new(&bin)
+        let mut command = match &pin {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .args([
                 "--header-only",
                 "--udp",
@@ -542,7 +580,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Ramps `system` through `args.steps`; stops at the first bad step.
 fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, String> {
-    let sfu = Sfu::start()?;
+    let sfu = Sfu::start(sfu_cpus(args))?;
     let rss0 = rss_kb();
     let mut steps = Vec::new();
     for (i, &n) in args.steps.iter().enumerate() {
@@ -553,7 +591,25 @@ fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, String> {
             args.steps.len()
         );
         let _ = std::io::stderr().flush();
-        system.grow_to(n, &sfu)?;
+        if let Err(e) = system.grow_to(n, &sfu) {
+            // A step that cannot even connect its calls is a bad step, not a crashed run.
+            eprintln!("{e}  <- breaks the target");
+            let b = system.sample();
+            steps.push(Step {
+                calls: n,
+                connected: b.connected,
+                packets_sent: 0,
+                packets_counted: 0,
+                lost: 0,
+                p50_ms: f64::NAN,
+                p99_ms: f64::NAN,
+                max_ms: f64::NAN,
+                cpu_ns_per_packet: f64::NAN,
+                rss_kb_per_call: f64::NAN,
+                allocs_per_packet: f64::NAN,
+            });
+            break;
+        }
         // Settle: handshakes done, the burst of starts out of the window.
         std::thread::sleep(Duration::from_secs(1));
         let (sfu0, lost0) = sfu.totals()?;
@@ -602,6 +658,113 @@ fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, String> {
         }
     }
     Ok(steps)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The cores sfu-mock is pinned to: every core after the engine's (None: no pinning).
+fn sfu_cpus(args: &Args) -> Option<String> {
+    let n = args.cores;
+    (args.pin && n > args.shards).then(|| format!("{}-{}", args.shards, n - 1))
+}
+
+/// Pins every thread of this process (and the threads it starts later, which inherit it) to
+/// the first `shards` cores.
+fn pin_self(shards: usize) -> Result<(), String> {
+    let cpus = format!("0-{}", shards.max(1) - 1);
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("taskset failed: {status}"))
+    }
+}
+
+/// Raises this process's open-file limit (each call toward one SFU address needs its own
+/// socket, and every shard holds a dup of each). Needs root or CAP_SYS_RESOURCE beyond the
+/// hard limit; a failure is reported and the run goes on.
+fn raise_nofile(want: u64) {
+    let r = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={want}:{want}"),
+        ])
+        .status();
+    if !matches!(r, Ok(s) if s.success()) {
+        eprintln!("load: could not raise the open-file limit to {want}; large steps may fail");
+    }
+}
+
+/// One connect burst: `n` calls created at once on a fresh engine with a certificate pool of
+/// `pool` (filled before the clock starts; 0 = every certificate generated inline).
+fn burst(n: usize, pool: usize, args: &Args) -> Result<Value, String> {
+    let sfu = Sfu::start(sfu_cpus(args))?;
+    let engine = Engine::builder()
+        .shards(args.shards)
+        .send_path(args.send_path)
+        .cert_pool(pool)
+        .event_queue(n * 4 + 64)
+        .command_queue(n + 64)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let fill_deadline = Instant::now() + Duration::from_secs(120);
+    while engine.cert_pool_ready() < pool && Instant::now() < fill_deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    let joins = (0..n)
+        .map(|i| engine.create_call(i as i64).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let created = t0.elapsed();
+    // On Telegram these are n phone.joinGroupCall requests; here sequential HTTP posts.
+    let answers = joins
+        .iter()
+        .enumerate()
+        .map(|(i, j)| sfu.join(i % CHATS, j))
+        .collect::<Result<Vec<_>, _>>()?;
+    let answered = t0.elapsed();
+    for (i, a) in answers.iter().enumerate() {
+        engine.connect(i as i64, a).map_err(|e| e.to_string())?;
+    }
+    let mut connected = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connected < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match engine.events().recv_timeout(left) {
+            Ok(e) => match e.kind {
+                EventKind::ConnectionChanged(CallState::Connected) => connected += 1,
+                EventKind::ConnectionChanged(CallState::Ended(r)) => {
+                    return Err(format!("burst: call {} ended: {r:?}", e.chat_id));
+                }
+                _ => {}
+            },
+            Err(_) => return Err(format!("burst: {connected}/{n} connected after 60 s")),
+        }
+    }
+    let done = t0.elapsed();
+    let engine_ms = ms(created) + ms(done - answered);
+    eprintln!(
+        "[burst] {n} calls, certificate pool {pool}: create {:.0} ms, SFU answers {:.0} ms, \
+         connect {:.0} ms; engine time {engine_ms:.0} ms, wall {:.0} ms ({} certificates inline)",
+        ms(created),
+        ms(answered - created),
+        ms(done - answered),
+        ms(done),
+        engine.certs_generated_inline(),
+    );
+    Ok(json!({
+        "calls": n, "cert_pool": pool, "create_ms": ms(created),
+        "sfu_answers_ms": ms(answered - created), "connect_ms": ms(done - answered),
+        "engine_ms": engine_ms, "wall_ms": ms(done),
+        "certs_generated_inline": engine.certs_generated_inline(),
+    }))
 }
 
 fn streams_per_core(steps: &[Step], cores: usize) -> usize {
@@ -683,6 +846,10 @@ fn run(args: &Args) -> Result<(), String> {
         args.shards,
         if args.quick { " (quick)" } else { "" }
     );
+    raise_nofile(1 << 18);
+    if args.pin && args.cores > args.shards {
+        pin_self(args.shards)?;
+    }
     let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
     let ours = ramp(&mut ringcast, args)?;
     drop(ringcast);
@@ -707,6 +874,12 @@ fn run(args: &Args) -> Result<(), String> {
         "webrtc_rs".to_owned(),
         json!({ "streams_per_core": Value::Null, "measured": false }),
     );
+    let mut bursts = Vec::new();
+    for &n in &args.bursts {
+        for pool in [n, 0] {
+            bursts.push(burst(n, pool, args)?);
+        }
+    }
     let last_good = ours.iter().rev().find(|s| s.good()).or(ours.last());
     let report = json!({
         "streams_per_core": ours_spc,
@@ -717,6 +890,8 @@ fn run(args: &Args) -> Result<(), String> {
         "rss_kb_per_call": last_good.map(|s| s.rss_kb_per_call),
         "steps": ours.iter().map(Step::json).collect::<Vec<_>>(),
         "baselines": baselines,
+        "connect_burst": bursts,
+        "sfu_cpus": sfu_cpus(args),
         "quick": args.quick,
     });
     std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
