@@ -6,10 +6,12 @@
 #![allow(dead_code, unreachable_pub, missing_debug_implementations)] // shared by a fuzz target and a test
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::signaling::group::{JoinPayload, JoinResponse};
+use ringcast_core::str0m::crypto::CryptoProvider;
 use sfu_mock::control::parse_leave;
 use sfu_mock::{Sfu, SfuConfig, SfuError};
 
@@ -42,11 +44,15 @@ impl Fixture {
         let addr: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
         let cert = sfu_mock::server::generate_cert().expect("certificate");
         let mut config = SfuConfig::new(addr, 1, cert);
-        config.crypto = Some(
+        // `CallCrypto::provider` leaks its provider by design (str0m wants a `&'static`): make
+        // one per process, not one per fixture.
+        static CRYPTO: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+        let crypto = CRYPTO.get_or_init(|| {
             CallCrypto::new(CryptoOptions::default())
                 .expect("crypto config")
-                .provider(),
-        );
+                .provider()
+        });
+        config.crypto = Some(crypto.clone());
         Self {
             sfu: Sfu::new(Instant::now(), config),
             addr,
