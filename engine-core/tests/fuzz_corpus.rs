@@ -297,7 +297,7 @@ fn write_seeds() {
         &mono[..mono.len() - 2],
     );
     w("ogg_reader", "broken_empty.ogg", b"");
-    let mut not_opus = mono.clone();
+    let mut not_opus = mono;
     not_opus[28..36].copy_from_slice(b"OpusHeaX");
     w("ogg_reader", "broken_not_opus_head.ogg", &not_opus);
     let mut gap = ogg_headers(11);
@@ -329,7 +329,7 @@ fn write_seeds() {
         let mut attr = 0x0006_u16.to_be_bytes().to_vec();
         attr.extend_from_slice(&(username.len() as u16 + extra_len).to_be_bytes());
         attr.extend_from_slice(username);
-        while attr.len() % 4 != 0 {
+        while !attr.len().is_multiple_of(4) {
             attr.push(0);
         }
         let mut buf = vec![0x00, 0x01];
