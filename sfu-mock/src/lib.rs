@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod analysis;
+pub mod control;
 pub mod server;
 mod sfu;
 

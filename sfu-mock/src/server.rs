@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::str0m::config::DtlsCert;
 
+use crate::control::parse_leave;
 use crate::{Misbehaviour, Sfu, SfuConfig};
 
 /// Largest body the control API reads (a join payload is well under 1 KiB).
@@ -473,40 +474,5 @@ fn route(
             }
         }
         _ => (404, error_json("not found")),
-    }
-}
-
-/// `{"ssrc": N}` with N as number or string, signed or unsigned 32-bit.
-fn parse_leave(body: &[u8]) -> Result<u32, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid json: {e}"))?;
-    let ssrc = v.get("ssrc").ok_or("missing field: ssrc")?;
-    let n = match ssrc {
-        serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) => s.parse::<i64>().ok(),
-        _ => None,
-    }
-    .ok_or("invalid field ssrc: not an integer")?;
-    if (i64::from(i32::MIN)..=i64::from(u32::MAX)).contains(&n) {
-        // Negative values are int32 bit patterns (MTProto `int`).
-        Ok(n as u32)
-    } else {
-        Err("invalid field ssrc: out of 32-bit range".to_owned())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leave_body_variants() {
-        assert_eq!(parse_leave(br#"{"ssrc": 5}"#), Ok(5));
-        assert_eq!(parse_leave(br#"{"ssrc": "7"}"#), Ok(7));
-        assert_eq!(parse_leave(br#"{"ssrc": -1}"#), Ok(u32::MAX));
-        assert!(parse_leave(br#"{"ssrc": 1e40}"#).is_err());
-        assert!(parse_leave(br#"{"ssrc": true}"#).is_err());
-        assert!(parse_leave(br#"{}"#).is_err());
-        assert!(parse_leave(b"{").is_err());
     }
 }
