@@ -239,7 +239,7 @@ impl EngineBuilder {
             .provider();
         let (ev_tx, ev_rx) = bounded(self.event_queue);
         // One socket pool for every shard: each shard sends and receives on all of it.
-        let pool = Arc::new(SocketPool::new(self.bind)?);
+        let pool = Arc::new(SocketPool::new(self.bind, self.shards)?);
         let (forward_tx, forward_rx): (Vec<_>, Vec<_>) =
             (0..self.shards).map(|_| bounded(FORWARD_QUEUE)).unzip();
         // One wake-up per shard: the API (and other shards' forwarding) pokes it after

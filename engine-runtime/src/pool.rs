@@ -27,7 +27,11 @@ use ringcast_core::endpoint::SocketId;
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 struct PooledSocket {
-    socket: UdpSocket,
+    /// The pool's own descriptor until the last shard takes it: every shard holds one
+    /// descriptor of each socket and the pool none, so a socket costs one fd per shard.
+    socket: Option<UdpSocket>,
+    /// Shards that have their descriptor of this socket.
+    handed: usize,
     addr: SocketAddr,
     /// Live calls' SFU addresses on this socket -> owning shard.
     remotes: HashMap<SocketAddr, usize>,
@@ -43,6 +47,7 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct SocketPool {
     ip: IpAddr,
+    shards: usize,
     inner: Mutex<Inner>,
 }
 
@@ -55,11 +60,12 @@ impl std::fmt::Debug for Inner {
 }
 
 impl SocketPool {
-    /// A pool whose first socket is bound to `bind` (port 0 = any).
-    pub(crate) fn new(bind: SocketAddr) -> io::Result<Self> {
+    /// A pool for `shards` shards whose first socket is bound to `bind` (port 0 = any).
+    pub(crate) fn new(bind: SocketAddr, shards: usize) -> io::Result<Self> {
         let first = bind_socket(bind)?;
         Ok(Self {
             ip: bind.ip(),
+            shards: shards.max(1),
             inner: Mutex::new(Inner {
                 sockets: vec![first],
                 ufrags: HashMap::new(),
@@ -82,14 +88,23 @@ impl SocketPool {
         self.lock().sockets.len()
     }
 
-    /// A `dup` of socket `id` for a shard's ring, with its address.
+    /// Socket `id` for a shard's ring, with its address: a `dup` for every shard but the
+    /// last to ask, which gets the pool's own descriptor. Each shard asks once per socket.
     pub(crate) fn clone_socket(&self, id: usize) -> io::Result<(UdpSocket, SocketAddr)> {
-        let inner = self.lock();
+        let shards = self.shards;
+        let mut inner = self.lock();
         let s = inner
             .sockets
-            .get(id)
+            .get_mut(id)
             .ok_or_else(|| io::Error::other("no such socket"))?;
-        Ok((s.socket.try_clone()?, s.addr))
+        let socket = if s.handed + 1 >= shards {
+            s.socket.take()
+        } else {
+            s.socket.as_ref().map(UdpSocket::try_clone).transpose()?
+        };
+        let socket = socket.ok_or_else(|| io::Error::other("socket already handed out"))?;
+        s.handed += 1;
+        Ok((socket, s.addr))
     }
 
     /// The socket rule: a socket with none of `remotes` taken (binding a new one if needed),
@@ -161,7 +176,8 @@ fn bind_socket(addr: SocketAddr) -> io::Result<PooledSocket> {
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
     let addr = socket.local_addr()?;
     Ok(PooledSocket {
-        socket,
+        socket: Some(socket),
+        handed: 0,
         addr,
         remotes: HashMap::new(),
     })

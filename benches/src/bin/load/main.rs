@@ -44,23 +44,29 @@ use serde_json::{Value, json};
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes currently allocated (live heap), for heap per call next to RSS per call.
+static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: forwards every call unchanged to mimalloc; only counts.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: same contract as our caller's.
         unsafe { MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: same contract as our caller's.
         unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: same contract as our caller's.
         unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
@@ -552,6 +558,7 @@ struct Step {
     max_ms: f64,
     cpu_ns_per_packet: f64,
     rss_kb_per_call: f64,
+    heap_kb_per_call: f64,
     allocs_per_packet: f64,
 }
 
@@ -568,7 +575,7 @@ impl Step {
             "packets_sent": self.packets_sent, "packets_counted_by_sfu": self.packets_counted,
             "lost": self.lost, "p50_lateness_ms": self.p50_ms, "p99_lateness_ms": self.p99_ms,
             "max_lateness_ms": self.max_ms, "cpu_ns_per_packet": self.cpu_ns_per_packet,
-            "rss_kb_per_call": self.rss_kb_per_call, "allocs_per_packet": self.allocs_per_packet,
+            "rss_kb_per_call": self.rss_kb_per_call, "heap_kb_per_call": self.heap_kb_per_call, "allocs_per_packet": self.allocs_per_packet,
             "good": self.good(),
         })
     }
@@ -582,6 +589,7 @@ fn ms(d: Duration) -> f64 {
 fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, String> {
     let sfu = Sfu::start(sfu_cpus(args))?;
     let rss0 = rss_kb();
+    let heap0 = LIVE_BYTES.load(Ordering::Relaxed);
     let mut steps = Vec::new();
     for (i, &n) in args.steps.iter().enumerate() {
         eprint!(
@@ -606,6 +614,7 @@ fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, String> {
                 max_ms: f64::NAN,
                 cpu_ns_per_packet: f64::NAN,
                 rss_kb_per_call: f64::NAN,
+                heap_kb_per_call: f64::NAN,
                 allocs_per_packet: f64::NAN,
             });
             break;
@@ -636,14 +645,18 @@ fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, String> {
             max_ms: ms(b.lateness.max()),
             cpu_ns_per_packet: (cpu1.saturating_sub(cpu0)) as f64 / sent as f64,
             rss_kb_per_call: rss_kb().saturating_sub(rss0) as f64 / n as f64,
+            heap_kb_per_call: LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(heap0) as f64
+                / 1024.0
+                / n as f64,
             allocs_per_packet: (alloc1.saturating_sub(alloc0)) as f64 / sent as f64,
         };
         eprintln!(
-            "p99 {:.2} ms, lost {}, {:.0} ns CPU/packet, {:.1} KB RSS/call, {:.2} allocs/packet{}",
+            "p99 {:.2} ms, lost {}, {:.0} ns CPU/packet, {:.1} KB RSS/call ({:.1} KB heap), {:.2} allocs/packet{}",
             step.p99_ms,
             step.lost,
             step.cpu_ns_per_packet,
             step.rss_kb_per_call,
+            step.heap_kb_per_call,
             step.allocs_per_packet,
             if step.good() {
                 ""
