@@ -6,12 +6,13 @@
 //! of this process per packet, RSS per call and allocations per packet. A ramp stops at the first
 //! step with p99 lateness >= 2 ms or any loss; the highest good step divided by the cores used is
 //! **streams per core**. The same harness drives the baseline: one tokio task, one socket and one
-//! str0m `Rtc` (through the same `ringcast_core::Call`) per call, with a timer per call.
+//! str0m `Rtc` (through the same `ringcast_core::Call`) per call, with a timer per call; and
+//! webrtc-rs, one `RTCPeerConnection` per call (module `webrtc_rs`).
 //!
 //! ```text
 //! load [--quick] [--report PATH] [--plot PATH.svg] [--steps 250,500,...] [--step-seconds S]
 //!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring] [--no-pin]
-//!      [--bursts 100,1000]
+//!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs]
 //! ```
 //!
 //! By default the engine gets one shard pinned to core 0 and sfu-mock the other cores
@@ -39,6 +40,8 @@ use ringcast_core::media::ToneSource;
 use ringcast_core::pacer::LatenessHistogram;
 use ringcast_core::signaling::group::JoinResponse;
 use serde_json::{Value, json};
+
+mod webrtc_rs;
 
 /// Counts every allocation of the process (for allocations per packet), then defers to mimalloc.
 struct Counting;
@@ -98,6 +101,14 @@ struct Args {
     bursts: Vec<usize>,
     /// Cores of the machine, read before this process pins itself.
     cores: usize,
+    /// Which systems to ramp (`--systems`); all three by default.
+    systems: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, system: &str) -> bool {
+        self.systems.iter().any(|s| s == system)
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -116,6 +127,9 @@ fn parse_args() -> Result<Args, String> {
         pin: true,
         bursts: vec![100, 1000],
         cores: cores(),
+        systems: ["ringcast", "tokio_per_call", "webrtc_rs"]
+            .map(String::from)
+            .to_vec(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -166,6 +180,12 @@ fn parse_args() -> Result<Args, String> {
                         return Err(format!("--send-path: batch or tokio-uring, not {other:?}"));
                     }
                 };
+            }
+            "--systems" => {
+                a.systems = value(&mut i, "--systems")?
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .collect();
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -863,13 +883,16 @@ fn run(args: &Args) -> Result<(), String> {
     if args.pin && args.cores > args.shards {
         pin_self(args.shards)?;
     }
-    let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
-    let ours = ramp(&mut ringcast, args)?;
-    drop(ringcast);
+    let ours = if args.wants("ringcast") {
+        let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
+        ramp(&mut ringcast, args)?
+    } else {
+        Vec::new()
+    };
     let ours_spc = streams_per_core(&ours, args.shards);
     let mut baselines = serde_json::Map::new();
     let mut tokio_steps = Vec::new();
-    if args.baseline {
+    if args.baseline && args.wants("tokio_per_call") {
         let mut tokio = TokioPerCall::new(args.shards)?;
         tokio_steps = ramp(&mut tokio, args)?;
         let spc = streams_per_core(&tokio_steps, args.shards);
@@ -882,11 +905,30 @@ fn run(args: &Args) -> Result<(), String> {
             }),
         );
     }
-    // webrtc-rs is not built here (see docs/performance.md): reported as not measured.
-    baselines.insert(
-        "webrtc_rs".to_owned(),
-        json!({ "streams_per_core": Value::Null, "measured": false }),
-    );
+    let mut webrtc_steps = Vec::new();
+    if args.baseline && args.wants("webrtc_rs") {
+        let mut webrtc = webrtc_rs::WebrtcRs::new(args.shards)?;
+        webrtc_steps = ramp(&mut webrtc, args)?;
+        let spc = streams_per_core(&webrtc_steps, args.shards);
+        baselines.insert(
+            "webrtc_rs".to_owned(),
+            json!({
+                "streams_per_core": spc,
+                "measured": true,
+                "ratio": if spc > 0 && !ours.is_empty() {
+                    json!(ours_spc as f64 / spc as f64)
+                } else {
+                    Value::Null
+                },
+                "steps": webrtc_steps.iter().map(Step::json).collect::<Vec<_>>(),
+            }),
+        );
+    } else {
+        baselines.insert(
+            "webrtc_rs".to_owned(),
+            json!({ "streams_per_core": Value::Null, "measured": false }),
+        );
+    }
     let mut bursts = Vec::new();
     for &n in &args.bursts {
         for pool in [n, 0] {
@@ -912,6 +954,9 @@ fn run(args: &Args) -> Result<(), String> {
         let mut series: Vec<(&str, &[Step])> = vec![("ringcast", &ours)];
         if !tokio_steps.is_empty() {
             series.push(("tokio_per_call", &tokio_steps));
+        }
+        if !webrtc_steps.is_empty() {
+            series.push(("webrtc_rs", &webrtc_steps));
         }
         std::fs::write(path, plot(&series)).map_err(|e| e.to_string())?;
     }
