@@ -160,6 +160,10 @@ pub enum EndReason {
     IceDisconnected,
     /// The peer closed DTLS (close_notify) or sent a fatal alert, or the handshake failed.
     Dtls(String),
+    /// The certificate the SFU presented in the DTLS handshake does not match the fingerprint
+    /// in its answer (`transport.fingerprints`): someone else may be on the path. str0m
+    /// checks this before any SRTP key is used, so no media was sent on the call.
+    FingerprintMismatch,
     /// str0m reported an unrecoverable error.
     Transport(String),
     /// The media source failed (not: ran out, which emits [`Event::StreamEnded`] only).
@@ -1113,6 +1117,11 @@ impl EndReason {
     fn from_rtc_error(e: &RtcError) -> Self {
         match e {
             RtcError::Dtls(d) => Self::Dtls(d.to_string()),
+            // str0m 0.25 reports a peer certificate that does not match the remote fingerprint
+            // as `RemoteSdp("remote fingerprint no match")` (lib.rs, `DtlsOutput::PeerCert`),
+            // and an unusable hash function as `RemoteSdp("unsupported fingerprint hash ...")`.
+            // tests/security.rs in ringcast fails if the wording changes.
+            RtcError::RemoteSdp(m) if m.contains("fingerprint") => Self::FingerprintMismatch,
             other => Self::Transport(other.to_string()),
         }
     }
