@@ -777,8 +777,7 @@ impl Sfu {
             }
             Event::RtpPacket(pkt) => {
                 if *pkt.header.ssrc == p.ssrc {
-                    p.replay
-                        .update(p.replay.extend(pkt.header.sequence_number));
+                    p.replay.update(p.replay.extend(pkt.header.sequence_number));
                 }
                 let Some(level) = pkt.header.ext_vals.audio_level else {
                     p.dropped_no_audio_level += 1;
