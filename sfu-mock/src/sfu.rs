@@ -594,6 +594,19 @@ impl Sfu {
                 };
                 match by_ufrag {
                     Some(i) => {
+                        // Remember the address only for STUN that passes the participant's
+                        // ICE checks (ufrags, MESSAGE-INTEGRITY): otherwise anyone who saw a
+                        // ufrag could grow this map by one entry per source port.
+                        let authentic = Receive::new(Protocol::Udp, source, destination, contents)
+                            .ok()
+                            .zip(self.participants.get(i).and_then(Option::as_ref))
+                            .is_some_and(|(r, p)| {
+                                p.rtc.accepts(&ringcast_core::str0m::Input::Receive(now, r))
+                            });
+                        if !authentic {
+                            self.counters.dropped_rejected += 1;
+                            return;
+                        }
                         self.by_check_addr.insert(source, i);
                         i
                     }
