@@ -342,6 +342,35 @@ fn datagrams_from_unknown_sources_never_reach_a_call() {
     );
     assert!((p["dominant_hz"].as_f64().unwrap() - 440.0).abs() <= 5.0);
 
+    // The same forged STUN at the SFU, with its ufrag, from new ports: refused (and not
+    // remembered per source address, see sfu.rs `by_check_addr`).
+    let rejected_before = sfu.stats().unwrap()["dropped"]["rejected"]
+        .as_u64()
+        .unwrap();
+    let to_sfu = format!(
+        "{}:{}",
+        response["transport"]["ufrag"].as_str().unwrap(),
+        payload["ufrag"].as_str().unwrap()
+    );
+    for _ in 0..10 {
+        let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..10 {
+            let mut txid = [0u8; 12];
+            rng.fill(&mut txid);
+            attacker
+                .send_to(&forged_stun(&to_sfu, txid), sfu.udp_addr())
+                .unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sfu_stats = sfu.stats().unwrap();
+    let rejected = sfu_stats["dropped"]["rejected"].as_u64().unwrap() - rejected_before;
+    assert_eq!(rejected, 100, "{}", sfu_stats["dropped"]);
+    assert_eq!(
+        participant(&sfu_stats, 51, ssrc)["connected"].as_bool(),
+        Some(true)
+    );
+
     // Before ICE has connected, STUN with the call's ufrag is routed to it (an SFU's checks may
     // come from an address it did not list), but forged STUN is refused there without any
     // change of state.
