@@ -9,7 +9,7 @@
 //! The surface is push in ([`Call::handle_input`]), poll out ([`Call::poll_output`]). After
 //! every `handle_input` the caller drains `poll_output` until it returns [`Output::Timeout`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,9 +23,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 
-use crate::demux::{RtpHeaderPeek, rtp_header};
+use crate::demux::{DatagramKind, RtpHeaderPeek, classify, rtp_header};
 use crate::media::{FRAME_DURATION, FrameSource, OpusFrame, SourceError};
 use crate::pacer::LatenessHistogram;
+use crate::replay::ReplayWindow;
 use crate::signaling::group::{
     AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, URI_AUDIO_LEVEL,
     fingerprint_hex, parse_fingerprint_hex,
@@ -95,7 +96,8 @@ pub struct IceTimings {
     /// (str0m default 9).
     pub max_retransmits: usize,
     /// Consent freshness (RFC 7675): once connected, a call that receives nothing from the
-    /// SFU for this long (no STUN answer, no RTCP) fails with [`EndReason::IceDisconnected`].
+    /// SFU for this long (no STUN that passes integrity checks, no SRTP that decrypts) fails
+    /// with [`EndReason::IceDisconnected`].
     /// Must exceed `keepalive`: our own checks, answered, are what a quiet SFU sends us.
     pub failed_after: Duration,
 }
@@ -160,6 +162,10 @@ pub enum EndReason {
     IceDisconnected,
     /// The peer closed DTLS (close_notify) or sent a fatal alert, or the handshake failed.
     Dtls(String),
+    /// The certificate the SFU presented in the DTLS handshake does not match the fingerprint
+    /// in its answer (`transport.fingerprints`): someone else may be on the path. str0m
+    /// checks this before any SRTP key is used, so no media was sent on the call.
+    FingerprintMismatch,
     /// str0m reported an unrecoverable error.
     Transport(String),
     /// The media source failed (not: ran out, which emits [`Event::StreamEnded`] only).
@@ -307,11 +313,20 @@ pub enum CallError {
     /// A datagram arrived before [`Call::connect`].
     #[error("datagram before connect")]
     NotConnecting,
-    /// str0m refused the datagram (bad STUN integrity, replayed SRTP, ...). The call goes on.
+    /// str0m refused the datagram (bad STUN integrity, ...). The call goes on.
     #[error("datagram rejected: {reason}")]
     Rejected {
         /// What str0m said.
         reason: String,
+    },
+    /// An SRTP packet whose sequence number was already received (or is older than the
+    /// replay window). The call goes on.
+    #[error("replayed rtp packet: ssrc {ssrc} seq {seq}")]
+    Replayed {
+        /// The packet's SSRC.
+        ssrc: u32,
+        /// Its RTP sequence number.
+        seq: u16,
     },
     /// The configuration is unusable (for example an unspecified local address).
     #[error("invalid call config: {reason}")]
@@ -346,6 +361,10 @@ pub struct CallStats {
     pub frames_skipped_late: u64,
     /// Packets from remote SSRCs over [`MAX_REMOTE_SSRCS`].
     pub dropped_unknown_ssrc: u64,
+    /// SRTP packets refused as replays: their sequence number was already received, or is
+    /// older than the replay window (see [`crate::replay`]). str0m drops these too, silently;
+    /// these are counted here instead of in `datagrams_received`.
+    pub dropped_replayed: u64,
     /// 48 kHz samples of media played (stops while paused).
     pub played_samples: u64,
     /// How late each frame was handed to str0m (`now` minus its due time).
@@ -364,6 +383,8 @@ struct Session {
     remotes: Vec<SocketAddr>,
     /// Deadline str0m asked for.
     rtc_timeout: Option<Instant>,
+    /// The SFU's ICE credentials, to authenticate its STUN before str0m sees it.
+    remote_creds: IceCreds,
 }
 
 /// One call to a Telegram-style SFU. See the [module docs](self).
@@ -385,7 +406,8 @@ pub struct Call {
     rtp_time: u32,
     /// When the call was paused, to advance the RTP clock by the gap on resume.
     paused_at: Option<Instant>,
-    remote_ssrcs: HashSet<u32>,
+    /// Remote SSRCs we accept audio from, each with its replay window.
+    remote_ssrcs: HashMap<u32, ReplayWindow>,
     /// After [`Command::Stop`], until str0m's closing datagrams are out.
     flushing_close: bool,
     /// Lateness of the frames sent since the last [`Call::drain_frame_lateness`] (bounded,
@@ -453,7 +475,7 @@ impl Call {
             seq,
             rtp_time,
             paused_at: None,
-            remote_ssrcs: HashSet::new(),
+            remote_ssrcs: HashMap::new(),
             flushing_close: false,
             recent_lateness: Vec::with_capacity(MAX_CATCH_UP_FRAMES as usize + 2),
             ice_start_at: None,
@@ -667,6 +689,10 @@ impl Call {
             local_addr,
             remotes,
             rtc_timeout: None,
+            remote_creds: IceCreds {
+                ufrag: response.transport.ufrag.clone(),
+                pass: response.transport.pwd.clone(),
+            },
         });
         self.connect_deadline =
             Some(now + self.config.pre_connect_delay + self.config.connect_timeout);
@@ -812,6 +838,12 @@ impl Call {
             }
             str0m::Event::RtpPacket(p) => {
                 self.stats.audio_packets_received += 1;
+                // Authenticated by str0m: now it counts as received for replay detection,
+                // and as a sign of life.
+                self.last_heard = Some(self.last_now);
+                if let Some(window) = self.remote_ssrcs.get_mut(&*p.header.ssrc) {
+                    window.update(window.extend(p.header.sequence_number));
+                }
                 Some(Event::AudioReceived {
                     ssrc: Ssrc(*p.header.ssrc),
                     seq: p.header.sequence_number,
@@ -831,6 +863,8 @@ impl Call {
         destination: SocketAddr,
         contents: &[u8],
     ) -> Result<(), CallError> {
+        let is_stun = classify(contents) == DatagramKind::Stun;
+        let stun_authentic = is_stun && self.stun_is_authentic(contents);
         let Some(session) = self.session.as_mut() else {
             self.stats.dropped_not_live += 1;
             return Err(CallError::NotConnecting);
@@ -851,16 +885,26 @@ impl Call {
         // The SFU forwards other speakers with their own SSRCs and no MID extension, which
         // str0m drops unless the SSRC is expected. Like ntgcalls, accept audio from any new
         // SSRC carrying our Opus PT (the RTP header is not encrypted by SRTP).
-        if let Some(RtpHeaderPeek { ssrc, pt, .. }) = rtp_header(contents)
+        let header = rtp_header(contents);
+        // Replays: str0m drops them without telling us (see `crate::replay`); refuse and count
+        // them here. The window only moves once str0m has authenticated a packet.
+        if let Some(RtpHeaderPeek { ssrc, seq, .. }) = header
+            && let Some(window) = self.remote_ssrcs.get(&ssrc)
+            && !window.accepts(window.extend(seq))
+        {
+            self.stats.dropped_replayed += 1;
+            return Err(CallError::Replayed { ssrc, seq });
+        }
+        if let Some(RtpHeaderPeek { ssrc, pt, .. }) = header
             && pt == *session.pt
             && ssrc != self.ssrc.0
-            && !self.remote_ssrcs.contains(&ssrc)
+            && !self.remote_ssrcs.contains_key(&ssrc)
             && session.rtc.is_connected()
         {
             if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
                 self.stats.dropped_unknown_ssrc += 1;
             } else {
-                self.remote_ssrcs.insert(ssrc);
+                self.remote_ssrcs.insert(ssrc, ReplayWindow::new());
                 session.rtc.direct_api().expect_stream_rx(
                     StrSsrc::from(ssrc),
                     None,
@@ -869,13 +913,28 @@ impl Call {
                 );
             }
         }
-        match session
-            .rtc
-            .handle_input(str0m::Input::Receive(now, receive))
-        {
+        let input = str0m::Input::Receive(now, receive);
+        // str0m ignores STUN that fails its checks (ufrags, MESSAGE-INTEGRITY) without an
+        // error, and `Rtc::accepts` waves through anything from the nominated address before
+        // it looks at STUN. Check first, so such STUN is refused and counted and, above all,
+        // does not count as hearing from the SFU.
+        if is_stun && !stun_authentic {
+            self.stats.dropped_rejected += 1;
+            return Err(CallError::Rejected {
+                reason: "stun failed credential or integrity checks".to_owned(),
+            });
+        }
+        match session.rtc.handle_input(input) {
             Ok(()) => {
                 self.stats.datagrams_received += 1;
-                self.last_heard = Some(now);
+                // Consent freshness (RFC 7675) counts only what is authenticated: STUN that
+                // passed the check above, and (in `map_rtc_event`) SRTP str0m decrypted. DTLS
+                // and SRTCP are handed in unauthenticated from our side (str0m drops forged
+                // ones silently), so a spoofed datagram from the SFU's address keeps no
+                // dead call alive.
+                if is_stun {
+                    self.last_heard = Some(now);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -889,6 +948,32 @@ impl Call {
                     Ok(())
                 }
             }
+        }
+    }
+
+    /// True for a STUN binding request from the SFU to us (USERNAME `ours:theirs`, integrity
+    /// with our password) or a binding response from it (integrity with its password): the
+    /// checks str0m's ICE agent makes, less the transaction-id match of responses.
+    fn stun_is_authentic(&self, contents: &[u8]) -> bool {
+        let (Some(session), Some(crypto)) = (self.session.as_ref(), self.config.crypto.as_ref())
+        else {
+            return false;
+        };
+        let Ok(msg) = str0m::ice::StunMessage::parse(contents) else {
+            return false;
+        };
+        let hmac = |key: &[u8], parts: &[&[u8]]| crypto.sha1_hmac_provider.sha1_hmac(key, parts);
+        if msg.is_binding_request() {
+            msg.split_username()
+                == Some((
+                    self.local_creds.ufrag.as_str(),
+                    session.remote_creds.ufrag.as_str(),
+                ))
+                && msg.verify(self.local_creds.pass.as_bytes(), hmac)
+        } else if msg.is_successful_binding_response() || msg.is_failed_binding_response() {
+            msg.verify(session.remote_creds.pass.as_bytes(), hmac)
+        } else {
+            false
         }
     }
 
@@ -1113,6 +1198,11 @@ impl EndReason {
     fn from_rtc_error(e: &RtcError) -> Self {
         match e {
             RtcError::Dtls(d) => Self::Dtls(d.to_string()),
+            // str0m 0.25 reports a peer certificate that does not match the remote fingerprint
+            // as `RemoteSdp("remote fingerprint no match")` (lib.rs, `DtlsOutput::PeerCert`),
+            // and an unusable hash function as `RemoteSdp("unsupported fingerprint hash ...")`.
+            // tests/security.rs in ringcast fails if the wording changes.
+            RtcError::RemoteSdp(m) if m.contains("fingerprint") => Self::FingerprintMismatch,
             other => Self::Transport(other.to_string()),
         }
     }

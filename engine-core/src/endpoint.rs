@@ -102,7 +102,8 @@ pub struct EndpointStats {
     pub datagrams_sent: u64,
     /// RTP media packets sent by all calls, ended ones included.
     pub packets_sent: u64,
-    /// Datagrams that matched no call.
+    /// Datagrams that matched no call, and datagrams routed to a connected call (by the
+    /// ufrag in a STUN USERNAME) from an address other than its SFU's.
     pub dropped_unroutable: u64,
     /// Datagrams a call refused (malformed, failed integrity, replay...).
     pub dropped_by_call: u64,
@@ -352,6 +353,16 @@ impl Endpoint {
             return;
         };
         if let Some(Some(slot)) = self.calls.get_mut(idx) {
+            // STUN is routed by ufrag from any address (the SFU's checks may come from an
+            // address it did not list). Once the call is connected the path is known: a
+            // datagram from anywhere but the SFU's addresses is not the call's business and
+            // must not reach its state or counters.
+            if *slot.call.state() == CallState::Connected
+                && !slot.call.remote_addrs().contains(&source)
+            {
+                self.stats.dropped_unroutable += 1;
+                return;
+            }
             let _enter = slot.span.clone().entered();
             let input = Input::Datagram {
                 source,

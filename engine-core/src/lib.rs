@@ -39,6 +39,7 @@ pub mod demux;
 pub mod endpoint;
 pub mod media;
 pub mod pacer;
+pub mod replay;
 pub mod signaling;
 #[cfg(feature = "sim")]
 pub mod sim;

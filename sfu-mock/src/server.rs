@@ -42,8 +42,12 @@ pub struct ServerOptions {
     /// UDP address (port 0 = any free port). Must be a concrete IP: str0m matches the
     /// destination of every STUN check against it.
     pub udp: SocketAddr,
-    /// HTTP control address (port 0 = any free port).
+    /// HTTP control address (port 0 = any free port). Loopback by default; the control API
+    /// has no authentication (anyone who reaches it can join, leave and read stats), so
+    /// [`Server::start`] refuses a non-loopback address unless `allow_remote_control` is set.
     pub http: Option<SocketAddr>,
+    /// Allow `http` on a non-loopback address (off by default).
+    pub allow_remote_control: bool,
     /// Seed for the SFU's ICE credentials.
     pub seed: u64,
     /// See [`SfuConfig::analyse_audio`].
@@ -60,6 +64,7 @@ impl Default for ServerOptions {
         Self {
             udp: loopback,
             http: Some(loopback),
+            allow_remote_control: false,
             seed: 1,
             analyse_audio: true,
             forward_audio: true,
@@ -113,8 +118,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the sockets and starts the threads.
+    /// Binds the sockets and starts the threads. Fails with `InvalidInput` if the control
+    /// address is not loopback and [`ServerOptions::allow_remote_control`] is not set.
     pub fn start(options: ServerOptions) -> io::Result<Self> {
+        if let Some(http) = options.http
+            && !http.ip().is_loopback()
+            && !options.allow_remote_control
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "refusing to serve the unauthenticated control api on non-loopback {http} \
+                     (allow it explicitly: --allow-remote-control)"
+                ),
+            ));
+        }
         let socket = UdpSocket::bind(options.udp)?;
         // Hundreds of calls send their frames in bursts; the default buffer (208 KiB) drops
         // them. The kernel caps this at net.core.rmem_max (scripts/setup.sh raises it).

@@ -31,6 +31,7 @@ use ringcast_core::str0m::rtp::{Extension, ExtensionValues, RtpWrite, Ssrc as St
 use ringcast_core::str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcConfig};
 
 use ringcast_core::pacer::TimerWheel;
+use ringcast_core::replay::ReplayWindow;
 
 use crate::analysis::ToneMeter;
 
@@ -169,6 +170,9 @@ pub struct SfuCounters {
     pub dropped_unknown_source: u64,
     /// Datagrams a participant's transport refused.
     pub dropped_rejected: u64,
+    /// A participant's SRTP packets refused as replays (sequence number already received or
+    /// older than the replay window; see `ringcast_core::replay`).
+    pub dropped_replayed: u64,
     /// Outgoing datagrams dropped because the outbox was full.
     pub dropped_outbox_full: u64,
     /// Joins refused for a bad payload.
@@ -245,6 +249,8 @@ struct Participant {
     forwarded: u64,
     loss: LossTracker,
     seq_unwrap: SeqUnwrap,
+    /// Sequence numbers of the participant's audio already received (replay detection).
+    replay: ReplayWindow,
     decoder: Option<opus::Decoder>,
     meter: ToneMeter,
     /// SSRCs of other participants this one's Rtc has a send stream for.
@@ -418,6 +424,7 @@ impl Sfu {
             forwarded: 0,
             loss: LossTracker::default(),
             seq_unwrap: SeqUnwrap::default(),
+            replay: ReplayWindow::new(),
             decoder,
             meter: ToneMeter::new(),
             tx_streams: HashSet::new(),
@@ -587,6 +594,19 @@ impl Sfu {
                 };
                 match by_ufrag {
                     Some(i) => {
+                        // Remember the address only for STUN that passes the participant's
+                        // ICE checks (ufrags, MESSAGE-INTEGRITY): otherwise anyone who saw a
+                        // ufrag could grow this map by one entry per source port.
+                        let authentic = Receive::new(Protocol::Udp, source, destination, contents)
+                            .ok()
+                            .zip(self.participants.get(i).and_then(Option::as_ref))
+                            .is_some_and(|(r, p)| {
+                                p.rtc.accepts(&ringcast_core::str0m::Input::Receive(now, r))
+                            });
+                        if !authentic {
+                            self.counters.dropped_rejected += 1;
+                            return;
+                        }
                         self.by_check_addr.insert(source, i);
                         i
                     }
@@ -611,10 +631,27 @@ impl Sfu {
             self.counters.dropped_unknown_source += 1;
             return;
         }
+        let header = if kind == DatagramKind::Rtp {
+            rtp_header(contents)
+        } else {
+            None
+        };
+        // str0m drops replayed SRTP silently; check the clear-text header first to count them.
+        // The window moves when str0m has decrypted a packet (`handle_event`), or in header-only
+        // mode (which authenticates nothing) right here.
+        if let Some(h) = header.filter(|h| h.ssrc == p.ssrc) {
+            let ext = p.replay.extend(h.seq);
+            if !p.replay.accepts(ext) {
+                self.counters.dropped_replayed += 1;
+                return;
+            }
+            if self.config.header_only && p.connected {
+                p.replay.update(ext);
+            }
+        }
         if self.config.header_only
             && p.connected
-            && kind == DatagramKind::Rtp
-            && let Some(header) = rtp_header(contents)
+            && let Some(header) = header
         {
             // Load mode: account from the clear-text RTP header (sequence number, SSRC) and
             // skip decryption, so one SFU thread can count what thousands of calls send.
@@ -752,6 +789,9 @@ impl Sfu {
                 p.connected = false;
             }
             Event::RtpPacket(pkt) => {
+                if *pkt.header.ssrc == p.ssrc {
+                    p.replay.update(p.replay.extend(pkt.header.sequence_number));
+                }
                 let Some(level) = pkt.header.ext_vals.audio_level else {
                     p.dropped_no_audio_level += 1;
                     return;
@@ -889,6 +929,7 @@ impl Sfu {
                 "garbage": c.dropped_garbage,
                 "unknown_source": c.dropped_unknown_source,
                 "rejected": c.dropped_rejected,
+                "replayed": c.dropped_replayed,
                 "outbox_full": c.dropped_outbox_full,
                 "bad_joins": c.bad_joins,
             }

@@ -5,6 +5,10 @@
 //! (see `sfu_mock::server`). `--no-forward` and `--no-analyse` turn off forwarding and audio
 //! analysis; `--header-only` counts RTP from its clear-text header without decrypting (load
 //! runs with thousands of calls).
+//!
+//! The control API has no authentication, so it listens on 127.0.0.1 by default and a
+//! non-loopback `--http` address is refused (exit status 2) unless `--allow-remote-control`
+//! is also given; then a warning goes to stderr.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,7 +16,7 @@ use std::process::ExitCode;
 
 use sfu_mock::server::{Server, ServerOptions};
 
-const USAGE: &str = "usage: sfu-mock [--udp ADDR] [--http ADDR] [--seed N] [--no-forward] [--no-analyse] [--header-only]";
+const USAGE: &str = "usage: sfu-mock [--udp ADDR] [--http ADDR [--allow-remote-control]] [--seed N] [--no-forward] [--no-analyse] [--header-only]";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -59,6 +63,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<ServerOptions, S
                     .and_then(|s| s.parse().ok())
                     .ok_or("--seed needs an integer")?;
             }
+            "--allow-remote-control" => options.allow_remote_control = true,
             "--no-forward" => options.forward_audio = false,
             "--no-analyse" => options.analyse_audio = false,
             "--header-only" => {
@@ -69,6 +74,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<ServerOptions, S
             "-h" | "--help" => return Err("help".to_owned()),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if let Some(http) = options.http
+        && !http.ip().is_loopback()
+    {
+        if !options.allow_remote_control {
+            return Err(format!(
+                "--http {http} is not a loopback address and the control api has no \
+                 authentication; add --allow-remote-control to serve it there anyway"
+            ));
+        }
+        eprintln!("sfu-mock: warning: unauthenticated control api on non-loopback {http}");
     }
     Ok(options)
 }
