@@ -590,3 +590,415 @@ impl CallKey {
         emoji::emoji_fingerprint(&self.key, &self.g_a)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 3526 group 14 (2048-bit MODP): a safe prime, p mod 8 = 7 (g = 2 allowed).
+    const RFC3526_PRIME: &str = "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD\
+        EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED\
+        EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F\
+        83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B\
+        E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510\
+        15728E5A8AACAA68FFFFFFFFFFFFFFFF";
+
+    /// A 2048-bit prime whose (p-1)/2 is divisible by 5 (found with sympy).
+    const PRIME_Q_SMALL_FACTOR: &str = "98f135d25f557203301850c5a38fd547923a736994e3bf911a61dbe22e44158bae97ba94d0eda82f8f6d05584ef8aa38\
+        922766581e27a1c08a6a63ec24ede6a46b4cb2424a23d5962217beaddbc496cb8e81973e0becd7b03898d190f9ebdacc\
+        0cb1e29c658cda1495e60af593bd04cf0fd630f1f29d0da9953f48f1a09f76b5a170b33839263059f28c105d1fb17c23\
+        90c192cfd3ac94af0f21ddb66cad4a268d116ece1738f7d93d9c172411e20b8f6b0d549b6f03675a1600a35a099950d8\
+        36f675cc81e74ef5e8e25d940ed904759531985d5d9dc9f81818e811892f902bd23f0824128b2f330c5c7fd0a6a3a450\
+        6513270e269e0d37f2a74de452e6bc93";
+
+    /// A 2048-bit prime whose (p-1)/2 is composite without factors below 2000 (Miller-Rabin must catch it).
+    const PRIME_Q_COMPOSITE: &str = "eedd2e8559961cc253e6fe2bde83c8c4f83bc0f75b2175c5f8554cd44f5ffc171cf11290ed69224a1601177d9fa5d6f0\
+        73fbc23a44ba7a964e186e4e8a55c437d8f0942da4f425e63fefc093b80addbaaebb66cb4410d131006f3308fc747b8f\
+        8f41e49c67e722ac95f4327fd3be7ea88a40e18698e05c8156333509172097fa417105a84cdfb99f818799de40e0a0eb\
+        a343b1d0ad9d3244e7803a57b954f83b0b43a3f6a0e315e40f3a8a1af94ee169c15009f6c4e28e9d5fae52093295a051\
+        56590c0e2ee5c2ab2a79d0a70c0cad6c5c4f835e7f8ccca258bf9dc2c182f1934f3289cda1e9a13a458251864e98dcbc\
+        0f246572e6c8e51846fa24213cf4102f";
+
+    /// An odd 2048-bit composite with a small factor.
+    const COMPOSITE_SMALL_FACTOR: &str = "98f135d25f557203301850c5a38fd547923a736994e3bf911a61dbe22e44158bae97ba94d0eda82f8f6d05584ef8aa38\
+        922766581e27a1c08a6a63ec24ede6a46b4cb2424a23d5962217beaddbc496cb8e81973e0becd7b03898d190f9ebdacc\
+        0cb1e29c658cda1495e60af593bd04cf0fd630f1f29d0da9953f48f1a09f76b5a170b33839263059f28c105d1fb17c23\
+        90c192cfd3ac94af0f21ddb66cad4a268d116ece1738f7d93d9c172411e20b8f6b0d549b6f03675a1600a35a099950d8\
+        36f675cc81e74ef5e8e25d940ed904759531985d5d9dc9f81818e811892f902bd23f0824128b2f330c5c7fd0a6a3a450\
+        6513270e269e0d37f2a74de452e6bc95";
+
+    /// The product of two 1024-bit primes: no small factors, only Miller-Rabin finds it.
+    const COMPOSITE_TWO_PRIMES: &str = "abe12e1d26bcc5ebde5157f44b30b6ff4bb186bf2113ee3c3bc94f68cf724638c1969da8652b815ff707dc480f5a8cea\
+        802cb6ce4c0a4844fc4655fd675d1fb72fbe6c281651395cf09057cfa4426c82209d77127ad9156f51f7c61b23984a91\
+        7cf24d2369fa646cb953b3bb725d008c66df1426df1fc6cbf4f1777bcbcd24433bfdd3aa1d3e19a3fe9137266f6a22ca\
+        904fe71bfa3b431d547b2cb7dd16e053acac91e08d3add4a160cce400a6271ba0a17b7935555bd5bd5ac61c4f99d124d\
+        dc9efe7e6f419617119d31515ae72ae9dc7499b6aef0470584335b11154e697f08d23ad4b92845d2c59b49308b329845\
+        dc5cc2ae7448bcd6a2316955efd87d07";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Deterministic stand-in for CSPRNG output.
+    fn random(seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..DH_BYTES).map(|_| rng.u8(..)).collect()
+    }
+
+    fn telegram(g: i32) -> DhParams {
+        DhParams::new(g, &TELEGRAM_DH_PRIME, 1).unwrap()
+    }
+
+    fn to_bytes(x: &U2048) -> Vec<u8> {
+        x.to_be_bytes().to_vec()
+    }
+
+    /// A full exchange; returns (caller key, callee key).
+    fn exchange(params: &DhParams, seed: u64) -> (CallKey, CallKey) {
+        let server = random(seed);
+        let caller = CallerExchange::new(params, &server, &random(seed + 1)).unwrap();
+        let callee =
+            CalleeExchange::new(params, &caller.g_a_hash(), &server, &random(seed + 2)).unwrap();
+        let g_a = *caller.g_a();
+        let caller_key = caller.complete(callee.g_b()).unwrap();
+        let callee_key = callee.complete(&g_a, caller_key.fingerprint()).unwrap();
+        (caller_key, callee_key)
+    }
+
+    #[test]
+    fn telegram_prime_is_a_safe_prime_for_g_3_4_7_only() {
+        for g in [3, 4, 7] {
+            assert_eq!(telegram(g).g(), g as u32);
+        }
+        // p mod 8 = 3, p mod 5 = 3, p mod 24 = 11: 2, 5 and 6 are non-residues.
+        let expect = [(2, 8, 3), (5, 5, 3), (6, 24, 11)];
+        for (g, modulus, residue) in expect {
+            assert_eq!(
+                DhParams::new(g, &TELEGRAM_DH_PRIME, 1).unwrap_err(),
+                P2pError::GeneratorNotResidue {
+                    g: g as u32,
+                    modulus,
+                    residue
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn telegram_prime_passes_the_full_check_too() {
+        // The shortcut must agree with the real test.
+        let p = U2048::from_be_slice(&TELEGRAM_DH_PRIME);
+        assert!(is_probable_prime(&p, 7, 0));
+        assert!(is_probable_prime(&p.shr_vartime(1), 7, 1));
+    }
+
+    #[test]
+    fn generator_outside_2_to_7_is_refused() {
+        for g in [i32::MIN, -1, 0, 1, 8, 256, i32::MAX] {
+            assert_eq!(
+                DhParams::new(g, &TELEGRAM_DH_PRIME, 1).unwrap_err(),
+                P2pError::GeneratorOutOfRange { g }
+            );
+        }
+    }
+
+    #[test]
+    fn generator_residue_conditions_follow_the_spec() {
+        // RFC 3526: p mod 8 = 7, mod 3 = 2, mod 5 = 4, mod 24 = 23, mod 7 = 5: every g passes.
+        let p = unhex(RFC3526_PRIME);
+        for g in 2..=7 {
+            check_generator(g, &p.clone().try_into().unwrap()).unwrap();
+        }
+        // PRIME_Q_SMALL_FACTOR: mod 8 = 3, mod 3 = 2, mod 5 = 1, mod 24 = 11, mod 7 = 4.
+        let p: [u8; DH_BYTES] = unhex(PRIME_Q_SMALL_FACTOR).try_into().unwrap();
+        assert!(check_generator(2, &p).is_err());
+        assert!(check_generator(3, &p).is_ok());
+        assert!(check_generator(4, &p).is_ok());
+        assert!(check_generator(5, &p).is_ok());
+        assert!(check_generator(6, &p).is_err());
+        assert_eq!(
+            check_generator(7, &p).unwrap_err(),
+            P2pError::GeneratorNotResidue {
+                g: 7,
+                modulus: 7,
+                residue: 4
+            }
+        );
+    }
+
+    #[test]
+    fn prime_of_the_wrong_size_is_refused() {
+        let short = &TELEGRAM_DH_PRIME[1..];
+        assert_eq!(
+            DhParams::new(3, short, 1).unwrap_err(),
+            P2pError::PrimeWrongSize {
+                len: 255,
+                bits: 2037
+            }
+        );
+        let mut long = vec![0u8];
+        long.extend_from_slice(&TELEGRAM_DH_PRIME);
+        assert_eq!(
+            DhParams::new(3, &long, 1).unwrap_err(),
+            P2pError::PrimeWrongSize {
+                len: 257,
+                bits: 2048
+            }
+        );
+        let mut top_clear = TELEGRAM_DH_PRIME;
+        top_clear[0] &= 0x7F;
+        assert_eq!(
+            DhParams::new(3, &top_clear, 1).unwrap_err(),
+            P2pError::PrimeWrongSize {
+                len: 256,
+                bits: 2047
+            }
+        );
+        assert_eq!(
+            DhParams::new(3, &[], 1).unwrap_err(),
+            P2pError::PrimeWrongSize { len: 0, bits: 0 }
+        );
+    }
+
+    #[test]
+    fn composite_p_is_refused() {
+        for p in [COMPOSITE_SMALL_FACTOR, COMPOSITE_TWO_PRIMES] {
+            assert_eq!(
+                DhParams::new(4, &unhex(p), 1).unwrap_err(),
+                P2pError::PrimeNotPrime
+            );
+        }
+        let mut even = TELEGRAM_DH_PRIME;
+        even[DH_BYTES - 1] ^= 1;
+        assert_eq!(
+            DhParams::new(4, &even, 1).unwrap_err(),
+            P2pError::PrimeNotPrime
+        );
+    }
+
+    #[test]
+    fn prime_that_is_not_safe_is_refused() {
+        for p in [PRIME_Q_SMALL_FACTOR, PRIME_Q_COMPOSITE] {
+            assert_eq!(
+                DhParams::new(4, &unhex(p), 1).unwrap_err(),
+                P2pError::PrimeNotSafe
+            );
+        }
+    }
+
+    #[test]
+    fn other_safe_prime_passes_the_full_check_and_works() {
+        let start = std::time::Instant::now();
+        let params = DhConfig {
+            g: 2,
+            p: unhex(RFC3526_PRIME),
+            random: random(0),
+        }
+        .validate(42)
+        .unwrap();
+        eprintln!("full safe-prime check: {:?}", start.elapsed());
+        let (a, b) = exchange(&params, 100);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn both_sides_derive_the_same_key_fingerprint_and_emoji() {
+        for g in [3, 4, 7] {
+            let (caller, callee) = exchange(&telegram(g), u64::from(g as u32) * 10);
+            assert_eq!(caller.as_bytes(), callee.as_bytes());
+            assert_eq!(caller.fingerprint(), callee.fingerprint());
+            assert_eq!(caller.emoji(), callee.emoji());
+            assert_eq!(caller.fingerprint(), key_fingerprint(caller.as_bytes()));
+        }
+        let (one, _) = exchange(&telegram(3), 1000);
+        let (other, _) = exchange(&telegram(3), 2000);
+        assert_ne!(one.as_bytes(), other.as_bytes());
+    }
+
+    #[test]
+    fn out_of_range_g_b_is_refused() {
+        let params = telegram(3);
+        let p = U2048::from_be_slice(&TELEGRAM_DH_PRIME);
+        let bound = U2048::ONE.shl_vartime(1984);
+        let bad = [
+            to_bytes(&U2048::ZERO),
+            to_bytes(&U2048::ONE),
+            to_bytes(&U2048::from_u32(2)),
+            to_bytes(&bound.wrapping_sub(&U2048::ONE)),
+            to_bytes(&p.wrapping_sub(&bound).wrapping_add(&U2048::ONE)),
+            to_bytes(&p.wrapping_sub(&U2048::ONE)),
+            to_bytes(&p),
+            to_bytes(&U2048::MAX),
+            vec![1u8; 257],
+            vec![],
+        ];
+        for g_b in bad {
+            let caller = CallerExchange::new(&params, &random(1), &random(2)).unwrap();
+            assert_eq!(
+                caller.complete(&g_b).unwrap_err(),
+                P2pError::ValueOutOfRange {
+                    value: PublicValue::GB
+                },
+                "{g_b:02x?}"
+            );
+        }
+        // The bounds themselves are allowed, with or without leading zeros.
+        for good in [bound, p.wrapping_sub(&bound)] {
+            let caller = CallerExchange::new(&params, &random(1), &random(2)).unwrap();
+            let mut wire = vec![0u8; 3];
+            wire.extend(to_bytes(&good));
+            caller.complete(&wire).unwrap();
+        }
+    }
+
+    #[test]
+    fn out_of_range_g_a_is_refused_after_its_hash_matched() {
+        let params = telegram(4);
+        for g_a in [to_bytes(&U2048::ONE), TELEGRAM_DH_PRIME.to_vec()] {
+            let g_a_hash = sha256(&[&g_a]);
+            let callee = CalleeExchange::new(&params, &g_a_hash, &random(1), &random(2)).unwrap();
+            assert_eq!(
+                callee.complete(&g_a, 0).unwrap_err(),
+                P2pError::ValueOutOfRange {
+                    value: PublicValue::GA
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_g_a_hash_is_refused() {
+        let params = telegram(3);
+        let server = random(5);
+        let caller = CallerExchange::new(&params, &server, &random(6)).unwrap();
+        let mut hash = caller.g_a_hash();
+        hash[31] ^= 1;
+        let callee = CalleeExchange::new(&params, &hash, &server, &random(7)).unwrap();
+        let g_a = *caller.g_a();
+        let key = caller.complete(callee.g_b()).unwrap();
+        assert_eq!(
+            callee.complete(&g_a, key.fingerprint()).unwrap_err(),
+            P2pError::GaHashMismatch
+        );
+        for len in [0, 31, 33, 256] {
+            assert_eq!(
+                CalleeExchange::new(&params, &vec![0; len], &server, &random(7)).unwrap_err(),
+                P2pError::GaHashWrongSize { len }
+            );
+        }
+    }
+
+    #[test]
+    fn g_a_is_hashed_exactly_as_received() {
+        // A g_a sent with an extra leading zero (or, from tdesktop, without its leading zero
+        // byte) must match the hash of exactly those bytes, and the emoji use them too.
+        let params = telegram(3);
+        let server = random(8);
+        let caller = CallerExchange::new(&params, &server, &random(9)).unwrap();
+        let mut wire = vec![0u8];
+        wire.extend_from_slice(caller.g_a());
+        let callee = CalleeExchange::new(&params, &sha256(&[&wire]), &server, &random(10)).unwrap();
+        let caller_key = caller.complete(callee.g_b()).unwrap();
+        let callee_key = callee.complete(&wire, caller_key.fingerprint()).unwrap();
+        assert_eq!(caller_key.as_bytes(), callee_key.as_bytes());
+        assert_eq!(
+            callee_key.emoji(),
+            CallKey::from_parts(*caller_key.as_bytes(), &wire).emoji()
+        );
+    }
+
+    #[test]
+    fn fingerprint_mismatch_is_refused() {
+        let params = telegram(7);
+        let server = random(11);
+        let caller = CallerExchange::new(&params, &server, &random(12)).unwrap();
+        let callee =
+            CalleeExchange::new(&params, &caller.g_a_hash(), &server, &random(13)).unwrap();
+        let g_a = *caller.g_a();
+        let key = caller.complete(callee.g_b()).unwrap();
+        let wrong = key.fingerprint() ^ 1;
+        assert_eq!(
+            callee.complete(&g_a, wrong).unwrap_err(),
+            P2pError::FingerprintMismatch {
+                received: wrong,
+                computed: key.fingerprint()
+            }
+        );
+        assert!(key.check_fingerprint(wrong).is_err());
+        assert!(key.check_fingerprint(key.fingerprint()).is_ok());
+    }
+
+    #[test]
+    fn bad_randomness_is_refused() {
+        let params = telegram(4);
+        for len in [0, 255, 257] {
+            assert_eq!(
+                CallerExchange::new(&params, &random(1), &vec![7; len]).unwrap_err(),
+                P2pError::RandomWrongSize { len }
+            );
+            assert_eq!(
+                CallerExchange::new(&params, &vec![7; len], &random(1)).unwrap_err(),
+                P2pError::RandomWrongSize { len }
+            );
+        }
+        // own XOR server = 0 or 1.
+        let server = random(3);
+        assert_eq!(
+            CallerExchange::new(&params, &server, &server).unwrap_err(),
+            P2pError::SecretOutOfRange
+        );
+        let mut one = server.clone();
+        one[DH_BYTES - 1] ^= 1;
+        assert_eq!(
+            CalleeExchange::new(&params, &[0; 32], &server, &one).unwrap_err(),
+            P2pError::SecretOutOfRange
+        );
+        // a = 2, g = 4: g_a = 16, far below 2^1984; the caller must draw again.
+        let mut two = server.clone();
+        two[DH_BYTES - 1] ^= 2;
+        assert_eq!(
+            CallerExchange::new(&params, &server, &two).unwrap_err(),
+            P2pError::OwnValueOutOfRange {
+                value: PublicValue::GA
+            }
+        );
+    }
+
+    /// telegram-signaling.md §5 (computed from the formulas; the formulas match tdesktop's
+    /// `ComputeFingerprint` and `ComputeEmojiFingerprint`).
+    #[test]
+    fn published_fingerprint_and_emoji_vectors() {
+        let key: [u8; DH_BYTES] = std::array::from_fn(|i| i as u8);
+        let g_a: Vec<u8> = (0..DH_BYTES).map(|i| 255 - i as u8).collect();
+        let sha1 = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &key);
+        assert_eq!(
+            sha1.as_ref(),
+            unhex("4916d6bdb7f78e6803698cab32d1586ea457dfc8").as_slice()
+        );
+        assert_eq!(key_fingerprint(&key), -3_972_359_982_579_920_590);
+        assert_eq!(
+            emoji::fingerprint_hash(&key, &g_a).to_vec(),
+            unhex("1c7454fdb5783a77693d566de1ea54b3f3ba558f48aae8f782c199c84e355143")
+        );
+        let call_key = CallKey::from_parts(key, &g_a);
+        assert_eq!(call_key.emoji_indices(), [122, 225, 65, 23]);
+        assert_eq!(call_key.emoji(), ["🌵", "🍴", "👞", "🙀"]);
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let (key, _) = exchange(&telegram(3), 77);
+        let shown = format!("{key:?}");
+        assert!(shown.contains("fingerprint"));
+        assert!(!shown.contains("key:"));
+        let caller = CallerExchange::new(&telegram(3), &random(1), &random(2)).unwrap();
+        assert_eq!(
+            format!("{caller:?}"),
+            "CallerExchange { params: DhParams { g: 3, telegram_prime: true, .. }, .. }"
+        );
+    }
+}
