@@ -295,6 +295,12 @@ impl EncryptedChannel {
                         count: self.unacked.len(),
                     });
                 }
+                // Queued behind unacked messages, it goes out in a service packet with a
+                // seq of its own: check both counters before changing anything.
+                let needed = if self.unacked.is_empty() { 1 } else { 2 };
+                if self.counter + needed > MAX_COUNTER {
+                    return Err(P2pError::CounterExhausted);
+                }
                 let seq = self.next_counter()? | REQUIRES_ACK_BIT;
                 let len = u32::try_from(message.len()).map_err(|_| P2pError::MessageTooLarge {
                     len: message.len(),
@@ -680,4 +686,379 @@ fn aes_ctr(key: &[u8; 32], iv: [u8; 16], data: &mut [u8]) -> Option<()> {
         .less_safe_encrypt(data, EncryptionContext::Iv128(FixedLength::from(iv)))
         .ok()?;
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The §5 key: bytes 00 01 .. FF.
+    fn vector_key() -> [u8; DH_BYTES] {
+        std::array::from_fn(|i| i as u8)
+    }
+
+    fn pair(framing: Framing) -> (EncryptedChannel, EncryptedChannel) {
+        let key = vector_key();
+        (
+            EncryptedChannel::new(&key, Role::Caller, framing),
+            EncryptedChannel::new(&key, Role::Callee, framing),
+        )
+    }
+
+    const MSG: &[u8] = br#"{"@type":"Candidates","candidates":[]}"#;
+
+    /// telegram-signaling.md §5, reliable framing, caller -> callee.
+    #[test]
+    fn published_reliable_vector() {
+        let now = Instant::now();
+        let (mut caller, mut callee) = pair(Framing::Reliable);
+        let packet = caller.send(MSG, now).unwrap();
+        assert_eq!(
+            packet,
+            unhex(
+                "a348149ee08ad4643b7269884ff1b53415979bdaee2615b86eb1143a4d5170a67bf50441\
+                 08059b8eff1363c64a53fd67cf6f077b8c6867371748da0372b40d"
+            )
+        );
+        let (aes_key, aes_iv) = aes_key_iv(&vector_key(), &packet[..16].try_into().unwrap(), 128);
+        assert_eq!(
+            aes_key.to_vec(),
+            unhex("b53e64abf6c503a9596bedb8561cb80fab38839114a27466d4bba6f8c0f8ef08")
+        );
+        assert_eq!(aes_iv.to_vec(), unhex("c6e578791c388d53b73ebc49dc4a10fb"));
+        let got = callee.receive(&packet, now).unwrap();
+        assert_eq!(got.messages, vec![MSG.to_vec()]);
+    }
+
+    /// telegram-signaling.md §5, raw framing, callee -> caller.
+    #[test]
+    fn published_raw_vector() {
+        let now = Instant::now();
+        let (mut caller, mut callee) = pair(Framing::Raw);
+        let packet = callee.send(MSG, now).unwrap();
+        assert_eq!(
+            packet,
+            unhex(
+                "04e8e040e7e58cea2050145c169f8d0fe153bc1964011a56ccdff4d062b22ec8d035325f\
+                 2e1f0fcdb4b438d3bd38287d82d2ab2306f42d84abe5"
+            )
+        );
+        let (aes_key, aes_iv) = aes_key_iv(&vector_key(), &packet[..16].try_into().unwrap(), 136);
+        assert_eq!(
+            aes_key.to_vec(),
+            unhex("4461a577bd2053fc9c1968bd5b495d998b12484ed98b66bde16147bc37dfa94b")
+        );
+        assert_eq!(aes_iv.to_vec(), unhex("f92cb47108ac2116c4bc018a3d898d5c"));
+        assert_eq!(
+            caller.receive(&packet, now).unwrap().messages,
+            vec![MSG.to_vec()]
+        );
+        assert_eq!(caller.poll_timeout(), None);
+    }
+
+    /// The counter block carries into the upper 96 bits like OpenSSL's `CRYPTO_ctr128_encrypt`
+    /// (expected values from Python `cryptography`, i.e. OpenSSL).
+    #[test]
+    fn ctr_counter_is_128_bit_big_endian() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let cases = [
+            (
+                "000102030405060708090a0bffffffff",
+                "9d52ea871d37e206b64e902d1d857e44daa648ffc7cfc3a6d9f65499ff0b1781\
+                 8d72da2ac9d194201498fdb04c4cc401",
+            ),
+            (
+                "ffffffffffffffffffffffffffffffff",
+                "e999e41d4ca770da5387117b5d8f57eef29000b62a499fd0a9f39a6add2e7780\
+                 f05d76ae4ab99fe5a6f69b3148c2363d",
+            ),
+        ];
+        for (iv, expected) in cases {
+            let mut data = [0u8; 48];
+            aes_ctr(&key, unhex(iv).try_into().unwrap(), &mut data).unwrap();
+            let expected: String = expected.split_whitespace().collect();
+            assert_eq!(data.to_vec(), unhex(&expected));
+        }
+    }
+
+    #[test]
+    fn framing_follows_the_version() {
+        assert_eq!(Framing::for_version("7.0.0"), Some(Framing::Raw));
+        assert_eq!(Framing::for_version("8.0.0"), Some(Framing::Reliable));
+        assert_eq!(Framing::for_version("9.0.0"), Some(Framing::Reliable));
+        assert_eq!(Framing::for_version("11.0.0"), None);
+        assert_eq!(Framing::for_version("4.0.0"), None);
+    }
+
+    #[test]
+    fn reliable_round_trip_with_acks() {
+        let t0 = Instant::now();
+        let (mut caller, mut callee) = pair(Framing::Reliable);
+        let p1 = caller.send(b"one", t0).unwrap();
+        assert_eq!(caller.unacked(), 1);
+        assert_eq!(
+            callee.receive(&p1, t0).unwrap().messages,
+            vec![b"one".to_vec()]
+        );
+        // A new requires-ack message: the ack is due at once.
+        assert_eq!(callee.poll_timeout(), Some(t0));
+        let ack = callee.poll_transmit(t0).unwrap();
+        assert_eq!(callee.poll_timeout(), None);
+        assert!(caller.receive(&ack, t0).unwrap().messages.is_empty());
+        assert_eq!(caller.unacked(), 0);
+        assert_eq!(caller.stats().acks_received, 1);
+        assert_eq!(caller.poll_transmit(t0 + MAX_RESEND_DELAY), None);
+        // And back, with the ack riding along the next message.
+        let p2 = callee.send(b"two", t0).unwrap();
+        assert_eq!(
+            caller.receive(&p2, t0).unwrap().messages,
+            vec![b"two".to_vec()]
+        );
+        let p3 = caller.send(b"three", t0).unwrap();
+        let got = callee.receive(&p3, t0).unwrap();
+        assert_eq!(got.messages, vec![b"three".to_vec()]);
+        assert_eq!(callee.unacked(), 0, "the ack came with caller's message");
+    }
+
+    #[test]
+    fn lost_message_is_resent_and_duplicates_are_dropped_but_acked() {
+        let t0 = Instant::now();
+        let (mut caller, mut callee) = pair(Framing::Reliable);
+        let first = caller.send(b"hello", t0).unwrap();
+        // `first` is lost. Nothing is due before MAX_RESEND_DELAY.
+        assert_eq!(caller.poll_timeout(), Some(t0 + MAX_RESEND_DELAY));
+        assert_eq!(caller.poll_transmit(t0 + Duration::from_millis(4999)), None);
+        let resend = caller
+            .poll_transmit(t0 + MAX_RESEND_DELAY)
+            .expect("resend due");
+        assert_eq!(caller.stats().messages_resent, 1);
+        let t1 = t0 + MAX_RESEND_DELAY;
+        assert_eq!(
+            callee.receive(&resend, t1).unwrap().messages,
+            vec![b"hello".to_vec()]
+        );
+        // The original arrives late: a fresh packet seq, but the message was delivered.
+        assert!(callee.receive(&first, t1).unwrap().messages.is_empty());
+        assert_eq!(callee.stats().duplicates_dropped, 1);
+        let ack = callee.poll_transmit(t1).unwrap();
+        caller.receive(&ack, t1).unwrap();
+        assert_eq!(caller.unacked(), 0);
+        assert_eq!(caller.poll_timeout(), None);
+    }
+
+    #[test]
+    fn queued_messages_go_out_in_order_behind_an_empty_item() {
+        let t0 = Instant::now();
+        let (mut caller, mut callee) = pair(Framing::Reliable);
+        let _lost = caller.send(b"a", t0).unwrap();
+        let second = caller.send(b"b", t0).unwrap();
+        let got = callee.receive(&second, t0).unwrap();
+        assert_eq!(got.messages, vec![b"a".to_vec(), b"b".to_vec()]);
+        let ack = callee.poll_transmit(t0).unwrap();
+        caller.receive(&ack, t0).unwrap();
+        assert_eq!(caller.unacked(), 0);
+    }
+
+    #[test]
+    fn tampered_packets_are_rejected_and_counted_without_harm() {
+        let t0 = Instant::now();
+        for framing in [Framing::Reliable, Framing::Raw] {
+            let (mut caller, mut callee) = pair(framing);
+            let packet = caller.send(MSG, t0).unwrap();
+            for i in [0, 15, 16, 20, packet.len() - 1] {
+                let mut bad = packet.clone();
+                bad[i] ^= 0x01;
+                assert_eq!(callee.receive(&bad, t0), Err(Rejected::Tampered));
+            }
+            // Truncated below the minimum, and truncated above it.
+            assert_eq!(callee.receive(&packet[..20], t0), Err(Rejected::Size));
+            assert_eq!(callee.receive(&[], t0), Err(Rejected::Size));
+            assert_eq!(
+                callee.receive(&packet[..packet.len() - 1], t0),
+                Err(Rejected::Tampered)
+            );
+            assert_eq!(
+                callee.receive(&vec![0u8; MAX_PACKET_BYTES + 1], t0),
+                Err(Rejected::Size)
+            );
+            let stats = callee.stats();
+            assert_eq!(stats.rejected_tampered, 6);
+            assert_eq!(stats.rejected_size, 3);
+            assert_eq!(stats.packets_received, 0);
+            // The genuine packet still goes through, and later ones too.
+            assert_eq!(
+                callee.receive(&packet, t0).unwrap().messages,
+                vec![MSG.to_vec()]
+            );
+            let next = caller.send(b"next", t0).unwrap();
+            assert!(
+                callee
+                    .receive(&next, t0)
+                    .unwrap()
+                    .messages
+                    .contains(&b"next".to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_key_and_wrong_direction_are_rejected() {
+        let t0 = Instant::now();
+        let (mut caller, mut callee) = pair(Framing::Reliable);
+        let packet = caller.send(MSG, t0).unwrap();
+        let mut other_key = vector_key();
+        other_key[200] ^= 0x80;
+        let mut stranger = EncryptedChannel::new(&other_key, Role::Callee, Framing::Reliable);
+        assert_eq!(stranger.receive(&packet, t0), Err(Rejected::Tampered));
+        // The caller's own packet reflected back: decrypted with the callee's slice, fails.
+        assert_eq!(caller.receive(&packet, t0), Err(Rejected::Tampered));
+        assert_eq!(caller.stats().rejected_tampered, 1);
+        assert!(callee.receive(&packet, t0).is_ok());
+    }
+
+    #[test]
+    fn replayed_and_too_old_packets_are_rejected() {
+        let t0 = Instant::now();
+        for framing in [Framing::Reliable, Framing::Raw] {
+            let (mut caller, mut callee) = pair(framing);
+            let packets: Vec<_> = (0..70)
+                .map(|i| caller.send(format!("m{i}").as_bytes(), t0).unwrap())
+                .collect();
+            let last = packets.last().unwrap();
+            callee.receive(last, t0).unwrap();
+            assert_eq!(callee.receive(last, t0), Err(Rejected::Replay));
+            // Out of order inside the window: fine. Older than the window: refused.
+            assert!(callee.receive(&packets[60], t0).is_ok());
+            assert_eq!(callee.receive(&packets[60], t0), Err(Rejected::Replay));
+            assert_eq!(callee.receive(&packets[0], t0), Err(Rejected::Replay));
+            assert_eq!(callee.stats().rejected_replay, 3);
+            let more = caller.send(b"more", t0).unwrap();
+            assert!(callee.receive(&more, t0).is_ok());
+        }
+    }
+
+    /// Seals an arbitrary plaintext as `from` would.
+    fn forge(from: Role, plain: &[u8]) -> Vec<u8> {
+        let mut sender = EncryptedChannel::new(&vector_key(), from, Framing::Reliable);
+        sender.seal(plain).unwrap()
+    }
+
+    #[test]
+    fn authentic_but_malformed_packets_are_rejected_without_consuming_the_seq() {
+        let t0 = Instant::now();
+        let (_, mut callee) = pair(Framing::Reliable);
+        let seq = 5u32.to_be_bytes();
+        let cases: Vec<Vec<u8>> = vec![
+            [&seq[..], &[TYPE_ACK]].concat(),                      // ack first
+            [&seq[..], &[0x01]].concat(),                          // unknown type
+            [&seq[..], &[TYPE_CUSTOM, 0, 0, 0, 9, b'x']].concat(), // short body
+            [&seq[..], &[TYPE_CUSTOM, 0, 0]].concat(),             // short length
+            [&seq[..], &[TYPE_CUSTOM, 0x00, 0x10, 0x00, 0x01]].concat(), // > 1 MiB
+            [&seq[..], &[TYPE_EMPTY, 0, 0, 0, 6, TYPE_EMPTY]].concat(), // empty not first
+            [&seq[..], &[TYPE_EMPTY, 0, 0, 0]].concat(),           // trailing bytes
+            [
+                &(5u32 | SINGLE_MESSAGE_BIT).to_be_bytes()[..],
+                &[TYPE_EMPTY, 0, 0, 0, 6, TYPE_ACK],
+            ]
+            .concat(), // single + more
+        ];
+        for plain in &cases {
+            let packet = forge(Role::Caller, plain);
+            assert_eq!(
+                callee.receive(&packet, t0),
+                Err(Rejected::Malformed),
+                "{plain:02x?}"
+            );
+        }
+        assert_eq!(callee.stats().rejected_malformed, cases.len() as u64);
+        // Counter 5 was never registered: a well-formed packet with it is accepted.
+        let good = [&seq[..], &[TYPE_CUSTOM, 0, 0, 0, 2, b'o', b'k']].concat();
+        let got = callee.receive(&forge(Role::Caller, &good), t0).unwrap();
+        assert_eq!(got.messages, vec![b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn send_limits() {
+        let t0 = Instant::now();
+        let (mut caller, _) = pair(Framing::Reliable);
+        let max = caller.max_message_len();
+        assert!(caller.send(&vec![b'x'; max], t0).is_ok());
+        assert_eq!(
+            caller.send(&vec![b'x'; max + 1], t0).unwrap_err(),
+            P2pError::MessageTooLarge { len: max + 1, max }
+        );
+        // Queued behind an unacked message, a send needs two counters.
+        caller.counter = MAX_COUNTER - 1;
+        assert_eq!(
+            caller.send(b"x", t0).unwrap_err(),
+            P2pError::CounterExhausted
+        );
+        assert_eq!(caller.unacked(), 1, "nothing was queued");
+        let (mut caller, _) = pair(Framing::Reliable);
+        caller.counter = MAX_COUNTER - 1;
+        assert!(caller.send(b"last", t0).is_ok());
+        assert_eq!(
+            caller.send(b"over", t0).unwrap_err(),
+            P2pError::CounterExhausted
+        );
+
+        let (mut raw, _) = pair(Framing::Raw);
+        let max = raw.max_message_len();
+        assert_eq!(16 + 4 + max, MAX_PACKET_BYTES);
+        assert!(raw.send(&vec![0; max + 1], t0).is_err());
+    }
+
+    #[test]
+    fn unacked_backlog_is_bounded() {
+        let t0 = Instant::now();
+        let (mut caller, _) = pair(Framing::Reliable);
+        for _ in 0..MAX_UNACKED {
+            caller.send(b"x", t0).unwrap();
+        }
+        assert_eq!(
+            caller.send(b"x", t0).unwrap_err(),
+            P2pError::TooManyUnacked { count: MAX_UNACKED }
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes never panic, never deliver anything, and leave the channel working.
+        #[test]
+        fn arbitrary_packets_are_harmless(
+            junk in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..8),
+            reliable in any::<bool>(),
+        ) {
+            let framing = if reliable { Framing::Reliable } else { Framing::Raw };
+            let t0 = Instant::now();
+            let (mut caller, mut callee) = pair(framing);
+            for bytes in &junk {
+                prop_assert!(callee.receive(bytes, t0).is_err());
+            }
+            let _ = callee.poll_transmit(t0);
+            let packet = caller.send(b"still here", t0).unwrap();
+            let got = callee.receive(&packet, t0).unwrap();
+            prop_assert_eq!(got.messages, vec![b"still here".to_vec()]);
+        }
+
+        /// Authentic packets with arbitrary plaintext (a buggy or hostile peer) never panic.
+        #[test]
+        fn arbitrary_authentic_plaintext_is_harmless(
+            plain in proptest::collection::vec(any::<u8>(), 5..300),
+        ) {
+            let t0 = Instant::now();
+            let (_, mut callee) = pair(Framing::Reliable);
+            let _ = callee.receive(&forge(Role::Caller, &plain), t0);
+            let _ = callee.poll_transmit(t0 + MAX_ACK_DELAY);
+        }
+    }
 }
