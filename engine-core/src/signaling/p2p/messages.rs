@@ -816,3 +816,447 @@ fn quoted(s: &str) -> String {
         None => format!("{s:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FP: &str = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:\
+                      AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+
+    fn parse(s: &str) -> Result<SignalingMessage, SignalingError> {
+        SignalingMessage::parse(s.as_bytes())
+    }
+
+    fn round_trip(msg: &SignalingMessage) {
+        let json = msg.to_json();
+        assert_eq!(
+            &SignalingMessage::parse(json.as_bytes()).unwrap(),
+            msg,
+            "{json}"
+        );
+    }
+
+    fn invalid(s: &str) -> String {
+        match parse(s) {
+            Err(SignalingError::InvalidField { field, .. }) => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    fn missing(s: &str) -> String {
+        match parse(s) {
+            Err(SignalingError::MissingField { field }) => field,
+            other => panic!("expected MissingField, got {other:?}"),
+        }
+    }
+
+    /// As tgcalls `InitialSetupMessage_serialize` emits it.
+    fn initial_setup_json(setup: &str) -> String {
+        format!(
+            r#"{{"@type":"InitialSetup","fingerprints":[{{"fingerprint":"{FP}","hash":"sha-256","setup":"{setup}"}}],"pwd":"abcdefghijklmnopqrstuvwx","renomination":true,"ufrag":"Ab12"}}"#
+        )
+    }
+
+    #[test]
+    fn initial_setup_parses_and_round_trips() {
+        let SignalingMessage::InitialSetup(m) = parse(&initial_setup_json("actpass")).unwrap()
+        else {
+            panic!("wrong type");
+        };
+        assert_eq!(m.ufrag, "Ab12");
+        assert_eq!(m.pwd.len(), 24);
+        assert!(m.renomination);
+        assert_eq!(m.fingerprints[0].setup, DtlsSetup::Actpass);
+        assert_eq!(m.fingerprints[0].digest().unwrap().len(), 32);
+        round_trip(&SignalingMessage::InitialSetup(m));
+        // renomination is optional (tgcalls treats it as false).
+        let json = initial_setup_json("passive").replace(r#""renomination":true,"#, "");
+        let SignalingMessage::InitialSetup(m) = parse(&json).unwrap() else {
+            panic!("wrong type");
+        };
+        assert!(!m.renomination);
+    }
+
+    #[test]
+    fn dtls_and_setup_roles_follow_tgcalls() {
+        assert_eq!(InitialSetup::setup_for(Role::Caller), DtlsSetup::Actpass);
+        assert_eq!(InitialSetup::setup_for(Role::Callee), DtlsSetup::Passive);
+        let remote = |setup: DtlsSetup| InitialSetup {
+            ufrag: "Ab12".into(),
+            pwd: "abcdefghijklmnopqrstuvwx".into(),
+            renomination: false,
+            fingerprints: vec![DtlsFingerprint::sha256(&[7; 32], setup)],
+        };
+        // Callee sees the caller's actpass: server. Caller sees the callee's passive: client.
+        assert!(!remote(DtlsSetup::Actpass).local_is_dtls_client(Role::Callee));
+        assert!(remote(DtlsSetup::Passive).local_is_dtls_client(Role::Caller));
+        assert!(!remote(DtlsSetup::Active).local_is_dtls_client(Role::Caller));
+        assert!(remote(DtlsSetup::Actpass).local_is_dtls_client(Role::Caller));
+        round_trip(&SignalingMessage::InitialSetup(remote(DtlsSetup::Active)));
+    }
+
+    #[test]
+    fn initial_setup_errors_name_the_field() {
+        let ok = initial_setup_json("actpass");
+        assert_eq!(
+            missing(&ok.replace(r#""ufrag":"Ab12""#, r#""x":1"#)),
+            "ufrag"
+        );
+        assert_eq!(invalid(&ok.replace("Ab12", "A b")), "ufrag");
+        assert_eq!(invalid(&ok.replace("Ab12", "Ab")), "ufrag");
+        assert_eq!(
+            invalid(&ok.replace("abcdefghijklmnopqrstuvwx", "short")),
+            "pwd"
+        );
+        assert_eq!(invalid(&ok.replace("true", "\"yes\"")), "renomination");
+        assert_eq!(
+            invalid(&ok.replace("actpass", "holdconn")),
+            "fingerprints[0].setup"
+        );
+        assert_eq!(
+            invalid(&ok.replace("AB:CD:EF:01", "AB:CD:EF")),
+            "fingerprints[0].fingerprint"
+        );
+        assert_eq!(
+            invalid(&ok.replace("AB:CD", "ZZ:CD")),
+            "fingerprints[0].fingerprint"
+        );
+        assert_eq!(
+            invalid(&ok.replace("sha-256", "md5")),
+            "fingerprints[0].fingerprint"
+        );
+        assert_eq!(
+            missing(&ok.replace(r#""hash":"sha-256","#, "")),
+            "fingerprints[0].hash"
+        );
+        let no_fp = r#"{"@type":"InitialSetup","ufrag":"Ab12","pwd":"abcdefghijklmnopqrstuvwx","fingerprints":[]}"#;
+        assert_eq!(invalid(no_fp), "fingerprints");
+    }
+
+    #[test]
+    fn candidates_parse_and_round_trip() {
+        let json = r#"{"@type":"Candidates","candidates":[{"sdpString":"candidate:1 1 udp 2122260223 192.0.2.5 50000 typ host generation 0 ufrag Ab12 network-id 1"}]}"#;
+        let msg = parse(json).unwrap();
+        let SignalingMessage::Candidates(c) = &msg else {
+            panic!("wrong type");
+        };
+        assert!(c.candidates[0].starts_with("candidate:1 1 udp"));
+        round_trip(&msg);
+        assert_eq!(
+            parse(r#"{"@type":"Candidates","candidates":[]}"#).unwrap(),
+            SignalingMessage::Candidates(Candidates { candidates: vec![] })
+        );
+        assert_eq!(missing(r#"{"@type":"Candidates"}"#), "candidates");
+        assert_eq!(
+            invalid(r#"{"@type":"Candidates","candidates":[{"sdpString":"a"},{"sdpString":5}]}"#),
+            "candidates[1].sdpString"
+        );
+        assert_eq!(
+            invalid(r#"{"@type":"Candidates","candidates":[{"sdpString":""}]}"#),
+            "candidates[0].sdpString"
+        );
+        assert_eq!(
+            invalid(r#"{"@type":"Candidates","candidates":{}}"#),
+            "candidates"
+        );
+    }
+
+    /// The NegotiateChannels example of telegram-signaling.md §4.7 (tgcalls shape).
+    const NEGOTIATE: &str = r#"{"@type":"NegotiateChannels","exchangeId":"2894763621",
+      "contents":[
+        {"type":"audio","ssrc":"3400000001",
+         "payloadTypes":[{"id":111,"name":"opus","clockrate":48000,"channels":2,
+                          "feedbackTypes":[{"type":"transport-cc","subtype":""}],
+                          "parameters":{"minptime":"10","useinbandfec":"1"}}],
+         "rtpExtensions":[{"id":2,"uri":"http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"},
+                          {"id":3,"uri":"http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"}]},
+        {"type":"video","ssrc":3400000002,
+         "ssrcGroups":[{"semantics":"FID","ssrcs":["3400000002",3400000003]}],
+         "payloadTypes":[{"id":96,"name":"VP8","clockrate":90000,"feedbackTypes":[{"type":"nack","subtype":"pli"}]}],
+         "rtpExtensions":[{"id":13,"uri":"urn:3gpp:video-orientation"}]}]}"#;
+
+    #[test]
+    fn negotiate_channels_parses_and_round_trips() {
+        let msg = parse(NEGOTIATE).unwrap();
+        let SignalingMessage::NegotiateChannels(n) = &msg else {
+            panic!("wrong type");
+        };
+        assert_eq!(n.exchange_id, 2_894_763_621);
+        let audio = &n.contents[0];
+        assert_eq!(audio.kind, MediaKind::Audio);
+        assert_eq!(audio.ssrc, Ssrc(3_400_000_001));
+        assert_eq!(audio.payload_types[0].id, 111);
+        assert_eq!(audio.payload_types[0].channels, 2);
+        assert_eq!(
+            audio.payload_types[0].parameters,
+            vec![
+                ("minptime".to_owned(), "10".to_owned()),
+                ("useinbandfec".to_owned(), "1".to_owned())
+            ]
+        );
+        let video = &n.contents[1];
+        assert_eq!(
+            video.ssrc_groups[0].sources,
+            vec![Ssrc(3_400_000_002), Ssrc(3_400_000_003)]
+        );
+        assert_eq!(video.payload_types[0].channels, 0);
+        assert_eq!(video.rtp_extensions[0].id, 13);
+        round_trip(&msg);
+        // SSRCs and exchangeId go out as strings, like tgcalls.
+        assert!(msg.to_json().contains(r#""exchangeId":"2894763621""#));
+        assert!(msg.to_json().contains(r#""ssrc":"3400000002""#));
+    }
+
+    #[test]
+    fn negotiate_channels_errors_name_the_field() {
+        let with = |from: &str, to: &str| NEGOTIATE.replacen(from, to, 1);
+        assert_eq!(invalid(&with(r#""2894763621""#, r#""abc""#)), "exchangeId");
+        assert_eq!(
+            invalid(&with(r#""2894763621""#, "4294967296")),
+            "exchangeId"
+        );
+        assert_eq!(
+            missing(&with(r#""exchangeId":"2894763621","#, "")),
+            "exchangeId"
+        );
+        assert_eq!(invalid(&with(r#""3400000001""#, "-1")), "contents[0].ssrc");
+        assert_eq!(
+            invalid(&with(r#""type":"audio""#, r#""type":"data""#)),
+            "contents[0].type"
+        );
+        assert_eq!(
+            invalid(&with(r#""id":111"#, r#""id":128"#)),
+            "contents[0].payloadTypes[0].id"
+        );
+        assert_eq!(
+            invalid(&with(r#""minptime":"10""#, r#""minptime":10"#)),
+            "contents[0].payloadTypes[0].parameters.minptime"
+        );
+        assert_eq!(
+            invalid(&with(r#""channels":2"#, r#""channels":"two""#)),
+            "contents[0].payloadTypes[0].channels"
+        );
+        assert_eq!(
+            missing(&with(r#""subtype":"""#, r#""x":"""#)),
+            "contents[0].payloadTypes[0].feedbackTypes[0].subtype"
+        );
+        assert_eq!(
+            invalid(&with(r#""id":2,"#, r#""id":0,"#)),
+            "contents[0].rtpExtensions[0].id"
+        );
+        assert_eq!(
+            invalid(&with(r#"["3400000002",3400000003]"#, r#"["0"]"#)),
+            "contents[1].ssrcGroups[0].ssrcs[0]"
+        );
+        // A missing contents list is an empty offer (tgcalls).
+        let SignalingMessage::NegotiateChannels(n) =
+            parse(r#"{"@type":"NegotiateChannels","exchangeId":1}"#).unwrap()
+        else {
+            panic!("wrong type");
+        };
+        assert!(n.contents.is_empty());
+    }
+
+    #[test]
+    fn media_state_parses_defaults_and_round_trips() {
+        let json = r#"{"@type":"MediaState","muted":true,"lowBattery":false,"videoState":"active","videoRotation":90,"screencastState":"suspended"}"#;
+        let msg = parse(json).unwrap();
+        assert_eq!(
+            msg,
+            SignalingMessage::MediaState(MediaState {
+                muted: true,
+                low_battery: false,
+                video_state: VideoState::Active,
+                video_rotation: 90,
+                screencast_state: VideoState::Suspended,
+            })
+        );
+        round_trip(&msg);
+        assert_eq!(
+            parse(r#"{"@type":"MediaState"}"#).unwrap(),
+            SignalingMessage::MediaState(MediaState::default())
+        );
+        assert_eq!(invalid(r#"{"@type":"MediaState","muted":1}"#), "muted");
+        assert_eq!(
+            invalid(r#"{"@type":"MediaState","videoState":"on"}"#),
+            "videoState"
+        );
+        assert_eq!(
+            invalid(r#"{"@type":"MediaState","videoRotation":45}"#),
+            "videoRotation"
+        );
+        assert_eq!(
+            invalid(r#"{"@type":"MediaState","videoRotation":360}"#),
+            "videoRotation"
+        );
+        assert_eq!(
+            invalid(r#"{"@type":"MediaState","screencastState":false}"#),
+            "screencastState"
+        );
+    }
+
+    #[test]
+    fn envelope_errors_and_unknown_types() {
+        assert_eq!(
+            parse(r#"{"@type":"RemoteVideoIsActive","active":true}"#).unwrap(),
+            SignalingMessage::Unknown {
+                kind: "RemoteVideoIsActive".into()
+            }
+        );
+        round_trip(&SignalingMessage::Unknown { kind: "X".into() });
+        assert_eq!(missing(r#"{"type":"InitialSetup"}"#), "@type");
+        assert_eq!(invalid(r#"{"@type":5}"#), "@type");
+        assert_eq!(invalid("[]"), "$");
+        assert!(matches!(
+            parse("{"),
+            Err(SignalingError::InvalidJson { .. })
+        ));
+        assert!(matches!(
+            SignalingMessage::parse(&vec![b' '; 70_000]),
+            Err(SignalingError::TooLarge { .. })
+        ));
+    }
+
+    fn word() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9:/._-]{0,12}"
+    }
+
+    fn video_state() -> impl Strategy<Value = VideoState> {
+        prop_oneof![
+            Just(VideoState::Inactive),
+            Just(VideoState::Suspended),
+            Just(VideoState::Active)
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = SignalingMessage> {
+        let setup = prop_oneof![
+            Just(DtlsSetup::Active),
+            Just(DtlsSetup::Passive),
+            Just(DtlsSetup::Actpass)
+        ];
+        let initial = (
+            "[a-zA-Z0-9+/]{4,16}",
+            "[a-zA-Z0-9+/]{22,32}",
+            any::<bool>(),
+            proptest::collection::vec((any::<[u8; 32]>(), setup), 1..3),
+        )
+            .prop_map(|(ufrag, pwd, renomination, fps)| {
+                SignalingMessage::InitialSetup(InitialSetup {
+                    ufrag,
+                    pwd,
+                    renomination,
+                    fingerprints: fps
+                        .iter()
+                        .map(|(d, s)| DtlsFingerprint::sha256(d, *s))
+                        .collect(),
+                })
+            });
+        let candidates = proptest::collection::vec("candidate:[ -~]{1,60}", 0..4)
+            .prop_map(|candidates| SignalingMessage::Candidates(Candidates { candidates }));
+        let payload_type = (
+            0u8..=127,
+            word(),
+            1u32..,
+            any::<u32>(),
+            proptest::collection::vec((word(), word()), 0..3),
+            proptest::collection::btree_map(word(), word(), 0..3),
+        )
+            .prop_map(|(id, name, clockrate, channels, fb, params)| PayloadType {
+                id,
+                name,
+                clockrate,
+                channels,
+                feedback_types: fb,
+                parameters: params.into_iter().collect(),
+            });
+        let content = (
+            any::<bool>(),
+            any::<u32>(),
+            proptest::collection::vec((word(), proptest::collection::vec(1u32.., 1..3)), 0..2),
+            proptest::collection::vec(payload_type, 0..3),
+            proptest::collection::vec((1u8.., word()), 0..3),
+        )
+            .prop_map(|(audio, ssrc, groups, pts, exts)| MediaContent {
+                kind: if audio {
+                    MediaKind::Audio
+                } else {
+                    MediaKind::Video
+                },
+                ssrc: Ssrc(ssrc),
+                ssrc_groups: groups
+                    .into_iter()
+                    .map(|(semantics, s)| SsrcGroup {
+                        semantics,
+                        sources: s.into_iter().map(Ssrc).collect(),
+                    })
+                    .collect(),
+                payload_types: pts,
+                rtp_extensions: exts
+                    .into_iter()
+                    .map(|(id, uri)| RtpExtension { id, uri })
+                    .collect(),
+            });
+        let negotiate = (any::<u32>(), proptest::collection::vec(content, 0..3)).prop_map(
+            |(exchange_id, contents)| {
+                SignalingMessage::NegotiateChannels(NegotiateChannels {
+                    exchange_id,
+                    contents,
+                })
+            },
+        );
+        let state = (
+            any::<bool>(),
+            any::<bool>(),
+            video_state(),
+            prop_oneof![Just(0u16), Just(90), Just(180), Just(270)],
+            video_state(),
+        )
+            .prop_map(
+                |(muted, low_battery, video_state, video_rotation, screencast_state)| {
+                    SignalingMessage::MediaState(MediaState {
+                        muted,
+                        low_battery,
+                        video_state,
+                        video_rotation,
+                        screencast_state,
+                    })
+                },
+            );
+        prop_oneof![initial, candidates, negotiate, state]
+    }
+
+    proptest! {
+        #[test]
+        fn emitted_messages_parse_back(msg in message()) {
+            let json = msg.to_json();
+            prop_assert_eq!(SignalingMessage::parse(json.as_bytes()).unwrap(), msg);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = SignalingMessage::parse(&bytes);
+        }
+
+        /// Mutated valid documents: typed error or a value that emits and parses back.
+        #[test]
+        fn mutated_documents_never_panic(
+            pick in 0usize..4,
+            cut in any::<prop::sample::Index>(),
+            insert in "[ -~]{0,8}",
+        ) {
+            let docs = [initial_setup_json("actpass"), NEGOTIATE.to_owned(),
+                r#"{"@type":"MediaState","videoRotation":90}"#.to_owned(),
+                r#"{"@type":"Candidates","candidates":[{"sdpString":"candidate:x"}]}"#.to_owned()];
+            let doc = &docs[pick];
+            let at = cut.index(doc.len() + 1);
+            let at = (0..=at).rev().find(|&i| doc.is_char_boundary(i)).unwrap_or(0);
+            let mutated = format!("{}{}{}", &doc[..at], insert, &doc[at..]);
+            if let Ok(msg) = SignalingMessage::parse(mutated.as_bytes()) {
+                prop_assert_eq!(SignalingMessage::parse(msg.to_json().as_bytes()).unwrap(), msg);
+            }
+        }
+    }
+}
