@@ -149,9 +149,8 @@ impl DhParams {
                 });
             }
         };
-        let g = match u32::try_from(g) {
-            Ok(g @ 2..=7) => g,
-            _ => return Err(P2pError::GeneratorOutOfRange { g }),
+        let Ok(g @ 2..=7) = u32::try_from(g) else {
+            return Err(P2pError::GeneratorOutOfRange { g });
         };
         check_generator(g, &p_bytes)?;
         let p_int = U2048::from_be_slice(&p_bytes);
