@@ -380,3 +380,36 @@ pub fn indices_from_hash(hash: &[u8; 32]) -> [usize; 4] {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_matches_tdesktop() {
+        let distinct: std::collections::HashSet<_> = EMOJI_TABLE.iter().collect();
+        assert_eq!(distinct.len(), EMOJI_COUNT);
+        assert_eq!(EMOJI_TABLE[0], "\u{1F609}");
+        assert_eq!(EMOJI_TABLE[43], "\u{270C}", "no U+FE0F added");
+        assert_eq!(
+            EMOJI_TABLE[301], "\u{1F1EF}\u{1F1F5}",
+            "regional-indicator pair"
+        );
+        assert_eq!(EMOJI_TABLE[311], "1\u{20E3}", "keycap without U+FE0F");
+        assert_eq!(EMOJI_TABLE[320], "0\u{20E3}");
+        assert_eq!(EMOJI_TABLE[332], "\u{1F537}");
+    }
+
+    #[test]
+    fn top_bit_is_cleared_before_the_modulo() {
+        let mut hash = [0u8; 32];
+        hash[0] = 0x80; // only the cleared bit set: index 0
+        hash[15] = 0x01; // 1
+        hash[16..24].copy_from_slice(&333u64.to_be_bytes()); // 333 % 333 = 0
+        hash[24..32].copy_from_slice(&u64::MAX.to_be_bytes()); // (2^63 - 1) % 333
+        assert_eq!(
+            indices_from_hash(&hash),
+            [0, 1, 0, ((1u64 << 63) - 1) as usize % 333]
+        );
+    }
+}
