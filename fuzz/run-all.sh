@@ -4,6 +4,10 @@
 #
 #   fuzz/run-all.sh 60            # every target, 60 s each
 #   fuzz/run-all.sh 300 ogg_reader call_datagrams   # only these
+#   fuzz/run-all.sh 60 p2p_decrypt p2p_message       # the 1:1-call signaling targets
+#
+# Without target names, every [[bin]] in Cargo.toml runs (`cargo fuzz list`), so a new target
+# (p2p_decrypt and p2p_message included) is picked up without editing this script.
 #
 # Each target starts from a fresh, git-ignored work corpus (corpus-work/<target>, where
 # libFuzzer writes what it finds) plus the checked-in seeds (corpus/<target>, read only).

@@ -1,0 +1,290 @@
+#![allow(clippy::unwrap_used)]
+//! The 1:1-call fuzz seed corpora (`fuzz/corpus/p2p_decrypt/`, `fuzz/corpus/p2p_message/`) as a
+//! regression suite on stable, through the fuzz targets' own checks (`fuzz/harness/p2p.rs`).
+//!
+//! `p2p_decrypt` seeds: `valid_*` = every packet accepted; `replay_*` = the first accepted, the
+//! others rejected as replays; `broken_*` = every packet rejected. `p2p_message` seeds:
+//! `valid_*` must parse (and round-trip), `broken_*` must be refused. Other files (inputs
+//! libFuzzer found) only have to pass the harness checks.
+//!
+//! `cargo test -p ringcast-core --test p2p_fuzz_corpus -- --ignored write_seeds` rewrites the
+//! seeds.
+
+#[path = "../../fuzz/harness/p2p.rs"]
+mod p2p;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ringcast_core::signaling::p2p::messages::{
+    Candidates, DtlsFingerprint, InitialSetup, MediaState, VideoState,
+};
+use ringcast_core::signaling::p2p::{EncryptedChannel, Framing, Rejected, Role, SignalingMessage};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+fn corpus_files(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(target);
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, fs::read(&path).unwrap())
+        })
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn p2p_decrypt_corpus() {
+    let mut named = 0;
+    for (name, data) in corpus_files("p2p_decrypt") {
+        let got = p2p::decrypt(&data);
+        if name.starts_with("valid_") {
+            assert_eq!(got.accepted, got.packets, "{name}: {got:?}");
+            assert!(got.messages > 0, "{name}: {got:?}");
+        } else if name.starts_with("replay_") {
+            assert_eq!(got.accepted, 1, "{name}: {got:?}");
+            assert!(
+                got.rejected.iter().all(|r| *r == Rejected::Replay),
+                "{name}"
+            );
+        } else if name.starts_with("broken_") {
+            assert_eq!(got.accepted, 0, "{name}: {got:?}");
+            assert_eq!(got.rejected.len(), got.packets, "{name}");
+        } else {
+            continue;
+        }
+        named += 1;
+    }
+    assert!(named >= 8, "only {named} named seeds");
+}
+
+#[test]
+fn p2p_message_corpus() {
+    let mut named = 0;
+    for (name, data) in corpus_files("p2p_message") {
+        let got = p2p::message(&data);
+        if name.starts_with("valid_") {
+            got.unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else if name.starts_with("broken_") {
+            assert!(got.is_err(), "{name} was accepted: {got:?}");
+        } else {
+            continue;
+        }
+        named += 1;
+    }
+    assert!(named >= 10, "only {named} named seeds");
+}
+
+/// Control messages as ringcast would send them.
+fn messages() -> Vec<(&'static str, SignalingMessage)> {
+    let setup = |role| {
+        SignalingMessage::InitialSetup(InitialSetup {
+            ufrag: "Ab12".into(),
+            pwd: "abcdefghijklmnopqrstuvwx".into(),
+            renomination: true,
+            fingerprints: vec![DtlsFingerprint::sha256(
+                &[0x5A; 32],
+                InitialSetup::setup_for(role),
+            )],
+        })
+    };
+    vec![
+        ("initial_setup_caller", setup(Role::Caller)),
+        ("initial_setup_callee", setup(Role::Callee)),
+        (
+            "candidates",
+            SignalingMessage::Candidates(Candidates {
+                candidates: vec![
+                    "candidate:1 1 udp 2122260223 192.0.2.5 50000 typ host generation 0 ufrag Ab12 network-id 1".into(),
+                    "candidate:2 1 udp 1686052607 203.0.113.7 61000 typ srflx raddr 192.0.2.5 rport 50000 generation 0".into(),
+                ],
+            }),
+        ),
+        (
+            "media_state",
+            SignalingMessage::MediaState(MediaState {
+                muted: true,
+                low_battery: false,
+                video_state: VideoState::Inactive,
+                video_rotation: 0,
+                screencast_state: VideoState::Inactive,
+            }),
+        ),
+    ]
+}
+
+#[test]
+#[ignore = "rewrites fuzz/corpus/p2p_*; run by hand"]
+fn write_seeds() {
+    let write = |target: &str, name: &str, data: &[u8]| {
+        let dir = corpus_dir(target);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(name), data).unwrap();
+    };
+
+    // p2p_message: the messages above, the §4.7 NegotiateChannels example, and broken ones.
+    for (name, msg) in messages() {
+        write(
+            "p2p_message",
+            &format!("valid_{name}.json"),
+            msg.to_json().as_bytes(),
+        );
+    }
+    let negotiate = r#"{"@type":"NegotiateChannels","exchangeId":"2894763621","contents":[{"type":"audio","ssrc":"3400000001","payloadTypes":[{"id":111,"name":"opus","clockrate":48000,"channels":2,"feedbackTypes":[{"type":"transport-cc","subtype":""}],"parameters":{"minptime":"10","useinbandfec":"1"}}],"rtpExtensions":[{"id":2,"uri":"http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"},{"id":3,"uri":"http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"}]},{"type":"video","ssrc":"3400000002","ssrcGroups":[{"semantics":"FID","ssrcs":["3400000002","3400000003"]}],"payloadTypes":[{"id":96,"name":"VP8","clockrate":90000,"channels":0,"feedbackTypes":[{"type":"nack","subtype":"pli"}],"parameters":{}}],"rtpExtensions":[{"id":13,"uri":"urn:3gpp:video-orientation"}]}]}"#;
+    write(
+        "p2p_message",
+        "valid_negotiate_channels.json",
+        negotiate.as_bytes(),
+    );
+    write(
+        "p2p_message",
+        "valid_unknown_type.json",
+        br#"{"@type":"RemoteVideoIsActive","active":true}"#,
+    );
+    let broken: [(&str, &str); 7] = [
+        ("no_type", r#"{"ufrag":"Ab12"}"#),
+        (
+            "no_fingerprints",
+            r#"{"@type":"InitialSetup","ufrag":"Ab12","pwd":"abcdefghijklmnopqrstuvwx","fingerprints":[]}"#,
+        ),
+        (
+            "fingerprint_short",
+            r#"{"@type":"InitialSetup","ufrag":"Ab12","pwd":"abcdefghijklmnopqrstuvwx","fingerprints":[{"hash":"sha-256","setup":"actpass","fingerprint":"AB:CD"}]}"#,
+        ),
+        (
+            "candidate_not_string",
+            r#"{"@type":"Candidates","candidates":[{"sdpString":1}]}"#,
+        ),
+        (
+            "exchange_id_text",
+            r#"{"@type":"NegotiateChannels","exchangeId":"abc"}"#,
+        ),
+        (
+            "rotation_45",
+            r#"{"@type":"MediaState","videoRotation":45}"#,
+        ),
+        ("truncated", r#"{"@type":"MediaState","muted":tr"#),
+    ];
+    for (name, json) in broken {
+        write(
+            "p2p_message",
+            &format!("broken_{name}.json"),
+            json.as_bytes(),
+        );
+    }
+
+    // p2p_decrypt: genuine traffic under the §5 key.
+    let key = p2p::key();
+    let now = Instant::now();
+    let jsons: Vec<Vec<u8>> = messages()
+        .into_iter()
+        .map(|(_, m)| m.to_json().into_bytes())
+        .collect();
+    // Caller -> callee, reliable: three sends (the later ones carry the unacked earlier ones).
+    let mut caller = EncryptedChannel::new(&key, Role::Caller, Framing::Reliable);
+    let reliable: Vec<Vec<u8>> = jsons
+        .iter()
+        .take(3)
+        .map(|m| caller.send(m, now).unwrap())
+        .collect();
+    write(
+        "p2p_decrypt",
+        "valid_reliable_caller_to_callee",
+        &p2p::encode(1, &reliable),
+    );
+    // Callee -> caller, reliable, with an ack item: the callee acks the caller's first packet.
+    let mut callee = EncryptedChannel::new(&key, Role::Callee, Framing::Reliable);
+    callee.receive(&reliable[0], now).unwrap();
+    let ack = callee.poll_transmit(now).unwrap();
+    let answer = callee.send(&jsons[1], now).unwrap();
+    write(
+        "p2p_decrypt",
+        "valid_reliable_callee_ack_and_answer",
+        &p2p::encode(3, &[ack, answer]),
+    );
+    // Raw framing (7.0.0), callee -> caller.
+    let mut raw_callee = EncryptedChannel::new(&key, Role::Callee, Framing::Raw);
+    let raw: Vec<Vec<u8>> = jsons
+        .iter()
+        .take(2)
+        .map(|m| raw_callee.send(m, now).unwrap())
+        .collect();
+    write(
+        "p2p_decrypt",
+        "valid_raw_callee_to_caller",
+        &p2p::encode(2, &raw),
+    );
+
+    write(
+        "p2p_decrypt",
+        "replay_reliable_same_packet_thrice",
+        &p2p::encode(
+            1,
+            &[
+                reliable[0].clone(),
+                reliable[0].clone(),
+                reliable[0].clone(),
+            ],
+        ),
+    );
+    write(
+        "p2p_decrypt",
+        "replay_raw_same_packet_twice",
+        &p2p::encode(2, &[raw[0].clone(), raw[0].clone()]),
+    );
+    let mut flipped = reliable[0].clone();
+    flipped[20] ^= 0x04;
+    let mut flipped_key = reliable[0].clone();
+    flipped_key[3] ^= 0x80;
+    write(
+        "p2p_decrypt",
+        "broken_tampered",
+        &p2p::encode(1, &[flipped, flipped_key]),
+    );
+    write(
+        "p2p_decrypt",
+        "broken_truncated",
+        &p2p::encode(
+            1,
+            &[
+                reliable[0][..reliable[0].len() - 1].to_vec(),
+                reliable[0][..20].to_vec(),
+                Vec::new(),
+            ],
+        ),
+    );
+    // The caller's packet reflected back to the caller: wrong direction.
+    write(
+        "p2p_decrypt",
+        "broken_wrong_direction",
+        &p2p::encode(3, &reliable[..1]),
+    );
+    let mut other_key = key;
+    other_key[130] ^= 1;
+    let mut stranger = EncryptedChannel::new(&other_key, Role::Caller, Framing::Reliable);
+    let foreign = stranger.send(&jsons[0], now).unwrap();
+    write(
+        "p2p_decrypt",
+        "broken_wrong_key",
+        &p2p::encode(1, &[foreign]),
+    );
+    // A raw-framed packet fed to a reliable receiver: authentic, but `{` is no item type.
+    let mut raw_caller = EncryptedChannel::new(&key, Role::Caller, Framing::Raw);
+    let misframed = raw_caller.send(&jsons[0], now).unwrap();
+    write(
+        "p2p_decrypt",
+        "broken_wrong_framing",
+        &p2p::encode(1, &[misframed]),
+    );
+}
