@@ -584,8 +584,21 @@ impl Sfu {
             self.counters.dropped_garbage += 1;
             return;
         }
-        let idx = match self.by_addr.get(&source) {
-            Some(i) => *i,
+        // A STUN request names its participant by ufrag: it wins over a 5-tuple that an
+        // earlier participant held (a client reuses its socket for a new call after the old
+        // one left, and the old one's close may have been lost).
+        let stun_owner = if kind == DatagramKind::Stun {
+            stun_local_ufrag(contents).and_then(|u| self.by_ufrag.get(u).copied())
+        } else {
+            None
+        };
+        let by_addr = self
+            .by_addr
+            .get(&source)
+            .copied()
+            .filter(|i| stun_owner.is_none_or(|o| o == *i));
+        let idx = match by_addr {
+            Some(i) => i,
             None => {
                 let by_ufrag = if kind == DatagramKind::Stun {
                     stun_local_ufrag(contents).and_then(|u| self.by_ufrag.get(u).copied())
@@ -786,7 +799,16 @@ impl Sfu {
                 p.connected = false;
             }
             Event::Closed => {
+                // The participant closed DTLS (it left): its 5-tuple is free for whoever
+                // uses that address next. Stats stay.
                 p.connected = false;
+                let remote = p.remote.take();
+                if let Some(addr) = remote
+                    && self.by_addr.get(&addr) == Some(&idx)
+                {
+                    self.by_addr.remove(&addr);
+                }
+                self.by_check_addr.retain(|_, i| *i != idx);
             }
             Event::RtpPacket(pkt) => {
                 if *pkt.header.ssrc == p.ssrc {

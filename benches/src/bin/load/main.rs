@@ -13,12 +13,18 @@
 //! load [--quick] [--report PATH] [--plot PATH.svg] [--steps 250,500,...] [--step-seconds S]
 //!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring] [--no-pin]
 //!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs]
+//! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--report PATH]
 //! ```
 //!
 //! By default the engine gets one shard pinned to core 0 and sfu-mock the other cores
 //! (`taskset`), so streams per core is the calls one engine core carries. The connect burst
 //! creates N calls at once on a fresh engine, with a full certificate pool and without one, and
 //! times create, join (the SFU's HTTP answer) and connect until every call is up.
+//!
+//! `--soak` holds N streaming calls for a long run instead, stopping and replacing `--churn`
+//! percent of them at every sample (about 20 samples per run), and reports RSS and live heap
+//! over time, loss and lateness. It fails (exit 1) on any loss or if RSS grows after warm-up
+//! (the first quarter) by more than 5 % + 4 MB.
 //!
 //! ```text
 //! ```
@@ -33,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mimalloc::MiMalloc;
-use ringcast::{CallState, Engine, EventKind, SendPath, SharedSource, StreamSource};
+use ringcast::{CallState, EndReason, Engine, EventKind, SendPath, SharedSource, StreamSource};
 use ringcast_core::call::{Call, CallConfig, Command as CallCommand, Input, Output};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::media::ToneSource;
@@ -103,6 +109,12 @@ struct Args {
     cores: usize,
     /// Which systems to ramp (`--systems`); all three by default.
     systems: Vec<String>,
+    /// Soak instead of ramp: run this long (seconds).
+    soak: Option<f64>,
+    /// Calls in the soak.
+    soak_calls: usize,
+    /// Percent of the soak's calls stopped and replaced at every sample.
+    churn_pct: usize,
 }
 
 impl Args {
@@ -127,6 +139,9 @@ fn parse_args() -> Result<Args, String> {
         pin: true,
         bursts: vec![100, 1000],
         cores: cores(),
+        soak: None,
+        soak_calls: 500,
+        churn_pct: 2,
         systems: ["ringcast", "tokio_per_call", "webrtc_rs"]
             .map(String::from)
             .to_vec(),
@@ -165,6 +180,23 @@ fn parse_args() -> Result<Args, String> {
             }
             "--no-baseline" => a.baseline = false,
             "--no-pin" => a.pin = false,
+            "--soak" => {
+                a.soak = Some(
+                    value(&mut i, "--soak")?
+                        .parse()
+                        .map_err(|_| "--soak needs seconds")?,
+                );
+            }
+            "--soak-calls" => {
+                a.soak_calls = value(&mut i, "--soak-calls")?
+                    .parse()
+                    .map_err(|_| "--soak-calls needs a number")?;
+            }
+            "--churn" => {
+                a.churn_pct = value(&mut i, "--churn")?
+                    .parse()
+                    .map_err(|_| "--churn needs a percentage")?;
+            }
             "--bursts" => {
                 a.bursts = value(&mut i, "--bursts")?
                     .split(',')
@@ -345,8 +377,12 @@ fn chat_tones() -> Result<Vec<SharedSource>, String> {
 struct Ringcast {
     engine: Engine,
     tones: Vec<SharedSource>,
-    calls: usize,
+    /// Chat ids of live calls, oldest first (the soak's churn stops the oldest).
+    live: std::collections::VecDeque<i64>,
+    next_key: i64,
+    /// `Connected` events seen, and calls stopped on purpose.
     connected: usize,
+    stopped: usize,
 }
 
 impl Ringcast {
@@ -362,9 +398,24 @@ impl Ringcast {
         Ok(Self {
             engine,
             tones,
-            calls: 0,
+            live: std::collections::VecDeque::new(),
+            next_key: 0,
             connected: 0,
+            stopped: 0,
         })
+    }
+
+    /// Stops the `k` oldest calls and starts `k` new ones (the soak's churn), waiting until
+    /// the new ones are connected.
+    fn churn(&mut self, k: usize, sfu: &Sfu) -> Result<(), String> {
+        let n = self.live.len();
+        for _ in 0..k.min(n) {
+            if let Some(key) = self.live.pop_front() {
+                self.engine.stop(key).map_err(|e| e.to_string())?;
+                self.stopped += 1;
+            }
+        }
+        self.grow_to(n, sfu)
     }
 }
 
@@ -374,9 +425,9 @@ impl System for Ringcast {
     }
 
     fn grow_to(&mut self, n: usize, sfu: &Sfu) -> Result<(), String> {
-        while self.calls < n {
-            let key = self.calls as i64;
-            let chat = self.calls % CHATS;
+        while self.live.len() < n {
+            let key = self.next_key;
+            let chat = (key as usize) % CHATS;
             let join = self.engine.create_call(key).map_err(|e| e.to_string())?;
             let answer = sfu.join(chat, &join)?;
             self.engine
@@ -385,20 +436,27 @@ impl System for Ringcast {
             self.engine
                 .set_stream_sources(key, StreamSource::Shared(self.tones[chat].clone()))
                 .map_err(|e| e.to_string())?;
-            self.calls += 1;
+            self.live.push_back(key);
+            self.next_key += 1;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.connected < n {
+        while self.connected - self.stopped < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.engine.events().recv_timeout(left) {
                 Ok(e) => match e.kind {
                     EventKind::ConnectionChanged(CallState::Connected) => self.connected += 1,
+                    EventKind::ConnectionChanged(CallState::Ended(EndReason::Stopped)) => {}
                     EventKind::ConnectionChanged(CallState::Ended(r)) => {
                         return Err(format!("call {} ended: {r:?}", e.chat_id));
                     }
                     _ => {}
                 },
-                Err(_) => return Err(format!("{}/{n} connected after 60 s", self.connected)),
+                Err(_) => {
+                    return Err(format!(
+                        "{}/{n} connected after 60 s",
+                        self.connected - self.stopped
+                    ));
+                }
             }
         }
         Ok(())
@@ -408,7 +466,7 @@ impl System for Ringcast {
         let s = self.engine.stats().unwrap_or_default();
         Sample {
             packets_sent: s.packets_sent,
-            connected: self.connected,
+            connected: self.connected - self.stopped,
             lateness: s.lateness,
         }
     }
@@ -800,6 +858,80 @@ fn burst(n: usize, pool: usize, args: &Args) -> Result<Value, String> {
     }))
 }
 
+/// The soak: see the module docs.
+fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
+    let calls = args.soak_calls;
+    let sfu = Sfu::start(sfu_cpus(args))?;
+    let mut rc = Ringcast::new(args.shards, args.send_path)?;
+    eprintln!("[soak] connecting {calls} calls ...");
+    rc.grow_to(calls, &sfu)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let interval = Duration::from_secs_f64((seconds / 20.0).clamp(1.0, 60.0));
+    let churn = calls * args.churn_pct / 100;
+    let t0 = Instant::now();
+    let (sfu0, lost0) = sfu.totals()?;
+    let first = rc.sample();
+    let mut prev = first.clone();
+    let mut samples: Vec<Value> = Vec::new();
+    let mut rss = Vec::new();
+    while t0.elapsed().as_secs_f64() < seconds {
+        std::thread::sleep(interval);
+        if churn > 0 {
+            rc.churn(churn, &sfu)?;
+        }
+        let s = rc.sample();
+        let (packets, lost) = sfu.totals()?;
+        let window = s.lateness.since(&prev.lateness);
+        let (r, heap) = (rss_kb(), LIVE_BYTES.load(Ordering::Relaxed) / 1024);
+        rss.push(r);
+        let t = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "[soak] {t:>6.0} s: {} calls, {} packets sent, {} counted by the SFU, lost {}, \
+             p99 {:.2} ms, RSS {r} KB, heap {heap} KB",
+            s.connected,
+            s.packets_sent - first.packets_sent,
+            packets - sfu0,
+            lost - lost0,
+            ms(window.percentile(0.99)),
+        );
+        samples.push(json!({
+            "t_s": t, "calls": s.connected, "rss_kb": r, "heap_kb": heap,
+            "packets_sent": s.packets_sent - first.packets_sent,
+            "packets_counted_by_sfu": packets - sfu0, "lost": lost - lost0,
+            "p99_lateness_ms": ms(window.percentile(0.99)),
+        }));
+        prev = s;
+    }
+    // Let the last packets land before the final count.
+    std::thread::sleep(Duration::from_millis(300));
+    let (packets, lost) = sfu.totals()?;
+    let lost = lost - lost0;
+    let warm = rss.get(rss.len() / 4).copied().unwrap_or(0);
+    let end = rss.last().copied().unwrap_or(0);
+    let allowed = warm / 20 + 4096;
+    let flat = end <= warm + allowed;
+    let all = prev.lateness.since(&first.lateness);
+    let pass = lost == 0 && flat && !samples.is_empty();
+    eprintln!(
+        "[soak] {:.0} s, {calls} calls, {} replaced: lost {lost}, RSS {warm} KB after warm-up -> \
+         {end} KB at the end (allowed +{allowed} KB): {}",
+        t0.elapsed().as_secs_f64(),
+        churn * samples.len(),
+        if pass { "pass" } else { "FAIL" }
+    );
+    Ok((
+        json!({
+            "soak_seconds": t0.elapsed().as_secs_f64(), "calls": calls,
+            "calls_replaced": churn * samples.len(), "lost": lost,
+            "packets_counted_by_sfu": packets - sfu0,
+            "rss_kb_after_warmup": warm, "rss_kb_end": end, "rss_flat": flat,
+            "p99_lateness_ms": ms(all.percentile(0.99)), "max_lateness_ms": ms(all.max()),
+            "samples": samples, "pass": pass,
+        }),
+        pass,
+    ))
+}
+
 fn streams_per_core(steps: &[Step], cores: usize) -> usize {
     steps
         .iter()
@@ -882,6 +1014,16 @@ fn run(args: &Args) -> Result<(), String> {
     raise_nofile(1 << 18);
     if args.pin && args.cores > args.shards {
         pin_self(args.shards)?;
+    }
+    if let Some(seconds) = args.soak {
+        let (report, pass) = soak(seconds, args)?;
+        std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
+        println!("{report}");
+        return if pass {
+            Ok(())
+        } else {
+            Err("soak failed: loss or RSS growth (see the report)".to_owned())
+        };
     }
     let ours = if args.wants("ringcast") {
         let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
