@@ -796,9 +796,14 @@ impl Sfu {
             if !p.connected || p.left {
                 continue;
             }
-            let mid = Mid::from(AUDIO_MID);
             let mut api = p.rtc.direct_api();
             if p.tx_streams.insert(ssrc) {
+                // One media (mid) per forwarded speaker: str0m's pacer queues by (mid, rid) and
+                // sends from the first stream it finds for it, so two speakers on one mid left
+                // the second speaker's packets queued forever and the Rtc asking for a timeout
+                // in the past on every poll. The mid never goes on the wire (no MID extension).
+                let mid = Mid::from(format!("f{ssrc}").as_str());
+                api.declare_media(mid, MediaKind::Audio);
                 api.declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
             }
             let Some(stream) = api.stream_tx(&StrSsrc::from(ssrc)) else {
