@@ -100,6 +100,10 @@ pub struct SfuConfig {
     /// (packets, bytes, loss, audio-level extension present) without decrypting it. No
     /// decoding, no forwarding; for load runs with thousands of calls on one SFU thread.
     pub header_only: bool,
+    /// Largest UDP payload a participant's transport may emit (DTLS handshake fragments
+    /// included), for paths with a lower MTU; `None` keeps str0m's default (1150 bytes).
+    /// Clamped into str0m's accepted range, 576..=1500.
+    pub mtu: Option<usize>,
 }
 
 impl SfuConfig {
@@ -113,6 +117,7 @@ impl SfuConfig {
             analyse_audio: true,
             forward_audio: true,
             header_only: false,
+            mtu: None,
         }
     }
 }
@@ -359,7 +364,7 @@ impl Sfu {
 
         let ufrag = self.random_chars(8);
         let pwd = self.random_chars(24);
-        let mut rtc = RtcConfig::new()
+        let mut rtc_config = RtcConfig::new()
             .set_rtp_mode(true)
             .set_ice_lite(false)
             .set_local_ice_credentials(IceCreds {
@@ -371,8 +376,15 @@ impl Sfu {
             .clear_codecs()
             .enable_opus(true, false)
             .clear_extension_map()
-            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel)
-            .build(now);
+            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel);
+        if let Some(mtu) = self.config.mtu {
+            let mtu = mtu.clamp(
+                ringcast_core::str0m::DATAGRAM_MTU_TARGET_MIN,
+                ringcast_core::str0m::DATAGRAM_MTU_TARGET_MAX,
+            );
+            rtc_config = rtc_config.set_mtu(mtu..=mtu);
+        }
+        let mut rtc = rtc_config.build(now);
         let local = Candidate::host(self.config.udp_addr, "udp")
             .map_err(|e| SfuError::Setup(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(local);
