@@ -771,7 +771,14 @@ impl Sfu {
                 p.packets += 1;
                 p.bytes += pkt.payload.len() as u64;
                 p.loss.on_packet(*pkt.seq_no);
-                if let Some(decoder) = p.decoder.as_mut() {
+                if self.config.analyse_audio && p.decoder.is_none() {
+                    // Analysis turned on after the join (`set_analyse_audio`).
+                    match opus::Decoder::new(48_000, opus::Channels::Mono) {
+                        Ok(d) => p.decoder = Some(d),
+                        Err(e) => tracing::debug!(ssrc = p.ssrc, "opus decoder: {e}"),
+                    }
+                }
+                if let Some(decoder) = p.decoder.as_mut().filter(|_| self.config.analyse_audio) {
                     match decoder.decode(&pkt.payload, &mut self.pcm, false) {
                         Ok(n) => p.meter.push(self.pcm.get(..n).unwrap_or(&[])),
                         Err(e) => tracing::debug!(ssrc = p.ssrc, "opus decode: {e}"),
@@ -910,6 +917,14 @@ impl Sfu {
                 "bad_joins": c.bad_joins,
             }
         })
+    }
+
+    /// Turns decoding and analysis of received audio ([`SfuConfig::analyse_audio`]) on or
+    /// off from now on. A simulation that only asks for the dominant frequency at the end
+    /// turns it on shortly before: the analysis keeps only the last ~0.34 s anyway, and
+    /// decoding every packet of a run was most of its cost.
+    pub fn set_analyse_audio(&mut self, on: bool) {
+        self.config.analyse_audio = on;
     }
 
     /// Number of participants that have joined and not left.
