@@ -10,10 +10,12 @@
 //! Every call gets an [`Expect`]ation from its scenario and must meet it at the end of the
 //! run:
 //!
-//! - **stream**: the call is `Connected`, and since the last disturbance the SFU received at
-//!   least 80 % of the frames the call should have got through the network's loss, decoded
-//!   them to the chat's tone (±5 Hz, the SFU's own FFT analysis of the latest ~0.34 s), and
-//!   forwarded audio from the chat reached the call again;
+//! - **stream**: the call is `Connected`; after the last disturbance, once the SFU hears
+//!   every such call again (waited for, within a limit), the SFU received in the final 3 s at
+//!   least 80 % of the frames the network's loss lets through, decoded them to the chat's tone
+//!   (the SFU's own FFT analysis of the latest ~0.34 s: ±5 Hz on a clean network, ±40 Hz
+//!   with loss, duplication or reordering), and, where the SFU forwards, audio from the chat
+//!   reached the call again;
 //! - **end**: the call ended with the given typed reason inside a time window, and the
 //!   endpoint reaped it.
 //!
