@@ -83,6 +83,11 @@ pub struct CallConfig {
     /// Wait this long after [`Call::connect`] before starting ICE (ntgcalls waits for the
     /// SFU to install the participant; zero by default).
     pub pre_connect_delay: Duration,
+    /// Largest UDP payload str0m may emit (DTLS handshake fragments included), for paths with
+    /// a lower MTU. `None` keeps str0m's default (`str0m::DATAGRAM_MTU_TARGET`, 1150 bytes).
+    /// Must be within `str0m::DATAGRAM_MTU_TARGET_MIN..=str0m::DATAGRAM_MTU_TARGET_MAX`
+    /// (576..=1500), else [`Call::connect`] fails with [`CallError::Config`].
+    pub mtu: Option<usize>,
 }
 
 /// ICE timing knobs, passed to str0m's ICE agent and to the call's own disconnect handling.
@@ -123,6 +128,7 @@ impl CallConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             ice: IceTimings::default(),
             pre_connect_delay: Duration::ZERO,
+            mtu: None,
         }
     }
 }
@@ -607,6 +613,16 @@ impl Call {
             .set_extension(level_id, Extension::AudioLevel);
         if let Some(crypto) = &self.config.crypto {
             rtc_config = rtc_config.set_crypto_provider(crypto.clone());
+        }
+        if let Some(mtu) = self.config.mtu {
+            let range = str0m::DATAGRAM_MTU_TARGET_MIN..=str0m::DATAGRAM_MTU_TARGET_MAX;
+            if !range.contains(&mtu) {
+                return Err(CallError::Config {
+                    reason: format!("mtu {mtu} outside {range:?}"),
+                });
+            }
+            // Warn threshold = target: str0m then flags anything it could not fit.
+            rtc_config = rtc_config.set_mtu(mtu..=mtu);
         }
         rtc_config.codec_config().add_config(
             pt.into(),

@@ -16,6 +16,8 @@ pub mod analysis;
 pub mod control;
 pub mod server;
 mod sfu;
+#[cfg(feature = "sim")]
+pub mod sweep;
 
 pub use sfu::{
     MAX_PARTICIPANTS, Misbehaviour, ParticipantStats, Sfu, SfuConfig, SfuCounters, SfuError,

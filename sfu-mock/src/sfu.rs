@@ -101,6 +101,10 @@ pub struct SfuConfig {
     /// (packets, bytes, loss, audio-level extension present) without decrypting it. No
     /// decoding, no forwarding; for load runs with thousands of calls on one SFU thread.
     pub header_only: bool,
+    /// Largest UDP payload a participant's transport may emit (DTLS handshake fragments
+    /// included), for paths with a lower MTU; `None` keeps str0m's default (1150 bytes).
+    /// Clamped into str0m's accepted range, 576..=1500.
+    pub mtu: Option<usize>,
 }
 
 impl SfuConfig {
@@ -114,6 +118,7 @@ impl SfuConfig {
             analyse_audio: true,
             forward_audio: true,
             header_only: false,
+            mtu: None,
         }
     }
 }
@@ -365,7 +370,7 @@ impl Sfu {
 
         let ufrag = self.random_chars(8);
         let pwd = self.random_chars(24);
-        let mut rtc = RtcConfig::new()
+        let mut rtc_config = RtcConfig::new()
             .set_rtp_mode(true)
             .set_ice_lite(false)
             .set_local_ice_credentials(IceCreds {
@@ -377,8 +382,15 @@ impl Sfu {
             .clear_codecs()
             .enable_opus(true, false)
             .clear_extension_map()
-            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel)
-            .build(now);
+            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel);
+        if let Some(mtu) = self.config.mtu {
+            let mtu = mtu.clamp(
+                ringcast_core::str0m::DATAGRAM_MTU_TARGET_MIN,
+                ringcast_core::str0m::DATAGRAM_MTU_TARGET_MAX,
+            );
+            rtc_config = rtc_config.set_mtu(mtu..=mtu);
+        }
+        let mut rtc = rtc_config.build(now);
         let local = Candidate::host(self.config.udp_addr, "udp")
             .map_err(|e| SfuError::Setup(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(local);
@@ -821,7 +833,14 @@ impl Sfu {
                 p.packets += 1;
                 p.bytes += pkt.payload.len() as u64;
                 p.loss.on_packet(*pkt.seq_no);
-                if let Some(decoder) = p.decoder.as_mut() {
+                if self.config.analyse_audio && p.decoder.is_none() {
+                    // Analysis turned on after the join (`set_analyse_audio`).
+                    match opus::Decoder::new(48_000, opus::Channels::Mono) {
+                        Ok(d) => p.decoder = Some(d),
+                        Err(e) => tracing::debug!(ssrc = p.ssrc, "opus decoder: {e}"),
+                    }
+                }
+                if let Some(decoder) = p.decoder.as_mut().filter(|_| self.config.analyse_audio) {
                     match decoder.decode(&pkt.payload, &mut self.pcm, false) {
                         Ok(n) => p.meter.push(self.pcm.get(..n).unwrap_or(&[])),
                         Err(e) => tracing::debug!(ssrc = p.ssrc, "opus decode: {e}"),
@@ -858,9 +877,14 @@ impl Sfu {
             if !p.connected || p.left {
                 continue;
             }
-            let mid = Mid::from(AUDIO_MID);
             let mut api = p.rtc.direct_api();
             if p.tx_streams.insert(ssrc) {
+                // One media (mid) per forwarded speaker: str0m's pacer queues by (mid, rid) and
+                // sends from the first stream it finds for it, so two speakers on one mid left
+                // the second speaker's packets queued forever and the Rtc asking for a timeout
+                // in the past on every poll. The mid never goes on the wire (no MID extension).
+                let mid = Mid::from(format!("f{ssrc}").as_str());
+                api.declare_media(mid, MediaKind::Audio);
                 api.declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
             }
             let Some(stream) = api.stream_tx(&StrSsrc::from(ssrc)) else {
@@ -956,6 +980,14 @@ impl Sfu {
                 "bad_joins": c.bad_joins,
             }
         })
+    }
+
+    /// Turns decoding and analysis of received audio ([`SfuConfig::analyse_audio`]) on or
+    /// off from now on. A simulation that only asks for the dominant frequency at the end
+    /// turns it on shortly before: the analysis keeps only the last ~0.34 s anyway, and
+    /// decoding every packet of a run was most of its cost.
+    pub fn set_analyse_audio(&mut self, on: bool) {
+        self.config.analyse_audio = on;
     }
 
     /// Number of participants that have joined and not left.

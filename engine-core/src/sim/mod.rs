@@ -5,6 +5,9 @@
 //! behind its `sim` feature) and moves datagrams between them through a
 //! [`NetConfig`] network: latency, jitter (which also reorders), loss, duplication. Time jumps
 //! from one deadline to the next, so ten simulated seconds take as long as the work in them.
+//! On top of that a test can cut chosen addresses off ([`World::partition`], [`World::heal`]),
+//! lower the path MTU ([`World::set_path_mtu`]) or swap the SFU for a fresh one
+//! ([`World::replace_sfu`]).
 //!
 //! Every datagram and event is folded, in order, into a digest ([`World::digest`]). The same
 //! seed gives the same digest; a failing seed replays from the test output alone
@@ -20,7 +23,7 @@
 //! transaction ids come from `fastrand`, which the world seeds on its thread.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -99,8 +102,15 @@ pub struct SimCall {
     pub ssrc: u32,
     /// Its state, as told by its events.
     pub state: CallState,
-    /// Every event it emitted, in order.
+    /// Every event it emitted, in order ([`Event::AudioReceived`] only while
+    /// [`World::keep_audio_events`] is on; [`SimCall::audio_received`] counts them always).
     pub events: Vec<Event>,
+    /// Every state change with the virtual time (since the epoch) it happened at.
+    pub log: Vec<(Duration, CallState)>,
+    /// The local (virtual socket) address the call sends from.
+    pub local_addr: Option<SocketAddr>,
+    /// Forwarded audio packets that reached the call.
+    pub audio_received: u64,
 }
 
 impl SimCall {
@@ -109,6 +119,11 @@ impl SimCall {
         self.events
             .iter()
             .any(|e| matches!(e, Event::ConnectionChanged(CallState::Connected)))
+    }
+
+    /// Virtual time (since the epoch) of the first change into a state matching `f`.
+    pub fn first_time(&self, f: impl Fn(&CallState) -> bool) -> Option<Duration> {
+        self.log.iter().find(|(_, s)| f(s)).map(|(t, _)| *t)
     }
 }
 
@@ -123,6 +138,11 @@ pub struct NetStats {
     pub lost: u64,
     /// Extra copies delivered.
     pub duplicated: u64,
+    /// Datagrams dropped because their source or destination was cut off
+    /// ([`World::partition`]).
+    pub cut: u64,
+    /// Datagrams dropped for exceeding the path MTU ([`World::set_path_mtu`]).
+    pub too_big: u64,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -177,6 +197,10 @@ struct Wire {
     digest: Digest,
     stats: NetStats,
     trace: Option<Vec<String>>,
+    /// Addresses cut off: nothing from or to them gets through.
+    cut: BTreeSet<SocketAddr>,
+    /// Datagrams longer than this are dropped.
+    path_mtu: Option<usize>,
 }
 
 impl Wire {
@@ -194,6 +218,30 @@ impl Wire {
         self.digest.write_addr(&source);
         self.digest.write_addr(&destination);
         hash_datagram(&mut self.digest, &contents);
+        // Partition and MTU drops take no draw from the RNG, so a cut leaves the fate of
+        // every other datagram as it was.
+        let cut = self.cut.contains(&source) || self.cut.contains(&destination);
+        let too_big = self.path_mtu.is_some_and(|m| contents.len() > m);
+        if cut || too_big {
+            let why = if cut { "CUT" } else { "TOO BIG" };
+            if let Some(trace) = self.trace.as_mut() {
+                let kind = classify(&contents);
+                trace.push(format!(
+                    "{:>10?} tx {source} -> {destination} {kind:?} len {} {why}",
+                    now.saturating_duration_since(self.epoch),
+                    contents.len()
+                ));
+            }
+            if cut {
+                self.stats.cut += 1;
+                self.digest.write(b"cut");
+            } else {
+                self.stats.too_big += 1;
+                self.digest.write(b"too big");
+                self.digest.write_u64(contents.len() as u64);
+            }
+            return;
+        }
         let lost = self.rng.f64() < self.net.loss;
         if let Some(trace) = self.trace.as_mut() {
             // DTLS lengths vary run to run (see the module docs), so the trace leaves them out.
@@ -287,6 +335,10 @@ pub struct World<S: SimSfu> {
     cert: DtlsCert,
     crypto: Arc<CryptoProvider>,
     rounds_at_now: u32,
+    /// Keep [`Event::AudioReceived`] in [`SimCall::events`].
+    keep_audio_events: bool,
+    /// [`CallConfig::mtu`] of calls added from now on.
+    call_mtu: Option<usize>,
     /// Called with `true` right before and `false` right after each pacer tick of the
     /// endpoint (a test's counting allocator uses it to attribute allocations).
     tick_hook: Option<fn(bool)>,
@@ -344,6 +396,8 @@ impl<S: SimSfu> World<S> {
                 digest,
                 stats: NetStats::default(),
                 trace: None,
+                cut: BTreeSet::new(),
+                path_mtu: None,
             },
             sfu,
             endpoint: Endpoint::new(epoch, 0),
@@ -354,6 +408,8 @@ impl<S: SimSfu> World<S> {
             cert,
             crypto: sim_crypto(seed),
             rounds_at_now: 0,
+            keep_audio_events: true,
+            call_mtu: None,
             tick_hook: None,
         }
     }
@@ -421,6 +477,58 @@ impl<S: SimSfu> World<S> {
         self.wire.trace = on.then(Vec::new);
     }
 
+    /// Whether [`Event::AudioReceived`] goes into [`SimCall::events`] (default on). Long
+    /// runs with forwarding turn it off: the events are counted in
+    /// [`SimCall::audio_received`] either way.
+    pub fn keep_audio_events(&mut self, on: bool) {
+        self.keep_audio_events = on;
+    }
+
+    /// Cuts `addrs` off from now on: every datagram from or to one of them is dropped
+    /// (datagrams already in flight still arrive). Adds to any earlier cut.
+    pub fn partition(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let before = self.wire.cut.len();
+        self.wire.cut.extend(addrs);
+        let label = format!("partition {} addresses", self.wire.cut.len() - before);
+        self.note(&label);
+    }
+
+    /// Ends every partition.
+    pub fn heal(&mut self) {
+        self.wire.cut.clear();
+        self.note("heal");
+    }
+
+    /// Drops every datagram longer than `mtu` bytes (UDP payload) from now on; `None` lifts
+    /// the limit.
+    pub fn set_path_mtu(&mut self, mtu: Option<usize>) {
+        self.wire.path_mtu = mtu;
+        self.note(&format!("path mtu {mtu:?}"));
+    }
+
+    /// The [`CallConfig::mtu`] given to calls added from now on.
+    pub fn set_call_mtu(&mut self, mtu: Option<usize>) {
+        self.call_mtu = mtu;
+    }
+
+    /// Replaces the SFU (for example with a fresh one on the same address: a restart that
+    /// loses every participant) and returns the old one. Datagrams in flight to the SFU
+    /// reach the new one.
+    pub fn replace_sfu(&mut self, sfu: S) -> S {
+        self.note("sfu replaced");
+        std::mem::replace(&mut self.sfu, sfu)
+    }
+
+    /// Folds a label into the digest and the trace (marks a scripted disturbance).
+    pub fn note(&mut self, label: &str) {
+        self.wire.digest.write(b"note");
+        self.wire.digest.write(label.as_bytes());
+        let elapsed = self.elapsed();
+        if let Some(trace) = self.wire.trace.as_mut() {
+            trace.push(format!("{elapsed:>10?} note {label}"));
+        }
+    }
+
     /// The readable trace, if kept.
     pub fn trace(&self) -> &[String] {
         self.wire.trace.as_deref().unwrap_or(&[])
@@ -443,6 +551,7 @@ impl<S: SimSfu> World<S> {
         let key = n as i64;
         let mut config = CallConfig::new(self.call_rng.u64(..), self.cert.clone());
         config.crypto = Some(self.crypto.clone());
+        config.mtu = self.call_mtu;
         let payload = self
             .endpoint
             .create_call(self.now, key, config)
@@ -468,13 +577,19 @@ impl<S: SimSfu> World<S> {
         self.endpoint
             .command(self.now, key, Command::SetSource(source))
             .map_err(|e| e.to_string())?;
-        let ssrc = self.endpoint.call(key).map_or(0, |c| c.ssrc);
+        let (ssrc, local_addr) = self
+            .endpoint
+            .call(key)
+            .map_or((0, None), |c| (c.ssrc, c.local_addr));
         self.calls.push(SimCall {
             key,
             chat_id,
             ssrc,
             state: CallState::New,
             events: Vec::new(),
+            log: Vec::new(),
+            local_addr,
+            audio_received: 0,
         });
         self.by_key.insert(key, n);
         self.drain_endpoint();
@@ -588,14 +703,22 @@ impl<S: SimSfu> World<S> {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             self.wire.send(self.now, source, t.destination, t.contents);
         }
+        let elapsed = self.elapsed();
         while let Some((key, e)) = self.endpoint.poll_event() {
             let Some(sim) = self.by_key.get(&key).and_then(|i| self.calls.get_mut(*i)) else {
                 continue;
             };
             if let Event::ConnectionChanged(state) = &e {
                 sim.state = state.clone();
+                sim.log.push((elapsed, state.clone()));
             }
             self.wire.record_event(self.now, sim.chat_id, sim.key, &e);
+            if matches!(e, Event::AudioReceived { .. }) {
+                sim.audio_received += 1;
+                if !self.keep_audio_events {
+                    continue;
+                }
+            }
             sim.events.push(e);
         }
     }

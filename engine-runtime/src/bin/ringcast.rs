@@ -4,6 +4,9 @@
 //!   through any server speaking sfu-mock's control API, streams, prints a JSON summary.
 //! - `ringcast demo [--calls N] [--chats M] [--seconds S] [--json]`: starts an embedded sfu-mock,
 //!   streams tones into it, shows live stats and what the SFU verified.
+//! - `ringcast sim --seeds N [--scenario NAME|all] [--seed S]`: the deterministic simulation
+//!   sweep (`sfu_mock::sweep`); the last stdout line is a JSON summary, the exit status
+//!   non-zero if any call missed its expectation.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,7 +24,8 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 const USAGE: &str = "usage:
   ringcast play --join-url URL (--tone HZ | --file F.ogg) --seconds S [--bind IP:PORT]
-  ringcast demo [--calls N] [--chats M] [--seconds S] [--json]";
+  ringcast demo [--calls N] [--chats M] [--seconds S] [--json]
+  ringcast sim --seeds N [--scenario NAME|all] [--seed S] [--threads T] [--verbose] [--trace]";
 
 /// Dominant frequency must be within this of the tone sent for the SFU to count a call verified.
 const VERIFY_TOLERANCE_HZ: f32 = 5.0;
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("play") => parse_play(&args[1..]).and_then(|o| play(&o)),
         Some("demo") => parse_demo(&args[1..]).and_then(|o| demo(&o)),
+        Some("sim") => sfu_mock::sweep::cli(&args[1..]),
         _ => Err(format!("missing or unknown command\n{USAGE}")),
     };
     match result {

@@ -1,0 +1,113 @@
+//! The simulation sweep behind `ringcast sim`: a small slice must pass, runs must replay
+//! exactly, and the verifier must be able to fail.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use sfu_mock::sweep::{
+    CliOptions, Expect, RunOptions, Scenario, SweepOptions, describe, replay_command, run, sweep,
+};
+
+#[test]
+fn a_slice_of_every_scenario_passes() {
+    let options = SweepOptions {
+        seeds: 2,
+        first_seed: 1,
+        scenarios: Scenario::ALL.to_vec(),
+        threads: 2,
+    };
+    let report = sweep(&options, &|r| eprintln!("{}", describe(r)));
+    for f in &report.failures {
+        eprintln!(
+            "{} seed {}: {:?}\n  replay: {}",
+            f.scenario, f.seed, f.messages, f.replay
+        );
+    }
+    assert!(
+        report.failures.is_empty(),
+        "{} runs failed",
+        report.failures.len()
+    );
+    assert_eq!(report.runs, 16);
+    assert!(report.calls >= 16 * 24, "{} calls", report.calls);
+    assert!(report.outcomes.verified > 0 && report.outcomes.ended_as_expected > 0);
+    let json = report.to_json();
+    assert_eq!(json["seeds"], 2);
+    assert_eq!(json["failures"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn same_seed_same_digest_on_any_thread_different_seed_different_digest() {
+    let a = run(Scenario::PartitionShort, 7, &RunOptions::default());
+    // The same run on another thread (the sweep's workers) must not change a thing.
+    let b = std::thread::spawn(|| run(Scenario::PartitionShort, 7, &RunOptions::default()))
+        .join()
+        .unwrap();
+    assert_eq!(a.digest, b.digest, "{}\n{}", describe(&a), describe(&b));
+    assert_eq!(a.calls, b.calls);
+    assert_eq!(a.outcomes, b.outcomes);
+    assert_eq!(a.params, b.params);
+    let c = run(Scenario::PartitionShort, 8, &RunOptions::default());
+    assert_ne!(a.digest, c.digest);
+    // The same seed in another scenario is another run.
+    let d = run(Scenario::Mtu, 7, &RunOptions::default());
+    assert_ne!(a.digest, d.digest);
+}
+
+#[test]
+fn a_broken_expectation_is_reported_with_its_replay_command() {
+    // partition-long cuts calls off past the consent timeout: treating them as
+    // should-recover must fail, call by call.
+    let forced = RunOptions {
+        trace: false,
+        force_expect: Some(Expect::Stream {
+            since: Duration::ZERO,
+        }),
+    };
+    let r = run(Scenario::PartitionLong, 3, &forced);
+    eprintln!("{}", describe(&r));
+    assert!(
+        r.outcomes.failed > 0,
+        "the verifier let a cut-off call pass"
+    );
+    assert!(
+        r.failures
+            .iter()
+            .any(|m| m.contains("IceDisconnected") && m.contains("expected streaming")),
+        "{:?}",
+        r.failures
+    );
+    // And the honest expectation passes on the same seed, with the same digest: the
+    // verdict reads the world, it does not change it.
+    let honest = run(Scenario::PartitionLong, 3, &RunOptions::default());
+    assert!(honest.failures.is_empty(), "{:?}", honest.failures);
+    assert_eq!(honest.digest, r.digest);
+    assert!(honest.outcomes.ended_as_expected > 0);
+    assert_eq!(
+        replay_command(Scenario::PartitionLong, 3),
+        "ringcast sim --scenario partition-long --seed 3 --seeds 1"
+    );
+}
+
+#[test]
+fn cli_arguments() {
+    let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let o = CliOptions::parse(&args("--seeds 50")).unwrap();
+    assert_eq!(o.sweep.seeds, 50);
+    assert_eq!(o.sweep.first_seed, 1);
+    assert_eq!(o.sweep.scenarios, Scenario::ALL.to_vec());
+    let o = CliOptions::parse(&args("--scenario sfu-restart --seed 42 --seeds 1")).unwrap();
+    assert_eq!(o.sweep.scenarios, vec![Scenario::SfuRestart]);
+    assert_eq!(o.sweep.first_seed, 42);
+    for s in Scenario::ALL {
+        assert_eq!(Scenario::from_name(s.name()), Some(s));
+    }
+    assert!(CliOptions::parse(&args("--scenario nope --seeds 1")).is_err());
+    assert!(
+        CliOptions::parse(&args("--seed 3")).is_err(),
+        "--seeds is required"
+    );
+    assert!(CliOptions::parse(&args("--seeds")).is_err());
+    assert!(CliOptions::parse(&args("--seeds x")).is_err());
+    assert!(CliOptions::parse(&args("--seeds 0")).is_err());
+}
