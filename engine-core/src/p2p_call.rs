@@ -961,7 +961,7 @@ impl P2pCall {
                     seq: p.header.sequence_number,
                     rtp_time: p.header.timestamp,
                     audio_level: p.header.ext_vals.audio_level,
-                    payload: p.payload.into(),
+                    payload: p.payload,
                 })
             }
             _ => None,
