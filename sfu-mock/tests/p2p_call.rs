@@ -11,7 +11,7 @@ use opus::{Channels, Decoder};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::media::ToneSource;
 use ringcast_core::p2p_call::{
-    Command, Event, Input, Output, P2pCall, P2pCallError, P2pConfig, P2pState,
+    Command, Event, Input, Output, P2pCall, P2pCallError, P2pConfig, P2pEndReason, P2pState,
 };
 use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
 use ringcast_core::signaling::p2p::{CallKey, CalleeExchange, CallerExchange, DhParams, Role};
@@ -356,4 +356,31 @@ fn tampered_and_replayed_signaling_is_rejected_and_counted() {
         .expect_err("garbage is rejected");
     assert!(matches!(err, P2pCallError::SignalingRejected(_)), "{err}");
     assert_eq!(callee.call.state(), &P2pState::Connected);
+}
+
+#[test]
+fn caller_without_an_answer_times_out() {
+    let start = Instant::now();
+    let (mut caller, _callee) = pair();
+    caller.drain(start);
+    assert_eq!(caller.outbox.len(), 2, "InitialSetup and Candidates");
+    assert!(caller.timeout <= start + Duration::from_secs(10));
+    // Nothing is ever delivered: no datagrams go out before the answer, and the connect timer
+    // ends the call (sans-IO: the clock is ours).
+    let mut now = start;
+    while caller.ended.is_none() && now < start + Duration::from_secs(11) {
+        now = caller.timeout.max(now + Duration::from_millis(1));
+        caller.tick(now);
+    }
+    assert_eq!(
+        caller.ended,
+        Some(P2pState::Ended(P2pEndReason::ConnectTimeout))
+    );
+    assert!(now >= start + Duration::from_secs(10), "ended early");
+    assert_eq!(caller.call.stats().datagrams_sent, 0);
+    let err = caller
+        .call
+        .handle_input(now, Input::Signaling(&[0u8; 64]))
+        .expect_err("ended");
+    assert!(matches!(err, P2pCallError::Ended), "{err}");
 }
