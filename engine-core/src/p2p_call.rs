@@ -17,10 +17,14 @@
 //! [`P2pState::Connected`] and sends 20 ms Opus frames from its [`FrameSource`] on a 20 ms clock;
 //! incoming Opus comes out as [`Event::AudioReceived`] (decoding is the application's job).
 //!
-//! Not implemented yet: `NegotiateChannels` (both ends here use Opus on PT 111 and accept the
-//! peer's SSRC from the first packet), `MediaState`, STUN/TURN servers and Telegram reflectors
-//! (host candidates only), consent freshness after connect, and the 7.0.0 raw framing is only as
-//! good as [`EncryptedChannel`]'s.
+//! Once connected, a call that accepts nothing from the peer for
+//! [`P2pConfig::disconnect_timeout`] ends ([`P2pEndReason::IceDisconnected`]). Unlike
+//! [`crate::Call`] this counts any datagram str0m accepts (not only authenticated STUN/SRTP).
+//!
+//! Not implemented yet: `NegotiateChannels` (both ends here use Opus on PT
+//! [`P2P_OPUS_PT`] with the audio-level extension and accept the peer's SSRC from its first
+//! packet, so interop with tgcalls/ntgcalls needs it), `MediaState`, STUN/TURN servers and
+//! Telegram reflectors (host candidates only), ICE restarts, decoded-PCM hooks.
 //!
 //! The surface is push in ([`P2pCall::handle_input`]), poll out ([`P2pCall::poll_output`]). After
 //! every `handle_input` the caller drains `poll_output` until it returns [`Output::Timeout`].
@@ -51,6 +55,11 @@ use crate::signaling::{SignalingError, Ssrc};
 /// How long a call may take from [`P2pCall::new`] to a working DTLS-SRTP path (the remote side's
 /// signaling included) before it fails with [`P2pEndReason::ConnectTimeout`].
 pub const DEFAULT_P2P_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Once connected, a call that accepts nothing from the peer for this long ends with
+/// [`P2pEndReason::IceDisconnected`]. Both ends send ICE keepalives every few seconds, so a
+/// silent (muted, sourceless) peer still counts as alive.
+pub const DEFAULT_P2P_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Opus payload type both ends use (tgcalls and libwebrtc default).
 pub const P2P_OPUS_PT: u8 = 111;
@@ -97,6 +106,8 @@ pub struct P2pConfig {
     pub local_addr: SocketAddr,
     /// See [`DEFAULT_P2P_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// See [`DEFAULT_P2P_DISCONNECT_TIMEOUT`].
+    pub disconnect_timeout: Duration,
 }
 
 impl P2pConfig {
@@ -117,6 +128,7 @@ impl P2pConfig {
             crypto: None,
             local_addr,
             connect_timeout: DEFAULT_P2P_CONNECT_TIMEOUT,
+            disconnect_timeout: DEFAULT_P2P_DISCONNECT_TIMEOUT,
         }
     }
 }
@@ -154,6 +166,8 @@ pub enum P2pEndReason {
     Hangup,
     /// No working path within [`P2pConfig::connect_timeout`].
     ConnectTimeout,
+    /// Connected, then nothing accepted from the peer for [`P2pConfig::disconnect_timeout`].
+    IceDisconnected,
     /// The peer closed DTLS or the handshake failed.
     Dtls(String),
     /// The peer's DTLS certificate does not match the fingerprint in its `InitialSetup`.
@@ -376,6 +390,8 @@ pub struct P2pCall {
     rtc_timeout: Option<Instant>,
     connect_deadline: Option<Instant>,
     connected_at: Option<Instant>,
+    /// When str0m last accepted a datagram from the peer.
+    last_heard: Option<Instant>,
     started_at: Instant,
     source: Option<Box<dyn FrameSource>>,
     muted: bool,
@@ -481,6 +497,7 @@ impl P2pCall {
             rtc_timeout: None,
             connect_deadline: Some(connect_deadline),
             connected_at: None,
+            last_heard: None,
             started_at: now,
             source: None,
             muted: false,
@@ -621,9 +638,19 @@ impl P2pCall {
             self.rtc_timeout.filter(|_| self.remote_setup.is_some()),
             self.next_frame_at.map(|t| t - FRAME_SEND_AHEAD),
             self.connect_deadline,
+            self.disconnect_deadline(),
             self.channel.poll_timeout(),
         ];
         candidates.into_iter().flatten().fold(idle, Instant::min)
+    }
+
+    /// When the call ends if nothing more is accepted from the peer (only while connected).
+    fn disconnect_deadline(&self) -> Option<Instant> {
+        if self.state != P2pState::Connected {
+            return None;
+        }
+        let heard = self.last_heard.or(self.connected_at)?;
+        Some(heard + self.config.disconnect_timeout)
     }
 
     fn send_message(&mut self, message: &SignalingMessage, now: Instant) -> Result<(), P2pError> {
@@ -849,6 +876,7 @@ impl P2pCall {
             Ok(()) => {
                 self.stats.datagrams_received += 1;
                 self.stats.bytes_received += contents.len() as u64;
+                self.last_heard = Some(now);
                 Ok(())
             }
             Err(e) => {
@@ -873,6 +901,12 @@ impl P2pCall {
             && now >= deadline
         {
             self.end(P2pEndReason::ConnectTimeout);
+            return;
+        }
+        if let Some(deadline) = self.disconnect_deadline()
+            && now >= deadline
+        {
+            self.end(P2pEndReason::IceDisconnected);
             return;
         }
         self.send_due_frames(now);

@@ -14,6 +14,7 @@ use ringcast_core::p2p_call::{
     Command, Event, Input, Output, P2pCall, P2pCallError, P2pConfig, P2pEndReason, P2pState,
 };
 use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
+use ringcast_core::signaling::p2p::messages::DtlsSetup;
 use ringcast_core::signaling::p2p::{CallKey, CalleeExchange, CallerExchange, DhParams, Role};
 use sfu_mock::analysis::ToneMeter;
 
@@ -147,6 +148,8 @@ impl End {
                     self.drain(now);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // ICMP port unreachable from a peer that is gone.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
                 Err(e) => panic!("recv: {e}"),
             }
         }
@@ -170,11 +173,12 @@ fn run(
     caller: &mut End,
     callee: &mut End,
     limit: Duration,
+    signaling_delay: Duration,
     messenger: &mut Messenger<'_>,
     mut done: impl FnMut(&End, &End) -> bool,
 ) {
     let start = Instant::now();
-    let mut in_flight: VecDeque<(Role, Vec<u8>)> = VecDeque::new();
+    let mut in_flight: VecDeque<(Instant, Role, Vec<u8>)> = VecDeque::new();
     caller.drain(start);
     callee.drain(start);
     loop {
@@ -182,11 +186,14 @@ fn run(
         for (from, end) in [(Role::Caller, &mut *caller), (Role::Callee, &mut *callee)] {
             for bytes in end.outbox.drain(..) {
                 for delivered in messenger(from, bytes) {
-                    in_flight.push_back((from, delivered));
+                    in_flight.push_back((now + signaling_delay, from, delivered));
                 }
             }
         }
-        while let Some((from, bytes)) = in_flight.pop_front() {
+        while in_flight.front().is_some_and(|(due, _, _)| *due <= now) {
+            let Some((_, from, bytes)) = in_flight.pop_front() else {
+                break;
+            };
             let to = if from == Role::Caller {
                 &mut *callee
             } else {
@@ -219,6 +226,11 @@ fn run(
 
 fn pair() -> (End, End) {
     let (caller_key, callee_key) = dh_exchange();
+    println!(
+        "key fingerprint {} emoji {:?}",
+        caller_key.fingerprint(),
+        caller_key.emoji()
+    );
     assert_eq!(caller_key.fingerprint(), callee_key.fingerprint());
     assert_eq!(caller_key.emoji(), callee_key.emoji());
     assert_eq!(caller_key.as_bytes(), callee_key.as_bytes());
@@ -255,11 +267,19 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
     let (mut caller, mut callee) = pair();
     set_tone(&mut caller, CALLER_HZ);
     set_tone(&mut callee, CALLEE_HZ);
+    // tgcalls roles: the caller offers actpass and becomes the DTLS client, the callee passive.
+    let caller_setup = caller.call.local_setup();
+    let callee_setup = callee.call.local_setup();
+    assert_eq!(caller_setup.fingerprints[0].setup, DtlsSetup::Actpass);
+    assert_eq!(callee_setup.fingerprints[0].setup, DtlsSetup::Passive);
+    assert!(callee_setup.local_is_dtls_client(Role::Caller));
+    assert!(!caller_setup.local_is_dtls_client(Role::Callee));
     let start = Instant::now();
     run(
         &mut caller,
         &mut callee,
         Duration::from_secs(5),
+        Duration::ZERO,
         &mut |_, b| vec![b],
         |a, b| a.connected_at.is_some() && b.connected_at.is_some(),
     );
@@ -276,6 +296,7 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
         &mut caller,
         &mut callee,
         Duration::from_secs(5),
+        Duration::ZERO,
         &mut |_, b| vec![b],
         |a, b| a.audio_packets >= 50 && b.audio_packets >= 50,
     );
@@ -333,6 +354,7 @@ fn tampered_and_replayed_signaling_is_rejected_and_counted() {
         &mut caller,
         &mut callee,
         Duration::from_secs(5),
+        Duration::ZERO,
         &mut messenger,
         |a, b| a.audio_packets >= 25 && b.audio_packets >= 25,
     );
@@ -383,4 +405,48 @@ fn caller_without_an_answer_times_out() {
         .handle_input(now, Input::Signaling(&[0u8; 64]))
         .expect_err("ended");
     assert!(matches!(err, P2pCallError::Ended), "{err}");
+}
+
+#[test]
+fn connects_with_messenger_latency_and_notices_a_vanished_peer() {
+    let (mut caller, mut callee) = pair();
+    set_tone(&mut caller, CALLER_HZ);
+    set_tone(&mut callee, CALLEE_HZ);
+    let start = Instant::now();
+    // The messenger is far slower than UDP: the callee's checks reach the caller before the
+    // callee's InitialSetup does, and are dropped until it arrives.
+    run(
+        &mut caller,
+        &mut callee,
+        Duration::from_secs(8),
+        Duration::from_millis(300),
+        &mut |_, b| vec![b],
+        |a, b| a.audio_packets >= 25 && b.audio_packets >= 25,
+    );
+    println!(
+        "with 300 ms signaling latency: caller connected after {:?}, callee after {:?}",
+        caller.connected_at.map(|t| t - start),
+        callee.connected_at.map(|t| t - start)
+    );
+    assert_tone(&caller, CALLEE_HZ, "caller");
+    assert_tone(&callee, CALLER_HZ, "callee");
+    assert!(
+        caller.call.stats().dropped_not_live > 0,
+        "early checks dropped"
+    );
+
+    // The callee disappears without a word; the caller gives up after the disconnect timeout
+    // (sans-IO: we drive its clock forward).
+    drop(callee);
+    let gone = Instant::now();
+    let mut now = gone;
+    while caller.ended.is_none() && now < gone + Duration::from_secs(12) {
+        now = caller.timeout.max(now + Duration::from_millis(1));
+        caller.tick(now);
+    }
+    assert_eq!(
+        caller.ended,
+        Some(P2pState::Ended(P2pEndReason::IceDisconnected))
+    );
+    assert!(now >= gone + Duration::from_secs(9), "ended too early");
 }
