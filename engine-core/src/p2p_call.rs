@@ -44,7 +44,7 @@ use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 
 use crate::call::{FRAME_SEND_AHEAD, Transmit};
-use crate::demux::rtp_header;
+use crate::demux::{rtp_header, stun_local_ufrag};
 use crate::media::{FRAME_DURATION, FrameSource, OpusFrame};
 use crate::signaling::p2p::messages::{Candidates, DtlsFingerprint, InitialSetup};
 use crate::signaling::p2p::{
@@ -82,6 +82,9 @@ const MAX_CATCH_UP_FRAMES: u32 = 3;
 /// Remote SSRCs a call accepts audio from. A 1:1 peer sends one audio stream; a few more
 /// allow an SSRC change without letting a hostile peer make us allocate without bound.
 const MAX_REMOTE_SSRCS: usize = 4;
+
+/// STUN datagrams kept while waiting for the peer's `InitialSetup`.
+const MAX_EARLY_STUN: usize = 8;
 
 /// Remote candidates accepted per call, queued or applied.
 const MAX_REMOTE_CANDIDATES: usize = 32;
@@ -349,8 +352,11 @@ pub struct P2pStats {
     pub dropped_malformed: u64,
     /// Datagrams str0m refused.
     pub dropped_rejected: u64,
-    /// Datagrams before the remote setup or after the end.
+    /// Datagrams before the remote setup (other than buffered STUN) or after the end.
     pub dropped_not_live: u64,
+    /// STUN checks to our ufrag kept while waiting for the remote setup (see
+    /// [`P2pCall::handle_input`]), handed to str0m once it is applied.
+    pub early_stun_buffered: u64,
     /// RTP from SSRCs beyond [`MAX_REMOTE_SSRCS`].
     pub dropped_unknown_ssrc: u64,
     /// Frames skipped because the call was driven late.
@@ -383,6 +389,8 @@ pub struct P2pCall {
     remote_setup: Option<InitialSetup>,
     /// Whether our own InitialSetup + Candidates went out.
     local_sent: bool,
+    /// STUN addressed to us that arrived before the remote setup: (source, destination, bytes).
+    early_stun: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// Candidate lines received before the remote setup.
     queued_candidates: Vec<String>,
     remote_addrs: Vec<SocketAddr>,
@@ -492,6 +500,7 @@ impl P2pCall {
             remote_setup: None,
             local_sent: false,
             queued_candidates: Vec::new(),
+            early_stun: Vec::new(),
             remote_addrs: Vec::new(),
             remote_ssrcs: Vec::new(),
             rtc_timeout: None,
@@ -732,6 +741,10 @@ impl P2pCall {
                 }
                 let queued = std::mem::take(&mut self.queued_candidates);
                 self.add_remote_candidates(&queued);
+                for (source, destination, contents) in std::mem::take(&mut self.early_stun) {
+                    // Stale or forged ones are refused and counted like any datagram.
+                    let _ = self.handle_datagram(now, source, destination, &contents);
+                }
                 Ok(())
             }
             SignalingMessage::Candidates(Candidates { candidates }) => {
@@ -839,8 +852,20 @@ impl P2pCall {
             return Err(P2pCallError::Ended);
         }
         if self.remote_setup.is_none() {
-            // The peer's checks may arrive before its InitialSetup does; ICE retransmits.
-            self.stats.dropped_not_live += 1;
+            // UDP is faster than the messenger: the callee's checks reach the caller before the
+            // callee's InitialSetup does. Keep a few addressed to our ufrag and hand them to
+            // str0m once the setup is applied; a controlled agent whose own check is still in
+            // progress waits for it before accepting a nomination, so answering the early check
+            // saves a STUN retransmission timeout (~450 ms with 300 ms of messenger latency).
+            if stun_local_ufrag(contents) == Some(self.local_creds.ufrag.as_str())
+                && self.early_stun.len() < MAX_EARLY_STUN
+            {
+                self.early_stun
+                    .push((source, destination, contents.to_vec()));
+                self.stats.early_stun_buffered += 1;
+            } else {
+                self.stats.dropped_not_live += 1;
+            }
             return Err(P2pCallError::NotStarted);
         }
         let receive = match Receive::new(Protocol::Udp, source, destination, contents) {
