@@ -357,7 +357,7 @@ pub struct P2pStats {
     /// STUN checks to our ufrag kept while waiting for the remote setup (see
     /// [`P2pCall::handle_input`]), handed to str0m once it is applied.
     pub early_stun_buffered: u64,
-    /// RTP from SSRCs beyond [`MAX_REMOTE_SSRCS`].
+    /// RTP packets from new SSRCs once a call already accepts four (a 1:1 peer sends one).
     pub dropped_unknown_ssrc: u64,
     /// Frames skipped because the call was driven late.
     pub frames_skipped_late: u64,
