@@ -21,9 +21,12 @@
 //! [`P2pConfig::disconnect_timeout`] ends ([`P2pEndReason::IceDisconnected`]). Unlike
 //! [`crate::Call`] this counts any datagram str0m accepts (not only authenticated STUN/SRTP).
 //!
-//! Not implemented yet: `NegotiateChannels` (both ends here use Opus on PT
-//! [`P2P_OPUS_PT`] with the audio-level extension and accept the peer's SSRC from its first
-//! packet, so interop with tgcalls/ntgcalls needs it), `MediaState`, STUN/TURN servers and
+//! Media negotiation is minimal: the caller sends a `NegotiateChannels` offer with its audio
+//! content ([`P2pCall::local_content`]: Opus on [`P2P_OPUS_PT`], audio level) after its
+//! `InitialSetup`, the callee answers with its own; each side takes the peer's SSRC from it (and,
+//! failing that, from the first RTP packet with our Opus PT). The peer's payload types and
+//! extension ids are not applied yet, so a tgcalls peer using another Opus PT or abs-send-time /
+//! transport-cc would need that. Not implemented either: `MediaState`, STUN/TURN servers and
 //! Telegram reflectors (host candidates only), ICE restarts, decoded-PCM hooks.
 //!
 //! The surface is push in ([`P2pCall::handle_input`]), poll out ([`P2pCall::poll_output`]). After
@@ -46,7 +49,11 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 use crate::call::{FRAME_SEND_AHEAD, Transmit};
 use crate::demux::{rtp_header, stun_local_ufrag};
 use crate::media::{FRAME_DURATION, FrameSource, OpusFrame};
-use crate::signaling::p2p::messages::{Candidates, DtlsFingerprint, InitialSetup};
+use crate::signaling::group::URI_AUDIO_LEVEL;
+use crate::signaling::p2p::messages::{
+    Candidates, DtlsFingerprint, InitialSetup, MediaContent, MediaKind as ContentKind,
+    NegotiateChannels, PayloadType, RtpExtension,
+};
 use crate::signaling::p2p::{
     CallKey, ChannelStats, EncryptedChannel, Framing, P2pError, Rejected, Role, SignalingMessage,
 };
@@ -391,6 +398,10 @@ pub struct P2pCall {
     local_sent: bool,
     /// STUN addressed to us that arrived before the remote setup: (source, destination, bytes).
     early_stun: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// `exchangeId` of the `NegotiateChannels` offer this side sends (the caller).
+    exchange_id: u32,
+    /// The peer's audio SSRC from its `NegotiateChannels`, once received.
+    remote_ssrc: Option<Ssrc>,
     /// Candidate lines received before the remote setup.
     queued_candidates: Vec<String>,
     remote_addrs: Vec<SocketAddr>,
@@ -444,6 +455,7 @@ impl P2pCall {
         let ssrc = Ssrc(rng.u32(1..=0x7FFF_FFFF));
         let seq = u64::from(rng.u16(..));
         let rtp_time = rng.u32(..);
+        let exchange_id = rng.u32(..);
         let crypto = config
             .crypto
             .clone()
@@ -499,6 +511,8 @@ impl P2pCall {
             state: P2pState::Connecting,
             remote_setup: None,
             local_sent: false,
+            exchange_id,
+            remote_ssrc: None,
             queued_candidates: Vec::new(),
             early_stun: Vec::new(),
             remote_addrs: Vec::new(),
@@ -537,6 +551,36 @@ impl P2pCall {
                 InitialSetup::setup_for(self.config.role),
             )],
         }
+    }
+
+    /// The `NegotiateChannels` content describing our audio stream: our SSRC, Opus on
+    /// [`P2P_OPUS_PT`] and the audio-level extension.
+    pub fn local_content(&self) -> MediaContent {
+        MediaContent {
+            kind: ContentKind::Audio,
+            ssrc: self.ssrc,
+            ssrc_groups: Vec::new(),
+            payload_types: vec![PayloadType {
+                id: P2P_OPUS_PT,
+                name: "opus".to_owned(),
+                clockrate: 48_000,
+                channels: 2,
+                feedback_types: Vec::new(),
+                parameters: vec![
+                    ("minptime".to_owned(), "10".to_owned()),
+                    ("useinbandfec".to_owned(), "1".to_owned()),
+                ],
+            }],
+            rtp_extensions: vec![RtpExtension {
+                id: AUDIO_LEVEL_ID,
+                uri: URI_AUDIO_LEVEL.to_owned(),
+            }],
+        }
+    }
+
+    /// The peer's audio SSRC as announced in its `NegotiateChannels`, once received.
+    pub fn remote_ssrc(&self) -> Option<Ssrc> {
+        self.remote_ssrc
     }
 
     /// This end's role.
@@ -683,7 +727,15 @@ impl P2pCall {
         let candidates = SignalingMessage::Candidates(Candidates {
             candidates: vec![host.to_sdp_string()],
         });
-        for message in [setup, candidates] {
+        let mut messages = vec![setup, candidates];
+        // The caller offers its media right after InitialSetup; the callee answers the offer.
+        if self.config.role == Role::Caller {
+            messages.push(SignalingMessage::NegotiateChannels(NegotiateChannels {
+                exchange_id: self.exchange_id,
+                contents: vec![self.local_content()],
+            }));
+        }
+        for message in messages {
             if let Err(e) = self.send_message(&message, now) {
                 self.end(P2pEndReason::Channel(e.to_string()));
                 return Err(e.into());
@@ -761,13 +813,65 @@ impl P2pCall {
                 }
                 Ok(())
             }
-            SignalingMessage::NegotiateChannels(_)
-            | SignalingMessage::MediaState(_)
-            | SignalingMessage::Unknown { .. } => {
+            SignalingMessage::NegotiateChannels(n) => self.apply_negotiation(now, n),
+            SignalingMessage::MediaState(_) | SignalingMessage::Unknown { .. } => {
                 self.stats.signaling_ignored += 1;
                 Ok(())
             }
         }
+    }
+
+    /// Takes the peer's audio SSRC from its offer or answer, and answers an offer (any exchange
+    /// we did not start) with our own content under the same `exchangeId`.
+    fn apply_negotiation(
+        &mut self,
+        now: Instant,
+        negotiation: NegotiateChannels,
+    ) -> Result<(), P2pCallError> {
+        let audio = negotiation.contents.iter().find(|c| {
+            c.kind == ContentKind::Audio
+                && c.payload_types
+                    .iter()
+                    .any(|pt| pt.name.eq_ignore_ascii_case("opus") && pt.clockrate == 48_000)
+        });
+        match audio {
+            Some(content) => {
+                self.remote_ssrc = Some(content.ssrc);
+                self.accept_remote_ssrc(content.ssrc.0);
+            }
+            None => self.stats.signaling_ignored += 1,
+        }
+        let is_answer =
+            self.config.role == Role::Caller && negotiation.exchange_id == self.exchange_id;
+        if !is_answer {
+            let answer = SignalingMessage::NegotiateChannels(NegotiateChannels {
+                exchange_id: negotiation.exchange_id,
+                contents: vec![self.local_content()],
+            });
+            if let Err(e) = self.send_message(&answer, now) {
+                self.end(P2pEndReason::Channel(e.to_string()));
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets str0m receive RTP from `ssrc` (up to [`MAX_REMOTE_SSRCS`] per call).
+    fn accept_remote_ssrc(&mut self, ssrc: u32) {
+        if ssrc == self.ssrc.0 || self.remote_ssrcs.contains(&ssrc) {
+            return;
+        }
+        if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
+            self.stats.dropped_unknown_ssrc += 1;
+            return;
+        }
+        self.remote_ssrcs.push(ssrc);
+        self.rtc.direct_api().expect_stream_rx(
+            StrSsrc::from(ssrc),
+            None,
+            Mid::from(AUDIO_MID),
+            None,
+        );
     }
 
     fn apply_remote_setup(
@@ -881,21 +985,9 @@ impl P2pCall {
         // Opus PT (the RTP header is clear text; str0m authenticates the packet itself).
         if let Some(h) = rtp_header(contents)
             && h.pt == *self.pt
-            && h.ssrc != self.ssrc.0
-            && !self.remote_ssrcs.contains(&h.ssrc)
             && self.rtc.is_connected()
         {
-            if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
-                self.stats.dropped_unknown_ssrc += 1;
-            } else {
-                self.remote_ssrcs.push(h.ssrc);
-                self.rtc.direct_api().expect_stream_rx(
-                    StrSsrc::from(h.ssrc),
-                    None,
-                    Mid::from(AUDIO_MID),
-                    None,
-                );
-            }
+            self.accept_remote_ssrc(h.ssrc);
         }
         match self.rtc.handle_input(str0m::Input::Receive(now, receive)) {
             Ok(()) => {

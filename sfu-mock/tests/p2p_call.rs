@@ -302,6 +302,9 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
     );
     assert_tone(&caller, CALLEE_HZ, "caller");
     assert_tone(&callee, CALLER_HZ, "callee");
+    // NegotiateChannels offer (caller) and answer (callee) carried each side's SSRC.
+    assert_eq!(caller.call.remote_ssrc(), Some(callee.call.audio_ssrc()));
+    assert_eq!(callee.call.remote_ssrc(), Some(caller.call.audio_ssrc()));
     for end in [&caller, &callee] {
         let s = end.call.stats();
         println!("{:?}: {s:?}", end.call.role());
@@ -309,6 +312,7 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
         assert!(s.packets_received >= 50);
         assert_eq!(s.signaling_rejected, 0);
         assert_eq!(s.signaling_invalid, 0);
+        assert_eq!(s.signaling_ignored, 0);
     }
     // Hanging up sends close_notify; the other end sees the call end.
     let now = Instant::now();
@@ -385,7 +389,11 @@ fn caller_without_an_answer_times_out() {
     let start = Instant::now();
     let (mut caller, _callee) = pair();
     caller.drain(start);
-    assert_eq!(caller.outbox.len(), 2, "InitialSetup and Candidates");
+    assert_eq!(
+        caller.outbox.len(),
+        3,
+        "InitialSetup, Candidates, NegotiateChannels"
+    );
     assert!(caller.timeout <= start + Duration::from_secs(10));
     // Nothing is ever delivered: no datagrams go out before the answer, and the connect timer
     // ends the call (sans-IO: the clock is ours).
