@@ -65,6 +65,10 @@ impl End {
     fn new(role: Role, key: CallKey, seed: u64, now: Instant) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.set_nonblocking(true).expect("nonblocking");
+        Self::with_socket(role, key, seed, now, socket)
+    }
+
+    fn with_socket(role: Role, key: CallKey, seed: u64, now: Instant, socket: UdpSocket) -> Self {
         let addr = socket.local_addr().expect("local addr");
         let crypto = CallCrypto::new(CryptoOptions::default())
             .expect("crypto")
@@ -464,4 +468,65 @@ fn connects_with_messenger_latency_and_notices_a_vanished_peer() {
         Some(P2pState::Ended(P2pEndReason::IceDisconnected))
     );
     assert!(now >= gone + Duration::from_secs(9), "ended too early");
+}
+
+#[test]
+fn a_dtls_peer_without_the_signaled_certificate_is_refused() {
+    // Mallory sits on the callee's UDP path with the callee's ICE credentials (same seed) but
+    // her own certificate. The caller's DTLS must fail on the fingerprint the real callee sent
+    // through the encrypted signaling, before any media flows.
+    let (caller_key, callee_key) = dh_exchange();
+    let now = Instant::now();
+    let mut caller = End::new(Role::Caller, caller_key, 11, now);
+    let mut callee = End::new(Role::Callee, callee_key.clone(), 22, now);
+    let shared = callee.socket.try_clone().expect("clone socket");
+    let mut mallory = End::with_socket(Role::Callee, callee_key, 22, now, shared);
+    assert_eq!(
+        mallory.call.local_setup().ufrag,
+        callee.call.local_setup().ufrag
+    );
+    assert_ne!(
+        mallory.call.local_setup().fingerprints,
+        callee.call.local_setup().fingerprints
+    );
+    set_tone(&mut caller, CALLER_HZ);
+    set_tone(&mut mallory, CALLEE_HZ);
+    let start = Instant::now();
+    for end in [&mut caller, &mut callee, &mut mallory] {
+        end.drain(start);
+    }
+    while caller.ended.is_none() && start.elapsed() < Duration::from_secs(5) {
+        let now = Instant::now();
+        // The messenger: caller -> callee and mallory; callee -> caller; mallory's is lost.
+        for bytes in std::mem::take(&mut caller.outbox) {
+            for end in [&mut callee, &mut mallory] {
+                let _ = end.call.handle_input(now, Input::Signaling(&bytes));
+                end.drain(now);
+            }
+        }
+        for bytes in std::mem::take(&mut callee.outbox) {
+            let _ = caller.call.handle_input(now, Input::Signaling(&bytes));
+            caller.drain(now);
+        }
+        mallory.outbox.clear();
+        // UDP to the callee's address reaches mallory.
+        caller.read_socket(now);
+        mallory.read_socket(now);
+        caller.tick(now);
+        mallory.tick(now);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "caller: {:?} after {:?}; mallory heard {} audio packets",
+        caller.ended,
+        start.elapsed(),
+        mallory.audio_packets
+    );
+    assert_eq!(
+        caller.ended,
+        Some(P2pState::Ended(P2pEndReason::FingerprintMismatch))
+    );
+    assert!(caller.connected_at.is_none());
+    assert_eq!(caller.call.stats().packets_sent, 0, "no media before dtls");
+    assert_eq!(mallory.audio_packets, 0);
 }
