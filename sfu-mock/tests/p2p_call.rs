@@ -530,3 +530,20 @@ fn a_dtls_peer_without_the_signaled_certificate_is_refused() {
     assert_eq!(caller.call.stats().packets_sent, 0, "no media before dtls");
     assert_eq!(mallory.audio_packets, 0);
 }
+
+#[test]
+fn unspecified_local_address_is_a_config_error() {
+    let (key, _) = dh_exchange();
+    let cert = generate_certificate().expect("certificate");
+    for addr in ["0.0.0.0:5000", "127.0.0.1:0"] {
+        let config = P2pConfig::new(
+            Role::Caller,
+            key.clone(),
+            1,
+            cert.clone(),
+            addr.parse().expect("addr"),
+        );
+        let err = P2pCall::new(Instant::now(), config).expect_err("unusable address");
+        assert!(matches!(err, P2pCallError::Config { .. }), "{addr}: {err}");
+    }
+}
