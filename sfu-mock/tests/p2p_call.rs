@@ -318,6 +318,24 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
         assert_eq!(s.signaling_invalid, 0);
         assert_eq!(s.signaling_ignored, 0);
     }
+    // Muted, the caller keeps its stream going with Opus silence.
+    let now = Instant::now();
+    caller
+        .call
+        .handle_input(now, Input::Command(Command::Mute))
+        .expect("mute");
+    caller.drain(now);
+    let heard = callee.audio_packets;
+    run(
+        &mut caller,
+        &mut callee,
+        Duration::from_secs(5),
+        Duration::ZERO,
+        &mut |_, b| vec![b],
+        |_, b| b.audio_packets >= heard + 25,
+    );
+    println!("callee while caller muted: rms {}", callee.meter.rms());
+    assert!(callee.meter.rms() < 0.001, "rms {}", callee.meter.rms());
     // Hanging up sends close_notify; the other end sees the call end.
     let now = Instant::now();
     caller
