@@ -38,6 +38,7 @@ pub mod crypto;
 pub mod demux;
 pub mod endpoint;
 pub mod media;
+pub mod p2p_call;
 pub mod pacer;
 pub mod replay;
 pub mod signaling;

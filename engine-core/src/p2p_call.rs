@@ -1,0 +1,1234 @@
+//! One 1:1 (private) call: a sans-IO state machine around one [`str0m::Rtc`], set up through
+//! the end-to-end encrypted signaling of [`crate::signaling::p2p`].
+//!
+//! Where a group [`crate::Call`] talks to an SFU with ICE-lite, a [`P2pCall`] talks to another
+//! client with full ICE on both ends. The roles follow tgcalls `InstanceV2Impl`
+//! (telegram-signaling.md §4.7): the **caller** is ICE-controlling and the DTLS client, the
+//! **callee** ICE-controlled and the DTLS server. ICE credentials, DTLS fingerprints and
+//! candidates travel as JSON control messages ([`SignalingMessage`]) inside an
+//! [`EncryptedChannel`] keyed by the Diffie-Hellman [`CallKey`]; the bytes it produces
+//! ([`Output::Signaling`]) go to the messenger (`phone.sendSignalingData`), and bytes from the
+//! messenger (`updatePhoneCallSignalingData`) come back in as [`Input::Signaling`].
+//!
+//! Sequence: the caller sends `InitialSetup` (setup `actpass`) and `Candidates` at once; the
+//! callee applies them, answers with its own `InitialSetup` (setup `passive`) and `Candidates`,
+//! and starts ICE; the caller starts ICE when the answer arrives. Candidates received before the
+//! remote `InitialSetup` are queued. Once ICE and DTLS-SRTP are up the call is
+//! [`P2pState::Connected`] and sends 20 ms Opus frames from its [`FrameSource`] on a 20 ms clock;
+//! incoming Opus comes out as [`Event::AudioReceived`] (decoding is the application's job).
+//!
+//! Once connected, a call that accepts nothing from the peer for
+//! [`P2pConfig::disconnect_timeout`] ends ([`P2pEndReason::IceDisconnected`]). Unlike
+//! [`crate::Call`] this counts any datagram str0m accepts (not only authenticated STUN/SRTP).
+//!
+//! Media negotiation is minimal: the caller sends a `NegotiateChannels` offer with its audio
+//! content ([`P2pCall::local_content`]: Opus on [`P2P_OPUS_PT`], audio level) after its
+//! `InitialSetup`, the callee answers with its own; each side takes the peer's SSRC from it (and,
+//! failing that, from the first RTP packet with our Opus PT). The peer's payload types and
+//! extension ids are not applied yet, so a tgcalls peer using another Opus PT or abs-send-time /
+//! transport-cc would need that. Not implemented either: `MediaState`, STUN/TURN servers and
+//! Telegram reflectors (host candidates only), ICE restarts, decoded-PCM hooks.
+//!
+//! The surface is push in ([`P2pCall::handle_input`]), poll out ([`P2pCall::poll_output`]). After
+//! every `handle_input` the caller drains `poll_output` until it returns [`Output::Timeout`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+use str0m::crypto::CryptoProvider;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
+
+use crate::call::{FRAME_SEND_AHEAD, Transmit};
+use crate::demux::{rtp_header, stun_local_ufrag};
+use crate::media::{FRAME_DURATION, FrameSource, OpusFrame};
+use crate::signaling::group::URI_AUDIO_LEVEL;
+use crate::signaling::p2p::messages::{
+    Candidates, DtlsFingerprint, InitialSetup, MediaContent, MediaKind as ContentKind,
+    NegotiateChannels, PayloadType, RtpExtension,
+};
+use crate::signaling::p2p::{
+    CallKey, ChannelStats, EncryptedChannel, Framing, P2pError, Rejected, Role, SignalingMessage,
+};
+use crate::signaling::{SignalingError, Ssrc};
+
+/// How long a call may take from [`P2pCall::new`] to a working DTLS-SRTP path (the remote side's
+/// signaling included) before it fails with [`P2pEndReason::ConnectTimeout`].
+pub const DEFAULT_P2P_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Once connected, a call that accepts nothing from the peer for this long ends with
+/// [`P2pEndReason::IceDisconnected`]. Both ends send ICE keepalives every few seconds, so a
+/// silent (muted, sourceless) peer still counts as alive.
+pub const DEFAULT_P2P_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Opus payload type both ends use (tgcalls and libwebrtc default).
+pub const P2P_OPUS_PT: u8 = 111;
+
+/// Extension id of RFC 6464 audio level in our RTP packets.
+const AUDIO_LEVEL_ID: u8 = 1;
+
+/// The mid of the single audio media section (never on the wire: no SDP, no MID extension).
+const AUDIO_MID: &str = "0";
+
+/// A 20 ms Opus packet that decodes to silence (see `call.rs`), sent while muted.
+const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
+
+/// RFC 6464 level meaning "silence".
+const AUDIO_LEVEL_SILENCE: u8 = 127;
+
+/// More overdue frames than this are skipped (and counted) instead of sent in a burst.
+const MAX_CATCH_UP_FRAMES: u32 = 3;
+
+/// Remote SSRCs a call accepts audio from. A 1:1 peer sends one audio stream; a few more
+/// allow an SSRC change without letting a hostile peer make us allocate without bound.
+const MAX_REMOTE_SSRCS: usize = 4;
+
+/// STUN datagrams kept while waiting for the peer's `InitialSetup`.
+const MAX_EARLY_STUN: usize = 8;
+
+/// Remote candidates accepted per call, queued or applied.
+const MAX_REMOTE_CANDIDATES: usize = 32;
+
+/// Static configuration of one 1:1 call.
+#[derive(Clone)]
+pub struct P2pConfig {
+    /// Which end of the call this is; decides ICE and DTLS roles and the channel's key slices.
+    pub role: Role,
+    /// The key from the Diffie-Hellman exchange ([`crate::signaling::p2p::dh`]).
+    pub key: CallKey,
+    /// The signaling framing of the negotiated protocol version ([`Framing::for_version`]).
+    pub framing: Framing,
+    /// Seed for everything the call picks at random: ICE ufrag/pwd, SSRC, initial RTP sequence
+    /// number and timestamp.
+    pub seed: u64,
+    /// The DTLS certificate (generating one needs OS randomness; the caller supplies it).
+    pub dtls_cert: DtlsCert,
+    /// Crypto provider for str0m; `None` uses str0m's default from its feature flags.
+    pub crypto: Option<Arc<CryptoProvider>>,
+    /// The concrete address the call's UDP socket is bound to: the host candidate.
+    pub local_addr: SocketAddr,
+    /// See [`DEFAULT_P2P_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`DEFAULT_P2P_DISCONNECT_TIMEOUT`].
+    pub disconnect_timeout: Duration,
+}
+
+impl P2pConfig {
+    /// A configuration with the reliable framing (versions 8.0.0/9.0.0) and default timeouts.
+    pub fn new(
+        role: Role,
+        key: CallKey,
+        seed: u64,
+        dtls_cert: DtlsCert,
+        local_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            role,
+            key,
+            framing: Framing::Reliable,
+            seed,
+            dtls_cert,
+            crypto: None,
+            local_addr,
+            connect_timeout: DEFAULT_P2P_CONNECT_TIMEOUT,
+            disconnect_timeout: DEFAULT_P2P_DISCONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Debug for P2pConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("P2pConfig")
+            .field("role", &self.role)
+            .field("key", &self.key)
+            .field("framing", &self.framing)
+            .field("seed", &self.seed)
+            .field("local_addr", &self.local_addr)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a 1:1 call is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum P2pState {
+    /// Signaling, ICE and DTLS are in progress.
+    Connecting,
+    /// ICE, DTLS and SRTP are up; media flows both ways.
+    Connected,
+    /// The call is over; nothing more is accepted.
+    Ended(P2pEndReason),
+}
+
+/// Why a 1:1 call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum P2pEndReason {
+    /// [`Command::Hangup`] was handled.
+    Hangup,
+    /// No working path within [`P2pConfig::connect_timeout`].
+    ConnectTimeout,
+    /// Connected, then nothing accepted from the peer for [`P2pConfig::disconnect_timeout`].
+    IceDisconnected,
+    /// The peer closed DTLS or the handshake failed.
+    Dtls(String),
+    /// The peer's DTLS certificate does not match the fingerprint in its `InitialSetup`.
+    FingerprintMismatch,
+    /// The peer's signaling is unusable (no sha-256 fingerprint, bad credentials, ...).
+    Signaling(String),
+    /// The encrypted channel cannot go on (counter exhausted, peer stopped acking).
+    Channel(String),
+    /// str0m reported an unrecoverable error.
+    Transport(String),
+    /// The media source failed.
+    SourceFailed(String),
+}
+
+impl P2pEndReason {
+    /// True for every reason but a local [`Command::Hangup`].
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Self::Hangup)
+    }
+
+    fn from_rtc_error(e: &RtcError) -> Self {
+        match e {
+            RtcError::Dtls(d) => Self::Dtls(d.to_string()),
+            // str0m 0.25 reports a certificate mismatch as RemoteSdp("remote fingerprint no
+            // match") (see `call.rs`).
+            RtcError::RemoteSdp(m) if m.contains("fingerprint") => Self::FingerprintMismatch,
+            other => Self::Transport(other.to_string()),
+        }
+    }
+}
+
+/// Commands the application gives a call.
+#[non_exhaustive]
+pub enum Command {
+    /// Send frames from this source (replacing any current one) once connected.
+    SetSource(Box<dyn FrameSource>),
+    /// Keep the stream going but send silence.
+    Mute,
+    /// Undo [`Command::Mute`].
+    Unmute,
+    /// End the call ([`P2pEndReason::Hangup`]); DTLS close_notify goes out.
+    Hangup,
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::SetSource(_) => "SetSource",
+            Self::Mute => "Mute",
+            Self::Unmute => "Unmute",
+            Self::Hangup => "Hangup",
+        })
+    }
+}
+
+/// Input to [`P2pCall::handle_input`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input<'a> {
+    /// The deadline from [`Output::Timeout`] has passed (spurious wakeups are fine).
+    Timeout,
+    /// A datagram arrived on the call's socket.
+    Datagram {
+        /// Where it came from.
+        source: SocketAddr,
+        /// The local address it arrived on ([`P2pConfig::local_addr`]).
+        destination: SocketAddr,
+        /// Its bytes.
+        contents: &'a [u8],
+    },
+    /// Signaling bytes from the messenger (`updatePhoneCallSignalingData.data`).
+    Signaling(&'a [u8]),
+    /// A command from the application.
+    Command(Command),
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The state changed; a failure is `StateChanged(P2pState::Ended(r))` with `r.is_failure()`.
+    StateChanged(P2pState),
+    /// The source ran out (`error: None`) or failed (`Some`).
+    StreamEnded {
+        /// The source error, if any.
+        error: Option<String>,
+    },
+    /// An Opus packet from the peer, authenticated and decrypted.
+    AudioReceived {
+        /// The peer's SSRC.
+        ssrc: Ssrc,
+        /// RTP sequence number.
+        seq: u16,
+        /// RTP timestamp.
+        rtp_time: u32,
+        /// RFC 6464 level if the packet carried it.
+        audio_level: Option<i8>,
+        /// The Opus packet.
+        payload: Arc<[u8]>,
+    },
+}
+
+/// Output of [`P2pCall::poll_output`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send this datagram from the call's socket.
+    Transmit(Transmit),
+    /// Hand these bytes to the messenger (`phone.sendSignalingData`).
+    Signaling(Vec<u8>),
+    /// Deliver this event.
+    Event(Event),
+    /// Nothing more to do until this instant (or the next input).
+    Timeout(Instant),
+}
+
+/// Errors from [`P2pCall`]'s methods. None ends the call unless its docs say so; every dropped
+/// input is also counted in [`P2pStats`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum P2pCallError {
+    /// The configuration is unusable.
+    #[error("invalid p2p call config: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The call has ended.
+    #[error("call has ended")]
+    Ended,
+    /// A datagram str0m could not parse.
+    #[error("malformed datagram: {reason}")]
+    Malformed {
+        /// What the parser said.
+        reason: String,
+    },
+    /// A datagram arrived before the peer's `InitialSetup` was applied.
+    #[error("datagram before the remote setup")]
+    NotStarted,
+    /// str0m refused the datagram. The call goes on.
+    #[error("datagram rejected: {reason}")]
+    Rejected {
+        /// What str0m said.
+        reason: String,
+    },
+    /// The encrypted channel refused a signaling packet (tampered, replayed, ...). The call
+    /// goes on.
+    #[error("signaling packet rejected: {0}")]
+    SignalingRejected(#[from] Rejected),
+    /// An authentic signaling message that does not parse or cannot be applied. The call goes
+    /// on unless it was the peer's `InitialSetup`.
+    #[error("invalid signaling message: {0}")]
+    SignalingInvalid(#[from] SignalingError),
+    /// The encrypted channel could not send (the call ends).
+    #[error("signaling channel: {0}")]
+    Channel(#[from] P2pError),
+}
+
+/// Counters of one 1:1 call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct P2pStats {
+    /// RTP media packets handed to str0m.
+    pub packets_sent: u64,
+    /// Opus payload bytes of those packets.
+    pub payload_bytes_sent: u64,
+    /// Datagrams emitted (STUN, DTLS, SRTP, SRTCP).
+    pub datagrams_sent: u64,
+    /// Bytes of those datagrams.
+    pub bytes_sent: u64,
+    /// Datagrams received and accepted by str0m.
+    pub datagrams_received: u64,
+    /// Bytes of those datagrams.
+    pub bytes_received: u64,
+    /// Audio packets received from the peer.
+    pub packets_received: u64,
+    /// Opus payload bytes of those packets.
+    pub payload_bytes_received: u64,
+    /// Datagrams str0m could not parse.
+    pub dropped_malformed: u64,
+    /// Datagrams str0m refused.
+    pub dropped_rejected: u64,
+    /// Datagrams before the remote setup (other than buffered STUN) or after the end.
+    pub dropped_not_live: u64,
+    /// STUN checks to our ufrag kept while waiting for the remote setup (see
+    /// [`P2pCall::handle_input`]), handed to str0m once it is applied.
+    pub early_stun_buffered: u64,
+    /// RTP packets from new SSRCs once a call already accepts four (a 1:1 peer sends one).
+    pub dropped_unknown_ssrc: u64,
+    /// Frames skipped because the call was driven late.
+    pub frames_skipped_late: u64,
+    /// Signaling packets emitted ([`Output::Signaling`]).
+    pub signaling_sent: u64,
+    /// Signaling packets the channel accepted.
+    pub signaling_received: u64,
+    /// Signaling packets the channel rejected (tampered, replayed, bad size, bad framing).
+    pub signaling_rejected: u64,
+    /// Authentic messages that did not parse or could not be applied.
+    pub signaling_invalid: u64,
+    /// Authentic messages ignored (unknown `@type`, not implemented, duplicate setup).
+    pub signaling_ignored: u64,
+    /// Remote candidate lines skipped (unparseable, other address family, over the limit).
+    pub candidates_skipped: u64,
+}
+
+/// One 1:1 call. See the [module docs](self).
+pub struct P2pCall {
+    config: P2pConfig,
+    rtc: Rtc,
+    channel: EncryptedChannel,
+    local_creds: IceCreds,
+    local_digest: [u8; 32],
+    ssrc: Ssrc,
+    pt: Pt,
+    state: P2pState,
+    /// The peer's setup once applied (ICE has started).
+    remote_setup: Option<InitialSetup>,
+    /// Whether our own InitialSetup + Candidates went out.
+    local_sent: bool,
+    /// STUN addressed to us that arrived before the remote setup: (source, destination, bytes).
+    early_stun: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// `exchangeId` of the `NegotiateChannels` offer this side sends (the caller).
+    exchange_id: u32,
+    /// The peer's audio SSRC from its `NegotiateChannels`, once received.
+    remote_ssrc: Option<Ssrc>,
+    /// Candidate lines received before the remote setup.
+    queued_candidates: Vec<String>,
+    remote_addrs: Vec<SocketAddr>,
+    remote_ssrcs: Vec<u32>,
+    rtc_timeout: Option<Instant>,
+    connect_deadline: Option<Instant>,
+    connected_at: Option<Instant>,
+    /// When str0m last accepted a datagram from the peer.
+    last_heard: Option<Instant>,
+    started_at: Instant,
+    source: Option<Box<dyn FrameSource>>,
+    muted: bool,
+    next_frame_at: Option<Instant>,
+    seq: u64,
+    rtp_time: u32,
+    flushing_close: bool,
+    silence: Arc<[u8]>,
+    signaling_out: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    stats: P2pStats,
+    last_now: Instant,
+}
+
+impl fmt::Debug for P2pCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("P2pCall")
+            .field("role", &self.config.role)
+            .field("ssrc", &self.ssrc)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl P2pCall {
+    /// Creates a call and, for the caller, queues its `InitialSetup` and `Candidates` as
+    /// [`Output::Signaling`]. The connect timer starts now.
+    ///
+    /// # Errors
+    /// [`P2pCallError::Config`] for an unspecified local address or an unusable certificate;
+    /// [`P2pCallError::Channel`] if the first signaling message cannot be encrypted.
+    pub fn new(now: Instant, config: P2pConfig) -> Result<Self, P2pCallError> {
+        let local_addr = config.local_addr;
+        if local_addr.ip().is_unspecified() || local_addr.port() == 0 {
+            return Err(P2pCallError::Config {
+                reason: format!("local address {local_addr} must be the concrete bound address"),
+            });
+        }
+        let mut rng = fastrand::Rng::with_seed(config.seed);
+        let ufrag = random_ice_chars(&mut rng, 16);
+        let pass = random_ice_chars(&mut rng, 24);
+        let ssrc = Ssrc(rng.u32(1..=0x7FFF_FFFF));
+        let seq = u64::from(rng.u16(..));
+        let rtp_time = rng.u32(..);
+        let exchange_id = rng.u32(..);
+        let crypto = config
+            .crypto
+            .clone()
+            .unwrap_or_else(|| Arc::new(str0m::crypto::from_feature_flags()));
+        let local_digest = crypto.sha256_provider.sha256(&config.dtls_cert.certificate);
+        let local_creds = IceCreds { ufrag, pass };
+
+        let mut rtc_config = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_local_ice_credentials(local_creds.clone())
+            .set_dtls_cert(config.dtls_cert.clone())
+            .set_crypto_provider(crypto.clone())
+            .clear_codecs()
+            .clear_extension_map()
+            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel);
+        rtc_config.codec_config().add_config(
+            P2P_OPUS_PT.into(),
+            None,
+            Codec::Opus,
+            Frequency::FORTY_EIGHT_KHZ,
+            Some(2),
+            FormatParams {
+                min_p_time: Some(10),
+                use_inband_fec: Some(true),
+                ..Default::default()
+            },
+        );
+        let mut rtc = rtc_config.build(now);
+        let local = Candidate::host(local_addr, "udp").map_err(|e| P2pCallError::Config {
+            reason: format!("local candidate: {e}"),
+        })?;
+        rtc.add_local_candidate(local);
+        let mid = Mid::from(AUDIO_MID);
+        {
+            let mut api = rtc.direct_api();
+            api.set_ice_controlling(config.role == Role::Caller);
+            api.declare_media(mid, MediaKind::Audio);
+            api.declare_stream_tx(StrSsrc::from(ssrc.0), None, mid, None);
+        }
+        let channel = EncryptedChannel::new(config.key.as_bytes(), config.role, config.framing);
+        let connect_deadline = now + config.connect_timeout;
+        let mut call = Self {
+            config: P2pConfig {
+                crypto: Some(crypto),
+                ..config
+            },
+            rtc,
+            channel,
+            local_creds,
+            local_digest,
+            ssrc,
+            pt: P2P_OPUS_PT.into(),
+            state: P2pState::Connecting,
+            remote_setup: None,
+            local_sent: false,
+            exchange_id,
+            remote_ssrc: None,
+            queued_candidates: Vec::new(),
+            early_stun: Vec::new(),
+            remote_addrs: Vec::new(),
+            remote_ssrcs: Vec::new(),
+            rtc_timeout: None,
+            connect_deadline: Some(connect_deadline),
+            connected_at: None,
+            last_heard: None,
+            started_at: now,
+            source: None,
+            muted: false,
+            next_frame_at: None,
+            seq,
+            rtp_time,
+            flushing_close: false,
+            silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
+            signaling_out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: P2pStats::default(),
+            last_now: now,
+        };
+        if call.config.role == Role::Caller {
+            call.send_local_setup(now)?;
+        }
+        Ok(call)
+    }
+
+    /// The `InitialSetup` this side sends.
+    pub fn local_setup(&self) -> InitialSetup {
+        InitialSetup {
+            ufrag: self.local_creds.ufrag.clone(),
+            pwd: self.local_creds.pass.clone(),
+            renomination: false,
+            fingerprints: vec![DtlsFingerprint::sha256(
+                &self.local_digest,
+                InitialSetup::setup_for(self.config.role),
+            )],
+        }
+    }
+
+    /// The `NegotiateChannels` content describing our audio stream: our SSRC, Opus on
+    /// [`P2P_OPUS_PT`] and the audio-level extension.
+    pub fn local_content(&self) -> MediaContent {
+        MediaContent {
+            kind: ContentKind::Audio,
+            ssrc: self.ssrc,
+            ssrc_groups: Vec::new(),
+            payload_types: vec![PayloadType {
+                id: P2P_OPUS_PT,
+                name: "opus".to_owned(),
+                clockrate: 48_000,
+                channels: 2,
+                feedback_types: Vec::new(),
+                parameters: vec![
+                    ("minptime".to_owned(), "10".to_owned()),
+                    ("useinbandfec".to_owned(), "1".to_owned()),
+                ],
+            }],
+            rtp_extensions: vec![RtpExtension {
+                id: AUDIO_LEVEL_ID,
+                uri: URI_AUDIO_LEVEL.to_owned(),
+            }],
+        }
+    }
+
+    /// The peer's audio SSRC as announced in its `NegotiateChannels`, once received.
+    pub fn remote_ssrc(&self) -> Option<Ssrc> {
+        self.remote_ssrc
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.config.role
+    }
+
+    /// The SSRC of our outgoing audio.
+    pub fn audio_ssrc(&self) -> Ssrc {
+        self.ssrc
+    }
+
+    /// The local (host candidate) address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.config.local_addr
+    }
+
+    /// The peer's candidate addresses applied so far.
+    pub fn remote_addrs(&self) -> &[SocketAddr] {
+        &self.remote_addrs
+    }
+
+    /// Current state.
+    pub fn state(&self) -> &P2pState {
+        &self.state
+    }
+
+    /// How long connecting took (from [`P2pCall::new`] to DTLS-SRTP up), once connected.
+    pub fn connect_duration(&self) -> Option<Duration> {
+        self.connected_at
+            .map(|t| t.saturating_duration_since(self.started_at))
+    }
+
+    /// The call's counters.
+    pub fn stats(&self) -> &P2pStats {
+        &self.stats
+    }
+
+    /// The encrypted channel's counters (rejections by reason, resends, acks).
+    pub fn channel_stats(&self) -> ChannelStats {
+        self.channel.stats()
+    }
+
+    /// Feeds one input. Drain [`P2pCall::poll_output`] afterwards.
+    ///
+    /// # Errors
+    /// See [`P2pCallError`]; a rejected input is counted and the call goes on.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), P2pCallError> {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        match input {
+            Input::Timeout => {
+                self.handle_timeout(now);
+                Ok(())
+            }
+            Input::Datagram {
+                source,
+                destination,
+                contents,
+            } => self.handle_datagram(now, source, destination, contents),
+            Input::Signaling(bytes) => self.handle_signaling(now, bytes),
+            Input::Command(cmd) => self.handle_command(now, cmd),
+        }
+    }
+
+    /// Next output. Call until it returns [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(e) = self.events.pop_front() {
+            return Output::Event(e);
+        }
+        if let Some(bytes) = self.signaling_out.pop_front() {
+            self.stats.signaling_sent += 1;
+            return Output::Signaling(bytes);
+        }
+        let ended = matches!(self.state, P2pState::Ended(_));
+        if !ended {
+            if let Some(bytes) = self.channel.poll_transmit(self.last_now) {
+                self.stats.signaling_sent += 1;
+                return Output::Signaling(bytes);
+            }
+            if self.remote_setup.is_some()
+                && let Some(out) = self.poll_rtc()
+            {
+                return out;
+            }
+        } else if self.flushing_close {
+            while let Some(out) = self.poll_rtc() {
+                if let Output::Transmit(_) = out {
+                    return out;
+                }
+            }
+            self.flushing_close = false;
+            self.rtc.disconnect();
+        }
+        if let Some(e) = self.events.pop_front() {
+            return Output::Event(e);
+        }
+        Output::Timeout(self.next_deadline())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let idle = self.last_now + Duration::from_secs(3600);
+        if matches!(self.state, P2pState::Ended(_)) {
+            return idle;
+        }
+        let candidates = [
+            self.rtc_timeout.filter(|_| self.remote_setup.is_some()),
+            self.next_frame_at.map(|t| t - FRAME_SEND_AHEAD),
+            self.connect_deadline,
+            self.disconnect_deadline(),
+            self.channel.poll_timeout(),
+        ];
+        candidates.into_iter().flatten().fold(idle, Instant::min)
+    }
+
+    /// When the call ends if nothing more is accepted from the peer (only while connected).
+    fn disconnect_deadline(&self) -> Option<Instant> {
+        if self.state != P2pState::Connected {
+            return None;
+        }
+        let heard = self.last_heard.or(self.connected_at)?;
+        Some(heard + self.config.disconnect_timeout)
+    }
+
+    fn send_message(&mut self, message: &SignalingMessage, now: Instant) -> Result<(), P2pError> {
+        let packet = self.channel.send(message.to_json().as_bytes(), now)?;
+        self.signaling_out.push_back(packet);
+        Ok(())
+    }
+
+    /// Sends our InitialSetup and host candidate.
+    fn send_local_setup(&mut self, now: Instant) -> Result<(), P2pCallError> {
+        if self.local_sent {
+            return Ok(());
+        }
+        self.local_sent = true;
+        let setup = SignalingMessage::InitialSetup(self.local_setup());
+        let mut host =
+            Candidate::host(self.config.local_addr, "udp").map_err(|e| P2pCallError::Config {
+                reason: format!("local candidate: {e}"),
+            })?;
+        host.set_ufrag(&self.local_creds.ufrag);
+        let candidates = SignalingMessage::Candidates(Candidates {
+            candidates: vec![host.to_sdp_string()],
+        });
+        let mut messages = vec![setup, candidates];
+        // The caller offers its media right after InitialSetup; the callee answers the offer.
+        if self.config.role == Role::Caller {
+            messages.push(SignalingMessage::NegotiateChannels(NegotiateChannels {
+                exchange_id: self.exchange_id,
+                contents: vec![self.local_content()],
+            }));
+        }
+        for message in messages {
+            if let Err(e) = self.send_message(&message, now) {
+                self.end(P2pEndReason::Channel(e.to_string()));
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_signaling(&mut self, now: Instant, bytes: &[u8]) -> Result<(), P2pCallError> {
+        if matches!(self.state, P2pState::Ended(_)) {
+            return Err(P2pCallError::Ended);
+        }
+        let received = match self.channel.receive(bytes, now) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.signaling_rejected += 1;
+                tracing::debug!("signaling packet rejected: {e}");
+                return Err(e.into());
+            }
+        };
+        self.stats.signaling_received += 1;
+        let mut first_error = None;
+        for body in received.messages {
+            let result = match SignalingMessage::parse(&body) {
+                Ok(message) => self.apply_message(now, message),
+                Err(e) => Err(P2pCallError::SignalingInvalid(e)),
+            };
+            if let Err(e) = result {
+                self.stats.signaling_invalid += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn apply_message(
+        &mut self,
+        now: Instant,
+        message: SignalingMessage,
+    ) -> Result<(), P2pCallError> {
+        match message {
+            SignalingMessage::InitialSetup(setup) => {
+                if self.remote_setup.is_some() {
+                    // A resend or a renegotiation; ICE restarts are not supported.
+                    self.stats.signaling_ignored += 1;
+                    return Ok(());
+                }
+                if let Err(e) = self.apply_remote_setup(now, setup) {
+                    let reason = e.to_string();
+                    self.end(P2pEndReason::Signaling(reason));
+                    return Err(e);
+                }
+                if self.config.role == Role::Callee {
+                    self.send_local_setup(now)?;
+                }
+                let queued = std::mem::take(&mut self.queued_candidates);
+                self.add_remote_candidates(&queued);
+                for (source, destination, contents) in std::mem::take(&mut self.early_stun) {
+                    // Stale or forged ones are refused and counted like any datagram.
+                    let _ = self.handle_datagram(now, source, destination, &contents);
+                }
+                Ok(())
+            }
+            SignalingMessage::Candidates(Candidates { candidates }) => {
+                if self.remote_setup.is_some() {
+                    self.add_remote_candidates(&candidates);
+                } else {
+                    for c in candidates {
+                        if self.queued_candidates.len() < MAX_REMOTE_CANDIDATES {
+                            self.queued_candidates.push(c);
+                        } else {
+                            self.stats.candidates_skipped += 1;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            SignalingMessage::NegotiateChannels(n) => self.apply_negotiation(now, n),
+            SignalingMessage::MediaState(_) | SignalingMessage::Unknown { .. } => {
+                self.stats.signaling_ignored += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the peer's audio SSRC from its offer or answer, and answers an offer (any exchange
+    /// we did not start) with our own content under the same `exchangeId`.
+    fn apply_negotiation(
+        &mut self,
+        now: Instant,
+        negotiation: NegotiateChannels,
+    ) -> Result<(), P2pCallError> {
+        let audio = negotiation.contents.iter().find(|c| {
+            c.kind == ContentKind::Audio
+                && c.payload_types
+                    .iter()
+                    .any(|pt| pt.name.eq_ignore_ascii_case("opus") && pt.clockrate == 48_000)
+        });
+        match audio {
+            Some(content) => {
+                self.remote_ssrc = Some(content.ssrc);
+                self.accept_remote_ssrc(content.ssrc.0);
+            }
+            None => self.stats.signaling_ignored += 1,
+        }
+        let is_answer =
+            self.config.role == Role::Caller && negotiation.exchange_id == self.exchange_id;
+        if !is_answer {
+            let answer = SignalingMessage::NegotiateChannels(NegotiateChannels {
+                exchange_id: negotiation.exchange_id,
+                contents: vec![self.local_content()],
+            });
+            if let Err(e) = self.send_message(&answer, now) {
+                self.end(P2pEndReason::Channel(e.to_string()));
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets str0m receive RTP from `ssrc` (up to [`MAX_REMOTE_SSRCS`] per call).
+    fn accept_remote_ssrc(&mut self, ssrc: u32) {
+        if ssrc == self.ssrc.0 || self.remote_ssrcs.contains(&ssrc) {
+            return;
+        }
+        if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
+            self.stats.dropped_unknown_ssrc += 1;
+            return;
+        }
+        self.remote_ssrcs.push(ssrc);
+        self.rtc.direct_api().expect_stream_rx(
+            StrSsrc::from(ssrc),
+            None,
+            Mid::from(AUDIO_MID),
+            None,
+        );
+    }
+
+    fn apply_remote_setup(
+        &mut self,
+        now: Instant,
+        setup: InitialSetup,
+    ) -> Result<(), P2pCallError> {
+        let fingerprint = setup
+            .fingerprints
+            .iter()
+            .find(|f| f.hash.eq_ignore_ascii_case("sha-256"))
+            .ok_or_else(|| SignalingError::InvalidField {
+                field: "fingerprints".to_owned(),
+                reason: "no sha-256 fingerprint".to_owned(),
+            })?;
+        let digest = fingerprint
+            .digest()
+            .filter(|d| d.len() == 32)
+            .ok_or_else(|| SignalingError::InvalidField {
+                field: "fingerprints[].fingerprint".to_owned(),
+                reason: "not 32 colon-separated hex bytes".to_owned(),
+            })?;
+        let dtls_client = setup.local_is_dtls_client(self.config.role);
+        {
+            let mut api = self.rtc.direct_api();
+            api.set_remote_ice_credentials(IceCreds {
+                ufrag: setup.ufrag.clone(),
+                pass: setup.pwd.clone(),
+            });
+            api.set_remote_fingerprint(str0m::config::Fingerprint {
+                hash_func: "sha-256".to_owned(),
+                bytes: digest,
+            });
+            api.start_dtls(dtls_client)
+                .map_err(|e| P2pCallError::Config {
+                    reason: format!("start dtls: {e}"),
+                })?;
+        }
+        // str0m schedules nothing until its first timeout: this starts ICE.
+        self.rtc
+            .handle_input(str0m::Input::Timeout(now))
+            .map_err(|e| P2pCallError::Config {
+                reason: format!("starting ice: {e}"),
+            })?;
+        tracing::debug!(role = ?self.config.role, dtls_client, "remote setup applied");
+        self.remote_setup = Some(setup);
+        Ok(())
+    }
+
+    fn add_remote_candidates(&mut self, lines: &[String]) {
+        for line in lines {
+            let parsed = Candidate::from_sdp_string(line.strip_prefix("a=").unwrap_or(line));
+            let usable = match parsed {
+                Ok(c) if c.addr().is_ipv4() == self.config.local_addr.is_ipv4() => Some(c),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!("skipping remote candidate: {e}");
+                    None
+                }
+            };
+            match usable {
+                Some(c) if self.remote_addrs.len() < MAX_REMOTE_CANDIDATES => {
+                    if !self.remote_addrs.contains(&c.addr()) {
+                        self.remote_addrs.push(c.addr());
+                    }
+                    self.rtc.add_remote_candidate(c);
+                }
+                _ => self.stats.candidates_skipped += 1,
+            }
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) -> Result<(), P2pCallError> {
+        if matches!(self.state, P2pState::Ended(_)) {
+            self.stats.dropped_not_live += 1;
+            return Err(P2pCallError::Ended);
+        }
+        if self.remote_setup.is_none() {
+            // UDP is faster than the messenger: the callee's checks reach the caller before the
+            // callee's InitialSetup does. Keep a few addressed to our ufrag and hand them to
+            // str0m once the setup is applied; a controlled agent whose own check is still in
+            // progress waits for it before accepting a nomination, so answering the early check
+            // saves a STUN retransmission timeout (~450 ms with 300 ms of messenger latency).
+            if stun_local_ufrag(contents) == Some(self.local_creds.ufrag.as_str())
+                && self.early_stun.len() < MAX_EARLY_STUN
+            {
+                self.early_stun
+                    .push((source, destination, contents.to_vec()));
+                self.stats.early_stun_buffered += 1;
+            } else {
+                self.stats.dropped_not_live += 1;
+            }
+            return Err(P2pCallError::NotStarted);
+        }
+        let receive = match Receive::new(Protocol::Udp, source, destination, contents) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                return Err(P2pCallError::Malformed {
+                    reason: e.to_string(),
+                });
+            }
+        };
+        // No NegotiateChannels yet: accept the peer's audio SSRC from the first packet with our
+        // Opus PT (the RTP header is clear text; str0m authenticates the packet itself).
+        if let Some(h) = rtp_header(contents)
+            && h.pt == *self.pt
+            && self.rtc.is_connected()
+        {
+            self.accept_remote_ssrc(h.ssrc);
+        }
+        match self.rtc.handle_input(str0m::Input::Receive(now, receive)) {
+            Ok(()) => {
+                self.stats.datagrams_received += 1;
+                self.stats.bytes_received += contents.len() as u64;
+                self.last_heard = Some(now);
+                Ok(())
+            }
+            Err(e) => {
+                if self.rtc.is_alive() {
+                    self.stats.dropped_rejected += 1;
+                    Err(P2pCallError::Rejected {
+                        reason: e.to_string(),
+                    })
+                } else {
+                    self.end(P2pEndReason::from_rtc_error(&e));
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.state, P2pState::Ended(_)) {
+            return;
+        }
+        if let Some(deadline) = self.connect_deadline
+            && now >= deadline
+        {
+            self.end(P2pEndReason::ConnectTimeout);
+            return;
+        }
+        if let Some(deadline) = self.disconnect_deadline()
+            && now >= deadline
+        {
+            self.end(P2pEndReason::IceDisconnected);
+            return;
+        }
+        self.send_due_frames(now);
+        if self.remote_setup.is_some()
+            && let Err(e) = self.rtc.handle_input(str0m::Input::Timeout(now))
+        {
+            self.end(P2pEndReason::from_rtc_error(&e));
+        }
+    }
+
+    fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<(), P2pCallError> {
+        if matches!(self.state, P2pState::Ended(_)) {
+            return Err(P2pCallError::Ended);
+        }
+        match cmd {
+            Command::SetSource(source) => {
+                self.source = Some(source);
+                self.schedule_frames(now);
+            }
+            Command::Mute => self.muted = true,
+            Command::Unmute => self.muted = false,
+            Command::Hangup => {
+                if self.remote_setup.is_some() && self.rtc.close().is_ok() {
+                    self.flushing_close = true;
+                } else {
+                    self.rtc.disconnect();
+                }
+                self.end(P2pEndReason::Hangup);
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_rtc(&mut self) -> Option<Output> {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(str0m::Output::Timeout(t)) => {
+                    self.rtc_timeout = Some(t);
+                    return None;
+                }
+                Ok(str0m::Output::Transmit(t)) => {
+                    let contents: Vec<u8> = t.contents.into();
+                    self.stats.datagrams_sent += 1;
+                    self.stats.bytes_sent += contents.len() as u64;
+                    return Some(Output::Transmit(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents,
+                    }));
+                }
+                Ok(str0m::Output::Event(e)) => {
+                    if let Some(ev) = self.map_rtc_event(e) {
+                        return Some(Output::Event(ev));
+                    }
+                }
+                Err(e) => {
+                    self.end(P2pEndReason::from_rtc_error(&e));
+                    return self.events.pop_front().map(Output::Event);
+                }
+            }
+        }
+    }
+
+    fn map_rtc_event(&mut self, e: str0m::Event) -> Option<Event> {
+        match e {
+            str0m::Event::Connected => {
+                self.connect_deadline = None;
+                self.connected_at = Some(self.last_now);
+                self.set_state(P2pState::Connected);
+                self.schedule_frames(self.last_now);
+                self.events.pop_front()
+            }
+            str0m::Event::IceConnectionStateChange(state) => {
+                tracing::debug!(role = ?self.config.role, ?state, "ice state");
+                None
+            }
+            str0m::Event::Closed => {
+                self.end(P2pEndReason::Dtls("closed by peer".to_owned()));
+                self.events.pop_front()
+            }
+            str0m::Event::RtpPacket(p) => {
+                self.stats.packets_received += 1;
+                self.stats.payload_bytes_received += p.payload.len() as u64;
+                Some(Event::AudioReceived {
+                    ssrc: Ssrc(*p.header.ssrc),
+                    seq: p.header.sequence_number,
+                    rtp_time: p.header.timestamp,
+                    audio_level: p.header.ext_vals.audio_level,
+                    payload: p.payload,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn schedule_frames(&mut self, now: Instant) {
+        if self.state == P2pState::Connected
+            && self.source.is_some()
+            && self.next_frame_at.is_none()
+        {
+            self.next_frame_at = Some(now);
+        }
+    }
+
+    fn send_due_frames(&mut self, now: Instant) {
+        let Some(mut due) = self.next_frame_at else {
+            return;
+        };
+        let horizon = now + FRAME_SEND_AHEAD;
+        if due > horizon {
+            return;
+        }
+        let behind =
+            (now.saturating_duration_since(due).as_micros() / FRAME_DURATION.as_micros()) as u32;
+        if behind > MAX_CATCH_UP_FRAMES {
+            let skip = behind - MAX_CATCH_UP_FRAMES;
+            self.stats.frames_skipped_late += u64::from(skip);
+            due += FRAME_DURATION * skip;
+        }
+        while due <= horizon {
+            let Some(frame) = self.next_source_frame() else {
+                self.next_frame_at = None;
+                return;
+            };
+            self.write_frame(due, &frame);
+            due += Duration::from_micros(u64::from(frame.duration_samples) * 1_000_000 / 48_000);
+        }
+        self.next_frame_at = Some(due);
+    }
+
+    fn next_source_frame(&mut self) -> Option<OpusFrame> {
+        let source = self.source.as_mut()?;
+        match source.next_frame() {
+            Ok(Some(frame)) => Some(frame),
+            Ok(None) => {
+                self.source = None;
+                self.events.push_back(Event::StreamEnded { error: None });
+                None
+            }
+            Err(e) => {
+                self.source = None;
+                let reason = e.to_string();
+                self.events.push_back(Event::StreamEnded {
+                    error: Some(reason.clone()),
+                });
+                self.end(P2pEndReason::SourceFailed(reason));
+                None
+            }
+        }
+    }
+
+    fn write_frame(&mut self, wallclock: Instant, frame: &OpusFrame) {
+        let (payload, level, vad): (Arc<[u8]>, u8, bool) = if self.muted {
+            (self.silence.clone(), AUDIO_LEVEL_SILENCE, false)
+        } else {
+            (frame.data.clone(), frame.audio_level, frame.voice_activity)
+        };
+        let ext = ExtensionValues {
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: Some(vad),
+            ..Default::default()
+        };
+        let payload_len = payload.len();
+        let write = RtpWrite::new(
+            self.pt,
+            SeqNo::from(self.seq),
+            self.rtp_time,
+            wallclock,
+            payload,
+        )
+        .ext_vals(ext);
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx(&StrSsrc::from(self.ssrc.0)) else {
+            return;
+        };
+        stream.write_rtp(write);
+        self.seq += 1;
+        self.rtp_time = self.rtp_time.wrapping_add(frame.duration_samples);
+        self.stats.packets_sent += 1;
+        self.stats.payload_bytes_sent += payload_len as u64;
+    }
+
+    fn set_state(&mut self, state: P2pState) {
+        if self.state != state {
+            tracing::debug!(role = ?self.config.role, ?state, "p2p call state");
+            self.state = state.clone();
+            self.events.push_back(Event::StateChanged(state));
+        }
+    }
+
+    fn end(&mut self, reason: P2pEndReason) {
+        if matches!(self.state, P2pState::Ended(_)) {
+            return;
+        }
+        self.next_frame_at = None;
+        self.connect_deadline = None;
+        self.source = None;
+        self.set_state(P2pState::Ended(reason));
+    }
+}
+
+/// ICE characters (alphanumerics only, a subset of RFC 8445 `ice-char`).
+fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
+        .collect()
+}
