@@ -226,7 +226,7 @@ pub enum Input<'a> {
     Datagram {
         /// Where it came from.
         source: SocketAddr,
-        /// The local address it arrived on (must equal [`CallConfig::local_addr`]).
+        /// The local address it arrived on (the `local_addr` given to [`Call::connect`]).
         destination: SocketAddr,
         /// Its bytes.
         contents: &'a [u8],
@@ -365,7 +365,7 @@ pub struct CallStats {
     pub dropped_not_live: u64,
     /// Frames skipped because the caller drove the call late.
     pub frames_skipped_late: u64,
-    /// Packets from remote SSRCs over [`MAX_REMOTE_SSRCS`].
+    /// Packets from remote SSRCs beyond the first 64 a call accepts.
     pub dropped_unknown_ssrc: u64,
     /// SRTP packets refused as replays: their sequence number was already received, or is
     /// older than the replay window (see [`crate::replay`]). str0m drops these too, silently;

@@ -264,7 +264,7 @@ struct Participant {
     silent: bool,
 }
 
-/// A Telegram-like SFU. See the [module docs](self).
+/// A Telegram-like SFU. See the module docs of `sfu_mock::sfu`.
 pub struct Sfu {
     config: SfuConfig,
     fingerprint: String,
