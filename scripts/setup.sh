@@ -30,3 +30,10 @@ for knob in net.core.rmem_max net.core.wmem_max; do
         sysctl -qw "$knob=8388608" || true
     fi
 done
+
+# aiortc (an independent WebRTC stack) plays the SFU in engine-runtime/tests/aiortc_interop.rs.
+# Wheels only: no compiler toolchain for its C extensions.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import aiortc" >/dev/null 2>&1; then
+    echo "setup: installing aiortc for the interop test" >&2
+    python3 -m pip install --quiet --only-binary=:all: aiortc==1.16.0
+fi

@@ -1,0 +1,139 @@
+//! Interop against aiortc, an independent WebRTC stack (Python), playing the Telegram SFU's side.
+//!
+//! `interop/aiortc_sfu.py` reads ringcast's join payload, answers with aiortc's ICE credentials,
+//! DTLS fingerprint and loopback candidate in the group-call response format, then receives
+//! ringcast's audio over real UDP (ICE: aiortc controlling; DTLS: aiortc client; SRTP, Opus PT
+//! 111 with ssrc-audio-level), decodes it with its own Opus decoder and reports the dominant
+//! frequency. Needs `python3` with `aiortc` (installed by `scripts/setup.sh`): without them the
+//! test fails, it does not skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringcast::{CallState, Engine, EventKind, StreamSource};
+
+/// Kills the Python side if the test panics before it exits.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../interop/aiortc_sfu.py")
+}
+
+/// Runs one call playing `tone_hz` into aiortc; returns aiortc's result JSON.
+fn play_into_aiortc(chat: i64, tone_hz: f32) -> serde_json::Value {
+    let engine = Engine::builder().shards(1).build().unwrap();
+    let join = engine.create_call(chat).unwrap();
+    let engine_addr = engine.call_info(chat).unwrap().local_addr;
+
+    let mut cmd = Command::new("python3");
+    cmd.arg(script());
+    if let Some(addr) = engine_addr {
+        cmd.arg(addr.to_string());
+    }
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run python3 (install it and run scripts/setup.sh for aiortc): {e}")
+        });
+    let mut peer = Peer(child);
+    let mut stdin = peer.0.stdin.take().unwrap();
+    writeln!(stdin, "{join}").unwrap();
+    drop(stdin);
+
+    // One reader thread: lines arrive through a channel so every wait is bounded.
+    let stdout = peer.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |what: &str, limit: Duration| -> serde_json::Value {
+        let line = rx
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("aiortc_sfu.py gave no {what} line within {limit:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("aiortc_sfu.py {what} line is not JSON ({e}): {line}"));
+        if let Some(err) = v.get("error") {
+            panic!(
+                "aiortc_sfu.py failed before its {what}: {err} (is aiortc installed? run scripts/setup.sh)"
+            );
+        }
+        v
+    };
+
+    let answer = next_line("answer", Duration::from_secs(15));
+    engine.connect(chat, &answer.to_string()).unwrap();
+    engine
+        .set_stream_sources(
+            chat,
+            StreamSource::Tone {
+                frequency_hz: tone_hz,
+            },
+        )
+        .unwrap();
+
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut connected = false;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match engine.events().recv_timeout(left) {
+            Ok(e) if e.kind == EventKind::ConnectionChanged(CallState::Connected) => {
+                connected = true;
+                break;
+            }
+            Ok(e) => {
+                if let EventKind::ConnectionChanged(CallState::Ended(reason)) = &e.kind {
+                    panic!("call ended before connecting to aiortc: {reason:?}");
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(connected, "ringcast never reached Connected with aiortc");
+
+    let result = next_line("result", Duration::from_secs(15));
+    let status = peer.0.wait().unwrap();
+    assert!(status.success(), "aiortc_sfu.py exited with {status}");
+    engine.shutdown();
+    result
+}
+
+fn check(result: &serde_json::Value, tone_hz: f64) {
+    let frames = result["frames"].as_u64().expect("frames");
+    let hz = result["dominant_hz"].as_f64().expect("dominant_hz");
+    eprintln!("aiortc decoded {tone_hz} Hz tone: {result}");
+    assert!(
+        frames >= 100,
+        "aiortc decoded only {frames} frames: {result}"
+    );
+    assert!(
+        (hz - tone_hz).abs() <= 10.0,
+        "aiortc heard {hz} Hz, ringcast played {tone_hz} Hz: {result}"
+    );
+}
+
+#[test]
+fn aiortc_as_sfu_decodes_ringcast_tone() {
+    let low = play_into_aiortc(1, 440.0);
+    check(&low, 440.0);
+    // A second call at another pitch: the measurement follows the tone, it is not a constant.
+    let high = play_into_aiortc(2, 1000.0);
+    check(&high, 1000.0);
+}
