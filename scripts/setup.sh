@@ -7,6 +7,9 @@ need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# python3 + pip for the aiortc interop test (below).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
@@ -33,7 +36,9 @@ done
 
 # aiortc (an independent WebRTC stack) plays the SFU in engine-runtime/tests/aiortc_interop.rs.
 # Wheels only: no compiler toolchain for its C extensions.
-if command -v python3 >/dev/null 2>&1 && ! python3 -c "import aiortc" >/dev/null 2>&1; then
+if ! python3 -c "import aiortc" >/dev/null 2>&1; then
     echo "setup: installing aiortc for the interop test" >&2
-    python3 -m pip install --quiet --only-binary=:all: aiortc==1.16.0
+    # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
+    python3 -m pip install --quiet --only-binary=:all: aiortc==1.16.0 ||
+        python3 -m pip install --quiet --break-system-packages --only-binary=:all: aiortc==1.16.0
 fi
