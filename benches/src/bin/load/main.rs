@@ -411,11 +411,34 @@ impl Ringcast {
         let n = self.live.len();
         for _ in 0..k.min(n) {
             if let Some(key) = self.live.pop_front() {
-                self.engine.stop(key).map_err(|e| e.to_string())?;
+                self.engine
+                    .stop(key)
+                    .map_err(|e| format!("stop {key}: {e}"))?;
                 self.stopped += 1;
             }
         }
         self.grow_to(n, sfu)
+    }
+
+    /// Calls that ended without being asked to since the last look, with their reasons;
+    /// they are dropped from the live set (the soak counts them as failures).
+    fn take_unexpected_ends(&mut self) -> Vec<(i64, EndReason)> {
+        let mut ended = Vec::new();
+        while let Ok(e) = self.engine.events().try_recv() {
+            match e.kind {
+                EventKind::ConnectionChanged(CallState::Connected) => self.connected += 1,
+                EventKind::ConnectionChanged(CallState::Ended(EndReason::Stopped)) => {}
+                EventKind::ConnectionChanged(CallState::Ended(r)) => {
+                    if let Some(i) = self.live.iter().position(|k| *k == e.chat_id) {
+                        self.live.remove(i);
+                        self.stopped += 1;
+                    }
+                    ended.push((e.chat_id, r));
+                }
+                _ => {}
+            }
+        }
+        ended
     }
 }
 
@@ -874,8 +897,13 @@ fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
     let mut prev = first.clone();
     let mut samples: Vec<Value> = Vec::new();
     let mut rss = Vec::new();
+    let mut unexpected: Vec<Value> = Vec::new();
     while t0.elapsed().as_secs_f64() < seconds {
         std::thread::sleep(interval);
+        for (chat, reason) in rc.take_unexpected_ends() {
+            eprintln!("[soak] call {chat} ended on its own: {reason:?}");
+            unexpected.push(json!({"chat": chat, "reason": format!("{reason:?}")}));
+        }
         if churn > 0 {
             rc.churn(churn, &sfu)?;
         }
@@ -911,12 +939,13 @@ fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
     let allowed = warm / 20 + 4096;
     let flat = end <= warm + allowed;
     let all = prev.lateness.since(&first.lateness);
-    let pass = lost == 0 && flat && !samples.is_empty();
+    let pass = lost == 0 && flat && unexpected.is_empty() && !samples.is_empty();
     eprintln!(
-        "[soak] {:.0} s, {calls} calls, {} replaced: lost {lost}, RSS {warm} KB after warm-up -> \
-         {end} KB at the end (allowed +{allowed} KB): {}",
+        "[soak] {:.0} s, {calls} calls, {} replaced, {} ended on their own: lost {lost}, RSS \
+         {warm} KB after warm-up -> {end} KB at the end (allowed +{allowed} KB): {}",
         t0.elapsed().as_secs_f64(),
         churn * samples.len(),
+        unexpected.len(),
         if pass { "pass" } else { "FAIL" }
     );
     Ok((
@@ -926,7 +955,7 @@ fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
             "packets_counted_by_sfu": packets - sfu0,
             "rss_kb_after_warmup": warm, "rss_kb_end": end, "rss_flat": flat,
             "p99_lateness_ms": ms(all.percentile(0.99)), "max_lateness_ms": ms(all.max()),
-            "samples": samples, "pass": pass,
+            "ended_unexpectedly": unexpected, "samples": samples, "pass": pass,
         }),
         pass,
     ))
