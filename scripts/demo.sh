@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo run --release --locked -p ringcast --bin ringcast -- demo "$@"
+# RINGCAST_PROFILE picks the cargo profile (CI uses `ci`, release without LTO).
+cargo run --profile "${RINGCAST_PROFILE:-release}" --locked -p ringcast --bin ringcast -- demo "$@"
