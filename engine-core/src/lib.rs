@@ -37,6 +37,7 @@ pub mod call;
 pub mod crypto;
 pub mod demux;
 pub mod endpoint;
+pub mod flight;
 pub mod media;
 pub mod p2p_call;
 pub mod pacer;
