@@ -9,8 +9,10 @@
 //! The binary corpora follow the same idea with their own names: `demux_first_datagram` seeds
 //! are `unroutable_*` or `routed_*`, `ogg_reader` seeds are `valid_*` (with the packet count
 //! listed in [`OGG_VALID`]) or `broken_*`. Their checks are the fuzz targets' own
-//! (`fuzz/harness/*.rs`, included here). `cargo test -p ringcast-core --test fuzz_corpus --
-//! --ignored write_seeds` rewrites the generated seeds.
+//! (`fuzz/harness/*.rs`, included here). The generated seeds must equal
+//! the checked-in files (`generated_seeds_match_the_corpus`);
+//! `RINGCAST_WRITE_SEEDS=1 cargo test -p ringcast-core --test fuzz_corpus generated_seeds`
+//! rewrites them instead.
 
 #[path = "../../fuzz/harness/demux.rs"]
 mod demux;
@@ -215,16 +217,31 @@ fn ogg_headers(serial: u32) -> Vec<u8> {
 /// A 20 ms CELT packet: TOC config 31, code 0.
 const PKT_20MS: &[u8] = &[0xFC, 0xFF, 0xFE];
 
-/// Writes the generated seeds of `demux_first_datagram` and `ogg_reader`.
+/// With `RINGCAST_WRITE_SEEDS=1`, writes a generated seed into the corpus; otherwise checks
+/// that the checked-in file has exactly these bytes (so the generator and the corpus cannot
+/// drift apart unnoticed).
+fn seed_file(target: &str, name: &str, bytes: &[u8]) {
+    let path = corpus_dir(target).join(name);
+    if std::env::var_os("RINGCAST_WRITE_SEEDS").is_some() {
+        fs::create_dir_all(corpus_dir(target)).unwrap();
+        fs::write(&path, bytes).unwrap();
+    } else {
+        let on_disk = fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (RINGCAST_WRITE_SEEDS=1 writes it)", path.display())
+        });
+        assert!(
+            on_disk == bytes,
+            "{} differs from its generator (RINGCAST_WRITE_SEEDS=1 rewrites it)",
+            path.display()
+        );
+    }
+}
+
+/// The generated seeds of `demux_first_datagram` and `ogg_reader` are the checked-in ones.
 #[test]
-#[ignore = "rewrites seed files in fuzz/corpus; run by hand"]
-fn write_seeds() {
+fn generated_seeds_match_the_corpus() {
     use ringcast_core::media::OggOpusWriter;
-    let w = |target: &str, name: &str, bytes: &[u8]| {
-        let dir = corpus_dir(target);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(name), bytes).unwrap();
-    };
+    let w = seed_file;
 
     // Ogg.
     let mut writer = OggOpusWriter::new(7, 1, 312);

@@ -7,8 +7,9 @@
 //! `valid_*` must parse (and round-trip), `broken_*` must be refused. Other files (inputs
 //! libFuzzer found) only have to pass the harness checks.
 //!
-//! `cargo test -p ringcast-core --test p2p_fuzz_corpus -- --ignored write_seeds` rewrites the
-//! seeds.
+//! The generated seeds must equal the checked-in files (`generated_seeds_match_the_corpus`);
+//! `RINGCAST_WRITE_SEEDS=1 cargo test -p ringcast-core --test p2p_fuzz_corpus generated_seeds`
+//! rewrites them instead.
 
 #[path = "../../fuzz/harness/p2p.rs"]
 mod p2p;
@@ -124,14 +125,29 @@ fn messages() -> Vec<(&'static str, SignalingMessage)> {
     ]
 }
 
+/// With `RINGCAST_WRITE_SEEDS=1`, writes a generated seed into the corpus; otherwise checks
+/// that the checked-in file has exactly these bytes.
+fn seed_file(target: &str, name: &str, data: &[u8]) {
+    let path = corpus_dir(target).join(name);
+    if std::env::var_os("RINGCAST_WRITE_SEEDS").is_some() {
+        fs::create_dir_all(corpus_dir(target)).unwrap();
+        fs::write(&path, data).unwrap();
+    } else {
+        let on_disk = fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (RINGCAST_WRITE_SEEDS=1 writes it)", path.display())
+        });
+        assert!(
+            on_disk == data,
+            "{} differs from its generator (RINGCAST_WRITE_SEEDS=1 rewrites it)",
+            path.display()
+        );
+    }
+}
+
+/// The generated `p2p_*` seeds are the checked-in ones (`RINGCAST_WRITE_SEEDS=1` rewrites them).
 #[test]
-#[ignore = "rewrites fuzz/corpus/p2p_*; run by hand"]
-fn write_seeds() {
-    let write = |target: &str, name: &str, data: &[u8]| {
-        let dir = corpus_dir(target);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(name), data).unwrap();
-    };
+fn generated_seeds_match_the_corpus() {
+    let write = seed_file;
 
     // p2p_message: the messages above, the §4.7 NegotiateChannels example, and broken ones.
     for (name, msg) in messages() {

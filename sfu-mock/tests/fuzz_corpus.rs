@@ -3,8 +3,10 @@
 //! `fuzz/corpus/call_datagrams`) as a regression suite on stable Rust. The checks are the fuzz
 //! targets' own (`fuzz/harness/*.rs`, included here), plus the seeds' expected outcomes.
 //!
-//! `cargo test -p sfu-mock --test fuzz_corpus -- --ignored capture` rewrites the captured
-//! `call_datagrams` seeds from a fresh simulated call.
+//! `capture_makes_the_corpus_seed_set` captures the `call_datagrams` seeds from a fresh
+//! simulated call and checks it yields the checked-in set of seed files (the bytes differ
+//! whenever the call's randomness or wire format changes, so only names are compared);
+//! `RINGCAST_WRITE_SEEDS=1 cargo test -p sfu-mock --test fuzz_corpus capture` rewrites them.
 
 #[path = "../../fuzz/harness/call.rs"]
 mod call;
@@ -101,9 +103,11 @@ fn call_datagrams_framing() {
 
 /// Captures the `call_datagrams` seeds: a few of each kind the SFU sent to call 0 (STUN,
 /// the DTLS handshake flights, SRTP, SRTCP), one file each, plus a few multi-datagram seeds.
+/// Writes them into the corpus with `RINGCAST_WRITE_SEEDS=1`; otherwise into a scratch
+/// directory, and checks the capture yields the same seed files as the corpus has.
 #[test]
-#[ignore = "rewrites fuzz/corpus/call_datagrams; run by hand"]
-fn capture() {
+fn capture_makes_the_corpus_seed_set() {
+    let write_corpus = std::env::var_os("RINGCAST_WRITE_SEEDS").is_some();
     let mut w = call::connected_world(true);
     w.run_for(std::time::Duration::from_secs(8));
     let target = w
@@ -112,7 +116,11 @@ fn capture() {
         .local_addr
         .unwrap();
     let log = w.sfu_mut().log.take().unwrap();
-    let dir = corpus_dir("call_datagrams");
+    let dir = if write_corpus {
+        corpus_dir("call_datagrams")
+    } else {
+        std::env::temp_dir().join(format!("ringcast-call-datagrams-{}", std::process::id()))
+    };
     fs::create_dir_all(&dir).unwrap();
     let mut per_kind: std::collections::HashMap<&str, usize> = Default::default();
     let mut picked: Vec<Vec<u8>> = Vec::new();
@@ -140,4 +148,37 @@ fn capture() {
     )
     .unwrap();
     eprintln!("kinds: {per_kind:?}");
+    for kind in ["stun", "dtls", "srtp", "srtcp"] {
+        assert!(
+            per_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} captured: {per_kind:?}"
+        );
+    }
+    if !write_corpus {
+        let names = |d: &Path| {
+            let mut v: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && n.ends_with(".bin"))
+                .collect();
+            v.sort();
+            v
+        };
+        let captured = names(&dir);
+        // The captured kinds; `broken_*` seeds are made by hand and hash-named ones by libFuzzer.
+        let captured_kind = |n: &String| {
+            ["stun_", "dtls_", "srtp_", "srtcp_", "mixed_"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        };
+        let checked_in: Vec<String> = names(&corpus_dir("call_datagrams"))
+            .into_iter()
+            .filter(captured_kind)
+            .collect();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(
+            captured, checked_in,
+            "RINGCAST_WRITE_SEEDS=1 rewrites the corpus"
+        );
+    }
 }
