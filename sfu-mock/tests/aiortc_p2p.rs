@@ -542,7 +542,9 @@ fn call_aiortc(role: Role) -> Outcome {
     Outcome {
         aiortc_frames: result["frames"].as_u64().expect("frames"),
         aiortc_hz,
-        aiortc_zero_crossing_hz: result["zero_crossing_hz"].as_f64().unwrap_or(0.0),
+        aiortc_zero_crossing_hz: result["zero_crossing_hz"]
+            .as_f64()
+            .expect("zero_crossing_hz"),
         our_packets: ours.audio_packets,
         our_level_packets: ours.level_packets,
         our_hz: ours.meter.dominant_hz().expect("we decoded audible audio"),
@@ -574,6 +576,12 @@ fn check(o: &Outcome, who: &str) {
         (o.aiortc_hz - RINGCAST_HZ).abs() <= TOLERANCE_HZ,
         "{who}: aiortc heard {} Hz, we played {RINGCAST_HZ} Hz",
         o.aiortc_hz
+    );
+    // aiortc's own zero-crossing count agrees, independently of our FFT.
+    assert!(
+        (o.aiortc_zero_crossing_hz - f64::from(RINGCAST_HZ)).abs() <= 10.0,
+        "{who}: aiortc's zero crossings say {} Hz",
+        o.aiortc_zero_crossing_hz
     );
     assert!(o.our_packets >= MIN_PACKETS);
     assert!(
