@@ -34,7 +34,8 @@ for knob in net.core.rmem_max net.core.wmem_max; do
     fi
 done
 
-# aiortc (an independent WebRTC stack) plays the SFU in engine-runtime/tests/aiortc_interop.rs.
+# aiortc (an independent WebRTC stack) plays the SFU in engine-runtime/tests/aiortc_interop.rs
+# and the other end of a 1:1 call in sfu-mock/tests/aiortc_p2p.rs.
 # Wheels only: no compiler toolchain for its C extensions.
 if ! python3 -c "import aiortc" >/dev/null 2>&1; then
     echo "setup: installing aiortc for the interop test" >&2

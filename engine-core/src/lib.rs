@@ -45,6 +45,7 @@ pub mod replay;
 pub mod signaling;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stun;
 
 pub use call::{
     Call, CallConfig, CallError, CallState, Command, EndReason, Event, Input, Output, Transmit,

@@ -26,8 +26,19 @@
 //! `InitialSetup`, the callee answers with its own; each side takes the peer's SSRC from it (and,
 //! failing that, from the first RTP packet with our Opus PT). The peer's payload types and
 //! extension ids are not applied yet, so a tgcalls peer using another Opus PT or abs-send-time /
-//! transport-cc would need that. Not implemented either: `MediaState`, STUN/TURN servers and
-//! Telegram reflectors (host candidates only), ICE restarts, decoded-PCM hooks.
+//! transport-cc would need that. Not implemented either: `MediaState`, TURN servers and Telegram
+//! reflectors (no relay candidates), ICE restarts, decoded-PCM hooks.
+//!
+//! Candidates: the host candidate ([`P2pConfig::local_addr`]) goes out with our `InitialSetup`.
+//! For each of [`P2pConfig::stun_servers`] the call sends STUN Binding Requests from the same
+//! socket ([`crate::stun`]: retransmitted from 250 ms doubling, at most
+//! [`crate::stun::STUN_MAX_REQUESTS`], given up after [`P2pConfig::stun_timeout`]); a Binding
+//! Success adds a server-reflexive candidate, signaled in a `Candidates` message (or with the
+//! `InitialSetup` if that has not gone out yet). A mapped address equal to the host address (no
+//! NAT) is redundant and not signaled, as in libwebrtc. Responses are claimed by transaction id
+//! and source address before anything reaches str0m's ICE. A server that never answers, or
+//! answers with an error, is counted in [`P2pStats::stun_failed`]; the call goes on with the
+//! candidates it has.
 //!
 //! The surface is push in ([`P2pCall::handle_input`]), poll out ([`P2pCall::poll_output`]). After
 //! every `handle_input` the caller drains `poll_output` until it returns [`Output::Timeout`].
@@ -58,6 +69,7 @@ use crate::signaling::p2p::{
     CallKey, ChannelStats, EncryptedChannel, Framing, P2pError, Rejected, Role, SignalingMessage,
 };
 use crate::signaling::{SignalingError, Ssrc};
+use crate::stun::{GatherEvent, StunGatherer};
 
 /// How long a call may take from [`P2pCall::new`] to a working DTLS-SRTP path (the remote side's
 /// signaling included) before it fails with [`P2pEndReason::ConnectTimeout`].
@@ -96,6 +108,12 @@ const MAX_EARLY_STUN: usize = 8;
 /// Remote candidates accepted per call, queued or applied.
 const MAX_REMOTE_CANDIDATES: usize = 32;
 
+/// How long gathering from one STUN server may take before it counts as failed.
+pub const DEFAULT_STUN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many STUN servers per call ([`P2pConfig::stun_servers`]).
+pub const MAX_STUN_SERVERS: usize = 4;
+
 /// Static configuration of one 1:1 call.
 #[derive(Clone)]
 pub struct P2pConfig {
@@ -118,6 +136,12 @@ pub struct P2pConfig {
     pub connect_timeout: Duration,
     /// See [`DEFAULT_P2P_DISCONNECT_TIMEOUT`].
     pub disconnect_timeout: Duration,
+    /// STUN servers to gather server-reflexive candidates from (at most [`MAX_STUN_SERVERS`]);
+    /// those of the other address family than `local_addr` are skipped and counted
+    /// ([`P2pStats::stun_servers_skipped`]). Empty by default: host candidates only.
+    pub stun_servers: Vec<SocketAddr>,
+    /// See [`DEFAULT_STUN_TIMEOUT`].
+    pub stun_timeout: Duration,
 }
 
 impl P2pConfig {
@@ -139,6 +163,8 @@ impl P2pConfig {
             local_addr,
             connect_timeout: DEFAULT_P2P_CONNECT_TIMEOUT,
             disconnect_timeout: DEFAULT_P2P_DISCONNECT_TIMEOUT,
+            stun_servers: Vec::new(),
+            stun_timeout: DEFAULT_STUN_TIMEOUT,
         }
     }
 }
@@ -152,6 +178,7 @@ impl fmt::Debug for P2pConfig {
             .field("seed", &self.seed)
             .field("local_addr", &self.local_addr)
             .field("connect_timeout", &self.connect_timeout)
+            .field("stun_servers", &self.stun_servers)
             .finish_non_exhaustive()
     }
 }
@@ -347,7 +374,7 @@ pub struct P2pStats {
     pub datagrams_sent: u64,
     /// Bytes of those datagrams.
     pub bytes_sent: u64,
-    /// Datagrams received and accepted by str0m.
+    /// Datagrams received and accepted (by str0m, or answers from our STUN servers).
     pub datagrams_received: u64,
     /// Bytes of those datagrams.
     pub bytes_received: u64,
@@ -380,6 +407,19 @@ pub struct P2pStats {
     pub signaling_ignored: u64,
     /// Remote candidate lines skipped (unparseable, other address family, over the limit).
     pub candidates_skipped: u64,
+    /// STUN Binding Requests sent to [`P2pConfig::stun_servers`] (retransmissions included).
+    pub stun_requests_sent: u64,
+    /// Server-reflexive candidates gathered and signaled to the peer.
+    pub stun_srflx_candidates: u64,
+    /// STUN servers that mapped us to our host address or to an already gathered address (no
+    /// new candidate).
+    pub stun_redundant: u64,
+    /// STUN servers that answered with an error or not within [`P2pConfig::stun_timeout`].
+    pub stun_failed: u64,
+    /// Configured STUN servers of the other address family, not asked.
+    pub stun_servers_skipped: u64,
+    /// Responses to finished STUN transactions (duplicates) or malformed ones, dropped.
+    pub stun_responses_ignored: u64,
 }
 
 /// One 1:1 call. See the [module docs](self).
@@ -406,6 +446,10 @@ pub struct P2pCall {
     queued_candidates: Vec<String>,
     remote_addrs: Vec<SocketAddr>,
     remote_ssrcs: Vec<u32>,
+    /// Binding transactions with the STUN servers.
+    stun: StunGatherer,
+    /// Server-reflexive candidates gathered so far, as signaled (SDP candidate lines).
+    local_srflx: Vec<(SocketAddr, String)>,
     rtc_timeout: Option<Instant>,
     connect_deadline: Option<Instant>,
     connected_at: Option<Instant>,
@@ -456,6 +500,28 @@ impl P2pCall {
         let seq = u64::from(rng.u16(..));
         let rtp_time = rng.u32(..);
         let exchange_id = rng.u32(..);
+        let mut stats = P2pStats::default();
+        if config.stun_servers.len() > MAX_STUN_SERVERS {
+            return Err(P2pCallError::Config {
+                reason: format!(
+                    "{} STUN servers, at most {MAX_STUN_SERVERS}",
+                    config.stun_servers.len()
+                ),
+            });
+        }
+        let mut stun_servers = Vec::new();
+        for &server in &config.stun_servers {
+            if server.is_ipv4() != local_addr.is_ipv4() {
+                stats.stun_servers_skipped += 1;
+                continue;
+            }
+            // Drawn after everything above, so a seed gives the same ICE credentials and SSRC
+            // with or without STUN servers.
+            let mut txid = [0u8; 12];
+            rng.fill(&mut txid);
+            stun_servers.push((server, txid));
+        }
+        let stun = StunGatherer::new(&stun_servers, now, config.stun_timeout);
         let crypto = config
             .crypto
             .clone()
@@ -517,6 +583,8 @@ impl P2pCall {
             early_stun: Vec::new(),
             remote_addrs: Vec::new(),
             remote_ssrcs: Vec::new(),
+            stun,
+            local_srflx: Vec::new(),
             rtc_timeout: None,
             connect_deadline: Some(connect_deadline),
             connected_at: None,
@@ -531,7 +599,7 @@ impl P2pCall {
             silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
             signaling_out: VecDeque::new(),
             events: VecDeque::new(),
-            stats: P2pStats::default(),
+            stats,
             last_now: now,
         };
         if call.config.role == Role::Caller {
@@ -662,6 +730,16 @@ impl P2pCall {
                 self.stats.signaling_sent += 1;
                 return Output::Signaling(bytes);
             }
+            if let Some((server, request)) = self.stun.poll_transmit(self.last_now) {
+                self.stats.stun_requests_sent += 1;
+                self.stats.datagrams_sent += 1;
+                self.stats.bytes_sent += request.len() as u64;
+                return Output::Transmit(Transmit {
+                    source: self.config.local_addr,
+                    destination: server,
+                    contents: request.to_vec(),
+                });
+            }
             if self.remote_setup.is_some()
                 && let Some(out) = self.poll_rtc()
             {
@@ -693,6 +771,7 @@ impl P2pCall {
             self.connect_deadline,
             self.disconnect_deadline(),
             self.channel.poll_timeout(),
+            self.stun.poll_timeout(),
         ];
         candidates.into_iter().flatten().fold(idle, Instant::min)
     }
@@ -724,9 +803,9 @@ impl P2pCall {
                 reason: format!("local candidate: {e}"),
             })?;
         host.set_ufrag(&self.local_creds.ufrag);
-        let candidates = SignalingMessage::Candidates(Candidates {
-            candidates: vec![host.to_sdp_string()],
-        });
+        let mut lines = vec![host.to_sdp_string()];
+        lines.extend(self.local_srflx.iter().map(|(_, line)| line.clone()));
+        let candidates = SignalingMessage::Candidates(Candidates { candidates: lines });
         let mut messages = vec![setup, candidates];
         // The caller offers its media right after InitialSetup; the callee answers the offer.
         if self.config.role == Role::Caller {
@@ -955,6 +1034,12 @@ impl P2pCall {
             self.stats.dropped_not_live += 1;
             return Err(P2pCallError::Ended);
         }
+        // Answers from our STUN servers (matched by transaction id and source) never reach ICE.
+        if let Some(event) = self.stun.handle_datagram(source, contents) {
+            self.stats.datagrams_received += 1;
+            self.stats.bytes_received += contents.len() as u64;
+            return self.handle_stun_event(now, event);
+        }
         if self.remote_setup.is_none() {
             // UDP is faster than the messenger: the callee's checks reach the caller before the
             // callee's InitialSetup does. Keep a few addressed to our ufrag and hand them to
@@ -1010,9 +1095,60 @@ impl P2pCall {
         }
     }
 
+    /// A STUN server answered: a new server-reflexive candidate is added to ICE and signaled.
+    fn handle_stun_event(&mut self, now: Instant, event: GatherEvent) -> Result<(), P2pCallError> {
+        let mapped = match event {
+            GatherEvent::Mapped { mapped, .. } => mapped,
+            GatherEvent::Failed { server, code } => {
+                tracing::debug!(%server, code, "STUN server refused the binding");
+                self.stats.stun_failed += 1;
+                return Ok(());
+            }
+            GatherEvent::Ignored => {
+                self.stats.stun_responses_ignored += 1;
+                return Ok(());
+            }
+        };
+        let base = self.config.local_addr;
+        if mapped == base || self.local_srflx.iter().any(|(addr, _)| *addr == mapped) {
+            self.stats.stun_redundant += 1;
+            return Ok(());
+        }
+        let mut candidate = match Candidate::server_reflexive(mapped, base, "udp") {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%mapped, "unusable mapped address: {e}");
+                self.stats.stun_failed += 1;
+                return Ok(());
+            }
+        };
+        candidate.set_ufrag(&self.local_creds.ufrag);
+        let line = candidate.to_sdp_string();
+        self.rtc.add_local_candidate(candidate);
+        self.local_srflx.push((mapped, line.clone()));
+        self.stats.stun_srflx_candidates += 1;
+        tracing::debug!(role = ?self.config.role, %mapped, "server-reflexive candidate");
+        // Before our InitialSetup went out (the callee waiting for the caller's), the candidate
+        // goes with it; afterwards it is trickled.
+        if self.local_sent {
+            let message = SignalingMessage::Candidates(Candidates {
+                candidates: vec![line],
+            });
+            if let Err(e) = self.send_message(&message, now) {
+                self.end(P2pEndReason::Channel(e.to_string()));
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.state, P2pState::Ended(_)) {
             return;
+        }
+        for server in self.stun.handle_timeout(now) {
+            tracing::debug!(%server, "STUN server did not answer");
+            self.stats.stun_failed += 1;
         }
         if let Some(deadline) = self.connect_deadline
             && now >= deadline
