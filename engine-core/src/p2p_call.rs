@@ -57,8 +57,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 
-use crate::call::{FRAME_SEND_AHEAD, Transmit};
+use crate::call::{FRAME_SEND_AHEAD, INITIAL_SEQ_LIMIT, Transmit};
+use crate::demux::{DatagramKind, classify};
 use crate::demux::{rtp_header, stun_local_ufrag};
+use crate::flight::FinalFlight;
 use crate::media::{FRAME_DURATION, FrameSource, OpusFrame};
 use crate::signaling::group::URI_AUDIO_LEVEL;
 use crate::signaling::p2p::messages::{
@@ -388,6 +390,9 @@ pub struct P2pStats {
     pub dropped_rejected: u64,
     /// Datagrams before the remote setup (other than buffered STUN) or after the end.
     pub dropped_not_live: u64,
+    /// DTLS datagrams of the callee's final flight resent because the caller had not yet
+    /// shown it finished the handshake (see [`crate::flight`]).
+    pub dtls_flight_resent: u64,
     /// STUN checks to our ufrag kept while waiting for the remote setup (see
     /// [`P2pCall::handle_input`]), handed to str0m once it is applied.
     pub early_stun_buffered: u64,
@@ -464,6 +469,11 @@ pub struct P2pCall {
     flushing_close: bool,
     silence: Arc<[u8]>,
     signaling_out: VecDeque<Vec<u8>>,
+    /// The callee is the DTLS server: its final flight, resent until the caller proves it has
+    /// the keys ([`crate::flight`]).
+    final_flight: FinalFlight,
+    /// Final-flight resends waiting to go out.
+    resends: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: P2pStats,
     last_now: Instant,
@@ -497,7 +507,8 @@ impl P2pCall {
         let ufrag = random_ice_chars(&mut rng, 16);
         let pass = random_ice_chars(&mut rng, 24);
         let ssrc = Ssrc(rng.u32(1..=0x7FFF_FFFF));
-        let seq = u64::from(rng.u16(..));
+        // Below 2^15 like group calls (see `Call::new`): a late DTLS finish must not meet a wrap.
+        let seq = u64::from(rng.u16(..INITIAL_SEQ_LIMIT));
         let rtp_time = rng.u32(..);
         let exchange_id = rng.u32(..);
         let mut stats = P2pStats::default();
@@ -598,6 +609,8 @@ impl P2pCall {
             flushing_close: false,
             silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
             signaling_out: VecDeque::new(),
+            final_flight: FinalFlight::default(),
+            resends: VecDeque::new(),
             events: VecDeque::new(),
             stats,
             last_now: now,
@@ -726,6 +739,12 @@ impl P2pCall {
         }
         let ended = matches!(self.state, P2pState::Ended(_));
         if !ended {
+            if let Some(t) = self.resends.pop_front() {
+                self.stats.datagrams_sent += 1;
+                self.stats.bytes_sent += t.contents.len() as u64;
+                self.stats.dtls_flight_resent += 1;
+                return Output::Transmit(t);
+            }
             if let Some(bytes) = self.channel.poll_transmit(self.last_now) {
                 self.stats.signaling_sent += 1;
                 return Output::Signaling(bytes);
@@ -772,6 +791,7 @@ impl P2pCall {
             self.disconnect_deadline(),
             self.channel.poll_timeout(),
             self.stun.poll_timeout(),
+            self.final_flight.deadline(),
         ];
         candidates.into_iter().flatten().fold(idle, Instant::min)
     }
@@ -1079,6 +1099,9 @@ impl P2pCall {
                 self.stats.datagrams_received += 1;
                 self.stats.bytes_received += contents.len() as u64;
                 self.last_heard = Some(now);
+                if classify(contents) == DatagramKind::Dtls {
+                    self.final_flight.on_received();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -1162,6 +1185,15 @@ impl P2pCall {
             self.end(P2pEndReason::IceDisconnected);
             return;
         }
+        let resends = &mut self.resends;
+        self.final_flight
+            .poll_resend(now, |source, destination, contents| {
+                resends.push_back(Transmit {
+                    source,
+                    destination,
+                    contents: contents.to_vec(),
+                });
+            });
         self.send_due_frames(now);
         if self.remote_setup.is_some()
             && let Err(e) = self.rtc.handle_input(str0m::Input::Timeout(now))
@@ -1202,6 +1234,11 @@ impl P2pCall {
                 }
                 Ok(str0m::Output::Transmit(t)) => {
                     let contents: Vec<u8> = t.contents.into();
+                    if self.config.role == Role::Callee && classify(&contents) == DatagramKind::Dtls
+                    {
+                        self.final_flight
+                            .on_sent(t.source, t.destination, &contents);
+                    }
                     self.stats.datagrams_sent += 1;
                     self.stats.bytes_sent += contents.len() as u64;
                     return Some(Output::Transmit(Transmit {
@@ -1228,6 +1265,9 @@ impl P2pCall {
             str0m::Event::Connected => {
                 self.connect_deadline = None;
                 self.connected_at = Some(self.last_now);
+                // The callee (DTLS server) is done once its final flight is out; resend it
+                // until the caller shows it got it (see `crate::flight`).
+                self.final_flight.on_connected(self.last_now);
                 self.set_state(P2pState::Connected);
                 self.schedule_frames(self.last_now);
                 self.events.pop_front()
@@ -1241,6 +1281,7 @@ impl P2pCall {
                 self.events.pop_front()
             }
             str0m::Event::RtpPacket(p) => {
+                self.final_flight.on_confirmed();
                 self.stats.packets_received += 1;
                 self.stats.payload_bytes_received += p.payload.len() as u64;
                 Some(Event::AudioReceived {
