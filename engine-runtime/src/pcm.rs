@@ -65,21 +65,25 @@ impl PcmSinks {
         Ok(())
     }
 
-    /// Feeds a call's received audio to its sink, if it has one; drops a sink whose receiver
-    /// is gone.
+    /// Feeds a call's received audio to its sink, if it has one (other events are ignored).
     pub(crate) fn on_event(&mut self, chat_id: i64, event: &Event) {
-        let Event::AudioReceived {
+        if let Event::AudioReceived {
             ssrc, seq, payload, ..
         } = event
-        else {
+        {
+            self.on_audio(chat_id, ssrc.0, *seq, payload);
+        }
+    }
+
+    /// Decodes one received Opus packet of `key`'s call if it has a sink; drops a sink whose
+    /// receiver is gone. The entry point for call kinds with their own event type.
+    pub(crate) fn on_audio(&mut self, key: i64, ssrc: u32, seq: u16, payload: &[u8]) {
+        let Some(sink) = self.sinks.get_mut(&key) else {
             return;
         };
-        let Some(sink) = self.sinks.get_mut(&chat_id) else {
-            return;
-        };
-        sink.push_packet(ssrc.0, *seq, payload);
+        sink.push_packet(ssrc, seq, payload);
         if sink.is_closed() {
-            self.sinks.remove(&chat_id);
+            self.sinks.remove(&key);
         }
     }
 

@@ -1152,6 +1152,33 @@ mod tests {
     }
 
     #[test]
+    fn shared_pcm_is_encoded_once_for_many_calls() {
+        let (source, writer) = pcm_source(&PcmSourceConfig::default()).unwrap();
+        let shared = crate::media::SharedSource::new(Box::new(source));
+        let mut readers: Vec<_> = (0..3).map(|_| shared.reader()).collect();
+        let mut per_reader = vec![Vec::new(); 3];
+        for pcm in sine_frames(660.0, 20) {
+            writer.try_push(&pcm).unwrap();
+            for (reader, out) in readers.iter_mut().zip(&mut per_reader) {
+                out.push(reader.next_frame().unwrap().unwrap());
+            }
+        }
+        assert_eq!(writer.stats().frames_encoded, 20);
+        assert_eq!(writer.stats().underruns, 0);
+        assert_eq!(shared.frames_pulled(), 20);
+        for out in &per_reader {
+            let pcm = decode_mono(out);
+            assert!(dominant_hz(&pcm[4800..], 500..=800).abs_diff(660) <= 5);
+        }
+        drop(writer);
+        assert!(
+            readers
+                .iter_mut()
+                .all(|r| r.next_frame().unwrap().is_none())
+        );
+    }
+
+    #[test]
     fn handles_are_send() {
         fn assert_send<T: Send>() {}
         assert_send::<PcmSource>();
