@@ -174,18 +174,37 @@ fn pcm_sink_decodes_the_other_participants_tone() {
     );
     eprintln!("sink: {frames} frames read, {hz:.1} Hz, {stats:?}");
 
+    // A second sink replaces the first: the first disconnects, the second gets the tone.
+    let second = engine.set_pcm_sink(2, &PcmSinkConfig::default()).unwrap();
+    assert!(
+        disconnects(&receiver),
+        "the replaced receiver still connected"
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut pcm = Vec::new();
+    while pcm.len() < 50 * 960 && Instant::now() < end {
+        if let Ok(frame) = second.frames().recv_timeout(Duration::from_millis(200)) {
+            assert_eq!(frame.ssrc, ssrcs[0]);
+            pcm.extend(frame.samples.iter().map(|&s| f32::from(s) / 32_768.0));
+        }
+    }
+    assert_eq!(pcm.len(), 50 * 960, "the second sink got too little");
+    let hz = dominant_frequency_hz(&pcm[pcm.len() - 16_384..], 48_000).unwrap();
+    assert!((hz - 440.0).abs() <= 5.0, "second sink decoded {hz} Hz");
+
     // The call ends: the sink goes with it and the receiver disconnects once drained.
     engine.stop(2).unwrap();
+    assert!(disconnects(&second), "the receiver outlived its call");
+}
+
+/// True if `receiver` disconnects (its queue drained) within 10 s.
+fn disconnects(receiver: &ringcast::PcmReceiver) -> bool {
     let end = Instant::now() + Duration::from_secs(10);
-    let mut disconnected = false;
     while Instant::now() < end {
         match receiver.frames().recv_timeout(Duration::from_millis(200)) {
             Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                disconnected = true;
-                break;
-            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return true,
         }
     }
-    assert!(disconnected, "the receiver outlived its call");
+    false
 }
