@@ -46,7 +46,7 @@ pub use error::EngineError;
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;
 pub use ringcast_core::media::pcm::{
-    PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSinkConfig, PcmSinkStats, PcmSourceConfig,
-    PcmSourceStats, PcmWriter,
+    PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSinkConfig, PcmSinkStats, PcmSource,
+    PcmSourceConfig, PcmSourceStats, PcmWriter,
 };
 pub use source::StreamSource;
