@@ -328,12 +328,12 @@ impl Engine {
 
     /// The shard that owns `chat_id` for the call's whole life: a multiplicative hash spreads
     /// sequential and Telegram-style (-100...) ids evenly.
-    fn shard_of(&self, chat_id: i64) -> usize {
+    pub(crate) fn shard_of(&self, chat_id: i64) -> usize {
         let h = (chat_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         ((h >> 32) % self.shards.len() as u64) as usize
     }
 
-    fn request<T>(
+    pub(crate) fn request<T>(
         &self,
         shard: usize,
         make: impl FnOnce(Sender<T>) -> Request,

@@ -35,6 +35,7 @@
 
 mod engine;
 mod error;
+mod pcm;
 mod pool;
 mod shard;
 mod source;
@@ -44,4 +45,8 @@ pub use engine::{CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, Even
 pub use error::EngineError;
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;
+pub use ringcast_core::media::pcm::{
+    PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSinkConfig, PcmSinkStats, PcmSource,
+    PcmSourceConfig, PcmSourceStats, PcmWriter,
+};
 pub use source::StreamSource;

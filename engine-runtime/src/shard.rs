@@ -26,6 +26,7 @@ use tokio_uring::net::UdpSocket;
 
 use crate::engine::{EngineEvent, EventKind, SendPath};
 use crate::error::EngineError;
+use crate::pcm::PcmSinks;
 use crate::pool::SocketPool;
 use crate::uring_send::UringSender;
 
@@ -68,6 +69,12 @@ pub(crate) enum Request {
     },
     Stats {
         reply: Sender<ShardStats>,
+    },
+    /// Decode a call's received audio into a PCM sink ([`crate::Engine::set_pcm_sink`]).
+    SetPcmSink {
+        chat_id: i64,
+        sink: Box<ringcast_core::media::PcmSink>,
+        reply: Sender<Result<(), EngineError>>,
     },
     Shutdown,
 }
@@ -125,6 +132,8 @@ struct Shard {
     dropped_events: u64,
     forwarded_out: u64,
     dropped_forward_full: u64,
+    /// Calls whose received audio is decoded to PCM for the application.
+    pcm_sinks: PcmSinks,
 }
 
 /// The shard thread's body.
@@ -157,6 +166,7 @@ pub(crate) fn run(
             dropped_events: 0,
             forwarded_out: 0,
             dropped_forward_full: 0,
+            pcm_sinks: PcmSinks::default(),
         };
         if let Err(e) = shard.sync_sockets() {
             let _ = ready.send(Err(e));
@@ -278,6 +288,7 @@ impl Shard {
     /// Gives the pool back what reaped calls held.
     fn release_reaped(&mut self) {
         while let Some(r) = self.endpoint.poll_reaped() {
+            self.pcm_sinks.remove(r.chat_id);
             self.config.pool.release(r.socket, &r.remotes, &r.ufrag);
         }
     }
@@ -361,6 +372,13 @@ impl Shard {
                     dropped_forward_full: self.dropped_forward_full,
                 });
             }
+            Request::SetPcmSink {
+                chat_id,
+                sink,
+                reply,
+            } => {
+                let _ = reply.send(self.pcm_sinks.attach(&self.endpoint, chat_id, *sink));
+            }
             Request::Shutdown => {}
         }
         // A command may have ended (and reaped) a call: release its sockets at once too.
@@ -376,6 +394,7 @@ impl Shard {
 
     fn forward_events(&mut self) {
         while let Some((chat_id, e)) = self.endpoint.poll_event() {
+            self.pcm_sinks.on_event(chat_id, &e);
             let kind = match e {
                 Event::ConnectionChanged(state) => Some(EventKind::ConnectionChanged(state)),
                 Event::StreamEnded { error } => Some(EventKind::StreamEnded { error }),

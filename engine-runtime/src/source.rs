@@ -4,7 +4,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ringcast_core::media::{OggOpusReader, SharedSource, ToneSource};
+use ringcast_core::media::{
+    OggOpusReader, PcmSource, PcmSourceConfig, PcmWriter, SharedSource, ToneSource, pcm_source,
+};
 use ringcast_core::{FrameSource, SourceError};
 
 /// A media source for [`Engine::set_stream_sources`](crate::Engine::set_stream_sources).
@@ -21,6 +23,9 @@ pub enum StreamSource {
     OggBytes(Bytes),
     /// A source shared with other calls: encoded once, sent to all (radio in many chats).
     Shared(SharedSource),
+    /// 16-bit 48 kHz PCM pushed by the application through the [`PcmWriter`] that
+    /// [`StreamSource::pcm`] returns with it, encoded with libopus at each frame time.
+    Pcm(PcmSource),
     /// Any frame source.
     Custom(Box<dyn FrameSource>),
 }
@@ -32,12 +37,25 @@ impl fmt::Debug for StreamSource {
             Self::OggFile(p) => write!(f, "OggFile({})", p.display()),
             Self::OggBytes(b) => write!(f, "OggBytes({} bytes)", b.len()),
             Self::Shared(s) => write!(f, "Shared({s:?})"),
+            Self::Pcm(s) => write!(f, "Pcm({s:?})"),
             Self::Custom(_) => f.write_str("Custom"),
         }
     }
 }
 
 impl StreamSource {
+    /// A [`StreamSource::Pcm`] and the writer the application pushes 20 ms frames with
+    /// ([`PcmWriter::try_push`]). Silence is sent while its queue is empty (counted as
+    /// underruns); dropping the writer ends the stream once the queue is drained, which the
+    /// call reports as [`EventKind::StreamEnded`](crate::EventKind::StreamEnded).
+    ///
+    /// Fails with [`SourceError::InvalidArgument`] for a zero capacity or a bitrate out of
+    /// range.
+    pub fn pcm(config: &PcmSourceConfig) -> Result<(Self, PcmWriter), SourceError> {
+        let (source, writer) = pcm_source(config)?;
+        Ok((Self::Pcm(source), writer))
+    }
+
     /// Opens the source. Runs on the API thread so file I/O never blocks a shard.
     pub(crate) fn open(self) -> Result<Box<dyn FrameSource>, SourceError> {
         Ok(match self {
@@ -50,6 +68,7 @@ impl StreamSource {
             }
             Self::OggBytes(bytes) => Box::new(OggOpusReader::new(bytes)?),
             Self::Shared(shared) => Box::new(shared.reader()),
+            Self::Pcm(source) => Box::new(source),
             Self::Custom(source) => source,
         })
     }

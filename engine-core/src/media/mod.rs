@@ -2,10 +2,12 @@
 //!
 //! A [`FrameSource`] yields one [`OpusFrame`] per call to [`FrameSource::next_frame`]; it never
 //! blocks, never reads a clock and never touches the file system. The caller (the pacer in the
-//! runtime) decides *when* to ask for the next frame. Two sources live here:
+//! runtime) decides *when* to ask for the next frame. The sources:
 //!
 //! - [`ToneSource`] synthesises a sine and encodes it with libopus: deterministic test audio whose
 //!   pitch the SFU mock can check on the far side.
+//! - [`PcmSource`] encodes 16-bit PCM frames an application pushes through its [`PcmWriter`];
+//!   [`PcmSink`] is the way back, decoding received Opus to PCM frames (see [`pcm`]).
 //! - [`OggOpusReader`] passes the packets of an Ogg/Opus file (RFC 7845) through without decoding
 //!   or re-encoding them, so one file can feed thousands of calls for the price of a parse.
 //!
@@ -19,10 +21,15 @@ use std::time::Duration;
 use std::sync::Arc;
 
 pub mod ogg;
+pub mod pcm;
 pub mod shared;
 pub mod tone;
 
 pub use ogg::{OggOpusReader, OggOpusWriter};
+pub use pcm::{
+    PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSink, PcmSinkConfig, PcmSinkStats,
+    PcmSource, PcmSourceConfig, PcmSourceStats, PcmWriter, pcm_sink, pcm_source,
+};
 pub use shared::{SharedReader, SharedSource};
 pub use tone::ToneSource;
 
