@@ -304,3 +304,29 @@ fn generated_seeds_match_the_corpus() {
         &p2p::encode(1, &[misframed]),
     );
 }
+
+/// `fuzz/corpus/stun_response`: STUN server answers for server-reflexive gathering. `valid_*`
+/// parse (the RFC 5769 sample to its documented address), `broken_*` are refused with an
+/// error, anything else must merely not panic.
+#[test]
+fn stun_response_corpus() {
+    use ringcast_core::stun::{BindingResponse, parse_binding_response};
+    let files = corpus_files("stun_response");
+    assert!(files.len() >= 8, "{} seeds", files.len());
+    for (name, data) in files {
+        let parsed = parse_binding_response(&data);
+        if name.starts_with("valid_") {
+            let (_, resp) = parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+            if name == "valid_rfc5769_ipv4.bin" {
+                assert_eq!(
+                    resp,
+                    BindingResponse::Success {
+                        mapped: "192.0.2.1:32853".parse().unwrap()
+                    }
+                );
+            }
+        } else if name.starts_with("broken_") {
+            assert!(parsed.is_err(), "{name} parsed: {parsed:?}");
+        }
+    }
+}
