@@ -218,6 +218,10 @@ pub enum Command {
     Mute,
     /// Undo [`Command::Mute`].
     Unmute,
+    /// Stop sending media (no RTP at all, the source is not read); ICE keepalives go on.
+    Pause,
+    /// Undo [`Command::Pause`]: the source is read again from where it stopped.
+    Resume,
     /// End the call ([`P2pEndReason::Hangup`]); DTLS close_notify goes out.
     Hangup,
 }
@@ -228,6 +232,8 @@ impl fmt::Debug for Command {
             Self::SetSource(_) => "SetSource",
             Self::Mute => "Mute",
             Self::Unmute => "Unmute",
+            Self::Pause => "Pause",
+            Self::Resume => "Resume",
             Self::Hangup => "Hangup",
         })
     }
@@ -382,6 +388,20 @@ pub struct P2pStats {
     pub candidates_skipped: u64,
 }
 
+/// How often str0m reports link statistics ([`P2pCall::link_stats`]).
+const LINK_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Link quality as str0m last reported it (every second once connected); `None` until known.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct P2pLinkStats {
+    /// Round-trip time from RTCP receiver reports.
+    pub rtt: Option<Duration>,
+    /// Fraction (0..=1) of our packets the peer reports lost.
+    pub egress_loss: Option<f32>,
+    /// Fraction (0..=1) of the peer's packets we lost.
+    pub ingress_loss: Option<f32>,
+}
+
 /// One 1:1 call. See the [module docs](self).
 pub struct P2pCall {
     config: P2pConfig,
@@ -414,6 +434,8 @@ pub struct P2pCall {
     started_at: Instant,
     source: Option<Box<dyn FrameSource>>,
     muted: bool,
+    paused: bool,
+    link: P2pLinkStats,
     next_frame_at: Option<Instant>,
     seq: u64,
     rtp_time: u32,
@@ -470,7 +492,8 @@ impl P2pCall {
             .set_crypto_provider(crypto.clone())
             .clear_codecs()
             .clear_extension_map()
-            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel);
+            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel)
+            .set_stats_interval(Some(LINK_STATS_INTERVAL));
         rtc_config.codec_config().add_config(
             P2P_OPUS_PT.into(),
             None,
@@ -524,6 +547,8 @@ impl P2pCall {
             started_at: now,
             source: None,
             muted: false,
+            paused: false,
+            link: P2pLinkStats::default(),
             next_frame_at: None,
             seq,
             rtp_time,
@@ -617,6 +642,21 @@ impl P2pCall {
     /// The call's counters.
     pub fn stats(&self) -> &P2pStats {
         &self.stats
+    }
+
+    /// Round-trip time and loss as str0m last reported them.
+    pub fn link_stats(&self) -> P2pLinkStats {
+        self.link
+    }
+
+    /// True while [`Command::Pause`] is in effect.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// True while [`Command::Mute`] is in effect.
+    pub fn is_muted(&self) -> bool {
+        self.muted
     }
 
     /// The encrypted channel's counters (rejections by reason, resends, acks).
@@ -1045,6 +1085,14 @@ impl P2pCall {
             }
             Command::Mute => self.muted = true,
             Command::Unmute => self.muted = false,
+            Command::Pause => {
+                self.paused = true;
+                self.next_frame_at = None;
+            }
+            Command::Resume => {
+                self.paused = false;
+                self.schedule_frames(now);
+            }
             Command::Hangup => {
                 if self.remote_setup.is_some() && self.rtc.close().is_ok() {
                     self.flushing_close = true;
@@ -1104,6 +1152,14 @@ impl P2pCall {
                 self.end(P2pEndReason::Dtls("closed by peer".to_owned()));
                 self.events.pop_front()
             }
+            str0m::Event::PeerStats(s) => {
+                self.link = P2pLinkStats {
+                    rtt: s.rtt.or(self.link.rtt),
+                    egress_loss: s.egress_loss_fraction.or(self.link.egress_loss),
+                    ingress_loss: s.ingress_loss_fraction.or(self.link.ingress_loss),
+                };
+                None
+            }
             str0m::Event::RtpPacket(p) => {
                 self.stats.packets_received += 1;
                 self.stats.payload_bytes_received += p.payload.len() as u64;
@@ -1122,6 +1178,7 @@ impl P2pCall {
     fn schedule_frames(&mut self, now: Instant) {
         if self.state == P2pState::Connected
             && self.source.is_some()
+            && !self.paused
             && self.next_frame_at.is_none()
         {
             self.next_frame_at = Some(now);
