@@ -1152,12 +1152,15 @@ impl P2pCall {
                 self.end(P2pEndReason::Dtls("closed by peer".to_owned()));
                 self.events.pop_front()
             }
-            str0m::Event::PeerStats(s) => {
-                self.link = P2pLinkStats {
-                    rtt: s.rtt.or(self.link.rtt),
-                    egress_loss: s.egress_loss_fraction.or(self.link.egress_loss),
-                    ingress_loss: s.ingress_loss_fraction.or(self.link.ingress_loss),
-                };
+            // RTT and loss from RTCP receiver reports (PeerStats' RTT needs TWCC, not used).
+            str0m::Event::MediaEgressStats(s) => {
+                self.link.rtt = s.rtt.or(self.link.rtt);
+                self.link.egress_loss = s.loss.or(self.link.egress_loss);
+                None
+            }
+            str0m::Event::MediaIngressStats(s) => {
+                self.link.rtt = s.rtt.or(self.link.rtt);
+                self.link.ingress_loss = s.loss.or(self.link.ingress_loss);
                 None
             }
             str0m::Event::RtpPacket(p) => {

@@ -167,9 +167,9 @@ struct Shard {
     sockets: Vec<Rc<UdpSocket>>,
     /// 1:1 calls' own sockets, by user id.
     p2p_sockets: HashMap<i64, P2pSocket>,
-    /// Sockets of reaped 1:1 calls, closed after the next flush (their last datagrams,
-    /// DTLS close_notify among them, go out first).
-    p2p_closing: Vec<P2pSocket>,
+    /// User ids of reaped 1:1 calls whose sockets (still in `p2p_sockets`) close after the
+    /// next flush, so their last datagrams (DTLS close_notify) go out first.
+    p2p_closing: Vec<i64>,
     /// The batched send ring ([`SendPath::IoUringBatch`]).
     sender: Option<UringSender>,
     inbox: Rc<Inbox>,
@@ -255,8 +255,10 @@ impl Shard {
             self.endpoint.handle_timeout(Instant::now());
             self.after_work();
             self.flush().await;
-            for s in self.p2p_closing.drain(..) {
-                close_p2p_socket(&s);
+            for id in std::mem::take(&mut self.p2p_closing) {
+                if let Some(s) = self.p2p_sockets.remove(&id) {
+                    close_p2p_socket(&s);
+                }
             }
 
             let now = Instant::now();
@@ -349,8 +351,8 @@ impl Shard {
             self.config.pool.release(r.socket, &r.remotes, &r.ufrag);
         }
         while let Some(r) = self.endpoint.poll_p2p_reaped() {
-            if let Some(s) = self.p2p_sockets.remove(&r.user_id) {
-                self.p2p_closing.push(s);
+            if self.p2p_sockets.contains_key(&r.user_id) && !self.p2p_closing.contains(&r.user_id) {
+                self.p2p_closing.push(r.user_id);
             }
         }
     }
@@ -363,6 +365,14 @@ impl Shard {
         commands: Vec<p2p_call::Command>,
     ) -> Result<(), EngineError> {
         let now = Instant::now();
+        // The id's previous call was reaped this turn: close its socket now (its last
+        // datagrams, not flushed yet, are lost and counted as send errors).
+        if let Some(pos) = self.p2p_closing.iter().position(|id| *id == user_id) {
+            self.p2p_closing.swap_remove(pos);
+            if let Some(s) = self.p2p_sockets.remove(&user_id) {
+                close_p2p_socket(&s);
+            }
+        }
         if self.p2p_sockets.contains_key(&user_id) || self.endpoint.p2p_call(user_id).is_some() {
             return Err(EngineError::ConnectionExists(user_id));
         }
