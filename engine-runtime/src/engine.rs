@@ -440,9 +440,8 @@ impl Engine {
     /// used again.
     pub fn stop(&self, chat_id: i64) -> Result<(), EngineError> {
         let result = self.command(chat_id, ringcast_core::Command::Stop);
-        if result.is_ok() {
-            self.p2p_forget(chat_id);
-        }
+        // Stopped now, or already gone on its shard: either way nothing is left to keep.
+        self.p2p_forget(chat_id);
         result
     }
 

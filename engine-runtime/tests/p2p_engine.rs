@@ -563,6 +563,34 @@ fn tampered_signaling_is_rejected_and_counted_and_the_call_stays_up() {
     assert_hz(&pump.sb, CALLER_HZ, "callee");
     assert!(pump.sa.ended.is_none() && pump.sb.ended.is_none());
     assert_eq!(a.p2p_call_info(B_USER).unwrap().stats.signaling_rejected, 0);
+
+    // Datagrams from an address that is not the validated peer path never reach the connected
+    // call: counted as unroutable by the engine, invisible in the call's counters.
+    let before_call = a.p2p_call_info(B_USER).unwrap();
+    let before_engine = a.stats().unwrap().dropped_unroutable;
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut fake_rtp = vec![0x80, 111, 0, 1, 0, 0, 0, 1, 0xDE, 0xAD, 0xBE, 0xEF];
+    fake_rtp.extend_from_slice(&[0x55; 80]);
+    for _ in 0..5 {
+        stranger.send_to(&fake_rtp, before_call.local_addr).unwrap();
+        stranger
+            .send_to(&[0x16; 60], before_call.local_addr)
+            .unwrap(); // DTLS-looking
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.stats().unwrap().dropped_unroutable < before_engine + 10 {
+        assert!(Instant::now() < deadline, "foreign datagrams not dropped");
+        let t = Instant::now() + Duration::from_millis(50);
+        pump.run(Duration::from_secs(5), |_, _| Instant::now() >= t);
+    }
+    let after_call = a.p2p_call_info(B_USER).unwrap();
+    assert_eq!(after_call.state, P2pState::Connected);
+    assert_eq!(
+        after_call.stats.dropped_malformed + after_call.stats.dropped_rejected,
+        before_call.stats.dropped_malformed + before_call.stats.dropped_rejected,
+        "the call saw the stranger's datagrams"
+    );
+    assert_eq!(after_call.stats.dropped_unknown_ssrc, 0);
 }
 
 #[test]
