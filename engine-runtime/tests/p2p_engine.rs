@@ -594,6 +594,53 @@ fn tampered_signaling_is_rejected_and_counted_and_the_call_stays_up() {
 }
 
 #[test]
+fn skip_exchange_and_signaling_that_arrives_before_connect() {
+    let a = engine(7);
+    let b = engine(8);
+    let key: Vec<u8> = (0..=255u8).collect();
+    a.create_p2p_call(B_USER).unwrap();
+    b.create_p2p_call(A_USER).unwrap();
+    a.skip_exchange(B_USER, &key, true).unwrap();
+    b.skip_exchange(A_USER, &key, false).unwrap();
+    let (ka, kb) = (a.p2p_key(B_USER).unwrap(), b.p2p_key(A_USER).unwrap());
+    // telegram-signaling.md §5: SHA1 of bytes 00..FF gives this fingerprint.
+    assert_eq!(ka.key_fingerprint, -3_972_359_982_579_920_590);
+    assert_eq!(ka.key_fingerprint, kb.key_fingerprint);
+    a.set_stream_sources(
+        B_USER,
+        StreamSource::Tone {
+            frequency_hz: CALLER_HZ,
+        },
+    )
+    .unwrap();
+    b.set_stream_sources(
+        A_USER,
+        StreamSource::Tone {
+            frequency_hz: CALLEE_HZ,
+        },
+    )
+    .unwrap();
+    // Only the caller starts; its signaling reaches the callee before the callee's
+    // connect_p2p and is kept until then.
+    a.connect_p2p(B_USER, &[], &versions(), true).unwrap();
+    let mut pump = Pump::new(&a, &b);
+    pump.run(Duration::from_secs(10), |x, _| x.outgoing.len() >= 2);
+    assert!(matches!(
+        b.p2p_call_info(A_USER),
+        Err(EngineError::ConnectionNotFound(A_USER))
+    ));
+    b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
+    pump.run(Duration::from_secs(20), |x, y| {
+        x.audio_packets >= 40 && y.audio_packets >= 40
+    });
+    assert_hz(&pump.sa, CALLEE_HZ, "caller");
+    assert_hz(&pump.sb, CALLER_HZ, "callee");
+    let ib = b.p2p_call_info(A_USER).unwrap();
+    assert_eq!(ib.stats.signaling_rejected, 0);
+    assert!(ib.stats.signaling_received >= 2);
+}
+
+#[test]
 fn p2p_demo_cli_verifies_twenty_calls() {
     let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .args(["p2p-demo", "--calls", "20", "--json", "--timeout", "50"])
