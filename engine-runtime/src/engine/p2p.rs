@@ -231,6 +231,18 @@ impl P2pSetups {
         (!on_shard).then_some(setup)
     }
 
+    /// Runs `f` on the setup of a 1:1 call that is not on a shard yet, deciding that under the
+    /// setup's lock (`connect_p2p` holds it while it moves the call, so whatever `f` stores is
+    /// either taken along or `f` does not run).
+    fn with_pending<R>(&self, user_id: i64, f: impl FnOnce(&mut Setup) -> R) -> Option<R> {
+        let setup = lock(&self.setups).get(&user_id).cloned()?;
+        let mut setup = lock(&setup);
+        if matches!(setup.exchange, Exchange::Connected(..)) {
+            return None;
+        }
+        Some(f(&mut setup))
+    }
+
     fn params(&self, dh: &DhConfig) -> Result<DhParams, EngineError> {
         if let Some((g, p, params)) = lock(&self.params).as_ref()
             && *g == dh.g
@@ -589,13 +601,15 @@ impl Engine {
     /// replayed, wrong key: counted in [`P2pCallInfo::channel`], the call goes on);
     /// [`EngineError::ConnectionNotFound`].
     pub fn send_signaling_data(&self, user_id: i64, bytes: &[u8]) -> Result<(), EngineError> {
-        if let Some(setup) = self.p2p.pending(user_id) {
-            let mut setup = lock(&setup);
+        let kept = self.p2p.with_pending(user_id, |setup| {
             if setup.early_signaling.len() >= MAX_EARLY_SIGNALING {
                 return Err(EngineError::QueueFull);
             }
             setup.early_signaling.push(bytes.to_vec());
-            return Ok(());
+            Ok(())
+        });
+        if let Some(result) = kept {
+            return result;
         }
         self.request(self.shard_of(user_id), |reply| Request::P2pSignaling {
             user_id,
@@ -636,29 +650,28 @@ impl Engine {
         id: i64,
         command: &mut Option<ringcast_core::Command>,
     ) -> bool {
-        let Some(setup) = self.p2p.pending(id) else {
-            return false;
-        };
-        let mut setup = lock(&setup);
-        match command.take() {
-            Some(ringcast_core::Command::SetSource(s)) => setup.source = Some(s),
-            Some(ringcast_core::Command::Pause) => setup.paused = true,
-            Some(ringcast_core::Command::Resume) => setup.paused = false,
-            Some(ringcast_core::Command::Mute) => setup.muted = true,
-            Some(ringcast_core::Command::Unmute) => setup.muted = false,
-            Some(ringcast_core::Command::Stop) => {
-                drop(setup);
-                lock(&self.p2p.setups).remove(&id);
-                lock(&self.p2p.bitrates).remove(&id);
+        let mut stop = false;
+        let handled = self.p2p.with_pending(id, |setup| {
+            match command.take() {
+                Some(ringcast_core::Command::SetSource(s)) => setup.source = Some(s),
+                Some(ringcast_core::Command::Pause) => setup.paused = true,
+                Some(ringcast_core::Command::Resume) => setup.paused = false,
+                Some(ringcast_core::Command::Mute) => setup.muted = true,
+                Some(ringcast_core::Command::Unmute) => setup.muted = false,
+                Some(ringcast_core::Command::Stop) => stop = true,
+                // A command this code does not know yet: the shard decides.
+                Some(other) => {
+                    *command = Some(other);
+                    return false;
+                }
+                None => {}
             }
-            // A command this code does not know yet: the shard decides.
-            Some(other) => {
-                *command = Some(other);
-                return false;
-            }
-            None => {}
+            true
+        });
+        if stop {
+            self.p2p_forget(id);
         }
-        true
+        handled.unwrap_or(false)
     }
 
     /// Forgets engine-side state of a call that is stopped on its shard.
