@@ -17,6 +17,9 @@
 //! [`P2pState::Connected`] and sends 20 ms Opus frames from its [`FrameSource`] on a 20 ms clock;
 //! incoming Opus comes out as [`Event::AudioReceived`] (decoding is the application's job).
 //!
+//! [`Command::Pause`] stops sending media altogether (ICE keepalives go on), [`Command::Mute`]
+//! sends Opus silence. RTT and loss from RTCP reports are in [`P2pCall::link_stats`].
+//!
 //! Once connected, a call that accepts nothing from the peer for
 //! [`P2pConfig::disconnect_timeout`] ends ([`P2pEndReason::IceDisconnected`]). Unlike
 //! [`crate::Call`] this counts any datagram str0m accepts (not only authenticated STUN/SRTP).
