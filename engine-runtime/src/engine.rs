@@ -62,9 +62,10 @@ pub enum EventKind {
     /// Pause/mute changed (group calls).
     MediaStateChanged(MediaState),
     /// Encrypted signaling for the messenger from a 1:1 call: send it with
-    /// `phone.sendSignalingData` (ntgcalls `onSignalingData`). Never dropped silently: a full
-    /// event channel counts it in [`EngineStats::dropped_events`], and the channel resends
-    /// unacknowledged messages.
+    /// `phone.sendSignalingData` (ntgcalls `onSignalingData`). A full event channel drops it
+    /// and counts it in [`EngineStats::dropped_events`]; with the reliable framing (8.0.0,
+    /// 9.0.0) the channel resends unacknowledged messages, with 7.0.0's raw framing the
+    /// message is lost.
     SignalingData(Vec<u8>),
     /// A 1:1 call's state changed. `Ended(reason)` means it is gone.
     P2pConnectionChanged(ringcast_core::p2p_call::P2pState),

@@ -143,11 +143,11 @@ struct P2pDatagram {
 /// A 1:1 call's own socket (see `ringcast_core::endpoint`'s 1:1 section).
 struct P2pSocket {
     socket: Rc<UdpSocket>,
-    /// A `dup` of the same socket: the send ring's descriptor, and the handle `shutdown` goes
-    /// through when the call is reaped.
+    /// A `dup` of the same socket: the send ring's descriptor, and the sender of the wake-up
+    /// datagram when the call is reaped.
     dup: std::net::UdpSocket,
     fd: std::os::fd::RawFd,
-    /// Set before the socket is shut down: its receive task then ends.
+    /// Set when the call is reaped: its receive task ends at its next completion.
     closed: Rc<Cell<bool>>,
 }
 
