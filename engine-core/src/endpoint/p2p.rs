@@ -95,6 +95,8 @@ pub(super) struct P2pSlot {
     scheduled: Option<Instant>,
     /// Addresses the call has sent to (the source rule).
     peers: Vec<SocketAddr>,
+    /// The call's `packets_sent` already added to the endpoint's counter.
+    packets_counted: u64,
     span: tracing::Span,
 }
 
@@ -168,6 +170,7 @@ impl Endpoint {
             call,
             scheduled: None,
             peers: Vec::new(),
+            packets_counted: 0,
             span: tracing::info_span!("p2p", user_id, ?role, shard = self.shard),
         };
         let p2p = &mut self.p2p;
@@ -312,13 +315,6 @@ impl Endpoint {
     /// Drains a 1:1 call's outputs into the queues, reschedules it, reaps it if it ended.
     fn p2p_drain(&mut self, idx: usize) {
         let mut ended = false;
-        let sent_before;
-        {
-            let Some(Some(slot)) = self.p2p.slots.get(idx) else {
-                return;
-            };
-            sent_before = slot.call.stats().packets_sent;
-        }
         loop {
             let Some(Some(slot)) = self.p2p.slots.get_mut(idx) else {
                 return;
@@ -355,8 +351,10 @@ impl Endpoint {
                 self.p2p.events.push_back((user_id, event));
             }
         }
-        if let Some(Some(slot)) = self.p2p.slots.get(idx) {
-            self.stats.packets_sent += slot.call.stats().packets_sent - sent_before;
+        if let Some(Some(slot)) = self.p2p.slots.get_mut(idx) {
+            let sent = slot.call.stats().packets_sent;
+            self.stats.packets_sent += sent.saturating_sub(slot.packets_counted);
+            slot.packets_counted = sent;
         }
         if ended {
             self.p2p_reap(idx);
@@ -377,5 +375,158 @@ impl Endpoint {
         }
         self.stats.p2p_calls = self.p2p.by_user.len() as u64;
         self.stats.calls_reaped += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::crypto::generate_certificate;
+    use crate::media::ToneSource;
+    use crate::signaling::p2p::CallKey;
+
+    const A: i64 = 42;
+    const B: i64 = 43;
+
+    fn config(role: Role, seed: u64, addr: SocketAddr) -> P2pConfig {
+        let key = CallKey::from_parts([7u8; 256], &[1u8; 256]);
+        P2pConfig::new(role, key, seed, generate_certificate().unwrap(), addr)
+    }
+
+    /// Moves what `from` emitted to `to` (signaling, and datagrams addressed to `to_addr`);
+    /// returns the audio packets `from` received and whether it connected.
+    fn pass(
+        now: Instant,
+        from: &mut Endpoint,
+        (to, to_id): (&mut Endpoint, i64),
+        (from_addr, to_addr): (SocketAddr, SocketAddr),
+    ) -> (u64, bool) {
+        let (mut audio, mut connected) = (0, false);
+        let mut signaling = Vec::new();
+        while let Some((_, e)) = from.poll_p2p_event() {
+            match e {
+                P2pEndpointEvent::Signaling(b) => signaling.push(b),
+                P2pEndpointEvent::Call(Event::AudioReceived { .. }) => audio += 1,
+                P2pEndpointEvent::Call(Event::StateChanged(P2pState::Connected)) => {
+                    connected = true;
+                }
+                P2pEndpointEvent::Call(_) => {}
+            }
+        }
+        while let Some(t) = from.poll_p2p_transmit() {
+            if t.destination == to_addr {
+                to.handle_p2p_datagram(now, to_id, from_addr, &t.contents);
+            }
+        }
+        for b in signaling {
+            let _ = to.p2p_signaling(now, to_id, &b);
+        }
+        (audio, connected)
+    }
+
+    /// One step of virtual time for both ends.
+    fn step(
+        now: Instant,
+        (ea, eb): (&mut Endpoint, &mut Endpoint),
+        (aa, ab): (SocketAddr, SocketAddr),
+        audio: &mut [u64; 2],
+        connected: &mut [bool; 2],
+    ) {
+        ea.handle_timeout(now);
+        eb.handle_timeout(now);
+        for _ in 0..4 {
+            let (n, c) = pass(now, ea, (eb, A), (aa, ab));
+            audio[0] += n;
+            connected[0] |= c;
+            let (n, c) = pass(now, eb, (ea, B), (ab, aa));
+            audio[1] += n;
+            connected[1] |= c;
+        }
+    }
+
+    #[test]
+    fn two_endpoints_connect_a_p2p_call_and_apply_the_source_rule() {
+        let t0 = Instant::now();
+        let aa: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let ab: SocketAddr = "10.0.0.2:6000".parse().unwrap();
+        let mut ea = Endpoint::new(t0, 0);
+        let mut eb = Endpoint::new(t0, 1);
+        // A calls user B (keyed B on A's endpoint), B answers user A.
+        ea.create_p2p_call(t0, B, config(Role::Caller, 1, aa))
+            .unwrap();
+        eb.create_p2p_call(t0, A, config(Role::Callee, 2, ab))
+            .unwrap();
+        assert!(matches!(
+            ea.create_p2p_call(t0, B, config(Role::Caller, 3, aa)),
+            Err(EndpointError::ConnectionExists(B))
+        ));
+        for (e, id, hz) in [(&mut ea, B, 440.0), (&mut eb, A, 1000.0)] {
+            let tone = ToneSource::new(hz, None).unwrap();
+            e.p2p_command(t0, id, Command::SetSource(Box::new(tone)))
+                .unwrap();
+        }
+        let mut audio = [0u64; 2];
+        let mut connected = [false; 2];
+        let mut now = t0;
+        // Virtual time: 5 ms steps, at most 10 s.
+        while audio.iter().any(|n| *n < 25) {
+            assert!(
+                now - t0 < Duration::from_secs(10),
+                "{audio:?} {connected:?}"
+            );
+            now += Duration::from_millis(5);
+            step(
+                now,
+                (&mut ea, &mut eb),
+                (aa, ab),
+                &mut audio,
+                &mut connected,
+            );
+        }
+        assert_eq!(connected, [true, true]);
+        let sa = ea.p2p_call(B).unwrap();
+        assert_eq!(sa.state, P2pState::Connected);
+        assert_eq!(sa.remote_ssrc, Some(eb.p2p_call(A).unwrap().ssrc));
+        assert_eq!(ea.stats().p2p_calls, 1);
+        assert!(ea.stats().packets_sent >= 25);
+
+        // The source rule: once connected, a stranger's datagram never reaches the call.
+        let dropped = ea.stats().dropped_unroutable;
+        let received = sa.stats.datagrams_received;
+        let stranger: SocketAddr = "10.0.0.9:7000".parse().unwrap();
+        ea.handle_p2p_datagram(now, B, stranger, &[0x80; 60]);
+        assert_eq!(ea.stats().dropped_unroutable, dropped + 1);
+        let after = ea.p2p_call(B).unwrap();
+        assert_eq!(after.stats.datagrams_received, received);
+        assert_eq!(after.stats.dropped_rejected, sa.stats.dropped_rejected);
+        // An unknown user id is unroutable too.
+        ea.handle_p2p_datagram(now, 999, ab, &[0x80; 60]);
+        assert_eq!(ea.stats().dropped_unroutable, dropped + 2);
+
+        // Group commands map onto the 1:1 call; Stop hangs up and the call is reaped.
+        ea.command(now, B, crate::call::Command::Stop).unwrap();
+        assert_eq!(
+            ea.poll_p2p_reaped(),
+            Some(P2pReaped {
+                user_id: B,
+                local_addr: aa
+            })
+        );
+        assert!(ea.p2p_call(B).is_none());
+        assert_eq!(ea.stats().p2p_calls, 0);
+        // close_notify went out: the callee ends.
+        let mut ended = false;
+        while let Some(t) = ea.poll_p2p_transmit() {
+            eb.handle_p2p_datagram(now, A, aa, &t.contents);
+        }
+        while let Some((_, e)) = eb.poll_p2p_event() {
+            ended |= matches!(
+                e,
+                P2pEndpointEvent::Call(Event::StateChanged(P2pState::Ended(_)))
+            );
+        }
+        assert!(ended, "callee did not see the hangup");
+        assert!(eb.p2p_call(A).is_none());
     }
 }
