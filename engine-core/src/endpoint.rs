@@ -11,6 +11,11 @@
 //! the first registered socket where none of the SFU's candidate addresses is taken, and
 //! returns [`EndpointError::NoFreeSocket`] when there is none; the runtime then opens a socket,
 //! registers it with [`Endpoint::add_socket`] and retries.
+//!
+//! **1:1 calls** ([`P2pCall`](crate::p2p_call::P2pCall)) live in the same endpoint, keyed by the
+//! peer's user id in the same id space as group calls' chat ids (ntgcalls does the same: one
+//! `chat_id` argument for both), driven by the same timer wheel. Each has a UDP socket of its
+//! own, outside the [`SocketId`] space (see [`Endpoint::create_p2p_call`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +27,9 @@ use crate::call::{
 use crate::demux::Demux;
 use crate::pacer::{LatenessHistogram, TimerWheel};
 use crate::signaling::group::JoinResponse;
+
+mod p2p;
+pub use p2p::{P2pEndpointEvent, P2pReaped, P2pSnapshot, P2pTransmit};
 
 /// Upper bound on queued events; beyond it events are dropped and counted.
 pub const MAX_QUEUED_EVENTS: usize = 65_536;
@@ -46,6 +54,9 @@ pub enum EndpointError {
     /// The call refused.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// The 1:1 call refused.
+    #[error(transparent)]
+    P2pCall(#[from] crate::p2p_call::P2pCallError),
 }
 
 /// A datagram to send from one of the endpoint's sockets.
@@ -92,8 +103,10 @@ pub struct CallSnapshot {
 /// Endpoint-wide counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointStats {
-    /// Live calls.
+    /// Live calls (group calls; 1:1 calls are in `p2p_calls`).
     pub calls: u64,
+    /// Live 1:1 calls.
+    pub p2p_calls: u64,
     /// Registered sockets.
     pub sockets: u64,
     /// Datagrams handed in.
@@ -113,6 +126,13 @@ pub struct EndpointStats {
     pub calls_reaped: u64,
     /// Lateness of every frame sent (handed to str0m minus due), all calls, ended ones too.
     pub lateness: LatenessHistogram,
+}
+
+/// What a timer-wheel entry drives: a group call or a 1:1 call (slab indices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum WheelKey {
+    Group(usize),
+    P2p(usize),
 }
 
 struct SocketEntry {
@@ -136,8 +156,9 @@ pub struct Endpoint {
     free: Vec<usize>,
     by_chat: HashMap<i64, usize>,
     sockets: Vec<SocketEntry>,
-    wheel: TimerWheel<usize>,
-    due: Vec<(Instant, usize)>,
+    wheel: TimerWheel<WheelKey>,
+    p2p: p2p::P2pCalls,
+    due: Vec<(Instant, WheelKey)>,
     transmits: VecDeque<EndpointTransmit>,
     events: VecDeque<(i64, Event)>,
     reaped: VecDeque<ReapedCall>,
@@ -164,6 +185,7 @@ impl Endpoint {
             by_chat: HashMap::new(),
             sockets: Vec::new(),
             wheel: TimerWheel::new(now),
+            p2p: p2p::P2pCalls::default(),
             due: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -194,7 +216,7 @@ impl Endpoint {
         chat_id: i64,
         config: CallConfig,
     ) -> Result<String, EndpointError> {
-        if self.by_chat.contains_key(&chat_id) {
+        if self.by_chat.contains_key(&chat_id) || self.p2p.contains(chat_id) {
             return Err(EndpointError::ConnectionExists(chat_id));
         }
         let call = Call::new(now, config)?;
@@ -312,17 +334,29 @@ impl Endpoint {
         self.reaped.pop_front()
     }
 
-    /// Gives a command to a call.
+    /// Gives a command to a call. For a 1:1 call with this id the command is mapped onto
+    /// [`crate::p2p_call::Command`] (`Stop` is `Hangup`).
     pub fn command(
         &mut self,
         now: Instant,
         chat_id: i64,
         command: Command,
     ) -> Result<(), EndpointError> {
-        let idx = *self
-            .by_chat
-            .get(&chat_id)
-            .ok_or(EndpointError::ConnectionNotFound(chat_id))?;
+        let Some(&idx) = self.by_chat.get(&chat_id) else {
+            if self.p2p.contains(chat_id) {
+                use crate::p2p_call::Command as P2p;
+                let command = match command {
+                    Command::SetSource(s) => P2p::SetSource(s),
+                    Command::Pause => P2p::Pause,
+                    Command::Resume => P2p::Resume,
+                    Command::Mute => P2p::Mute,
+                    Command::Unmute => P2p::Unmute,
+                    Command::Stop => P2p::Hangup,
+                };
+                return self.p2p_command(now, chat_id, command);
+            }
+            return Err(EndpointError::ConnectionNotFound(chat_id));
+        };
         let result = match self.calls.get_mut(idx) {
             Some(Some(slot)) => {
                 let _enter = slot.span.clone().entered();
@@ -383,7 +417,14 @@ impl Endpoint {
         let mut due = std::mem::take(&mut self.due);
         due.clear();
         self.wheel.pop_due(now, &mut due);
-        for (at, idx) in due.drain(..) {
+        for (at, key) in due.drain(..) {
+            let idx = match key {
+                WheelKey::Group(idx) => idx,
+                WheelKey::P2p(idx) => {
+                    self.p2p_timeout(now, at, idx);
+                    continue;
+                }
+            };
             let Some(Some(slot)) = self.calls.get_mut(idx) else {
                 continue;
             };
@@ -459,7 +500,7 @@ impl Endpoint {
                 Output::Timeout(at) => {
                     if !ended && slot.scheduled != Some(at) {
                         slot.scheduled = Some(at);
-                        self.wheel.insert(at, idx);
+                        self.wheel.insert(at, WheelKey::Group(idx));
                     }
                     break;
                 }

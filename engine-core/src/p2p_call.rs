@@ -17,6 +17,9 @@
 //! [`P2pState::Connected`] and sends 20 ms Opus frames from its [`FrameSource`] on a 20 ms clock;
 //! incoming Opus comes out as [`Event::AudioReceived`] (decoding is the application's job).
 //!
+//! [`Command::Pause`] stops sending media altogether (ICE keepalives go on), [`Command::Mute`]
+//! sends Opus silence. RTT and loss from RTCP reports are in [`P2pCall::link_stats`].
+//!
 //! Once connected, a call that accepts nothing from the peer for
 //! [`P2pConfig::disconnect_timeout`] ends ([`P2pEndReason::IceDisconnected`]). Unlike
 //! [`crate::Call`] this counts any datagram str0m accepts (not only authenticated STUN/SRTP).
@@ -247,6 +250,10 @@ pub enum Command {
     Mute,
     /// Undo [`Command::Mute`].
     Unmute,
+    /// Stop sending media (no RTP at all, the source is not read); ICE keepalives go on.
+    Pause,
+    /// Undo [`Command::Pause`]: the source is read again from where it stopped.
+    Resume,
     /// End the call ([`P2pEndReason::Hangup`]); DTLS close_notify goes out.
     Hangup,
 }
@@ -257,6 +264,8 @@ impl fmt::Debug for Command {
             Self::SetSource(_) => "SetSource",
             Self::Mute => "Mute",
             Self::Unmute => "Unmute",
+            Self::Pause => "Pause",
+            Self::Resume => "Resume",
             Self::Hangup => "Hangup",
         })
     }
@@ -427,6 +436,20 @@ pub struct P2pStats {
     pub stun_responses_ignored: u64,
 }
 
+/// How often str0m reports link statistics ([`P2pCall::link_stats`]).
+const LINK_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Link quality as str0m last reported it (every second once connected); `None` until known.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct P2pLinkStats {
+    /// Round-trip time from RTCP receiver reports.
+    pub rtt: Option<Duration>,
+    /// Fraction (0..=1) of our packets the peer reports lost.
+    pub egress_loss: Option<f32>,
+    /// Fraction (0..=1) of the peer's packets we lost.
+    pub ingress_loss: Option<f32>,
+}
+
 /// One 1:1 call. See the [module docs](self).
 pub struct P2pCall {
     config: P2pConfig,
@@ -463,6 +486,8 @@ pub struct P2pCall {
     started_at: Instant,
     source: Option<Box<dyn FrameSource>>,
     muted: bool,
+    paused: bool,
+    link: P2pLinkStats,
     next_frame_at: Option<Instant>,
     seq: u64,
     rtp_time: u32,
@@ -547,7 +572,8 @@ impl P2pCall {
             .set_crypto_provider(crypto.clone())
             .clear_codecs()
             .clear_extension_map()
-            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel);
+            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel)
+            .set_stats_interval(Some(LINK_STATS_INTERVAL));
         rtc_config.codec_config().add_config(
             P2P_OPUS_PT.into(),
             None,
@@ -603,6 +629,8 @@ impl P2pCall {
             started_at: now,
             source: None,
             muted: false,
+            paused: false,
+            link: P2pLinkStats::default(),
             next_frame_at: None,
             seq,
             rtp_time,
@@ -698,6 +726,21 @@ impl P2pCall {
     /// The call's counters.
     pub fn stats(&self) -> &P2pStats {
         &self.stats
+    }
+
+    /// Round-trip time and loss as str0m last reported them.
+    pub fn link_stats(&self) -> P2pLinkStats {
+        self.link
+    }
+
+    /// True while [`Command::Pause`] is in effect.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// True while [`Command::Mute`] is in effect.
+    pub fn is_muted(&self) -> bool {
+        self.muted
     }
 
     /// The encrypted channel's counters (rejections by reason, resends, acks).
@@ -1213,6 +1256,14 @@ impl P2pCall {
             }
             Command::Mute => self.muted = true,
             Command::Unmute => self.muted = false,
+            Command::Pause => {
+                self.paused = true;
+                self.next_frame_at = None;
+            }
+            Command::Resume => {
+                self.paused = false;
+                self.schedule_frames(now);
+            }
             Command::Hangup => {
                 if self.remote_setup.is_some() && self.rtc.close().is_ok() {
                     self.flushing_close = true;
@@ -1280,6 +1331,17 @@ impl P2pCall {
                 self.end(P2pEndReason::Dtls("closed by peer".to_owned()));
                 self.events.pop_front()
             }
+            // RTT and loss from RTCP receiver reports (PeerStats' RTT needs TWCC, not used).
+            str0m::Event::MediaEgressStats(s) => {
+                self.link.rtt = s.rtt.or(self.link.rtt);
+                self.link.egress_loss = s.loss.or(self.link.egress_loss);
+                None
+            }
+            str0m::Event::MediaIngressStats(s) => {
+                self.link.rtt = s.rtt.or(self.link.rtt);
+                self.link.ingress_loss = s.loss.or(self.link.ingress_loss);
+                None
+            }
             str0m::Event::RtpPacket(p) => {
                 self.final_flight.on_confirmed();
                 self.stats.packets_received += 1;
@@ -1299,6 +1361,7 @@ impl P2pCall {
     fn schedule_frames(&mut self, now: Instant) {
         if self.state == P2pState::Connected
             && self.source.is_some()
+            && !self.paused
             && self.next_frame_at.is_none()
         {
             self.next_frame_at = Some(now);

@@ -19,6 +19,9 @@ use crate::error::EngineError;
 use crate::pool::SocketPool;
 use crate::shard::{Request, ShardConfig};
 
+mod p2p;
+pub use p2p::{AuthParams, P2pCallInfo, P2pKeyInfo, RtcServer};
+
 /// A call's state, media state and counters, as [`Engine::call_info`] and [`Engine::calls`]
 /// return them.
 pub type CallInfo = ringcast_core::endpoint::CallSnapshot;
@@ -36,7 +39,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Something that happened to a call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineEvent {
-    /// The chat the call belongs to.
+    /// The call's id: the chat id of a group call, the peer's user id of a 1:1 call. Both are
+    /// one id space (as in ntgcalls): a group call and a 1:1 call cannot share an id.
     pub chat_id: i64,
     /// What happened.
     pub kind: EventKind,
@@ -55,9 +59,19 @@ pub enum EventKind {
         /// The source's error, if any.
         error: Option<String>,
     },
-    /// Pause/mute changed.
+    /// Pause/mute changed (group calls).
     MediaStateChanged(MediaState),
-    /// Audio from another participant (only with [`EngineBuilder::receive_audio`]).
+    /// Encrypted signaling for the messenger from a 1:1 call: send it with
+    /// `phone.sendSignalingData` (ntgcalls `onSignalingData`). A full event channel drops it
+    /// and counts it in [`EngineStats::dropped_events`]; with the reliable framing (8.0.0,
+    /// 9.0.0) the channel resends unacknowledged messages, with 7.0.0's raw framing the
+    /// message is lost.
+    SignalingData(Vec<u8>),
+    /// A 1:1 call's state changed. `Ended(reason)` means it is gone.
+    P2pConnectionChanged(ringcast_core::p2p_call::P2pState),
+    /// Audio from another participant, or from the peer of a 1:1 call (only with
+    /// [`EngineBuilder::receive_audio`]). The Opus payload as received: decode it to 16-bit
+    /// 48 kHz PCM to hear it (the place a PCM sink attaches).
     AudioReceived {
         /// Speaker SSRC.
         ssrc: u32,
@@ -73,8 +87,10 @@ pub enum EventKind {
 pub struct EngineStats {
     /// Number of shards.
     pub shards: u64,
-    /// Live calls.
+    /// Live group calls.
     pub calls: u64,
+    /// Live 1:1 calls on shards (each has a socket of its own, not counted in `sockets`).
+    pub p2p_calls: u64,
     /// UDP sockets in the pool (every shard serves all of them).
     pub sockets: u64,
     /// Datagrams received.
@@ -276,8 +292,10 @@ impl EngineBuilder {
                 stopped,
             });
         }
+        let p2p = p2p::P2pSetups::new(self.seed)?;
         let seed = self.seed.unwrap_or_else(os_seed);
         Ok(Engine {
+            p2p,
             shards,
             pool,
             events: ev_rx,
@@ -313,6 +331,8 @@ pub struct Engine {
     certs: CertPool,
     crypto: Arc<CryptoProvider>,
     next_seed: AtomicU64,
+    /// 1:1 calls' key exchanges and pre-connect settings, tone bitrate knobs.
+    p2p: p2p::P2pSetups,
 }
 
 impl Engine {
@@ -351,14 +371,17 @@ impl Engine {
         })
     }
 
+    /// A fresh seed per call, spread so calls never share ICE credentials or SSRCs.
+    fn next_call_seed(&self) -> u64 {
+        self.next_seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+    }
+
     /// Creates a call for `chat_id` and returns its join payload JSON (the `params` of
     /// `phone.joinGroupCall`). Fails with [`EngineError::ConnectionExists`] if the chat has a
     /// live call.
     pub fn create_call(&self, chat_id: i64) -> Result<String, EngineError> {
-        // Spread seeds so calls never share ICE credentials or SSRCs.
-        let seed = self
-            .next_seed
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let seed = self.next_call_seed();
         let mut config = CallConfig::new(seed, self.certs.take()?);
         config.crypto = Some(self.crypto.clone());
         config.connect_timeout = self.connect_timeout;
@@ -383,13 +406,14 @@ impl Engine {
         })?
     }
 
-    /// Plays `source` on the call, replacing what it played.
+    /// Plays `source` on the call (group or 1:1), replacing what it played. A 1:1 call that
+    /// is not connected yet keeps it and starts it when it connects.
     pub fn set_stream_sources(
         &self,
         chat_id: i64,
         source: StreamSource,
     ) -> Result<(), EngineError> {
-        let source = source.open()?;
+        let source = self.open_source(chat_id, source)?;
         self.command(chat_id, ringcast_core::Command::SetSource(source))
     }
 
@@ -413,12 +437,25 @@ impl Engine {
         self.command(chat_id, ringcast_core::Command::Unmute)
     }
 
-    /// Ends the call; it is reaped and the chat can be created again.
+    /// Ends the call (a 1:1 call hangs up: DTLS close_notify); it is reaped and the id can be
+    /// used again.
     pub fn stop(&self, chat_id: i64) -> Result<(), EngineError> {
-        self.command(chat_id, ringcast_core::Command::Stop)
+        let result = self.command(chat_id, ringcast_core::Command::Stop);
+        // Stopped now, or already gone on its shard: either way nothing is left to keep.
+        self.p2p_forget(chat_id);
+        result
     }
 
+    /// Gives a command to a group or 1:1 call; a 1:1 call still setting up keeps it for
+    /// `connect_p2p`.
     fn command(&self, chat_id: i64, command: ringcast_core::Command) -> Result<(), EngineError> {
+        let mut command = Some(command);
+        if self.p2p_pending_command(chat_id, &mut command) {
+            return Ok(());
+        }
+        let Some(command) = command else {
+            return Ok(());
+        };
         self.request(self.shard_of(chat_id), |reply| Request::Command {
             chat_id,
             command,
@@ -488,6 +525,7 @@ impl Engine {
             let s = self.request(shard, |reply| Request::Stats { reply })?;
             let e = &s.endpoint;
             total.calls += e.calls;
+            total.p2p_calls += e.p2p_calls;
             total.datagrams_received += e.datagrams_received;
             total.datagrams_sent += e.datagrams_sent;
             total.packets_sent += e.packets_sent;

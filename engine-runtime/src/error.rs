@@ -1,5 +1,7 @@
 //! The runtime's error type.
 
+use ringcast_core::p2p_call::P2pCallError;
+use ringcast_core::signaling::p2p::P2pError;
 use ringcast_core::{CallError, SignalingError, SourceError};
 
 /// Errors of the [`Engine`](crate::Engine) API.
@@ -33,6 +35,49 @@ pub enum EngineError {
     /// No socket could be found or opened for the call.
     #[error("no free socket for this sfu address")]
     NoFreeSocket,
+    /// A Diffie-Hellman step of a 1:1 call failed a check of the spec (bad `p` or `g`, `g_a`/`g_b`
+    /// out of range, `g_a_hash` or key fingerprint mismatch, ...). The exchange is over; stop
+    /// the call.
+    #[error(transparent)]
+    KeyExchange(#[from] P2pError),
+    /// The 1:1 call refused: signaling bytes rejected (tampered, replayed, wrong key: counted,
+    /// the call goes on), or the call has ended.
+    #[error(transparent)]
+    P2pCall(#[from] P2pCallError),
+    /// A 1:1 step called out of order (e.g. `exchange_keys` before `init_exchange`, or a
+    /// second `init_exchange`).
+    #[error("1:1 call {user_id}: {step} is not allowed now (exchange is {state})")]
+    OutOfOrder {
+        /// The peer's user id.
+        user_id: i64,
+        /// The method called.
+        step: &'static str,
+        /// Where the exchange is.
+        state: &'static str,
+    },
+    /// A key for `skip_exchange` that is not 256 bytes.
+    #[error("call key has {len} bytes, expected 256")]
+    InvalidKeyLength {
+        /// Its length.
+        len: usize,
+    },
+    /// None of the offered `library_versions` is implemented.
+    #[error("no supported protocol version among {offered:?}")]
+    NoCommonVersion {
+        /// What was offered.
+        offered: Vec<String>,
+    },
+    /// `connect_p2p` with `p2p_allowed = false`: the call would need Telegram's reflectors,
+    /// which are not implemented.
+    #[error("relay-only 1:1 calls (p2p_allowed = false) are not supported")]
+    RelayOnlyUnsupported,
+    /// The call's source cannot change its bitrate (only tone sources re-encode; Ogg files and
+    /// shared sources pass fixed Opus packets through).
+    #[error("the source of call {0} cannot change its bitrate")]
+    BitrateUnsupported(i64),
+    /// A bitrate outside what Opus supports for voice.
+    #[error("bitrate {0} bit/s is outside 6000..=510000")]
+    InvalidBitrate(i32),
     /// Socket or thread setup failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -46,6 +91,7 @@ impl From<ringcast_core::endpoint::EndpointError> for EngineError {
             E::ConnectionNotFound(c) => Self::ConnectionNotFound(c),
             E::NoFreeSocket => Self::NoFreeSocket,
             E::Call(c) => Self::Call(c),
+            E::P2pCall(c) => Self::P2pCall(c),
             // EndpointError is non_exhaustive; a future variant still reaches the caller.
             other => Self::Io(std::io::Error::other(other.to_string())),
         }

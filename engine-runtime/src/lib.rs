@@ -41,7 +41,10 @@ mod shard;
 mod source;
 mod uring_send;
 
-pub use engine::{CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind, SendPath};
+pub use engine::{
+    AuthParams, CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind, P2pCallInfo,
+    P2pKeyInfo, RtcServer, SendPath,
+};
 pub use error::EngineError;
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;
@@ -49,4 +52,6 @@ pub use ringcast_core::media::pcm::{
     PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSinkConfig, PcmSinkStats, PcmSource,
     PcmSourceConfig, PcmSourceStats, PcmWriter,
 };
+pub use ringcast_core::p2p_call::{P2pEndReason, P2pLinkStats, P2pState, P2pStats};
+pub use ringcast_core::signaling::p2p::{DhConfig, LIBRARY_VERSIONS, P2pError, Role};
 pub use source::StreamSource;

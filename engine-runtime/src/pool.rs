@@ -78,6 +78,11 @@ impl SocketPool {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The IP every socket binds (1:1 calls' own sockets too).
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
     /// True if the pool's sockets are IPv4.
     pub(crate) fn is_ipv4(&self) -> bool {
         self.ip.is_ipv4()

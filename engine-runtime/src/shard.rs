@@ -8,8 +8,8 @@
 //! ([`crate::uring_send`], pre-allocated slots, one `io_uring_enter` per tick), or as joined
 //! tokio-uring futures ([`SendPath::TokioUring`]).
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::join_all;
 use ringcast_core::call::{CallConfig, Event};
-use ringcast_core::endpoint::{CallSnapshot, Endpoint, EndpointStats, SocketId};
+use ringcast_core::endpoint::{
+    CallSnapshot, Endpoint, EndpointStats, P2pEndpointEvent, P2pSnapshot, SocketId,
+};
+use ringcast_core::p2p_call::{self, P2pConfig};
 use ringcast_core::signaling::group::JoinResponse;
 use tokio::sync::Notify;
 use tokio_uring::net::UdpSocket;
@@ -63,6 +66,30 @@ pub(crate) enum Request {
     Info {
         chat_id: i64,
         reply: Sender<Option<CallSnapshot>>,
+    },
+    /// Is this id taken by a live group or 1:1 call?
+    Exists {
+        chat_id: i64,
+        reply: Sender<bool>,
+    },
+    /// Bind a socket and start a 1:1 call on it, then apply the commands in order.
+    CreateP2p {
+        user_id: i64,
+        config: Box<P2pConfig>,
+        commands: Vec<p2p_call::Command>,
+        reply: Sender<Result<(), EngineError>>,
+    },
+    P2pSignaling {
+        user_id: i64,
+        bytes: Vec<u8>,
+        reply: Sender<Result<(), EngineError>>,
+    },
+    P2pInfo {
+        user_id: i64,
+        reply: Sender<Option<P2pSnapshot>>,
+    },
+    P2pList {
+        reply: Sender<Vec<P2pSnapshot>>,
     },
     List {
         reply: Sender<Vec<CallSnapshot>>,
@@ -112,10 +139,30 @@ pub(crate) struct Datagram {
     contents: Vec<u8>,
 }
 
+/// A datagram received on a 1:1 call's own socket.
+#[derive(Debug)]
+struct P2pDatagram {
+    user_id: i64,
+    source: SocketAddr,
+    contents: Vec<u8>,
+}
+
+/// A 1:1 call's own socket (see `ringcast_core::endpoint`'s 1:1 section).
+struct P2pSocket {
+    socket: Rc<UdpSocket>,
+    /// A `dup` of the same socket: the send ring's descriptor, and the sender of the wake-up
+    /// datagram when the call is reaped.
+    dup: std::net::UdpSocket,
+    fd: std::os::fd::RawFd,
+    /// Set when the call is reaped: its receive task ends at its next completion.
+    closed: Rc<Cell<bool>>,
+}
+
 /// Datagrams from the receive tasks to the shard loop.
 #[derive(Default)]
 struct Inbox {
     queue: RefCell<VecDeque<Datagram>>,
+    p2p_queue: RefCell<VecDeque<P2pDatagram>>,
     dropped: RefCell<u64>,
     notify: Notify,
 }
@@ -125,6 +172,11 @@ struct Shard {
     endpoint: Endpoint,
     events: Sender<EngineEvent>,
     sockets: Vec<Rc<UdpSocket>>,
+    /// 1:1 calls' own sockets, by user id.
+    p2p_sockets: HashMap<i64, P2pSocket>,
+    /// User ids of reaped 1:1 calls whose sockets (still in `p2p_sockets`) close after the
+    /// next flush, so their last datagrams (DTLS close_notify) go out first.
+    p2p_closing: Vec<i64>,
     /// The batched send ring ([`SendPath::IoUringBatch`]).
     sender: Option<UringSender>,
     inbox: Rc<Inbox>,
@@ -161,6 +213,8 @@ pub(crate) fn run(
             config,
             events,
             sockets: Vec::new(),
+            p2p_sockets: HashMap::new(),
+            p2p_closing: Vec::new(),
             inbox: Rc::new(Inbox::default()),
             send_errors: 0,
             dropped_events: 0,
@@ -180,6 +234,9 @@ pub(crate) fn run(
         // same abort as tokio-rs/tokio-uring#328, open). Until that is fixed upstream (or the
         // runtime moves to raw io-uring with explicit cancellation), a stopped shard parks
         // here: an idle thread whose pending receives never complete.
+        for (_, s) in shard.p2p_sockets.drain() {
+            close_p2p_socket(&s);
+        }
         let Shard {
             endpoint, events, ..
         } = shard;
@@ -208,6 +265,11 @@ impl Shard {
             self.endpoint.handle_timeout(Instant::now());
             self.after_work();
             self.flush().await;
+            for id in std::mem::take(&mut self.p2p_closing) {
+                if let Some(s) = self.p2p_sockets.remove(&id) {
+                    close_p2p_socket(&s);
+                }
+            }
 
             let now = Instant::now();
             let next = self
@@ -216,6 +278,7 @@ impl Shard {
                 .map_or(now + COMMAND_POLL, |t| t.min(now + COMMAND_POLL));
             if next > now
                 && self.inbox.queue.borrow().is_empty()
+                && self.inbox.p2p_queue.borrow().is_empty()
                 && self.config.forwarded.is_empty()
                 && commands.is_empty()
             {
@@ -256,6 +319,12 @@ impl Shard {
     /// (via the pool's ownership table and its forward queue) when the call lives there.
     fn handle_received(&mut self) {
         let now = Instant::now();
+        loop {
+            let next = self.inbox.p2p_queue.borrow_mut().pop_front();
+            let Some(d) = next else { break };
+            self.endpoint
+                .handle_p2p_datagram(now, d.user_id, d.source, &d.contents);
+        }
         while let Ok(d) = self.config.forwarded.try_recv() {
             self.endpoint
                 .handle_datagram(now, d.socket, d.source, &d.contents);
@@ -285,12 +354,70 @@ impl Shard {
         }
     }
 
-    /// Gives the pool back what reaped calls held.
+    /// Gives the pool back what reaped calls held; queues reaped 1:1 calls' sockets for
+    /// closing.
     fn release_reaped(&mut self) {
         while let Some(r) = self.endpoint.poll_reaped() {
             self.pcm_sinks.remove(r.chat_id);
             self.config.pool.release(r.socket, &r.remotes, &r.ufrag);
         }
+        while let Some(r) = self.endpoint.poll_p2p_reaped() {
+            if self.p2p_sockets.contains_key(&r.user_id) && !self.p2p_closing.contains(&r.user_id) {
+                self.p2p_closing.push(r.user_id);
+            }
+        }
+    }
+
+    /// Binds the 1:1 call's own socket, creates the call on it and applies `commands`.
+    fn create_p2p(
+        &mut self,
+        user_id: i64,
+        mut config: P2pConfig,
+        commands: Vec<p2p_call::Command>,
+    ) -> Result<(), EngineError> {
+        let now = Instant::now();
+        // The id's previous call was reaped this turn: close its socket now (its last
+        // datagrams, not flushed yet, are lost and counted as send errors).
+        if let Some(pos) = self.p2p_closing.iter().position(|id| *id == user_id) {
+            self.p2p_closing.swap_remove(pos);
+            if let Some(s) = self.p2p_sockets.remove(&user_id) {
+                close_p2p_socket(&s);
+            }
+        }
+        if self.p2p_sockets.contains_key(&user_id) || self.endpoint.p2p_call(user_id).is_some() {
+            return Err(EngineError::ConnectionExists(user_id));
+        }
+        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.config.pool.ip(), 0))?;
+        let addr = std_socket.local_addr()?;
+        config.local_addr = addr;
+        let dup = std_socket.try_clone()?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dup);
+        let socket = Rc::new(UdpSocket::from_std(std_socket));
+        let closed = Rc::new(Cell::new(false));
+        self.endpoint
+            .create_p2p_call(now, user_id, config)
+            .map_err(EngineError::from)?;
+        tokio_uring::spawn(p2p_receive_loop(
+            socket.clone(),
+            user_id,
+            self.inbox.clone(),
+            closed.clone(),
+        ));
+        self.p2p_sockets.insert(
+            user_id,
+            P2pSocket {
+                socket,
+                dup,
+                fd,
+                closed,
+            },
+        );
+        for command in commands {
+            self.endpoint
+                .p2p_command(now, user_id, command)
+                .map_err(EngineError::from)?;
+        }
+        Ok(())
     }
 
     fn connect(&mut self, chat_id: i64, response: &JoinResponse) -> Result<(), EngineError> {
@@ -357,6 +484,37 @@ impl Shard {
             Request::Info { chat_id, reply } => {
                 let _ = reply.send(self.endpoint.call(chat_id));
             }
+            Request::Exists { chat_id, reply } => {
+                let _ = reply.send(
+                    self.endpoint.call(chat_id).is_some()
+                        || self.endpoint.p2p_call(chat_id).is_some(),
+                );
+            }
+            Request::CreateP2p {
+                user_id,
+                config,
+                commands,
+                reply,
+            } => {
+                let _ = reply.send(self.create_p2p(user_id, *config, commands));
+            }
+            Request::P2pSignaling {
+                user_id,
+                bytes,
+                reply,
+            } => {
+                let r = self
+                    .endpoint
+                    .p2p_signaling(now, user_id, &bytes)
+                    .map_err(EngineError::from);
+                let _ = reply.send(r);
+            }
+            Request::P2pInfo { user_id, reply } => {
+                let _ = reply.send(self.endpoint.p2p_call(user_id));
+            }
+            Request::P2pList { reply } => {
+                let _ = reply.send(self.endpoint.p2p_calls());
+            }
             Request::List { reply } => {
                 let _ = reply.send(self.endpoint.calls());
             }
@@ -412,12 +570,47 @@ impl Shard {
                 _ => None,
             };
             if let Some(kind) = kind {
-                match self.events.try_send(EngineEvent { chat_id, kind }) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                        self.dropped_events += 1;
-                    }
+                self.emit(EngineEvent { chat_id, kind });
+            }
+        }
+        while let Some((user_id, e)) = self.endpoint.poll_p2p_event() {
+            let kind = match e {
+                P2pEndpointEvent::Signaling(bytes) => Some(EventKind::SignalingData(bytes)),
+                P2pEndpointEvent::Call(p2p_call::Event::StateChanged(state)) => {
+                    Some(EventKind::P2pConnectionChanged(state))
                 }
+                P2pEndpointEvent::Call(p2p_call::Event::StreamEnded { error }) => {
+                    Some(EventKind::StreamEnded { error })
+                }
+                P2pEndpointEvent::Call(p2p_call::Event::AudioReceived {
+                    ssrc,
+                    seq,
+                    payload,
+                    ..
+                }) => self
+                    .config
+                    .receive_audio
+                    .then_some(EventKind::AudioReceived {
+                        ssrc: ssrc.0,
+                        seq,
+                        payload,
+                    }),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                self.emit(EngineEvent {
+                    chat_id: user_id,
+                    kind,
+                });
+            }
+        }
+    }
+
+    fn emit(&mut self, event: EngineEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped_events += 1;
             }
         }
     }
@@ -430,8 +623,30 @@ impl Shard {
             while let Some(t) = self.endpoint.poll_transmit() {
                 sender.push(t.socket.0, t.destination, t.contents);
             }
+            while let Some(t) = self.endpoint.poll_p2p_transmit() {
+                match self.p2p_sockets.get(&t.user_id) {
+                    Some(s) => sender.push_fd(s.fd, t.destination, t.contents),
+                    None => self.send_errors += 1,
+                }
+            }
             sender.submit();
             return;
+        }
+        let mut p2p = Vec::new();
+        while let Some(t) = self.endpoint.poll_p2p_transmit() {
+            match self.p2p_sockets.get(&t.user_id) {
+                Some(s) => {
+                    let socket = s.socket.clone();
+                    p2p.push(async move { socket.send_to(t.contents, t.destination).await.0 });
+                }
+                None => self.send_errors += 1,
+            }
+        }
+        for result in join_all(p2p).await {
+            if let Err(e) = result {
+                self.send_errors += 1;
+                tracing::debug!("p2p send: {e}");
+            }
         }
         while self.endpoint.pending_transmits() > 0 {
             let mut batch = Vec::with_capacity(self.endpoint.pending_transmits().min(SEND_BATCH));
@@ -452,6 +667,51 @@ impl Shard {
                     tracing::debug!("send: {e}");
                 }
             }
+        }
+    }
+}
+
+/// Ends a 1:1 socket's receive task: flag it, then wake its pending receive with an empty
+/// datagram from the socket to itself (`shutdown(SHUT_RD)` would complete the receive without
+/// a source address, which tokio-uring 0.5 unwraps). The task then drops its handle and the
+/// descriptor closes with the last one. If the socket's receive buffer is full the wake-up is
+/// lost and the task ends at the next datagram instead.
+fn close_p2p_socket(s: &P2pSocket) {
+    s.closed.set(true);
+    if let Ok(own) = s.dup.local_addr() {
+        let _ = s.dup.send_to(&[], own);
+    }
+}
+
+async fn p2p_receive_loop(
+    socket: Rc<UdpSocket>,
+    user_id: i64,
+    inbox: Rc<Inbox>,
+    closed: Rc<Cell<bool>>,
+) {
+    let mut buf = vec![0u8; RX_BUF];
+    while !closed.get() {
+        let (result, b) = socket.recv_from(buf).await;
+        buf = b;
+        if closed.get() {
+            break;
+        }
+        match result {
+            Ok((n, source)) => {
+                let mut queue = inbox.p2p_queue.borrow_mut();
+                if queue.len() >= RX_QUEUE {
+                    *inbox.dropped.borrow_mut() += 1;
+                } else {
+                    queue.push_back(P2pDatagram {
+                        user_id,
+                        source,
+                        contents: buf.get(..n).unwrap_or(&[]).to_vec(),
+                    });
+                }
+                drop(queue);
+                inbox.notify.notify_one();
+            }
+            Err(e) => tracing::trace!("p2p recv: {e}"),
         }
     }
 }

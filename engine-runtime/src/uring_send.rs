@@ -175,6 +175,18 @@ impl UringSender {
             self.counters.errors += 1;
             return;
         };
+        let fixed = (socket as u32) < self.registered;
+        self.push_to(fixed.then_some(socket as u32), fd, destination, buf);
+    }
+
+    /// Queues one datagram on a socket that is not in the id table (a 1:1 call's own
+    /// socket), sent by plain descriptor. The descriptor must stay open until [`Self::submit`]
+    /// has run (the kernel resolves it at submission).
+    pub(crate) fn push_fd(&mut self, fd: RawFd, destination: SocketAddr, buf: Vec<u8>) {
+        self.push_to(None, fd, destination, buf);
+    }
+
+    fn push_to(&mut self, fixed: Option<u32>, fd: RawFd, destination: SocketAddr, buf: Vec<u8>) {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -194,8 +206,8 @@ impl UringSender {
             return;
         };
         let msg = slot.fill(destination, buf);
-        let entry = if (socket as u32) < self.registered {
-            opcode::SendMsg::new(types::Fixed(socket as u32), msg).build()
+        let entry = if let Some(index) = fixed {
+            opcode::SendMsg::new(types::Fixed(index), msg).build()
         } else {
             opcode::SendMsg::new(types::Fd(fd), msg).build()
         };

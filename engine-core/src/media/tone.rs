@@ -106,6 +106,35 @@ impl ToneSource {
         self.frames_encoded
     }
 
+    /// Changes the Opus encoder's bitrate (bits per second) from the next frame on.
+    ///
+    /// # Errors
+    /// [`SourceError::Opus`] if libopus refuses the value (it accepts 500..=512000 and clamps
+    /// within that range).
+    pub fn set_bitrate(&mut self, bits_per_second: i32) -> Result<(), SourceError> {
+        self.encoder
+            .set_bitrate(Bitrate::Bits(bits_per_second))
+            .map_err(|e| SourceError::Opus {
+                reason: format!("opus_encoder_ctl(SET_BITRATE {bits_per_second}): {e}"),
+            })
+    }
+
+    /// The encoder's current bitrate in bits per second, as libopus reports it.
+    ///
+    /// # Errors
+    /// [`SourceError::Opus`] if libopus cannot report it.
+    pub fn bitrate(&mut self) -> Result<i32, SourceError> {
+        match self.encoder.get_bitrate() {
+            Ok(Bitrate::Bits(b)) => Ok(b),
+            Ok(other) => Err(SourceError::Opus {
+                reason: format!("unexpected bitrate setting {other:?}"),
+            }),
+            Err(e) => Err(SourceError::Opus {
+                reason: format!("opus_encoder_ctl(GET_BITRATE): {e}"),
+            }),
+        }
+    }
+
     /// Writes the next [`FRAME_LEN`] samples of the sine into `self.pcm`.
     fn fill_pcm(&mut self) {
         for sample in &mut self.pcm {

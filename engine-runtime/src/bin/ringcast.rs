@@ -4,6 +4,10 @@
 //!   through any server speaking sfu-mock's control API, streams, prints a JSON summary.
 //! - `ringcast demo [--calls N] [--chats M] [--seconds S] [--json]`: starts an embedded sfu-mock,
 //!   streams tones into it, shows live stats and what the SFU verified.
+//! - `ringcast p2p-demo [--calls N] [--json] [--timeout S] [--shards K]`: N 1:1 calls between
+//!   two engines in one process (key exchange, encrypted signaling relayed by the demo, tones
+//!   both ways, each side decoding); last stdout line
+//!   `{"calls": N, "keys_match": N, "emojis_match": N, "verified_both_ways": N}`.
 //! - `ringcast sim --seeds N [--scenario NAME|all] [--seed S]`: the deterministic simulation
 //!   sweep (`sfu_mock::sweep`); the last stdout line is a JSON summary, the exit status
 //!   non-zero if any call missed its expectation.
@@ -19,12 +23,16 @@ use ringcast::{CallState, Engine, EngineError, EventKind, SharedSource, StreamSo
 use ringcast_core::media::ToneSource;
 use sfu_mock::server::{Server, ServerOptions};
 
+#[path = "ringcast/p2p_demo.rs"]
+mod p2p_demo;
+
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
 const USAGE: &str = "usage:
   ringcast play --join-url URL (--tone HZ | --file F.ogg) --seconds S [--bind IP:PORT]
   ringcast demo [--calls N] [--chats M] [--seconds S] [--json]
+  ringcast p2p-demo [--calls N] [--json] [--timeout S] [--shards K]
   ringcast sim --seeds N [--scenario NAME|all] [--seed S] [--threads T] [--verbose] [--trace]";
 
 /// Dominant frequency must be within this of the tone sent for the SFU to count a call verified.
@@ -41,6 +49,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("play") => parse_play(&args[1..]).and_then(|o| play(&o)),
         Some("demo") => parse_demo(&args[1..]).and_then(|o| demo(&o)),
+        Some("p2p-demo") => p2p_demo::parse(&args[1..]).and_then(|o| p2p_demo::run(&o)),
         Some("sim") => sfu_mock::sweep::cli(&args[1..]),
         _ => Err(format!("missing or unknown command\n{USAGE}")),
     };
