@@ -661,3 +661,120 @@ fn p2p_demo_cli_verifies_twenty_calls() {
         r#"{"calls": 20, "keys_match": 20, "emojis_match": 20, "verified_both_ways": 20}"#
     );
 }
+
+/// A STUN server on loopback that answers Binding Requests as a NAT would: the request's
+/// source port on 127.0.0.2. Encoded by hand (independently of `ringcast_core::stun`).
+fn nat_stun_server(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<u64>) {
+    use std::sync::atomic::Ordering;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut requests = 0;
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, source)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let req = &buf[..n];
+            if n < 20 || req[0..2] != [0x00, 0x01] || req[4..8] != [0x21, 0x12, 0xA4, 0x42] {
+                continue;
+            }
+            requests += 1;
+            let mut resp = vec![0x01, 0x01, 0x00, 0x0C, 0x21, 0x12, 0xA4, 0x42];
+            resp.extend_from_slice(&req[8..20]);
+            resp.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01]);
+            resp.extend_from_slice(&(source.port() ^ 0x2112).to_be_bytes());
+            resp.extend_from_slice(
+                &(u32::from_be_bytes([127, 0, 0, 2]) ^ 0x2112_A442).to_be_bytes(),
+            );
+            let _ = socket.send_to(&resp, source);
+        }
+        requests
+    });
+    (addr, handle)
+}
+
+/// `rtc_servers` of `connect_p2p`: the STUN entry is asked for our address and its answer
+/// becomes a server-reflexive candidate the peer gets; TURN-only and TCP entries are left out.
+#[test]
+fn stun_servers_from_rtc_servers_add_a_server_reflexive_candidate() {
+    use ringcast::RtcServer;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stun_addr, server) = nat_stun_server(stop.clone());
+    let std::net::SocketAddr::V4(stun_v4) = stun_addr else {
+        panic!("ipv4")
+    };
+    let servers = [
+        RtcServer {
+            id: 1,
+            ipv4: Some(*stun_v4.ip()),
+            port: stun_v4.port(),
+            stun: true,
+            ..RtcServer::default()
+        },
+        RtcServer {
+            id: 2,
+            ipv4: Some(*stun_v4.ip()),
+            port: stun_v4.port() ^ 1,
+            turn: true,
+            username: Some("u".into()),
+            password: Some("p".into()),
+            ..RtcServer::default()
+        },
+        RtcServer {
+            id: 3,
+            ipv4: Some(*stun_v4.ip()),
+            port: stun_v4.port() ^ 2,
+            stun: true,
+            tcp: true,
+            ..RtcServer::default()
+        },
+    ];
+    let a = engine(11);
+    let b = engine(12);
+    exchange(&a, &b);
+    a.set_stream_sources(
+        B_USER,
+        StreamSource::Tone {
+            frequency_hz: CALLER_HZ,
+        },
+    )
+    .unwrap();
+    b.set_stream_sources(
+        A_USER,
+        StreamSource::Tone {
+            frequency_hz: CALLEE_HZ,
+        },
+    )
+    .unwrap();
+    a.connect_p2p(B_USER, &servers, &versions(), true).unwrap();
+    b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
+    let mut pump = Pump::new(&a, &b);
+    pump.run(Duration::from_secs(20), |x, y| {
+        x.audio_packets >= 40 && y.audio_packets >= 40
+    });
+    assert_hz(&pump.sa, CALLEE_HZ, "caller");
+    assert_hz(&pump.sb, CALLER_HZ, "callee");
+    let ia = a.p2p_call_info(B_USER).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let requests = server.join().unwrap();
+    println!(
+        "stun: {requests} requests answered, stats {:?}",
+        (ia.stats.stun_requests_sent, ia.stats.stun_srflx_candidates)
+    );
+    assert!(requests >= 1, "the STUN server was never asked");
+    assert_eq!(ia.stats.stun_srflx_candidates, 1, "{:?}", ia.stats);
+    assert!(ia.stats.stun_requests_sent >= 1);
+    assert_eq!(ia.stats.stun_failed, 0);
+    // The TURN-only and TCP entries are not asked (only one server's requests were sent).
+    assert!(ia.stats.stun_requests_sent <= requests);
+    // The callee applied the signaled candidates (the srflx one included) without complaint.
+    let ib = b.p2p_call_info(A_USER).unwrap();
+    assert_eq!(ib.stats.signaling_invalid, 0, "{:?}", ib.stats);
+    assert_eq!(ib.stats.candidates_skipped, 0, "{:?}", ib.stats);
+}

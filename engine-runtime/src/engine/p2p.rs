@@ -31,13 +31,13 @@
 //! XORed in as the spec requires.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ringcast_core::endpoint::P2pSnapshot;
 use ringcast_core::media::ToneSource;
-use ringcast_core::p2p_call::{self, P2pConfig};
+use ringcast_core::p2p_call::{self, MAX_STUN_SERVERS, P2pConfig};
 use ringcast_core::signaling::p2p::dh::DH_BYTES;
 use ringcast_core::signaling::p2p::{
     CallKey, CalleeExchange, CallerExchange, DhConfig, DhParams, Framing, P2pError, Role,
@@ -59,9 +59,9 @@ pub struct AuthParams {
     pub g_a_or_b: Vec<u8>,
 }
 
-/// A `phoneConnectionWebrtc` entry (ntgcalls `RTCServer`). Accepted by
-/// [`Engine::connect_p2p`] for API compatibility; **not used yet**: calls gather host
-/// candidates only (STUN/TURN gathering is being added to `P2pCall` separately).
+/// A `phoneConnectionWebrtc` entry (ntgcalls `RTCServer`) for [`Engine::connect_p2p`]. Entries
+/// with `stun` over UDP are used as STUN servers (server-reflexive candidates, IPv4 address
+/// preferred); TURN relaying and reflectors (`peer_tag`) are not implemented.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RtcServer {
     /// Server id.
@@ -515,8 +515,9 @@ impl Engine {
     /// `user_id`, and from then on the call emits [`EventKind::SignalingData`] for the
     /// messenger and takes the peer's with [`Engine::send_signaling_data`]. `versions` is
     /// `phoneCall.protocol.library_versions`; the first one implemented picks the signaling
-    /// framing ("9.0.0"/"8.0.0" reliable, "7.0.0" raw). `rtc_servers` is accepted but not used
-    /// yet (host candidates only, see [`RtcServer`]). The outcome arrives as
+    /// framing ("9.0.0"/"8.0.0" reliable, "7.0.0" raw). The UDP STUN servers among `rtc_servers`
+    /// (at most [`MAX_STUN_SERVERS`]) add server-reflexive candidates; TURN servers and Telegram
+    /// reflectors are not used (see [`RtcServer`]). The outcome arrives as
     /// [`EventKind::P2pConnectionChanged`].
     ///
     /// [`EventKind::SignalingData`]: super::EventKind::SignalingData
@@ -551,11 +552,13 @@ impl Engine {
             .ok_or_else(|| EngineError::NoCommonVersion {
                 offered: versions.to_vec(),
             })?;
-        if !rtc_servers.is_empty() {
+        let stun_servers = stun_servers(rtc_servers);
+        if stun_servers.len() < rtc_servers.len() {
             tracing::debug!(
                 user_id,
                 servers = rtc_servers.len(),
-                "rtc servers ignored: host candidates only"
+                stun = stun_servers.len(),
+                "TURN servers, TCP servers and reflectors are not used; STUN servers are"
             );
         }
         let seed = self.next_call_seed();
@@ -564,6 +567,7 @@ impl Engine {
         config.framing = framing;
         config.crypto = Some(self.crypto.clone());
         config.connect_timeout = self.connect_timeout;
+        config.stun_servers = stun_servers;
         let mut commands = Vec::new();
         if let Some(source) = setup.source.take() {
             commands.push(p2p_call::Command::SetSource(source));
@@ -679,4 +683,20 @@ impl Engine {
         lock(&self.p2p.setups).remove(&id);
         lock(&self.p2p.bitrates).remove(&id);
     }
+}
+
+/// The UDP STUN servers among `rtc_servers`, IPv4 address preferred, at most
+/// [`MAX_STUN_SERVERS`] (the rest are left out, in order).
+fn stun_servers(rtc_servers: &[RtcServer]) -> Vec<SocketAddr> {
+    rtc_servers
+        .iter()
+        .filter(|s| s.stun && !s.tcp && s.port != 0)
+        .filter_map(|s| {
+            s.ipv4
+                .map(IpAddr::V4)
+                .or(s.ipv6.map(IpAddr::V6))
+                .map(|ip| SocketAddr::new(ip, s.port))
+        })
+        .take(MAX_STUN_SERVERS)
+        .collect()
 }
