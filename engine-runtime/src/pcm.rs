@@ -27,6 +27,8 @@ impl Engine {
     /// drained). Frames the application does not read in time are dropped and counted in
     /// [`PcmReceiver::stats`], as are undecodable packets.
     ///
+    /// For a 1:1 call pass the peer's user id, once [`Engine::connect_p2p`] has started it.
+    ///
     /// Fails with [`EngineError::ConnectionNotFound`] if the chat has no call, or
     /// [`EngineError::Source`] for a zero capacity or `max_ssrcs`.
     pub fn set_pcm_sink(
@@ -51,14 +53,15 @@ pub(crate) struct PcmSinks {
 }
 
 impl PcmSinks {
-    /// Attaches `sink` to the call of `chat_id`, if the endpoint has that call.
+    /// Attaches `sink` to the call of `chat_id` (a group call, or a 1:1 call by the peer's user
+    /// id: the two share one id space), if the endpoint has that call.
     pub(crate) fn attach(
         &mut self,
         endpoint: &Endpoint,
         chat_id: i64,
         sink: PcmSink,
     ) -> Result<(), EngineError> {
-        if endpoint.call(chat_id).is_none() {
+        if endpoint.call(chat_id).is_none() && endpoint.p2p_call(chat_id).is_none() {
             return Err(EngineError::ConnectionNotFound(chat_id));
         }
         self.sinks.insert(chat_id, sink);

@@ -362,6 +362,7 @@ impl Shard {
             self.config.pool.release(r.socket, &r.remotes, &r.ufrag);
         }
         while let Some(r) = self.endpoint.poll_p2p_reaped() {
+            self.pcm_sinks.remove(r.user_id);
             if self.p2p_sockets.contains_key(&r.user_id) && !self.p2p_closing.contains(&r.user_id) {
                 self.p2p_closing.push(r.user_id);
             }
@@ -587,14 +588,16 @@ impl Shard {
                     seq,
                     payload,
                     ..
-                }) => self
-                    .config
-                    .receive_audio
-                    .then_some(EventKind::AudioReceived {
-                        ssrc: ssrc.0,
-                        seq,
-                        payload,
-                    }),
+                }) => {
+                    self.pcm_sinks.on_audio(user_id, ssrc.0, seq, &payload);
+                    self.config
+                        .receive_audio
+                        .then_some(EventKind::AudioReceived {
+                            ssrc: ssrc.0,
+                            seq,
+                            payload,
+                        })
+                }
                 _ => None,
             };
             if let Some(kind) = kind {

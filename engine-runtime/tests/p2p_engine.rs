@@ -778,3 +778,76 @@ fn stun_servers_from_rtc_servers_add_a_server_reflexive_candidate() {
     assert_eq!(ib.stats.signaling_invalid, 0, "{:?}", ib.stats);
     assert_eq!(ib.stats.candidates_skipped, 0, "{:?}", ib.stats);
 }
+
+/// PCM hooks on a 1:1 call: the caller's application pushes 16-bit 48 kHz frames of a 523 Hz
+/// sine (`StreamSource::pcm`), the callee's application reads decoded frames from its PCM sink
+/// (`Engine::set_pcm_sink` with the caller's user id) and finds 523 Hz.
+#[test]
+fn pcm_frames_in_on_one_end_come_out_decoded_on_the_other() {
+    use ringcast::{PcmPushError, PcmSinkConfig, PcmSourceConfig};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let a = engine(21);
+    let b = engine(22);
+    exchange(&a, &b);
+    let (source, writer) = StreamSource::pcm(&PcmSourceConfig::default()).unwrap();
+    a.set_stream_sources(B_USER, source).unwrap();
+    b.set_stream_sources(
+        A_USER,
+        StreamSource::Tone {
+            frequency_hz: CALLEE_HZ,
+        },
+    )
+    .unwrap();
+    // The sink needs the call on its shard: not before connect_p2p.
+    assert!(matches!(
+        b.set_pcm_sink(A_USER, &PcmSinkConfig::default()),
+        Err(EngineError::ConnectionNotFound(A_USER))
+    ));
+    connect(&a, &b);
+    let receiver = b.set_pcm_sink(A_USER, &PcmSinkConfig::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut index = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let frame: Vec<i16> = (index * 960..(index + 1) * 960)
+                    .map(|i| {
+                        ((i as f64 * std::f64::consts::TAU * 523.0 / 48_000.0).sin() * 16_384.0)
+                            as i16
+                    })
+                    .collect();
+                match writer.try_push(&frame) {
+                    Ok(()) => index += 1,
+                    Err(PcmPushError::Full) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) => panic!("push: {e}"),
+                }
+            }
+        })
+    };
+    let mut pump = Pump::new(&a, &b);
+    pump.run(Duration::from_secs(20), |x, _| x.connected);
+    // Read decoded frames (pumping signaling/events meanwhile) until 2 s of audio.
+    let mut meter = ToneMeter::new();
+    let mut frames = 0;
+    let end = Instant::now() + Duration::from_secs(20);
+    while frames < 100 {
+        assert!(Instant::now() < end, "only {frames} PCM frames in 20 s");
+        pump.run(Duration::from_secs(20), |_, _| true);
+        while let Some(frame) = receiver.try_recv() {
+            assert_eq!(frame.samples.len(), 960);
+            frames += 1;
+            if frames > 10 {
+                meter.push(&frame.samples);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    pusher.join().unwrap();
+    let hz = meter.dominant_hz().expect("enough audio");
+    println!("callee's PCM sink: {frames} frames, {hz:.1} Hz");
+    assert!((hz - 523.0).abs() < 523.0 * 0.02, "sink heard {hz} Hz");
+    assert_eq!(receiver.stats().decode_errors, 0);
+}
