@@ -64,10 +64,14 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--mute-audio",
+                // Required: without it the AudioContext stays suspended (no user gesture in
+                // a headless page) and the page never measures anything.
                 "--autoplay-policy=no-user-gesture-required",
                 "--use-fake-ui-for-media-stream",
-                // Gather host candidates on loopback, and show them as IPs, not mDNS names.
+                // Required: without it Chromium gathers no 127.0.0.1 candidate at all.
                 "--allow-loopback-in-peer-connection",
+                // Not needed by Chromium 156 (loopback candidates come as IPs anyway); kept so
+                // a version that hides host IPs behind mDNS names still offers 127.0.0.1.
                 "--disable-features=WebRtcHideLocalIpsWithMdns",
                 "--enable-logging=stderr",
             ])
@@ -363,7 +367,12 @@ fn session(chat: i64, ringcast_hz: f32, chromium_hz: f32) -> Session {
     let left = |what: &str| {
         deadline
             .checked_duration_since(Instant::now())
-            .unwrap_or_else(|| panic!("session ran out of time waiting for {what}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "session ran out of time ({SESSION_LIMIT:?}) waiting for {what}\nchromium log:\n{}",
+                    browser.log_tail()
+                )
+            })
     };
     let mut connected = false;
     let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
@@ -446,6 +455,8 @@ fn session(chat: i64, ringcast_hz: f32, chromium_hz: f32) -> Session {
         }
     }
     assert!(connected, "ringcast never reported Connected: {page}");
+    let info = engine.call_info(chat).unwrap();
+    eprintln!("ringcast call stats with Chromium: {:?}", info.stats);
     drop(browser);
     engine.shutdown();
     eprintln!(

@@ -17,13 +17,14 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function inboundAudio(pc) {
   const stats = await pc.getStats();
-  let inbound = null, transport = null, outbound = null;
+  let inbound = null, transport = null, outbound = null, remoteOutbound = null;
   stats.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s;
     if (s.type === "outbound-rtp" && s.kind === "audio") outbound = s;
     if (s.type === "transport") transport = s;
+    if (s.type === "remote-outbound-rtp" && s.kind === "audio") remoteOutbound = s;
   });
-  return { inbound, transport, outbound };
+  return { inbound, transport, outbound, remoteOutbound };
 }
 
 async function run() {
@@ -98,7 +99,7 @@ async function run() {
     const d = a - 2 * b + c;
     if (d < 0) offset = 0.5 * (a - c) / d;
   }
-  const { inbound, transport, outbound } = await inboundAudio(pc);
+  const { inbound, transport, outbound, remoteOutbound } = await inboundAudio(pc);
   const result = {
     connection_state: pc.connectionState,
     ice_state: pc.iceConnectionState,
@@ -117,6 +118,13 @@ async function run() {
     inbound_ssrc: inbound ? inbound.ssrc : null,
     codec_id: inbound ? inbound.codecId : null,
     packets_sent: outbound ? outbound.packetsSent : 0,
+    // Informational: RTCP sender reports Chromium took from ringcast (remote-outbound-rtp).
+    sender_reports: remoteOutbound ? remoteOutbound.reportsSent : 0,
+    jitter: inbound ? inbound.jitter : null,
+    transport_packets_received: transport ? transport.packetsReceived : null,
+    transport_packets_sent: transport ? transport.packetsSent : null,
+    concealed_samples: inbound ? inbound.concealedSamples : null,
+    total_samples_received: inbound ? inbound.totalSamplesReceived : null,
   };
   await post("/result", result);
   pc.close();
