@@ -119,6 +119,7 @@ async function run() {
     codec_id: inbound ? inbound.codecId : null,
     packets_sent: outbound ? outbound.packetsSent : 0,
     // Informational: RTCP sender reports Chromium took from ringcast (remote-outbound-rtp).
+    // str0m sends audio SRs every 5 s, so a 3 s recording usually shows 0; with 7 s it is 1.
     sender_reports: remoteOutbound ? remoteOutbound.reportsSent : 0,
     jitter: inbound ? inbound.jitter : null,
     transport_packets_received: transport ? transport.packetsReceived : null,
