@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build needs beyond the Rust toolchain: libopus (linked by the `opus`
-# crate through pkg-config) and pkg-config itself. Safe to run repeatedly.
+# crate through pkg-config) and pkg-config itself, plus the interop tests' peers (aiortc,
+# chromium). Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 # python3 + pip for the aiortc interop test (below).
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# Headless Chromium (libwebrtc) plays the SFU in engine-runtime/tests/chromium_interop.rs.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
