@@ -288,6 +288,18 @@ impl Sfu {
         }
     }
 
+    /// The SFU's whole stats document (for diagnostics).
+    fn stats_text(&self) -> Result<String, String> {
+        let mut r = ureq::get(&format!("http://{}/v1/stats", self.http))
+            .call()
+            .map_err(|e| e.to_string())?;
+        r.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .map_err(|e| e.to_string())
+    }
+
     /// (packets, lost) summed over every participant.
     fn totals(&self) -> Result<(u64, u64), String> {
         let mut r = ureq::get(&format!("http://{}/v1/stats", self.http))
@@ -383,9 +395,31 @@ struct Ringcast {
     /// `Connected` events seen, and calls stopped on purpose.
     connected: usize,
     stopped: usize,
+    /// Join payload and SFU answer of each live call, for the diagnostics of a call that
+    /// ends on its own.
+    signaling: HashMap<i64, (String, String)>,
 }
 
 impl Ringcast {
+    /// Writes what is known about a call that ended on its own to
+    /// `target/load-failure-<key>.json` (join, answer, SFU stats, engine stats) and names it.
+    fn diagnose(&self, key: i64, reason: &EndReason, sfu: &Sfu) -> String {
+        let (join, answer) = self.signaling.get(&key).cloned().unwrap_or_default();
+        let doc = serde_json::json!({
+            "chat_id": key,
+            "reason": format!("{reason:?}"),
+            "join": join,
+            "answer": answer,
+            "engine_stats": format!("{:?}", self.engine.stats()),
+            "sfu_stats": sfu.stats_text().unwrap_or_else(|e| e),
+        });
+        let path = format!("target/load-failure-{key}.json");
+        match std::fs::write(&path, doc.to_string()) {
+            Ok(()) => format!("call {key} ended: {reason:?} (diagnostics in {path})"),
+            Err(_) => format!("call {key} ended: {reason:?}"),
+        }
+    }
+
     fn new(shards: usize, send_path: SendPath) -> Result<Self, String> {
         let engine = Engine::builder()
             .shards(shards)
@@ -402,6 +436,7 @@ impl Ringcast {
             next_key: 0,
             connected: 0,
             stopped: 0,
+            signaling: HashMap::new(),
         })
     }
 
@@ -411,6 +446,7 @@ impl Ringcast {
         let n = self.live.len();
         for _ in 0..k.min(n) {
             if let Some(key) = self.live.pop_front() {
+                self.signaling.remove(&key);
                 self.engine
                     .stop(key)
                     .map_err(|e| format!("stop {key}: {e}"))?;
@@ -456,6 +492,7 @@ impl System for Ringcast {
             self.engine
                 .connect(key, &answer)
                 .map_err(|e| e.to_string())?;
+            self.signaling.insert(key, (join, answer));
             self.engine
                 .set_stream_sources(key, StreamSource::Shared(self.tones[chat].clone()))
                 .map_err(|e| e.to_string())?;
@@ -470,7 +507,7 @@ impl System for Ringcast {
                     EventKind::ConnectionChanged(CallState::Connected) => self.connected += 1,
                     EventKind::ConnectionChanged(CallState::Ended(EndReason::Stopped)) => {}
                     EventKind::ConnectionChanged(CallState::Ended(r)) => {
-                        return Err(format!("call {} ended: {r:?}", e.chat_id));
+                        return Err(self.diagnose(e.chat_id, &r, sfu));
                     }
                     _ => {}
                 },
