@@ -30,16 +30,16 @@ use ringcast_core::p2p_call::{
     Command as CallCommand, Event, Input, Output, P2pCall, P2pConfig, P2pState,
 };
 use ringcast_core::signaling::Ssrc;
-use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
 use ringcast_core::signaling::p2p::messages::{
     Candidates, DtlsFingerprint, DtlsSetup, InitialSetup, MediaContent, MediaKind,
     NegotiateChannels, PayloadType, RtpExtension,
 };
-use ringcast_core::signaling::p2p::{
-    CallKey, CalleeExchange, CallerExchange, DhParams, EncryptedChannel, Framing, Role,
-    SignalingMessage,
-};
+use ringcast_core::signaling::p2p::{CallKey, EncryptedChannel, Framing, Role, SignalingMessage};
 use sfu_mock::analysis::{ToneMeter, dominant_frequency_hz};
+
+mod common;
+
+use common::p2p::dh_exchange;
 
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// Our tone, and the one aiortc plays back.
@@ -50,27 +50,6 @@ const MIN_PACKETS: u64 = 100;
 /// Frames aiortc must have decoded from us (it records 3 s; 20 ms frames).
 const MIN_AIORTC_FRAMES: u64 = 100;
 const TOLERANCE_HZ: f32 = 5.0;
-
-/// Deterministic stand-in for CSPRNG output.
-fn random(seed: u64) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..256).map(|_| rng.u8(..)).collect()
-}
-
-/// The messenger's three-message exchange: (caller key, callee key).
-fn dh_exchange() -> (CallKey, CallKey) {
-    let params = DhParams::new(3, &TELEGRAM_DH_PRIME, 7).expect("telegram prime, g = 3");
-    let server_random = random(1);
-    let caller = CallerExchange::new(&params, &server_random, &random(2)).expect("caller");
-    let callee = CalleeExchange::new(&params, &caller.g_a_hash(), &server_random, &random(3))
-        .expect("callee");
-    let g_a = *caller.g_a();
-    let caller_key = caller.complete(callee.g_b()).expect("caller key");
-    let callee_key = callee
-        .complete(&g_a, caller_key.fingerprint())
-        .expect("callee key");
-    (caller_key, callee_key)
-}
 
 /// The Python side; killed if the test panics before it exits.
 struct Aiortc {

@@ -2,231 +2,21 @@
 //! `signaling::p2p::dh`, the encrypted signaling carried by a pretend messenger, full ICE, DTLS
 //! and Opus both ways, each side checking the other's tone.
 
-use std::collections::VecDeque;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use ringcast_core::crypto::generate_certificate;
 use std::time::{Duration, Instant};
 
-use opus::{Channels, Decoder};
-use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
-use ringcast_core::media::ToneSource;
 use ringcast_core::p2p_call::{
-    Command, Event, Input, Output, P2pCall, P2pCallError, P2pConfig, P2pEndReason, P2pState,
+    Command, Input, P2pCall, P2pCallError, P2pConfig, P2pEndReason, P2pState,
 };
-use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
+use ringcast_core::signaling::p2p::Role;
 use ringcast_core::signaling::p2p::messages::DtlsSetup;
-use ringcast_core::signaling::p2p::{CallKey, CalleeExchange, CallerExchange, DhParams, Role};
-use sfu_mock::analysis::ToneMeter;
+
+mod common;
+
+use common::p2p::{End, assert_tone, dh_exchange, run, set_tone};
 
 const CALLER_HZ: f32 = 440.0;
 const CALLEE_HZ: f32 = 1000.0;
-
-/// Deterministic stand-in for CSPRNG output.
-fn random(seed: u64) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..256).map(|_| rng.u8(..)).collect()
-}
-
-/// The three-message exchange as the messenger would carry it: returns (caller key, callee key).
-fn dh_exchange() -> (CallKey, CallKey) {
-    let params = DhParams::new(3, &TELEGRAM_DH_PRIME, 7).expect("telegram prime, g = 3");
-    let server_random = random(1);
-    let caller = CallerExchange::new(&params, &server_random, &random(2)).expect("caller");
-    // phone.requestCall carries g_a_hash.
-    let callee = CalleeExchange::new(&params, &caller.g_a_hash(), &server_random, &random(3))
-        .expect("callee");
-    // phone.acceptCall carries g_b.
-    let g_a = *caller.g_a();
-    let caller_key = caller.complete(callee.g_b()).expect("caller key");
-    // phone.confirmCall carries g_a and the key fingerprint.
-    let callee_key = callee
-        .complete(&g_a, caller_key.fingerprint())
-        .expect("callee key");
-    (caller_key, callee_key)
-}
-
-/// One end: the call, its socket, its decoder and what it measured.
-struct End {
-    call: P2pCall,
-    socket: UdpSocket,
-    addr: SocketAddr,
-    decoder: Decoder,
-    meter: ToneMeter,
-    timeout: Instant,
-    connected_at: Option<Instant>,
-    ended: Option<P2pState>,
-    audio_packets: u64,
-    decoded_frames: u64,
-    /// Signaling bytes produced for the other end (the messenger's queue).
-    outbox: Vec<Vec<u8>>,
-}
-
-impl End {
-    fn new(role: Role, key: CallKey, seed: u64, now: Instant) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_nonblocking(true).expect("nonblocking");
-        Self::with_socket(role, key, seed, now, socket)
-    }
-
-    fn with_socket(role: Role, key: CallKey, seed: u64, now: Instant, socket: UdpSocket) -> Self {
-        let addr = socket.local_addr().expect("local addr");
-        let crypto = CallCrypto::new(CryptoOptions::default())
-            .expect("crypto")
-            .provider();
-        let mut config = P2pConfig::new(
-            role,
-            key,
-            seed,
-            generate_certificate().expect("certificate"),
-            addr,
-        );
-        config.crypto = Some(crypto);
-        config.connect_timeout = Duration::from_secs(10);
-        let call = P2pCall::new(now, config).expect("p2p call");
-        Self {
-            call,
-            socket,
-            addr,
-            decoder: Decoder::new(48_000, Channels::Mono).expect("decoder"),
-            meter: ToneMeter::new(),
-            timeout: now,
-            connected_at: None,
-            ended: None,
-            audio_packets: 0,
-            decoded_frames: 0,
-            outbox: Vec::new(),
-        }
-    }
-
-    /// Drains outputs: datagrams go out the socket, signaling into the outbox.
-    fn drain(&mut self, now: Instant) {
-        let mut pcm = vec![0i16; 5760];
-        loop {
-            match self.call.poll_output() {
-                Output::Transmit(t) => {
-                    assert_eq!(t.source, self.addr);
-                    // Loopback: a full buffer is not expected; losing a datagram is tolerable.
-                    let _ = self.socket.send_to(&t.contents, t.destination);
-                }
-                Output::Signaling(bytes) => self.outbox.push(bytes),
-                Output::Event(Event::StateChanged(P2pState::Connected)) => {
-                    self.connected_at = Some(now);
-                }
-                Output::Event(Event::StateChanged(s @ P2pState::Ended(_))) => {
-                    self.ended = Some(s);
-                }
-                Output::Event(Event::AudioReceived { payload, .. }) => {
-                    self.audio_packets += 1;
-                    let n = self
-                        .decoder
-                        .decode(&payload, &mut pcm, false)
-                        .expect("decode opus");
-                    self.decoded_frames += 1;
-                    self.meter.push(&pcm[..n]);
-                }
-                Output::Event(_) => {}
-                Output::Timeout(t) => {
-                    self.timeout = t;
-                    return;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Reads every datagram waiting on the socket into the call.
-    fn read_socket(&mut self, now: Instant) {
-        let mut buf = [0u8; 2048];
-        loop {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, source)) => {
-                    // Rejections (e.g. checks before the remote setup) are counted, not fatal.
-                    let _ = self.call.handle_input(
-                        now,
-                        Input::Datagram {
-                            source,
-                            destination: self.addr,
-                            contents: &buf[..n],
-                        },
-                    );
-                    self.drain(now);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                // ICMP port unreachable from a peer that is gone.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if now >= self.timeout {
-            self.call
-                .handle_input(now, Input::Timeout)
-                .expect("timeout input");
-        }
-        self.drain(now);
-    }
-}
-
-/// What the messenger does with signaling bytes in flight; lets a test tamper with them.
-type Messenger<'a> = dyn FnMut(Role, Vec<u8>) -> Vec<Vec<u8>> + 'a;
-
-/// Runs both ends until `done` or `limit`; signaling passes through `messenger`.
-fn run(
-    caller: &mut End,
-    callee: &mut End,
-    limit: Duration,
-    signaling_delay: Duration,
-    messenger: &mut Messenger<'_>,
-    mut done: impl FnMut(&End, &End) -> bool,
-) {
-    let start = Instant::now();
-    let mut in_flight: VecDeque<(Instant, Role, Vec<u8>)> = VecDeque::new();
-    caller.drain(start);
-    callee.drain(start);
-    loop {
-        let now = Instant::now();
-        for (from, end) in [(Role::Caller, &mut *caller), (Role::Callee, &mut *callee)] {
-            for bytes in end.outbox.drain(..) {
-                for delivered in messenger(from, bytes) {
-                    in_flight.push_back((now + signaling_delay, from, delivered));
-                }
-            }
-        }
-        while in_flight.front().is_some_and(|(due, _, _)| *due <= now) {
-            let Some((_, from, bytes)) = in_flight.pop_front() else {
-                break;
-            };
-            let to = if from == Role::Caller {
-                &mut *callee
-            } else {
-                &mut *caller
-            };
-            // Rejected packets are the tamper test's business; they are counted in stats.
-            let _ = to.call.handle_input(now, Input::Signaling(&bytes));
-            to.drain(now);
-        }
-        caller.read_socket(now);
-        callee.read_socket(now);
-        caller.tick(now);
-        callee.tick(now);
-        assert!(caller.ended.is_none(), "caller ended: {:?}", caller.ended);
-        assert!(callee.ended.is_none(), "callee ended: {:?}", callee.ended);
-        if done(caller, callee) {
-            return;
-        }
-        assert!(
-            now - start < limit,
-            "not done within {limit:?}: caller {:?} {:?}, callee {:?} {:?}",
-            caller.call.state(),
-            caller.call.stats(),
-            callee.call.state(),
-            callee.call.stats()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
 
 fn pair() -> (End, End) {
     let (caller_key, callee_key) = dh_exchange();
@@ -243,27 +33,6 @@ fn pair() -> (End, End) {
         End::new(Role::Caller, caller_key, 11, now),
         End::new(Role::Callee, callee_key, 22, now),
     )
-}
-
-fn set_tone(end: &mut End, hz: f32) {
-    let now = Instant::now();
-    let tone = ToneSource::new(hz, None).expect("tone");
-    end.call
-        .handle_input(now, Input::Command(Command::SetSource(Box::new(tone))))
-        .expect("set source");
-    end.drain(now);
-}
-
-fn assert_tone(end: &End, expected: f32, who: &str) {
-    let hz = end.meter.dominant_hz().expect("enough decoded audio");
-    println!(
-        "{who}: {} audio packets, dominant {hz:.1} Hz (expected {expected})",
-        end.audio_packets
-    );
-    assert!(
-        (hz - expected).abs() < expected * 0.03,
-        "{who} heard {hz} Hz, expected {expected} Hz"
-    );
 }
 
 #[test]
@@ -498,7 +267,7 @@ fn a_dtls_peer_without_the_signaled_certificate_is_refused() {
     let mut caller = End::new(Role::Caller, caller_key, 11, now);
     let mut callee = End::new(Role::Callee, callee_key.clone(), 22, now);
     let shared = callee.socket.try_clone().expect("clone socket");
-    let mut mallory = End::with_socket(Role::Callee, callee_key, 22, now, shared);
+    let mut mallory = End::with_socket(Role::Callee, callee_key, 22, now, shared, |_| {});
     assert_eq!(
         mallory.call.local_setup().ufrag,
         callee.call.local_setup().ufrag

@@ -4,45 +4,23 @@
 //! reports the host address (no NAT) yields nothing new; one that never answers is retried, then
 //! counted as failed. Every call still connects on its host candidates and carries both tones.
 
-use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use opus::{Channels, Decoder};
-use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
-use ringcast_core::media::ToneSource;
-use ringcast_core::p2p_call::{
-    Command, Event, Input, MAX_STUN_SERVERS, Output, P2pCall, P2pCallError, P2pConfig, P2pState,
-};
-use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
-use ringcast_core::signaling::p2p::{CallKey, CalleeExchange, CallerExchange, DhParams, Role};
+use ringcast_core::crypto::generate_certificate;
+use ringcast_core::p2p_call::{MAX_STUN_SERVERS, P2pCall, P2pCallError, P2pConfig};
+use ringcast_core::signaling::p2p::{CallKey, Role};
 use ringcast_core::stun::STUN_MAX_REQUESTS;
-use sfu_mock::analysis::ToneMeter;
+
+mod common;
+
+use common::p2p::{End, assert_tone, dh_exchange, run_with, set_tone};
 
 const CALLER_HZ: f32 = 440.0;
 const CALLEE_HZ: f32 = 1000.0;
 /// Where the pretend NAT maps our sockets: another loopback address nothing listens on.
 const NAT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-fn random(seed: u64) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..256).map(|_| rng.u8(..)).collect()
-}
-
-fn dh_exchange() -> (CallKey, CallKey) {
-    let params = DhParams::new(3, &TELEGRAM_DH_PRIME, 7).expect("telegram prime, g = 3");
-    let server_random = random(1);
-    let caller = CallerExchange::new(&params, &server_random, &random(2)).expect("caller");
-    let callee = CalleeExchange::new(&params, &caller.g_a_hash(), &server_random, &random(3))
-        .expect("callee");
-    let g_a = *caller.g_a();
-    let caller_key = caller.complete(callee.g_b()).expect("caller key");
-    let callee_key = callee
-        .complete(&g_a, caller_key.fingerprint())
-        .expect("callee key");
-    (caller_key, callee_key)
-}
 
 /// What a test STUN server answers.
 #[derive(Clone, Copy)]
@@ -110,125 +88,18 @@ impl StunServer {
     }
 }
 
-struct End {
-    call: P2pCall,
-    socket: UdpSocket,
-    addr: SocketAddr,
-    decoder: Decoder,
-    meter: ToneMeter,
-    timeout: Instant,
-    connected_at: Option<Instant>,
-    audio_packets: u64,
-    outbox: Vec<Vec<u8>>,
-}
-
-impl End {
-    fn new(role: Role, key: CallKey, seed: u64, configure: impl FnOnce(&mut P2pConfig)) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_nonblocking(true).expect("nonblocking");
-        let addr = socket.local_addr().expect("local addr");
-        let crypto = CallCrypto::new(CryptoOptions::default())
-            .expect("crypto")
-            .provider();
-        let mut config = P2pConfig::new(
-            role,
-            key,
-            seed,
-            generate_certificate().expect("certificate"),
-            addr,
-        );
-        config.crypto = Some(crypto);
-        config.connect_timeout = Duration::from_secs(10);
-        configure(&mut config);
-        let now = Instant::now();
-        let mut call = P2pCall::new(now, config).expect("p2p call");
-        let hz = if role == Role::Caller {
+/// An end playing its role's tone; `configure` adjusts the call (STUN servers).
+fn end(role: Role, key: CallKey, seed: u64, configure: impl FnOnce(&mut P2pConfig)) -> End {
+    let mut end = End::configured(role, key, seed, Instant::now(), configure);
+    set_tone(
+        &mut end,
+        if role == Role::Caller {
             CALLER_HZ
         } else {
             CALLEE_HZ
-        };
-        let tone = ToneSource::new(hz, None).expect("tone");
-        call.handle_input(now, Input::Command(Command::SetSource(Box::new(tone))))
-            .expect("set source");
-        let mut end = Self {
-            call,
-            socket,
-            addr,
-            decoder: Decoder::new(48_000, Channels::Mono).expect("decoder"),
-            meter: ToneMeter::new(),
-            timeout: now,
-            connected_at: None,
-            audio_packets: 0,
-            outbox: Vec::new(),
-        };
-        end.drain(now);
-        end
-    }
-
-    fn drain(&mut self, now: Instant) {
-        let mut pcm = vec![0i16; 5760];
-        loop {
-            match self.call.poll_output() {
-                Output::Transmit(t) => {
-                    assert_eq!(t.source, self.addr);
-                    let _ = self.socket.send_to(&t.contents, t.destination);
-                }
-                Output::Signaling(bytes) => self.outbox.push(bytes),
-                Output::Event(Event::StateChanged(P2pState::Connected)) => {
-                    self.connected_at = Some(now);
-                }
-                Output::Event(Event::StateChanged(s @ P2pState::Ended(_))) => {
-                    panic!("{:?} ended: {s:?}", self.call.role());
-                }
-                Output::Event(Event::AudioReceived { payload, .. }) => {
-                    self.audio_packets += 1;
-                    let n = self
-                        .decoder
-                        .decode(&payload, &mut pcm, false)
-                        .expect("decode opus");
-                    self.meter.push(&pcm[..n]);
-                }
-                Output::Event(_) => {}
-                Output::Timeout(t) => {
-                    self.timeout = t;
-                    return;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn read_socket(&mut self, now: Instant) {
-        let mut buf = [0u8; 2048];
-        loop {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, source)) => {
-                    let _ = self.call.handle_input(
-                        now,
-                        Input::Datagram {
-                            source,
-                            destination: self.addr,
-                            contents: &buf[..n],
-                        },
-                    );
-                    self.drain(now);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                // ICMP port unreachable: checks to the pretend NAT address, or a silent server.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if now >= self.timeout {
-            self.call
-                .handle_input(now, Input::Timeout)
-                .expect("timeout input");
-        }
-        self.drain(now);
-    }
+        },
+    );
+    end
 }
 
 /// Runs both ends and the STUN servers until `done`; the messenger delays signaling by `delay`.
@@ -238,64 +109,20 @@ fn run(
     servers: &mut [&mut StunServer],
     delay: Duration,
     limit: Duration,
-    mut done: impl FnMut(&End, &End) -> bool,
+    done: impl FnMut(&End, &End) -> bool,
 ) {
-    let start = Instant::now();
-    let mut in_flight: VecDeque<(Instant, Role, Vec<u8>)> = VecDeque::new();
-    loop {
-        let now = Instant::now();
-        for (from, end) in [(Role::Caller, &mut *caller), (Role::Callee, &mut *callee)] {
-            for bytes in end.outbox.drain(..) {
-                in_flight.push_back((now + delay, from, bytes));
+    run_with(
+        caller,
+        callee,
+        limit,
+        delay,
+        &mut |_, bytes| vec![bytes],
+        &mut || {
+            for server in servers.iter_mut() {
+                server.poll();
             }
-        }
-        while in_flight.front().is_some_and(|(due, _, _)| *due <= now) {
-            let Some((_, from, bytes)) = in_flight.pop_front() else {
-                break;
-            };
-            let to = if from == Role::Caller {
-                &mut *callee
-            } else {
-                &mut *caller
-            };
-            to.call
-                .handle_input(now, Input::Signaling(&bytes))
-                .expect("signaling accepted");
-            to.drain(now);
-        }
-        for server in servers.iter_mut() {
-            server.poll();
-        }
-        caller.read_socket(now);
-        callee.read_socket(now);
-        caller.tick(now);
-        callee.tick(now);
-        if done(caller, callee) {
-            return;
-        }
-        assert!(
-            now - start < limit,
-            "not done within {limit:?}: caller {:?} {:?}, callee {:?} {:?}",
-            caller.call.state(),
-            caller.call.stats(),
-            callee.call.state(),
-            callee.call.stats()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn assert_tone(end: &End, expected: f32) {
-    let hz = end.meter.dominant_hz().expect("enough decoded audio");
-    println!(
-        "{:?}: {} audio packets, dominant {hz:.1} Hz (expected {expected})",
-        end.call.role(),
-        end.audio_packets
-    );
-    assert!(
-        (hz - expected).abs() < 5.0,
-        "{:?} heard {hz} Hz, expected {expected} Hz",
-        end.call.role()
+        },
+        done,
     );
 }
 
@@ -305,10 +132,10 @@ fn stun_server_reflexive_candidates_are_gathered_signaled_and_the_call_connects(
     let mut nat = StunServer::new(Mapping::Nat);
     let (caller_key, callee_key) = dh_exchange();
     let servers = vec![mirror.addr, nat.addr];
-    let mut caller = End::new(Role::Caller, caller_key, 11, |c| {
+    let mut caller = end(Role::Caller, caller_key, 11, |c| {
         c.stun_servers = servers.clone();
     });
-    let mut callee = End::new(Role::Callee, callee_key, 22, |c| {
+    let mut callee = end(Role::Callee, callee_key, 22, |c| {
         c.stun_servers = vec![nat.addr];
     });
     let start = Instant::now();
@@ -328,8 +155,8 @@ fn stun_server_reflexive_candidates_are_gathered_signaled_and_the_call_connects(
         caller.connected_at.map(|t| t - start),
         callee.connected_at.map(|t| t - start)
     );
-    assert_tone(&caller, CALLEE_HZ);
-    assert_tone(&callee, CALLER_HZ);
+    assert_tone(&caller, CALLEE_HZ, "caller");
+    assert_tone(&callee, CALLER_HZ, "callee");
     let (cs, es) = (caller.call.stats().clone(), callee.call.stats().clone());
     println!("caller: {cs:?}\ncallee: {es:?}");
     println!(
@@ -374,12 +201,12 @@ fn an_unanswered_stun_server_is_counted_and_the_call_connects_on_host_candidates
     let (caller_key, callee_key) = dh_exchange();
     let stun_timeout = Duration::from_secs(1);
     let v6: SocketAddr = "[::1]:3478".parse().expect("addr");
-    let mut caller = End::new(Role::Caller, caller_key, 11, |c| {
+    let mut caller = end(Role::Caller, caller_key, 11, |c| {
         // An IPv6 server cannot be asked from an IPv4 socket: skipped and counted.
         c.stun_servers = vec![silent.addr, v6];
         c.stun_timeout = stun_timeout;
     });
-    let mut callee = End::new(Role::Callee, callee_key, 22, |c| {
+    let mut callee = end(Role::Callee, callee_key, 22, |c| {
         c.stun_servers = vec![silent.addr];
         c.stun_timeout = stun_timeout;
     });
@@ -402,8 +229,8 @@ fn an_unanswered_stun_server_is_counted_and_the_call_connects_on_host_candidates
         "connected after {connected:?}; gathering given up after {:?}",
         start.elapsed()
     );
-    assert_tone(&caller, CALLEE_HZ);
-    assert_tone(&callee, CALLER_HZ);
+    assert_tone(&caller, CALLEE_HZ, "caller");
+    assert_tone(&callee, CALLER_HZ, "callee");
     // Connecting did not wait for the STUN server.
     assert!(
         connected < stun_timeout,
