@@ -190,6 +190,13 @@ fn assert_hz(side: &Side, want: f32, who: &str) {
     );
 }
 
+/// The caller plays [`CALLER_HZ`], the callee [`CALLEE_HZ`] (kept until the calls start).
+fn play_tones(a: &Engine, b: &Engine) {
+    let tone = |frequency_hz| StreamSource::Tone { frequency_hz };
+    a.set_stream_sources(B_USER, tone(CALLER_HZ)).unwrap();
+    b.set_stream_sources(A_USER, tone(CALLEE_HZ)).unwrap();
+}
+
 fn connect(a: &Engine, b: &Engine) {
     a.connect_p2p(B_USER, &[], &versions(), true).unwrap();
     b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
@@ -201,20 +208,7 @@ fn two_engines_exchange_keys_connect_and_hear_each_other() {
     let b = engine(2);
     exchange(&a, &b);
     // Sources set before connecting are kept and start with the call.
-    a.set_stream_sources(
-        B_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLER_HZ,
-        },
-    )
-    .unwrap();
-    b.set_stream_sources(
-        A_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLEE_HZ,
-        },
-    )
-    .unwrap();
+    play_tones(&a, &b);
     connect(&a, &b);
     let mut pump = Pump::new(&a, &b);
     pump.run(Duration::from_secs(20), |x, y| {
@@ -504,20 +498,7 @@ fn tampered_signaling_is_rejected_and_counted_and_the_call_stays_up() {
     let a = engine(5);
     let b = engine(6);
     exchange(&a, &b);
-    a.set_stream_sources(
-        B_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLER_HZ,
-        },
-    )
-    .unwrap();
-    b.set_stream_sources(
-        A_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLEE_HZ,
-        },
-    )
-    .unwrap();
+    play_tones(&a, &b);
     connect(&a, &b);
     let mut pump = Pump::new(&a, &b);
     pump.run(Duration::from_secs(20), |x, y| {
@@ -606,20 +587,7 @@ fn skip_exchange_and_signaling_that_arrives_before_connect() {
     // telegram-signaling.md §5: SHA1 of bytes 00..FF gives this fingerprint.
     assert_eq!(ka.key_fingerprint, -3_972_359_982_579_920_590);
     assert_eq!(ka.key_fingerprint, kb.key_fingerprint);
-    a.set_stream_sources(
-        B_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLER_HZ,
-        },
-    )
-    .unwrap();
-    b.set_stream_sources(
-        A_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLEE_HZ,
-        },
-    )
-    .unwrap();
+    play_tones(&a, &b);
     // Only the caller starts; its signaling reaches the callee before the callee's
     // connect_p2p and is kept until then.
     a.connect_p2p(B_USER, &[], &versions(), true).unwrap();
@@ -738,20 +706,7 @@ fn stun_servers_from_rtc_servers_add_a_server_reflexive_candidate() {
     let a = engine(11);
     let b = engine(12);
     exchange(&a, &b);
-    a.set_stream_sources(
-        B_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLER_HZ,
-        },
-    )
-    .unwrap();
-    b.set_stream_sources(
-        A_USER,
-        StreamSource::Tone {
-            frequency_hz: CALLEE_HZ,
-        },
-    )
-    .unwrap();
+    play_tones(&a, &b);
     a.connect_p2p(B_USER, &servers, &versions(), true).unwrap();
     b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
     let mut pump = Pump::new(&a, &b);
