@@ -46,6 +46,7 @@ pub mod signaling;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod stun;
+pub mod turn;
 
 pub use call::{
     Call, CallConfig, CallError, CallState, Command, EndReason, Event, Input, Output, Transmit,

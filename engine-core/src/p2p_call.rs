@@ -75,6 +75,7 @@ use crate::signaling::p2p::{
 };
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
+use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
 
 /// How long a call may take from [`P2pCall::new`] to a working DTLS-SRTP path (the remote side's
 /// signaling included) before it fails with [`P2pEndReason::ConnectTimeout`].
@@ -119,6 +120,9 @@ pub const DEFAULT_STUN_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many STUN servers per call ([`P2pConfig::stun_servers`]).
 pub const MAX_STUN_SERVERS: usize = 4;
 
+/// At most this many TURN servers per call ([`P2pConfig::turn_servers`]).
+pub const MAX_TURN_SERVERS: usize = 4;
+
 /// Static configuration of one 1:1 call.
 #[derive(Clone)]
 pub struct P2pConfig {
@@ -145,8 +149,16 @@ pub struct P2pConfig {
     /// those of the other address family than `local_addr` are skipped and counted
     /// ([`P2pStats::stun_servers_skipped`]). Empty by default: host candidates only.
     pub stun_servers: Vec<SocketAddr>,
-    /// See [`DEFAULT_STUN_TIMEOUT`].
+    /// See [`DEFAULT_STUN_TIMEOUT`]; also bounds a TURN allocation.
     pub stun_timeout: Duration,
+    /// TURN servers to allocate relay candidates on (at most [`MAX_TURN_SERVERS`]); those of
+    /// the other address family than `local_addr` are skipped and counted
+    /// ([`P2pStats::turn_servers_skipped`]). Empty by default.
+    pub turn_servers: Vec<TurnServer>,
+    /// Relay only (ntgcalls' `p2pAllowed = false`): no host or server-reflexive candidate is
+    /// used or signaled, so every path goes through one of [`Self::turn_servers`] and the peer
+    /// never learns our address. Needs at least one TURN server of our address family.
+    pub relay_only: bool,
 }
 
 impl P2pConfig {
@@ -170,6 +182,8 @@ impl P2pConfig {
             disconnect_timeout: DEFAULT_P2P_DISCONNECT_TIMEOUT,
             stun_servers: Vec::new(),
             stun_timeout: DEFAULT_STUN_TIMEOUT,
+            turn_servers: Vec::new(),
+            relay_only: false,
         }
     }
 }
@@ -184,6 +198,8 @@ impl fmt::Debug for P2pConfig {
             .field("local_addr", &self.local_addr)
             .field("connect_timeout", &self.connect_timeout)
             .field("stun_servers", &self.stun_servers)
+            .field("turn_servers", &self.turn_servers)
+            .field("relay_only", &self.relay_only)
             .finish_non_exhaustive()
     }
 }
@@ -434,6 +450,20 @@ pub struct P2pStats {
     pub stun_servers_skipped: u64,
     /// Responses to finished STUN transactions (duplicates) or malformed ones, dropped.
     pub stun_responses_ignored: u64,
+    /// TURN requests sent (Allocate, Refresh, CreatePermission; retransmissions included).
+    pub turn_requests_sent: u64,
+    /// TURN allocations that succeeded: relay candidates signaled to the peer.
+    pub turn_allocations: u64,
+    /// TURN allocations that failed (wrong credentials, error, no answer) or were lost.
+    pub turn_failed: u64,
+    /// Configured TURN servers of the other address family, not used.
+    pub turn_servers_skipped: u64,
+    /// Datagrams sent through a relay (Send indications).
+    pub turn_relayed_out: u64,
+    /// Datagrams received through a relay (Data indications) handed on to ICE.
+    pub turn_relayed_in: u64,
+    /// Permissions refused by a server or over [`crate::turn::MAX_PERMISSIONS`].
+    pub turn_permissions_failed: u64,
 }
 
 /// How often str0m reports link statistics ([`P2pCall::link_stats`]).
@@ -478,6 +508,10 @@ pub struct P2pCall {
     stun: StunGatherer,
     /// Server-reflexive candidates gathered so far, as signaled (SDP candidate lines).
     local_srflx: Vec<(SocketAddr, String)>,
+    /// Allocations on the TURN servers.
+    turn: Vec<TurnClient>,
+    /// Relayed candidates allocated so far, as signaled (relay address, SDP line).
+    local_relays: Vec<(SocketAddr, String)>,
     rtc_timeout: Option<Instant>,
     connect_deadline: Option<Instant>,
     connected_at: Option<Instant>,
@@ -557,7 +591,36 @@ impl P2pCall {
             rng.fill(&mut txid);
             stun_servers.push((server, txid));
         }
+        if config.relay_only {
+            // No server-reflexive candidate either: our address stays private.
+            stun_servers.clear();
+        }
         let stun = StunGatherer::new(&stun_servers, now, config.stun_timeout);
+        if config.turn_servers.len() > MAX_TURN_SERVERS {
+            return Err(P2pCallError::Config {
+                reason: format!(
+                    "{} TURN servers, at most {MAX_TURN_SERVERS}",
+                    config.turn_servers.len()
+                ),
+            });
+        }
+        let mut turn = Vec::new();
+        for server in &config.turn_servers {
+            if server.addr.is_ipv4() != local_addr.is_ipv4() {
+                stats.turn_servers_skipped += 1;
+                continue;
+            }
+            let client = TurnClient::new(server.clone(), rng.u64(..), now, config.stun_timeout)
+                .map_err(|e| P2pCallError::Config {
+                    reason: format!("TURN server {}: {e}", server.addr),
+                })?;
+            turn.push(client);
+        }
+        if config.relay_only && turn.is_empty() {
+            return Err(P2pCallError::Config {
+                reason: "relay only needs a TURN server of the local address family".to_owned(),
+            });
+        }
         let crypto = config
             .crypto
             .clone()
@@ -590,7 +653,9 @@ impl P2pCall {
         let local = Candidate::host(local_addr, "udp").map_err(|e| P2pCallError::Config {
             reason: format!("local candidate: {e}"),
         })?;
-        rtc.add_local_candidate(local);
+        if !config.relay_only {
+            rtc.add_local_candidate(local);
+        }
         let mid = Mid::from(AUDIO_MID);
         {
             let mut api = rtc.direct_api();
@@ -622,6 +687,8 @@ impl P2pCall {
             remote_ssrcs: Vec::new(),
             stun,
             local_srflx: Vec::new(),
+            turn,
+            local_relays: Vec::new(),
             rtc_timeout: None,
             connect_deadline: Some(connect_deadline),
             connected_at: None,
@@ -783,6 +850,7 @@ impl P2pCall {
         let ended = matches!(self.state, P2pState::Ended(_));
         if !ended {
             if let Some(t) = self.resends.pop_front() {
+                let t = self.through_relay(t);
                 self.stats.datagrams_sent += 1;
                 self.stats.bytes_sent += t.contents.len() as u64;
                 self.stats.dtls_flight_resent += 1;
@@ -800,6 +868,21 @@ impl P2pCall {
                     source: self.config.local_addr,
                     destination: server,
                     contents: request.to_vec(),
+                });
+            }
+            let now = self.last_now;
+            if let Some((server, request)) = self
+                .turn
+                .iter_mut()
+                .find_map(|c| c.poll_transmit(now).map(|r| (c.server(), r)))
+            {
+                self.stats.turn_requests_sent += 1;
+                self.stats.datagrams_sent += 1;
+                self.stats.bytes_sent += request.len() as u64;
+                return Output::Transmit(Transmit {
+                    source: self.config.local_addr,
+                    destination: server,
+                    contents: request,
                 });
             }
             if self.remote_setup.is_some()
@@ -834,6 +917,7 @@ impl P2pCall {
             self.disconnect_deadline(),
             self.channel.poll_timeout(),
             self.stun.poll_timeout(),
+            self.turn.iter().filter_map(TurnClient::poll_timeout).min(),
             self.final_flight.deadline(),
         ];
         candidates.into_iter().flatten().fold(idle, Instant::min)
@@ -866,8 +950,12 @@ impl P2pCall {
                 reason: format!("local candidate: {e}"),
             })?;
         host.set_ufrag(&self.local_creds.ufrag);
-        let mut lines = vec![host.to_sdp_string()];
-        lines.extend(self.local_srflx.iter().map(|(_, line)| line.clone()));
+        let mut lines = Vec::new();
+        if !self.config.relay_only {
+            lines.push(host.to_sdp_string());
+            lines.extend(self.local_srflx.iter().map(|(_, line)| line.clone()));
+        }
+        lines.extend(self.local_relays.iter().map(|(_, line)| line.clone()));
         let candidates = SignalingMessage::Candidates(Candidates { candidates: lines });
         let mut messages = vec![setup, candidates];
         // The caller offers its media right after InitialSetup; the callee answers the offer.
@@ -1079,6 +1167,13 @@ impl P2pCall {
                     if !self.remote_addrs.contains(&c.addr()) {
                         self.remote_addrs.push(c.addr());
                     }
+                    // The peer's checks to our relayed candidates need a permission for its IP.
+                    let now = self.last_now;
+                    for client in &mut self.turn {
+                        if !client.ensure_permission(c.addr().ip(), now) {
+                            self.stats.turn_permissions_failed += 1;
+                        }
+                    }
                     self.rtc.add_remote_candidate(c);
                 }
                 _ => self.stats.candidates_skipped += 1,
@@ -1097,7 +1192,32 @@ impl P2pCall {
             self.stats.dropped_not_live += 1;
             return Err(P2pCallError::Ended);
         }
-        // Answers from our STUN servers (matched by transaction id and source) never reach ICE.
+        // Answers and Data indications from our TURN servers, then answers from our STUN servers
+        // (matched by transaction id and source), never reach ICE as such.
+        let turn_event = self.turn.iter_mut().find_map(|c| {
+            c.handle_datagram(source, contents, now)
+                .map(|e| (c.server(), c.relay(), e))
+        });
+        if let Some((server, relay, event)) = turn_event {
+            // A relayed datagram is counted by the ICE path if accepted there.
+            if !matches!(event, TurnEvent::Data { .. }) {
+                self.stats.datagrams_received += 1;
+                self.stats.bytes_received += contents.len() as u64;
+            }
+            return self.handle_turn_event(now, server, relay, event);
+        }
+        self.handle_ice_datagram(now, source, destination, contents)
+    }
+
+    /// A datagram for ICE/DTLS/SRTP: straight from the socket, or unwrapped from a Data
+    /// indication (then `destination` is the relayed address).
+    fn handle_ice_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) -> Result<(), P2pCallError> {
         if let Some(event) = self.stun.handle_datagram(source, contents) {
             self.stats.datagrams_received += 1;
             self.stats.bytes_received += contents.len() as u64;
@@ -1161,6 +1281,97 @@ impl P2pCall {
         }
     }
 
+    /// A TURN server sent something: an allocation (relayed candidate added to ICE and
+    /// signaled), a failure, or a relayed datagram from the peer.
+    fn handle_turn_event(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        relay: Option<SocketAddr>,
+        event: TurnEvent,
+    ) -> Result<(), P2pCallError> {
+        match event {
+            TurnEvent::Data { peer, payload } => {
+                let Some(relay) = relay else {
+                    return Ok(());
+                };
+                self.stats.turn_relayed_in += 1;
+                self.handle_ice_datagram(now, peer, relay, &payload)
+            }
+            TurnEvent::Failed(e) => {
+                self.turn_failed(server, &e);
+                Ok(())
+            }
+            TurnEvent::PermissionFailed { ip, code } => {
+                tracing::debug!(%server, %ip, code, "TURN permission refused");
+                self.stats.turn_permissions_failed += 1;
+                Ok(())
+            }
+            TurnEvent::Handled => Ok(()),
+            TurnEvent::Allocated { relay, .. } => self.add_relay_candidate(now, relay),
+        }
+    }
+
+    fn turn_failed(&mut self, server: SocketAddr, e: &TurnError) {
+        tracing::debug!(%server, "TURN allocation failed: {e}");
+        self.stats.turn_failed += 1;
+        self.local_relays
+            .retain(|(relay, _)| self.turn.iter().any(|c| c.relay() == Some(*relay)));
+    }
+
+    fn add_relay_candidate(&mut self, now: Instant, relay: SocketAddr) -> Result<(), P2pCallError> {
+        let mut candidate = match Candidate::relayed(relay, self.config.local_addr, "udp") {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%relay, "unusable relayed address: {e}");
+                self.stats.turn_failed += 1;
+                return Ok(());
+            }
+        };
+        candidate.set_ufrag(&self.local_creds.ufrag);
+        let line = candidate.to_sdp_string();
+        self.rtc.add_local_candidate(candidate);
+        self.local_relays.push((relay, line.clone()));
+        self.stats.turn_allocations += 1;
+        tracing::debug!(role = ?self.config.role, %relay, "relayed candidate");
+        // Permissions for the peer candidates we already know.
+        for addr in self.remote_addrs.clone() {
+            for client in &mut self.turn {
+                if !client.ensure_permission(addr.ip(), now) {
+                    self.stats.turn_permissions_failed += 1;
+                }
+            }
+        }
+        if self.local_sent {
+            let message = SignalingMessage::Candidates(Candidates {
+                candidates: vec![line],
+            });
+            if let Err(e) = self.send_message(&message, now) {
+                self.end(P2pEndReason::Channel(e.to_string()));
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A datagram str0m sends from a relayed candidate goes to its TURN server in a Send
+    /// indication (with a permission for the destination IP).
+    fn through_relay(&mut self, t: Transmit) -> Transmit {
+        let now = self.last_now;
+        let Some(client) = self.turn.iter_mut().find(|c| c.relay() == Some(t.source)) else {
+            return t;
+        };
+        if !client.ensure_permission(t.destination.ip(), now) {
+            self.stats.turn_permissions_failed += 1;
+        }
+        self.stats.turn_relayed_out += 1;
+        Transmit {
+            source: self.config.local_addr,
+            destination: client.server(),
+            contents: client.send_indication(t.destination, &t.contents),
+        }
+    }
+
     /// A STUN server answered: a new server-reflexive candidate is added to ICE and signaled.
     fn handle_stun_event(&mut self, now: Instant, event: GatherEvent) -> Result<(), P2pCallError> {
         let mapped = match event {
@@ -1215,6 +1426,15 @@ impl P2pCall {
         for server in self.stun.handle_timeout(now) {
             tracing::debug!(%server, "STUN server did not answer");
             self.stats.stun_failed += 1;
+        }
+        let mut failed = Vec::new();
+        for client in &mut self.turn {
+            if let Some(e) = client.handle_timeout(now) {
+                failed.push((client.server(), e));
+            }
+        }
+        for (server, e) in failed {
+            self.turn_failed(server, &e);
         }
         if let Some(deadline) = self.connect_deadline
             && now >= deadline
@@ -1290,13 +1510,14 @@ impl P2pCall {
                         self.final_flight
                             .on_sent(t.source, t.destination, &contents);
                     }
-                    self.stats.datagrams_sent += 1;
-                    self.stats.bytes_sent += contents.len() as u64;
-                    return Some(Output::Transmit(Transmit {
+                    let t = self.through_relay(Transmit {
                         source: t.source,
                         destination: t.destination,
                         contents,
-                    }));
+                    });
+                    self.stats.datagrams_sent += 1;
+                    self.stats.bytes_sent += t.contents.len() as u64;
+                    return Some(Output::Transmit(t));
                 }
                 Ok(str0m::Output::Event(e)) => {
                     if let Some(ev) = self.map_rtc_event(e) {

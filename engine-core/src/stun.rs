@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// STUN magic cookie, RFC 5389 §6.
-const MAGIC_COOKIE: u32 = 0x2112_A442;
+pub(crate) const MAGIC_COOKIE: u32 = 0x2112_A442;
 /// STUN header length, RFC 5389 §6.
 const HEADER_LEN: usize = 20;
 /// Binding Request message type (method 0x001, class request).
@@ -167,7 +167,7 @@ pub fn parse_binding_response(
 }
 
 /// A (XOR-)MAPPED-ADDRESS value: reserved byte, family, port, address (§15.1, §15.2).
-fn parse_address(value: &[u8], xor_with: Option<&TransactionId>) -> Option<SocketAddr> {
+pub(crate) fn parse_address(value: &[u8], xor_with: Option<&TransactionId>) -> Option<SocketAddr> {
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let port_mask = if xor_with.is_some() {
         u16::from_be_bytes([cookie[0], cookie[1]])
