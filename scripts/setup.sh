@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build needs beyond the Rust toolchain: libopus (linked by the `opus`
 # crate through pkg-config) and pkg-config itself, plus the interop tests' peers (aiortc,
-# chromium). Safe to run repeatedly.
+# chromium) and the TURN tests' server (coturn). Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -13,6 +13,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # Headless Chromium (libwebrtc) plays the SFU in engine-runtime/tests/chromium_interop.rs.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# coturn's turnserver is the TURN server of sfu-mock/tests/p2p_turn.rs and
+# engine-runtime/tests/p2p_engine.rs (relay-only 1:1 calls).
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2

@@ -29,8 +29,8 @@
 //! `InitialSetup`, the callee answers with its own; each side takes the peer's SSRC from it (and,
 //! failing that, from the first RTP packet with our Opus PT). The peer's payload types and
 //! extension ids are not applied yet, so a tgcalls peer using another Opus PT or abs-send-time /
-//! transport-cc would need that. Not implemented either: `MediaState`, TURN servers and Telegram
-//! reflectors (no relay candidates), ICE restarts, decoded-PCM hooks.
+//! transport-cc would need that. Not implemented either: `MediaState`, Telegram reflectors, TURN
+//! over TCP/TLS and ChannelData, ICE restarts, decoded-PCM hooks.
 //!
 //! Candidates: the host candidate ([`P2pConfig::local_addr`]) goes out with our `InitialSetup`.
 //! For each of [`P2pConfig::stun_servers`] the call sends STUN Binding Requests from the same
@@ -42,6 +42,16 @@
 //! and source address before anything reaches str0m's ICE. A server that never answers, or
 //! answers with an error, is counted in [`P2pStats::stun_failed`]; the call goes on with the
 //! candidates it has.
+//!
+//! For each of [`P2pConfig::turn_servers`] the call allocates a relayed address from the same
+//! socket ([`crate::turn`]: long-term credentials, Refresh before the lifetime ends, a
+//! CreatePermission for each remote candidate IP and each destination ICE sends to). An
+//! allocation adds a relayed candidate to str0m, signaled like a server-reflexive one. What str0m
+//! sends from the relayed address goes to the server in a Send indication; Data indications from
+//! the server are unwrapped and given to str0m as received from the peer on the relayed address.
+//! Failures are counted ([`P2pStats::turn_failed`]) and the call goes on with what it has. With
+//! [`P2pConfig::relay_only`] the host candidate is neither added nor signaled and STUN servers
+//! are not asked: every path goes through a relay.
 //!
 //! The surface is push in ([`P2pCall::handle_input`]), poll out ([`P2pCall::poll_output`]). After
 //! every `handle_input` the caller drains `poll_output` until it returns [`Output::Timeout`].

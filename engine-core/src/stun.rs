@@ -12,7 +12,7 @@
 //! ICE connectivity checks (whose transaction ids str0m owns). Retransmission follows §7.2.1 with
 //! a bounded number of requests and an overall deadline; time is passed in.
 //!
-//! TURN (RFC 5766 relay candidates) is not implemented.
+//! TURN relay candidates are in [`crate::turn`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};

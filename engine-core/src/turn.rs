@@ -305,12 +305,8 @@ impl TurnClient {
         let mut next = None::<Instant>;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         if let Some(p) = &self.pending {
-            if p.sends < STUN_MAX_REQUESTS {
-                consider(p.next_send);
-            } else {
-                // Given up after the last RTO.
-                consider(p.next_send);
-            }
+            // The next retransmission, or (after the last one) when it is given up.
+            consider(p.next_send);
         } else {
             if let Some(t) = self.refresh_at {
                 consider(t);
@@ -481,7 +477,8 @@ impl TurnClient {
                     ));
                     self.queued.push_front(request);
                     self.start_next(now);
-                    TurnEvent::Handled
+                    // Not a success: the retry counter keeps counting.
+                    return Some(TurnEvent::Handled);
                 } else {
                     match request {
                         Kind::Permission(ip) => {
@@ -747,6 +744,77 @@ mod tests {
         assert!(c.poll_transmit(now).is_none());
         let again = c.poll_transmit(now + STUN_INITIAL_RTO).expect("retransmit");
         assert_eq!(first, again);
+    }
+
+    /// An error response to `request` with ERROR-CODE `code`, REALM and NONCE.
+    fn auth_error(request: &[u8], code: u16, nonce: &[u8]) -> Vec<u8> {
+        let (kind, txid) = peek(request).expect("stun");
+        let error = (kind | 0x0110).to_be_bytes();
+        let attrs = [
+            (
+                ATTR_ERROR_CODE,
+                vec![0, 0, (code / 100) as u8, (code % 100) as u8],
+            ),
+            (ATTR_REALM, b"ringcast".to_vec()),
+            (ATTR_NONCE, nonce.to_vec()),
+        ];
+        encode(u16::from_be_bytes(error), &txid, &attrs, None)
+    }
+
+    #[test]
+    fn a_401_gets_one_authenticated_retry_and_stale_nonces_are_bounded() {
+        let now = Instant::now();
+        let mut c = TurnClient::new(server(), 1, now, Duration::from_secs(5)).expect("client");
+        let first = c.poll_transmit(now).expect("allocate");
+        let ev = c.handle_datagram(server().addr, &auth_error(&first, 401, b"n1"), now);
+        assert_eq!(ev, Some(TurnEvent::Handled));
+        let retry = c.poll_transmit(now).expect("authenticated allocate");
+        let attrs = parse_attributes(&retry).expect("parses");
+        assert!(attrs.iter().any(|(k, v)| *k == ATTR_USERNAME && *v == b"u"));
+        assert!(attrs.iter().any(|(k, v)| *k == ATTR_NONCE && *v == b"n1"));
+        // MESSAGE-INTEGRITY last, over the message up to it with the length including it.
+        let (k, mi) = attrs.last().expect("attrs");
+        assert_eq!(*k, ATTR_MESSAGE_INTEGRITY);
+        let key = long_term_key("u", b"ringcast", "p");
+        let hmac_key =
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &key);
+        let signed = &retry[..retry.len() - 24];
+        assert!(aws_lc_rs::hmac::verify(&hmac_key, signed, mi).is_ok());
+        // Stale nonces: retried with the new nonce, a bounded number of times.
+        let mut request = retry;
+        for i in 0..MAX_AUTH_RETRIES {
+            let nonce = format!("stale{i}");
+            let ev = c.handle_datagram(
+                server().addr,
+                &auth_error(&request, 438, nonce.as_bytes()),
+                now,
+            );
+            if i + 1 < MAX_AUTH_RETRIES {
+                assert_eq!(ev, Some(TurnEvent::Handled));
+                request = c.poll_transmit(now).expect("retry");
+                let attrs = parse_attributes(&request).expect("parses");
+                assert!(
+                    attrs
+                        .iter()
+                        .any(|(k, v)| *k == ATTR_NONCE && *v == nonce.as_bytes())
+                );
+            } else {
+                assert_eq!(ev, Some(TurnEvent::Failed(TurnError::Unauthorized)));
+            }
+        }
+        assert_eq!(c.state(), TurnState::Failed);
+        assert!(c.poll_transmit(now).is_none());
+    }
+
+    #[test]
+    fn a_second_401_means_wrong_credentials() {
+        let now = Instant::now();
+        let mut c = TurnClient::new(server(), 1, now, Duration::from_secs(5)).expect("client");
+        let first = c.poll_transmit(now).expect("allocate");
+        c.handle_datagram(server().addr, &auth_error(&first, 401, b"n1"), now);
+        let retry = c.poll_transmit(now).expect("retry");
+        let ev = c.handle_datagram(server().addr, &auth_error(&retry, 401, b"n2"), now);
+        assert_eq!(ev, Some(TurnEvent::Failed(TurnError::Unauthorized)));
     }
 
     proptest! {

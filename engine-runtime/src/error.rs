@@ -67,9 +67,10 @@ pub enum EngineError {
         /// What was offered.
         offered: Vec<String>,
     },
-    /// `connect_p2p` with `p2p_allowed = false`: the call would need Telegram's reflectors,
-    /// which are not implemented.
-    #[error("relay-only 1:1 calls (p2p_allowed = false) are not supported")]
+    /// `connect_p2p` with `p2p_allowed = false` but no usable TURN server (UDP, with user name
+    /// and password) in `rtc_servers`: the call would need Telegram's reflectors, which are not
+    /// implemented.
+    #[error("relay-only 1:1 call (p2p_allowed = false) without a usable TURN server")]
     RelayOnlyUnsupported,
     /// The call's source cannot change its bitrate (only tone sources re-encode; Ogg files and
     /// shared sources pass fixed Opus packets through).

@@ -726,12 +726,64 @@ fn stun_servers_from_rtc_servers_add_a_server_reflexive_candidate() {
     assert_eq!(ia.stats.stun_srflx_candidates, 1, "{:?}", ia.stats);
     assert!(ia.stats.stun_requests_sent >= 1);
     assert_eq!(ia.stats.stun_failed, 0);
-    // The TURN-only and TCP entries are not asked (only one server's requests were sent).
+    // The TURN-only and TCP entries are not asked for STUN (only one server's requests were
+    // sent); the TURN entry (nothing listens there) gets Allocate requests instead.
     assert!(ia.stats.stun_requests_sent <= requests);
+    assert!(ia.stats.turn_requests_sent >= 1, "{:?}", ia.stats);
+    assert_eq!(ia.stats.turn_allocations, 0);
     // The callee applied the signaled candidates (the srflx one included) without complaint.
     let ib = b.p2p_call_info(A_USER).unwrap();
     assert_eq!(ib.stats.signaling_invalid, 0, "{:?}", ib.stats);
     assert_eq!(ib.stats.candidates_skipped, 0, "{:?}", ib.stats);
+}
+
+/// `p2p_allowed = false` with a UDP TURN entry in `rtc_servers`: the caller's call is relay
+/// only through a real coturn on loopback (`turnserver`, installed by `scripts/setup.sh`; the
+/// test fails without it). Both tones arrive, and every datagram the caller exchanged with the
+/// callee went through the relay.
+#[test]
+fn relay_only_call_through_a_turn_server_from_rtc_servers() {
+    use ringcast::RtcServer;
+    use sfu_mock::coturn::Coturn;
+    let coturn = Coturn::start("ringcast-user", "ringcast-pass")
+        .unwrap_or_else(|e| panic!("{e} (run scripts/setup.sh to install coturn)"));
+    let std::net::SocketAddr::V4(turn_v4) = coturn.addr() else {
+        panic!("ipv4")
+    };
+    let servers = [RtcServer {
+        id: 1,
+        ipv4: Some(*turn_v4.ip()),
+        port: turn_v4.port(),
+        turn: true,
+        username: Some("ringcast-user".into()),
+        password: Some("ringcast-pass".into()),
+        ..RtcServer::default()
+    }];
+    let a = engine(31);
+    let b = engine(32);
+    exchange(&a, &b);
+    play_tones(&a, &b);
+    a.connect_p2p(B_USER, &servers, &versions(), false).unwrap();
+    b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
+    let mut pump = Pump::new(&a, &b);
+    pump.run(Duration::from_secs(20), |x, y| {
+        x.audio_packets >= 40 && y.audio_packets >= 40
+    });
+    assert_hz(&pump.sa, CALLEE_HZ, "caller");
+    assert_hz(&pump.sb, CALLER_HZ, "callee");
+    let ia = a.p2p_call_info(B_USER).unwrap();
+    println!("caller stats {:?}", ia.stats);
+    assert_eq!(ia.stats.turn_allocations, 1, "{:?}", ia.stats);
+    assert_eq!(ia.stats.turn_failed, 0);
+    assert!(ia.stats.turn_relayed_in >= 40, "{:?}", ia.stats);
+    assert!(ia.stats.turn_relayed_out >= 40, "{:?}", ia.stats);
+    // Only TURN requests went out unwrapped: the rest was relayed.
+    assert_eq!(
+        ia.stats.datagrams_sent,
+        ia.stats.turn_relayed_out + ia.stats.turn_requests_sent,
+        "{:?}",
+        ia.stats
+    );
 }
 
 /// PCM hooks on a 1:1 call: the caller's application pushes 16-bit 48 kHz frames of a 523 Hz

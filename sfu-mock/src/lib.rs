@@ -14,6 +14,7 @@
 
 pub mod analysis;
 pub mod control;
+pub mod coturn;
 pub mod server;
 mod sfu;
 #[cfg(feature = "sim")]

@@ -4,18 +4,19 @@
 //! A relay-only caller (ntgcalls' `p2pAllowed = false`) signals only its relayed candidate and
 //! sends everything through the server in Send indications; the callee's checks and media come
 //! back to it in Data indications. A wrong password fails the allocation (counted) and the call
-//! still connects on host candidates.
+//! still connects on host candidates. Relay only without a usable TURN server is a configuration
+//! error.
 //!
 //! Needs `turnserver` on PATH (package `coturn`, installed by `scripts/setup.sh`): without it the
 //! tests fail, they do not skip.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast_core::p2p_call::P2pConfig;
+use ringcast_core::crypto::generate_certificate;
+use ringcast_core::p2p_call::{MAX_TURN_SERVERS, P2pCall, P2pCallError, P2pConfig};
 use ringcast_core::signaling::p2p::{CallKey, Role};
 use ringcast_core::turn::TurnServer;
+use sfu_mock::coturn::Coturn;
 
 mod common;
 
@@ -26,112 +27,18 @@ const CALLEE_HZ: f32 = 1000.0;
 const USER: &str = "ringcast-user";
 const PASSWORD: &str = "ringcast-pass";
 
-/// A coturn process on loopback, killed on drop.
-struct Coturn {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
+/// coturn with the test user, or a failure that says how to install it.
+fn coturn() -> Coturn {
+    Coturn::start(USER, PASSWORD)
+        .unwrap_or_else(|e| panic!("{e} (run scripts/setup.sh to install coturn)"))
 }
 
-/// coturn's pid file and user database directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Coturn {
-    fn start() -> Self {
-        // A free UDP port on loopback (released just before coturn binds it).
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("free port")
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("ringcast-coturn-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let child = Command::new("turnserver")
-            .args([
-                "-n",
-                "--listening-ip=127.0.0.1",
-                "--relay-ip=127.0.0.1",
-                &format!("--listening-port={port}"),
-                &format!("--user={USER}:{PASSWORD}"),
-                "--realm=ringcast",
-                "--lt-cred-mech",
-                "--no-tls",
-                "--no-dtls",
-                "--no-tcp",
-                "--allow-loopback-peers",
-                "--no-cli",
-                "--log-file=stdout",
-                "--simple-log",
-            ])
-            .arg(format!("--pidfile={}", dir.join("pid").display()))
-            .arg(format!("--userdb={}", dir.join("db.sqlite").display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run turnserver (run scripts/setup.sh to install coturn): {e}")
-            });
-        let mut coturn = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: TempDir(dir),
-        };
-        coturn.wait_ready();
-        coturn
-    }
-
-    /// Sends STUN Binding Requests until coturn answers (it takes a moment to bind).
-    fn wait_ready(&mut self) {
-        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe");
-        probe
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let mut request = [0u8; 20];
-        request[1] = 0x01;
-        request[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
-        request[8..20].copy_from_slice(b"ringcastprob");
-        let start = Instant::now();
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("turnserver exited at start: {status}");
-            }
-            let _ = probe.send_to(&request, self.addr);
-            if let Ok((n, from)) = probe.recv_from(&mut buf)
-                && from == self.addr
-                && n >= 20
-                && buf[0..2] == [0x01, 0x01]
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "turnserver did not answer on {} within 10 s",
-                self.addr
-            );
-        }
-    }
-
-    fn server(&self, password: &str) -> TurnServer {
-        TurnServer {
-            addr: self.addr,
-            username: USER.to_owned(),
-            password: password.to_owned(),
-        }
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// [`TurnServer`] entry for `coturn` with `password`.
+fn server(coturn: &Coturn, password: &str) -> TurnServer {
+    TurnServer {
+        addr: coturn.addr(),
+        username: USER.to_owned(),
+        password: password.to_owned(),
     }
 }
 
@@ -151,10 +58,10 @@ fn end(role: Role, key: CallKey, seed: u64, configure: impl FnOnce(&mut P2pConfi
 
 #[test]
 fn a_relay_only_call_goes_through_coturn_both_ways() {
-    let coturn = Coturn::start();
+    let coturn = coturn();
     let (caller_key, callee_key) = dh_exchange();
     let mut caller = end(Role::Caller, caller_key, 11, |c| {
-        c.turn_servers = vec![coturn.server(PASSWORD)];
+        c.turn_servers = vec![server(&coturn, PASSWORD)];
         c.relay_only = true;
     });
     let mut callee = end(Role::Callee, callee_key, 22, |_| {});
@@ -203,7 +110,7 @@ fn a_relay_only_call_goes_through_coturn_both_ways() {
             .call
             .remote_addrs()
             .iter()
-            .all(|a| a.ip() == coturn.addr.ip() && a.port() != coturn.addr.port()),
+            .all(|a| a.ip() == coturn.addr().ip() && a.port() != coturn.addr().port()),
         "callee's remote candidates are not the relay: {:?}",
         callee.call.remote_addrs()
     );
@@ -211,10 +118,10 @@ fn a_relay_only_call_goes_through_coturn_both_ways() {
 
 #[test]
 fn a_wrong_turn_password_fails_the_allocation_and_the_call_connects_on_host_candidates() {
-    let coturn = Coturn::start();
+    let coturn = coturn();
     let (caller_key, callee_key) = dh_exchange();
     let mut caller = end(Role::Caller, caller_key, 11, |c| {
-        c.turn_servers = vec![coturn.server("wrong")];
+        c.turn_servers = vec![server(&coturn, "wrong")];
     });
     let mut callee = end(Role::Callee, callee_key, 22, |_| {});
     run(
@@ -238,4 +145,38 @@ fn a_wrong_turn_password_fails_the_allocation_and_the_call_connects_on_host_cand
         "{} TURN requests",
         cs.turn_requests_sent
     );
+}
+
+#[test]
+fn relay_only_needs_a_turn_server_of_our_family_and_turn_servers_are_bounded() {
+    let (key, _) = dh_exchange();
+    let config = |configure: &dyn Fn(&mut P2pConfig)| {
+        let mut config = P2pConfig::new(
+            Role::Caller,
+            key.clone(),
+            1,
+            generate_certificate().expect("certificate"),
+            "127.0.0.1:5000".parse().expect("addr"),
+        );
+        configure(&mut config);
+        P2pCall::new(Instant::now(), config)
+    };
+    let v6 = TurnServer {
+        addr: "[::1]:3478".parse().expect("addr"),
+        username: USER.to_owned(),
+        password: PASSWORD.to_owned(),
+    };
+    let err = config(&|c| c.relay_only = true).expect_err("no TURN server");
+    assert!(matches!(err, P2pCallError::Config { .. }), "{err}");
+    let err = config(&|c| {
+        c.relay_only = true;
+        c.turn_servers = vec![v6.clone()];
+    })
+    .expect_err("only an IPv6 TURN server for an IPv4 socket");
+    assert!(matches!(err, P2pCallError::Config { .. }), "{err}");
+    let call = config(&|c| c.turn_servers = vec![v6.clone()]).expect("not relay only");
+    assert_eq!(call.stats().turn_servers_skipped, 1);
+    let err =
+        config(&|c| c.turn_servers = vec![v6.clone(); MAX_TURN_SERVERS + 1]).expect_err("too many");
+    assert!(matches!(err, P2pCallError::Config { .. }), "{err}");
 }

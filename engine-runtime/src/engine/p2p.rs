@@ -37,11 +37,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ringcast_core::endpoint::P2pSnapshot;
 use ringcast_core::media::ToneSource;
-use ringcast_core::p2p_call::{self, MAX_STUN_SERVERS, P2pConfig};
+use ringcast_core::p2p_call::{self, MAX_STUN_SERVERS, MAX_TURN_SERVERS, P2pConfig};
 use ringcast_core::signaling::p2p::dh::DH_BYTES;
 use ringcast_core::signaling::p2p::{
     CallKey, CalleeExchange, CallerExchange, DhConfig, DhParams, Framing, P2pError, Role,
 };
+use ringcast_core::turn::TurnServer;
 use ringcast_core::{FrameSource, OpusFrame, SourceError};
 
 use super::Engine;
@@ -60,8 +61,10 @@ pub struct AuthParams {
 }
 
 /// A `phoneConnectionWebrtc` entry (ntgcalls `RTCServer`) for [`Engine::connect_p2p`]. Entries
-/// with `stun` over UDP are used as STUN servers (server-reflexive candidates, IPv4 address
-/// preferred); TURN relaying and reflectors (`peer_tag`) are not implemented.
+/// with `stun` over UDP are used as STUN servers (server-reflexive candidates), entries with
+/// `turn` over UDP and a user name and password as TURN servers (relay candidates, long-term
+/// credentials; [`ringcast_core::turn`]), IPv4 address preferred. TURN over TCP/TLS and
+/// Telegram reflectors (`peer_tag`) are not implemented.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RtcServer {
     /// Server id.
@@ -516,8 +519,11 @@ impl Engine {
     /// messenger and takes the peer's with [`Engine::send_signaling_data`]. `versions` is
     /// `phoneCall.protocol.library_versions`; the first one implemented picks the signaling
     /// framing ("9.0.0"/"8.0.0" reliable, "7.0.0" raw). The UDP STUN servers among `rtc_servers`
-    /// (at most [`MAX_STUN_SERVERS`]) add server-reflexive candidates; TURN servers and Telegram
-    /// reflectors are not used (see [`RtcServer`]). The outcome arrives as
+    /// (at most [`MAX_STUN_SERVERS`]) add server-reflexive candidates, the UDP TURN servers with
+    /// credentials (at most [`MAX_TURN_SERVERS`]) relay candidates; Telegram reflectors are not
+    /// used (see [`RtcServer`]). With `p2p_allowed = false` the call is relay only: it uses and
+    /// signals only its relay candidates, so the peer never learns its address. The outcome
+    /// arrives as
     /// [`EventKind::P2pConnectionChanged`].
     ///
     /// [`EventKind::SignalingData`]: super::EventKind::SignalingData
@@ -525,7 +531,8 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::OutOfOrder`] before the key exists; [`EngineError::NoCommonVersion`];
-    /// [`EngineError::RelayOnlyUnsupported`] when `p2p_allowed` is false; socket errors.
+    /// [`EngineError::RelayOnlyUnsupported`] when `p2p_allowed` is false and `rtc_servers` has
+    /// no usable TURN server; socket errors.
     pub fn connect_p2p(
         &self,
         user_id: i64,
@@ -543,7 +550,8 @@ impl Engine {
             });
         };
         let (key, role) = (key.clone(), *role);
-        if !p2p_allowed {
+        let turn_servers = turn_servers(rtc_servers);
+        if !p2p_allowed && turn_servers.is_empty() {
             return Err(EngineError::RelayOnlyUnsupported);
         }
         let framing = versions
@@ -553,12 +561,13 @@ impl Engine {
                 offered: versions.to_vec(),
             })?;
         let stun_servers = stun_servers(rtc_servers);
-        if stun_servers.len() < rtc_servers.len() {
+        if stun_servers.len() + turn_servers.len() < rtc_servers.len() {
             tracing::debug!(
                 user_id,
                 servers = rtc_servers.len(),
                 stun = stun_servers.len(),
-                "TURN servers, TCP servers and reflectors are not used; STUN servers are"
+                turn = turn_servers.len(),
+                "TCP servers and reflectors are not used; UDP STUN and TURN servers are"
             );
         }
         let seed = self.next_call_seed();
@@ -568,6 +577,8 @@ impl Engine {
         config.crypto = Some(self.crypto.clone());
         config.connect_timeout = self.connect_timeout;
         config.stun_servers = stun_servers;
+        config.turn_servers = turn_servers;
+        config.relay_only = !p2p_allowed;
         let mut commands = Vec::new();
         if let Some(source) = setup.source.take() {
             commands.push(p2p_call::Command::SetSource(source));
@@ -698,5 +709,23 @@ fn stun_servers(rtc_servers: &[RtcServer]) -> Vec<SocketAddr> {
                 .map(|ip| SocketAddr::new(ip, s.port))
         })
         .take(MAX_STUN_SERVERS)
+        .collect()
+}
+
+/// The UDP TURN servers with a user name and password among `rtc_servers`, IPv4 address
+/// preferred, at most [`MAX_TURN_SERVERS`] (the rest are left out, in order).
+fn turn_servers(rtc_servers: &[RtcServer]) -> Vec<TurnServer> {
+    rtc_servers
+        .iter()
+        .filter(|s| s.turn && !s.tcp && s.port != 0)
+        .filter_map(|s| {
+            let ip = s.ipv4.map(IpAddr::V4).or(s.ipv6.map(IpAddr::V6))?;
+            Some(TurnServer {
+                addr: SocketAddr::new(ip, s.port),
+                username: s.username.clone()?,
+                password: s.password.clone()?,
+            })
+        })
+        .take(MAX_TURN_SERVERS)
         .collect()
 }
