@@ -13,7 +13,9 @@
 //! [`PERMISSION_REFRESH`]), Send and Data indications. Not implemented: ChannelBind/ChannelData,
 //! TCP/TLS to the server, SASLprep of credentials, checking MESSAGE-INTEGRITY of responses
 //! (responses are matched by transaction id and source address, like [`crate::stun`]),
-//! FINGERPRINT, the ALTERNATE-SERVER redirect.
+//! FINGERPRINT, the ALTERNATE-SERVER redirect, deallocating (Refresh with LIFETIME 0) when a
+//! call ends: the server drops the allocation when its lifetime runs out. A relay that is lost
+//! later (a failed Refresh) stays a candidate in str0m; its pairs just stop working.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -815,6 +817,81 @@ mod tests {
         let retry = c.poll_transmit(now).expect("retry");
         let ev = c.handle_datagram(server().addr, &auth_error(&retry, 401, b"n2"), now);
         assert_eq!(ev, Some(TurnEvent::Failed(TurnError::Unauthorized)));
+    }
+
+    /// A success response to `request` with `attrs`.
+    fn success(request: &[u8], attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let (kind, txid) = peek(request).expect("stun");
+        encode(kind | 0x0100, &txid, attrs, None)
+    }
+
+    #[test]
+    fn allocation_is_refreshed_before_its_lifetime_and_permissions_follow() {
+        let t0 = Instant::now();
+        let mut c = TurnClient::new(server(), 1, t0, Duration::from_secs(5)).expect("client");
+        let first = c.poll_transmit(t0).expect("allocate");
+        c.handle_datagram(server().addr, &auth_error(&first, 401, b"n1"), t0);
+        let alloc = c.poll_transmit(t0).expect("authenticated allocate");
+        let (_, txid) = peek(&alloc).expect("stun");
+        let relay: SocketAddr = "192.0.2.7:50000".parse().expect("addr");
+        let ok = success(
+            &alloc,
+            &[
+                (ATTR_XOR_RELAYED_ADDRESS, xor_address(relay, &txid)),
+                (ATTR_LIFETIME, 300u32.to_be_bytes().to_vec()),
+            ],
+        );
+        let ev = c.handle_datagram(server().addr, &ok, t0);
+        assert_eq!(
+            ev,
+            Some(TurnEvent::Allocated {
+                relay,
+                mapped: None
+            })
+        );
+        assert_eq!(c.relay(), Some(relay));
+        // A permission for a peer goes out at once (authenticated).
+        let peer_ip: IpAddr = "198.51.100.1".parse().expect("ip");
+        assert!(c.ensure_permission(peer_ip, t0));
+        let perm = c.poll_transmit(t0).expect("create permission");
+        assert_eq!(peek(&perm).map(|(k, _)| k), Some(PERMISSION_REQUEST));
+        assert_eq!(
+            c.handle_datagram(server().addr, &success(&perm, &[]), t0),
+            Some(TurnEvent::Handled)
+        );
+        // Refresh 60 s before the 300 s lifetime ends, and not earlier.
+        let due = t0 + Duration::from_secs(240);
+        assert_eq!(c.poll_timeout(), Some(due));
+        c.handle_timeout(due - Duration::from_secs(1));
+        assert!(c.poll_transmit(due - Duration::from_secs(1)).is_none());
+        assert!(c.handle_timeout(due).is_none());
+        let refresh = c.poll_transmit(due).expect("refresh");
+        assert_eq!(peek(&refresh).map(|(k, _)| k), Some(REFRESH_REQUEST));
+        assert_eq!(
+            c.handle_datagram(server().addr, &success(&refresh, &[]), due),
+            Some(TurnEvent::Handled)
+        );
+        // The permission (granted at t0) is refreshed after PERMISSION_REFRESH too.
+        let perm_due = t0 + PERMISSION_REFRESH;
+        c.handle_timeout(perm_due);
+        let again = c.poll_transmit(perm_due).expect("permission refresh");
+        assert_eq!(peek(&again).map(|(k, _)| k), Some(PERMISSION_REQUEST));
+        // A lost refresh (no answer to any retransmission) loses the relay.
+        let mut now = perm_due;
+        c.handle_datagram(server().addr, &success(&again, &[]), now);
+        now += Duration::from_secs(600);
+        c.handle_timeout(now);
+        let mut failed = None;
+        for _ in 0..20 {
+            while c.poll_transmit(now).is_some() {}
+            if let Some(e) = c.handle_timeout(now) {
+                failed = Some(e);
+                break;
+            }
+            now += STUN_MAX_RTO;
+        }
+        assert_eq!(failed, Some(TurnError::Timeout));
+        assert_eq!(c.relay(), None);
     }
 
     proptest! {
