@@ -13,6 +13,8 @@
 
 #[path = "../../fuzz/harness/p2p.rs"]
 mod p2p;
+#[path = "../../fuzz/harness/turn.rs"]
+mod turn;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -327,6 +329,28 @@ fn stun_response_corpus() {
             }
         } else if name.starts_with("broken_") {
             assert!(parsed.is_err(), "{name} parsed: {parsed:?}");
+        }
+    }
+}
+
+/// `fuzz/corpus/turn_response`: TURN server answers. `valid_*` end with an allocation (the
+/// 401 / 438 retries with credentials work), `broken_*` leave the client allocating; nothing
+/// panics.
+#[test]
+fn turn_response_corpus() {
+    use ringcast_core::turn::TurnState;
+    let files = corpus_files("turn_response");
+    assert!(files.len() >= 5, "{} seeds", files.len());
+    for (name, data) in files {
+        let state = turn::run(&data);
+        if name.starts_with("valid_") {
+            assert_eq!(
+                state,
+                Some(TurnState::Allocated("127.0.0.1:50000".parse().unwrap())),
+                "{name}"
+            );
+        } else if name.starts_with("broken_") {
+            assert_eq!(state, Some(TurnState::Allocating), "{name}");
         }
     }
 }
