@@ -1330,7 +1330,7 @@ impl P2pCall {
     }
 
     fn add_relay_candidate(&mut self, now: Instant, relay: SocketAddr) -> Result<(), P2pCallError> {
-        let mut candidate = match Candidate::relayed(relay, self.config.local_addr, "udp") {
+        let candidate = match Candidate::relayed(relay, self.config.local_addr, "udp") {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(%relay, "unusable relayed address: {e}");
@@ -1338,9 +1338,7 @@ impl P2pCall {
                 return Ok(());
             }
         };
-        candidate.set_ufrag(&self.local_creds.ufrag);
-        let line = candidate.to_sdp_string();
-        self.rtc.add_local_candidate(candidate);
+        let line = self.add_local_candidate(candidate);
         self.local_relays.push((relay, line.clone()));
         self.stats.turn_allocations += 1;
         tracing::debug!(role = ?self.config.role, %relay, "relayed candidate");
@@ -1352,14 +1350,29 @@ impl P2pCall {
                 }
             }
         }
-        if self.local_sent {
-            let message = SignalingMessage::Candidates(Candidates {
-                candidates: vec![line],
-            });
-            if let Err(e) = self.send_message(&message, now) {
-                self.end(P2pEndReason::Channel(e.to_string()));
-                return Err(e.into());
-            }
+        self.trickle(now, line)
+    }
+
+    /// Gives a gathered candidate our ufrag and to str0m; returns its SDP line.
+    fn add_local_candidate(&mut self, mut candidate: Candidate) -> String {
+        candidate.set_ufrag(&self.local_creds.ufrag);
+        let line = candidate.to_sdp_string();
+        self.rtc.add_local_candidate(candidate);
+        line
+    }
+
+    /// Signals a candidate gathered after our `InitialSetup` went out in a `Candidates`
+    /// message; before that it goes with the setup (see `send_local_setup`).
+    fn trickle(&mut self, now: Instant, line: String) -> Result<(), P2pCallError> {
+        if !self.local_sent {
+            return Ok(());
+        }
+        let message = SignalingMessage::Candidates(Candidates {
+            candidates: vec![line],
+        });
+        if let Err(e) = self.send_message(&message, now) {
+            self.end(P2pEndReason::Channel(e.to_string()));
+            return Err(e.into());
         }
         Ok(())
     }
@@ -1401,7 +1414,7 @@ impl P2pCall {
             self.stats.stun_redundant += 1;
             return Ok(());
         }
-        let mut candidate = match Candidate::server_reflexive(mapped, base, "udp") {
+        let candidate = match Candidate::server_reflexive(mapped, base, "udp") {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(%mapped, "unusable mapped address: {e}");
@@ -1409,24 +1422,11 @@ impl P2pCall {
                 return Ok(());
             }
         };
-        candidate.set_ufrag(&self.local_creds.ufrag);
-        let line = candidate.to_sdp_string();
-        self.rtc.add_local_candidate(candidate);
+        let line = self.add_local_candidate(candidate);
         self.local_srflx.push((mapped, line.clone()));
         self.stats.stun_srflx_candidates += 1;
         tracing::debug!(role = ?self.config.role, %mapped, "server-reflexive candidate");
-        // Before our InitialSetup went out (the callee waiting for the caller's), the candidate
-        // goes with it; afterwards it is trickled.
-        if self.local_sent {
-            let message = SignalingMessage::Candidates(Candidates {
-                candidates: vec![line],
-            });
-            if let Err(e) = self.send_message(&message, now) {
-                self.end(P2pEndReason::Channel(e.to_string()));
-                return Err(e.into());
-            }
-        }
-        Ok(())
+        self.trickle(now, line)
     }
 
     fn handle_timeout(&mut self, now: Instant) {
