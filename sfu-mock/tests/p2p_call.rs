@@ -13,10 +13,7 @@ use ringcast_core::signaling::p2p::messages::DtlsSetup;
 
 mod common;
 
-use common::p2p::{End, assert_tone, dh_exchange, run, set_tone};
-
-const CALLER_HZ: f32 = 440.0;
-const CALLEE_HZ: f32 = 1000.0;
+use common::p2p::{CALLEE_HZ, CALLER_HZ, End, assert_tone, dh_exchange, run, set_tone};
 
 fn pair() -> (End, End) {
     let (caller_key, callee_key) = dh_exchange();

@@ -10,15 +10,13 @@ use std::time::{Duration, Instant};
 
 use ringcast_core::crypto::generate_certificate;
 use ringcast_core::p2p_call::{MAX_STUN_SERVERS, P2pCall, P2pCallError, P2pConfig};
-use ringcast_core::signaling::p2p::{CallKey, Role};
+use ringcast_core::signaling::p2p::Role;
 use ringcast_core::stun::STUN_MAX_REQUESTS;
 
 mod common;
 
-use common::p2p::{End, assert_tone, dh_exchange, run_with, set_tone};
+use common::p2p::{CALLEE_HZ, CALLER_HZ, End, assert_tone, dh_exchange, run_with, tone_end};
 
-const CALLER_HZ: f32 = 440.0;
-const CALLEE_HZ: f32 = 1000.0;
 /// Where the pretend NAT maps our sockets: another loopback address nothing listens on.
 const NAT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
@@ -88,20 +86,6 @@ impl StunServer {
     }
 }
 
-/// An end playing its role's tone; `configure` adjusts the call (STUN servers).
-fn end(role: Role, key: CallKey, seed: u64, configure: impl FnOnce(&mut P2pConfig)) -> End {
-    let mut end = End::configured(role, key, seed, Instant::now(), configure);
-    set_tone(
-        &mut end,
-        if role == Role::Caller {
-            CALLER_HZ
-        } else {
-            CALLEE_HZ
-        },
-    );
-    end
-}
-
 /// Runs both ends and the STUN servers until `done`; the messenger delays signaling by `delay`.
 fn run(
     caller: &mut End,
@@ -132,10 +116,10 @@ fn stun_server_reflexive_candidates_are_gathered_signaled_and_the_call_connects(
     let mut nat = StunServer::new(Mapping::Nat);
     let (caller_key, callee_key) = dh_exchange();
     let servers = vec![mirror.addr, nat.addr];
-    let mut caller = end(Role::Caller, caller_key, 11, |c| {
+    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
         c.stun_servers = servers.clone();
     });
-    let mut callee = end(Role::Callee, callee_key, 22, |c| {
+    let mut callee = tone_end(Role::Callee, callee_key, 22, |c| {
         c.stun_servers = vec![nat.addr];
     });
     let start = Instant::now();
@@ -201,12 +185,12 @@ fn an_unanswered_stun_server_is_counted_and_the_call_connects_on_host_candidates
     let (caller_key, callee_key) = dh_exchange();
     let stun_timeout = Duration::from_secs(1);
     let v6: SocketAddr = "[::1]:3478".parse().expect("addr");
-    let mut caller = end(Role::Caller, caller_key, 11, |c| {
+    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
         // An IPv6 server cannot be asked from an IPv4 socket: skipped and counted.
         c.stun_servers = vec![silent.addr, v6];
         c.stun_timeout = stun_timeout;
     });
-    let mut callee = end(Role::Callee, callee_key, 22, |c| {
+    let mut callee = tone_end(Role::Callee, callee_key, 22, |c| {
         c.stun_servers = vec![silent.addr];
         c.stun_timeout = stun_timeout;
     });

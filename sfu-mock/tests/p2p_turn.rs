@@ -14,16 +14,14 @@ use std::time::{Duration, Instant};
 
 use ringcast_core::crypto::generate_certificate;
 use ringcast_core::p2p_call::{MAX_TURN_SERVERS, P2pCall, P2pCallError, P2pConfig};
-use ringcast_core::signaling::p2p::{CallKey, Role};
+use ringcast_core::signaling::p2p::Role;
 use ringcast_core::turn::TurnServer;
 use sfu_mock::coturn::Coturn;
 
 mod common;
 
-use common::p2p::{End, assert_tone, dh_exchange, run, set_tone};
+use common::p2p::{CALLEE_HZ, CALLER_HZ, assert_tone, dh_exchange, run, tone_end};
 
-const CALLER_HZ: f32 = 440.0;
-const CALLEE_HZ: f32 = 1000.0;
 const USER: &str = "ringcast-user";
 const PASSWORD: &str = "ringcast-pass";
 
@@ -42,29 +40,15 @@ fn server(coturn: &Coturn, password: &str) -> TurnServer {
     }
 }
 
-/// An end playing its role's tone; `configure` adjusts the call (TURN servers).
-fn end(role: Role, key: CallKey, seed: u64, configure: impl FnOnce(&mut P2pConfig)) -> End {
-    let mut end = End::configured(role, key, seed, Instant::now(), configure);
-    set_tone(
-        &mut end,
-        if role == Role::Caller {
-            CALLER_HZ
-        } else {
-            CALLEE_HZ
-        },
-    );
-    end
-}
-
 #[test]
 fn a_relay_only_call_goes_through_coturn_both_ways() {
     let coturn = coturn();
     let (caller_key, callee_key) = dh_exchange();
-    let mut caller = end(Role::Caller, caller_key, 11, |c| {
+    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
         c.turn_servers = vec![server(&coturn, PASSWORD)];
         c.relay_only = true;
     });
-    let mut callee = end(Role::Callee, callee_key, 22, |_| {});
+    let mut callee = tone_end(Role::Callee, callee_key, 22, |_| {});
     let caller_host = caller.addr;
     let start = Instant::now();
     run(
@@ -120,10 +104,10 @@ fn a_relay_only_call_goes_through_coturn_both_ways() {
 fn a_wrong_turn_password_fails_the_allocation_and_the_call_connects_on_host_candidates() {
     let coturn = coturn();
     let (caller_key, callee_key) = dh_exchange();
-    let mut caller = end(Role::Caller, caller_key, 11, |c| {
+    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
         c.turn_servers = vec![server(&coturn, "wrong")];
     });
-    let mut callee = end(Role::Callee, callee_key, 22, |_| {});
+    let mut callee = tone_end(Role::Callee, callee_key, 22, |_| {});
     run(
         &mut caller,
         &mut callee,

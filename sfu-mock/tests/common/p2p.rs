@@ -14,6 +14,11 @@ use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
 use ringcast_core::signaling::p2p::{CallKey, CalleeExchange, CallerExchange, DhParams, Role};
 use sfu_mock::analysis::ToneMeter;
 
+/// The caller's tone.
+pub const CALLER_HZ: f32 = 440.0;
+/// The callee's tone.
+pub const CALLEE_HZ: f32 = 1000.0;
+
 /// Deterministic stand-in for CSPRNG output.
 pub fn random(seed: u64) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -186,6 +191,24 @@ impl End {
 
 /// What the messenger does with signaling bytes in flight; lets a test tamper with them.
 pub type Messenger<'a> = dyn FnMut(Role, Vec<u8>) -> Vec<Vec<u8>> + 'a;
+
+/// An end playing its role's tone ([`CALLER_HZ`] or [`CALLEE_HZ`]); `configure` adjusts the
+/// call (STUN/TURN servers...).
+pub fn tone_end(
+    role: Role,
+    key: CallKey,
+    seed: u64,
+    configure: impl FnOnce(&mut P2pConfig),
+) -> End {
+    let mut end = End::configured(role, key, seed, Instant::now(), configure);
+    let hz = if role == Role::Caller {
+        CALLER_HZ
+    } else {
+        CALLEE_HZ
+    };
+    set_tone(&mut end, hz);
+    end
+}
 
 /// Plays a libopus tone of `hz`.
 pub fn set_tone(end: &mut End, hz: f32) {
