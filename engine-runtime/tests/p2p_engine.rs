@@ -197,6 +197,17 @@ fn play_tones(a: &Engine, b: &Engine) {
     b.set_stream_sources(A_USER, tone(CALLEE_HZ)).unwrap();
 }
 
+/// Pumps until each side has 40 audio packets, then checks each heard the other's tone.
+fn hear_each_other<'a>(a: &'a Engine, b: &'a Engine) -> Pump<'a> {
+    let mut pump = Pump::new(a, b);
+    pump.run(Duration::from_secs(20), |x, y| {
+        x.audio_packets >= 40 && y.audio_packets >= 40
+    });
+    assert_hz(&pump.sa, CALLEE_HZ, "caller");
+    assert_hz(&pump.sb, CALLER_HZ, "callee");
+    pump
+}
+
 fn connect(a: &Engine, b: &Engine) {
     a.connect_p2p(B_USER, &[], &versions(), true).unwrap();
     b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
@@ -210,13 +221,8 @@ fn two_engines_exchange_keys_connect_and_hear_each_other() {
     // Sources set before connecting are kept and start with the call.
     play_tones(&a, &b);
     connect(&a, &b);
-    let mut pump = Pump::new(&a, &b);
-    pump.run(Duration::from_secs(20), |x, y| {
-        x.audio_packets >= 40 && y.audio_packets >= 40
-    });
+    let mut pump = hear_each_other(&a, &b);
     assert!(pump.sa.connected && pump.sb.connected);
-    assert_hz(&pump.sa, CALLEE_HZ, "caller");
-    assert_hz(&pump.sb, CALLER_HZ, "callee");
 
     // Stats per call, and the one id space: the 1:1 call counts as a live id.
     let ia = a.p2p_call_info(B_USER).unwrap();
@@ -709,12 +715,7 @@ fn stun_servers_from_rtc_servers_add_a_server_reflexive_candidate() {
     play_tones(&a, &b);
     a.connect_p2p(B_USER, &servers, &versions(), true).unwrap();
     b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
-    let mut pump = Pump::new(&a, &b);
-    pump.run(Duration::from_secs(20), |x, y| {
-        x.audio_packets >= 40 && y.audio_packets >= 40
-    });
-    assert_hz(&pump.sa, CALLEE_HZ, "caller");
-    assert_hz(&pump.sb, CALLER_HZ, "callee");
+    hear_each_other(&a, &b);
     let ia = a.p2p_call_info(B_USER).unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let requests = server.join().unwrap();
@@ -765,12 +766,7 @@ fn relay_only_call_through_a_turn_server_from_rtc_servers() {
     play_tones(&a, &b);
     a.connect_p2p(B_USER, &servers, &versions(), false).unwrap();
     b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
-    let mut pump = Pump::new(&a, &b);
-    pump.run(Duration::from_secs(20), |x, y| {
-        x.audio_packets >= 40 && y.audio_packets >= 40
-    });
-    assert_hz(&pump.sa, CALLEE_HZ, "caller");
-    assert_hz(&pump.sb, CALLER_HZ, "callee");
+    hear_each_other(&a, &b);
     let ia = a.p2p_call_info(B_USER).unwrap();
     println!("caller stats {:?}", ia.stats);
     assert_eq!(ia.stats.turn_allocations, 1, "{:?}", ia.stats);
