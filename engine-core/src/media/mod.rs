@@ -222,6 +222,33 @@ pub(crate) fn toc_duration_samples(packet: &[u8]) -> Result<u32, &'static str> {
     Ok(total)
 }
 
+/// Test helpers shared by the media modules' tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::f64::consts::TAU;
+
+    /// Power of `pcm` at `frequency_hz` (Goertzel algorithm).
+    pub(crate) fn goertzel_power(pcm: &[i16], frequency_hz: f64) -> f64 {
+        let coeff = 2.0 * (TAU * frequency_hz / 48_000.0).cos();
+        let (mut s1, mut s2) = (0.0_f64, 0.0_f64);
+        for &x in pcm {
+            let s0 = f64::from(x) + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        s1 * s1 + s2 * s2 - coeff * s1 * s2
+    }
+
+    /// The frequency in `range` (1 Hz steps) with the most power.
+    pub(crate) fn dominant_hz(pcm: &[i16], range: std::ops::RangeInclusive<u32>) -> u32 {
+        range
+            .max_by(|&a, &b| {
+                goertzel_power(pcm, f64::from(a)).total_cmp(&goertzel_power(pcm, f64::from(b)))
+            })
+            .unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

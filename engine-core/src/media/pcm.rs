@@ -750,24 +750,7 @@ mod tests {
             .collect()
     }
 
-    /// Power of `pcm` at `hz` (Goertzel).
-    fn power(pcm: &[i16], hz: f64) -> f64 {
-        let coeff = 2.0 * (TAU * hz / 48_000.0).cos();
-        let (mut s1, mut s2) = (0.0_f64, 0.0_f64);
-        for &x in pcm {
-            let s0 = f64::from(x) + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        s1 * s1 + s2 * s2 - coeff * s1 * s2
-    }
-
-    /// The frequency within `range` (1 Hz steps) with the most power.
-    fn dominant_hz(pcm: &[i16], range: std::ops::RangeInclusive<u32>) -> u32 {
-        range
-            .max_by(|&a, &b| power(pcm, f64::from(a)).total_cmp(&power(pcm, f64::from(b))))
-            .unwrap()
-    }
+    use crate::media::test_util::{dominant_hz, goertzel_power as power};
 
     fn decode_mono(frames: &[OpusFrame]) -> Vec<i16> {
         let mut decoder = Decoder::new(48_000, Channels::Mono).unwrap();

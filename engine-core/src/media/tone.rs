@@ -193,6 +193,7 @@ fn frames_for(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::test_util::{dominant_hz, goertzel_power};
 
     /// Decodes `frames` with libopus into mono 48 kHz PCM.
     fn decode(frames: &[OpusFrame]) -> Vec<i16> {
@@ -205,27 +206,6 @@ mod tests {
             pcm.extend_from_slice(&buf[..n]);
         }
         pcm
-    }
-
-    /// Power of `pcm` at `frequency_hz` (Goertzel algorithm).
-    fn goertzel_power(pcm: &[i16], frequency_hz: f64) -> f64 {
-        let coeff = 2.0 * (TAU * frequency_hz / 48_000.0).cos();
-        let (mut s1, mut s2) = (0.0_f64, 0.0_f64);
-        for &x in pcm {
-            let s0 = f64::from(x) + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        s1 * s1 + s2 * s2 - coeff * s1 * s2
-    }
-
-    /// The frequency in `range` (1 Hz steps) with the most power.
-    fn dominant_hz(pcm: &[i16], range: std::ops::RangeInclusive<u32>) -> u32 {
-        range
-            .max_by(|&a, &b| {
-                goertzel_power(pcm, f64::from(a)).total_cmp(&goertzel_power(pcm, f64::from(b)))
-            })
-            .unwrap()
     }
 
     fn take_frames(source: &mut ToneSource, n: usize) -> Vec<OpusFrame> {
