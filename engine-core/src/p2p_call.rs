@@ -863,7 +863,6 @@ impl P2pCall {
                 let t = self.through_relay(t);
                 self.stats.datagrams_sent += 1;
                 self.stats.bytes_sent += t.contents.len() as u64;
-                self.stats.dtls_flight_resent += 1;
                 return Output::Transmit(t);
             }
             if let Some(bytes) = self.channel.poll_transmit(self.last_now) {
@@ -1467,6 +1466,7 @@ impl P2pCall {
                     contents: contents.to_vec(),
                 });
             });
+        self.stats.dtls_flight_resent = self.final_flight.resent();
         self.send_due_frames(now);
         if self.remote_setup.is_some()
             && let Err(e) = self.rtc.handle_input(str0m::Input::Timeout(now))
