@@ -9,7 +9,7 @@
 //! The surface is push in ([`Call::handle_input`]), poll out ([`Call::poll_output`]). After
 //! every `handle_input` the caller drains `poll_output` until it returns [`Output::Timeout`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,14 +20,14 @@ use str0m::crypto::CryptoProvider;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
+use str0m::rtp::{Extension, Ssrc as StrSsrc};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 
-use crate::demux::{DatagramKind, RtpHeaderPeek, classify, rtp_header};
+use crate::demux::{DatagramKind, classify, rtp_header};
 use crate::flight::FinalFlight;
-use crate::media::{FRAME_DURATION, FrameSource, OpusFrame, SourceError};
+use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd};
+use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
 use crate::pacer::LatenessHistogram;
-use crate::replay::ReplayWindow;
 use crate::signaling::group::{
     AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, URI_AUDIO_LEVEL,
     fingerprint_hex, parse_fingerprint_hex,
@@ -45,22 +45,7 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// we do not send the MID header extension), so any value works; "0" mirrors a BUNDLE offer.
 const AUDIO_MID: &str = "0";
 
-/// A 20 ms Opus packet that decodes to silence: TOC 0xF8 (CELT-only fullband 20 ms, code 0)
-/// followed by the "silence" frame libopus itself emits in DTX (RFC 6716 §3.1). Sent while a
-/// call is muted, so the SFU keeps seeing a live stream with the audio-level extension.
-const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
-
-/// RFC 6464 level meaning "silence" (-127 dBov).
-const AUDIO_LEVEL_SILENCE: u8 = 127;
-
-/// How early a frame may be sent. Timers in the runtimes have ~1 ms resolution (tokio's
-/// timer wheel); sending up to this much ahead keeps frames from going out late because of it.
-/// Receivers' jitter buffers absorb a millisecond of earliness without noticing.
-pub const FRAME_SEND_AHEAD: Duration = Duration::from_millis(1);
-
-/// If the caller drives us this late, skip frames instead of bursting them out: more than this
-/// many overdue frames are dropped (and counted) and the schedule restarts at `now`.
-const MAX_CATCH_UP_FRAMES: u32 = 3;
+pub use crate::media::track::{FRAME_SEND_AHEAD, MediaState};
 
 /// Upper bound on the remote SSRCs a call will accept audio from (other speakers forwarded by
 /// the SFU). A hostile SFU cannot make us allocate a receive stream per random SSRC.
@@ -250,15 +235,6 @@ pub struct Transmit {
     pub contents: Vec<u8>,
 }
 
-/// The media state a call reports in [`Event::MediaStateChanged`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MediaState {
-    /// Sending nothing, time stopped.
-    pub paused: bool,
-    /// Sending silence.
-    pub muted: bool,
-}
-
 /// Something the application should know about.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -389,6 +365,7 @@ pub struct CallStats {
 /// Media plumbing that exists once the SFU's answer is applied.
 struct Session {
     rtc: Rtc,
+    /// The Opus payload type of the SFU's answer.
     pt: Pt,
     /// The local address (the socket's concrete bound address).
     local_addr: SocketAddr,
@@ -405,33 +382,19 @@ pub struct Call {
     config: CallConfig,
     local_creds: IceCreds,
     local_fingerprint: DtlsFingerprint,
-    ssrc: Ssrc,
     state: CallState,
     session: Option<Session>,
     connect_deadline: Option<Instant>,
-    source: Option<Box<dyn FrameSource>>,
-    media: MediaState,
-    /// When the next frame is due; `None` while nothing can be sent.
-    next_frame_at: Option<Instant>,
-    /// Extended RTP sequence number of the next packet.
-    seq: u64,
-    /// RTP timestamp of the next packet.
-    rtp_time: u32,
-    /// When the call was paused, to advance the RTP clock by the gap on resume.
-    paused_at: Option<Instant>,
-    /// Remote SSRCs we accept audio from, each with its replay window.
-    remote_ssrcs: HashMap<u32, ReplayWindow>,
+    /// Our outgoing audio: source, pause/mute, pacing, sequence numbers and RTP time.
+    track: AudioTrack,
+    /// Other speakers' audio: accepted SSRCs and their replay windows.
+    incoming: IncomingStreams,
     /// After [`Command::Stop`], until str0m's closing datagrams are out.
     flushing_close: bool,
-    /// Lateness of the frames sent since the last [`Call::drain_frame_lateness`] (bounded,
-    /// allocated once), so a runtime can keep an engine-wide histogram of frame lateness.
-    recent_lateness: Vec<Duration>,
     /// ICE starts at this instant (pre-connect delay); `None` once started.
     ice_start_at: Option<Instant>,
     /// When the SFU was last heard from (any datagram str0m accepted), for consent freshness.
     last_heard: Option<Instant>,
-    /// [`OPUS_SILENCE_FRAME`], allocated once per call and shared by every muted packet.
-    silence: Arc<[u8]>,
     /// Our last DTLS flight, resent until the SFU proves it has the keys.
     final_flight: FinalFlight,
     /// Datagrams the call itself queued (final-flight resends), sent before str0m's.
@@ -444,9 +407,8 @@ pub struct Call {
 impl fmt::Debug for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Call")
-            .field("ssrc", &self.ssrc)
             .field("state", &self.state)
-            .field("media", &self.media)
+            .field("track", &self.track)
             .finish_non_exhaustive()
     }
 }
@@ -486,22 +448,21 @@ impl Call {
             },
             local_creds: IceCreds { ufrag, pass },
             local_fingerprint,
-            ssrc,
             state: CallState::New,
             session: None,
             connect_deadline: None,
-            source: None,
-            media: MediaState::default(),
-            next_frame_at: None,
-            seq,
-            rtp_time,
-            paused_at: None,
-            remote_ssrcs: HashMap::new(),
+            // The payload type is the SFU's; it is set from the answer in `connect`.
+            track: AudioTrack::new(RtpSender::new(
+                ssrc,
+                Pt::from(0),
+                OPUS_CLOCK_RATE_HZ,
+                seq,
+                rtp_time,
+            )),
+            incoming: IncomingStreams::new(ssrc, Mid::from(AUDIO_MID), MAX_REMOTE_SSRCS),
             flushing_close: false,
-            recent_lateness: Vec::with_capacity(MAX_CATCH_UP_FRAMES as usize + 2),
             ice_start_at: None,
             last_heard: None,
-            silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
             final_flight: FinalFlight::default(),
             resends: VecDeque::new(),
             events: VecDeque::new(),
@@ -516,14 +477,14 @@ impl Call {
             ufrag: self.local_creds.ufrag.clone(),
             pwd: self.local_creds.pass.clone(),
             fingerprints: vec![self.local_fingerprint.clone()],
-            ssrc: self.ssrc,
+            ssrc: self.audio_ssrc(),
             ssrc_groups: Vec::new(),
         }
     }
 
     /// The SSRC of our outgoing audio.
     pub fn audio_ssrc(&self) -> Ssrc {
-        self.ssrc
+        self.track.rtp().ssrc()
     }
 
     /// Our ICE username fragment; the demultiplexer routes STUN by it.
@@ -549,7 +510,7 @@ impl Call {
 
     /// Pause/mute state.
     pub fn media_state(&self) -> MediaState {
-        self.media
+        self.track.media_state()
     }
 
     /// Counters.
@@ -559,20 +520,18 @@ impl Call {
 
     /// Duration of media played so far (stops while paused). ntgcalls calls this `time`.
     pub fn played(&self) -> Duration {
-        Duration::from_micros(self.stats.played_samples * 1_000_000 / 48_000)
+        self.track.played()
     }
 
     /// Hands `f` the lateness (time handed to str0m minus due time) of every frame sent since
     /// the last call, and forgets them.
-    pub fn drain_frame_lateness(&mut self, mut f: impl FnMut(Duration)) {
-        for l in self.recent_lateness.drain(..) {
-            f(l);
-        }
+    pub fn drain_frame_lateness(&mut self, f: impl FnMut(Duration)) {
+        self.track.drain_frame_lateness(f);
     }
 
     /// True while a source is attached.
     pub fn has_source(&self) -> bool {
-        self.source.is_some()
+        self.track.has_source()
     }
 
     /// Applies the SFU's answer: remote ICE credentials, candidates, DTLS fingerprint, Opus
@@ -703,7 +662,7 @@ impl Call {
                 reason: format!("start dtls: {e}"),
             })?;
             api.declare_media(mid, MediaKind::Audio);
-            api.declare_stream_tx(StrSsrc::from(self.ssrc.0), None, mid, None);
+            api.declare_stream_tx(StrSsrc::from(self.audio_ssrc().0), None, mid, None);
         }
         // str0m schedules nothing until it has seen a first timeout: start ICE now, or after
         // the pre-connect delay.
@@ -716,6 +675,7 @@ impl Call {
         } else {
             self.ice_start_at = Some(now + self.config.pre_connect_delay);
         }
+        self.track.set_payload_type(pt.into());
         self.session = Some(Session {
             rtc,
             pt: pt.into(),
@@ -802,7 +762,7 @@ impl Call {
         let mut at = idle;
         let candidates = [
             self.session.as_ref().and_then(|s| s.rtc_timeout),
-            self.next_frame_at.map(|t| t - FRAME_SEND_AHEAD),
+            self.track.deadline(),
             self.connect_deadline,
             self.ice_start_at,
             self.consent_deadline(),
@@ -857,7 +817,7 @@ impl Call {
                 // SFU only once it arrives.
                 self.final_flight.on_connected(self.last_now);
                 self.set_state(CallState::Connected);
-                self.schedule_frames(self.last_now);
+                self.track.set_live(self.last_now);
                 self.events.pop_front()
             }
             str0m::Event::IceConnectionStateChange(state) => {
@@ -893,9 +853,8 @@ impl Call {
                 // and as a sign of life.
                 self.last_heard = Some(self.last_now);
                 self.final_flight.on_confirmed();
-                if let Some(window) = self.remote_ssrcs.get_mut(&*p.header.ssrc) {
-                    window.update(window.extend(p.header.sequence_number));
-                }
+                self.incoming
+                    .on_authenticated(*p.header.ssrc, p.header.sequence_number);
                 Some(Event::AudioReceived {
                     ssrc: Ssrc(*p.header.ssrc),
                     seq: p.header.sequence_number,
@@ -937,32 +896,21 @@ impl Call {
         // The SFU forwards other speakers with their own SSRCs and no MID extension, which
         // str0m drops unless the SSRC is expected. Like ntgcalls, accept audio from any new
         // SSRC carrying our Opus PT (the RTP header is not encrypted by SRTP).
-        let header = rtp_header(contents);
-        // Replays: str0m drops them without telling us (see `crate::replay`); refuse and count
-        // them here. The window only moves once str0m has authenticated a packet.
-        if let Some(RtpHeaderPeek { ssrc, seq, .. }) = header
-            && let Some(window) = self.remote_ssrcs.get(&ssrc)
-            && !window.accepts(window.extend(seq))
-        {
-            self.stats.dropped_replayed += 1;
-            return Err(CallError::Replayed { ssrc, seq });
-        }
-        if let Some(RtpHeaderPeek { ssrc, pt, .. }) = header
-            && pt == *session.pt
-            && ssrc != self.ssrc.0
-            && !self.remote_ssrcs.contains_key(&ssrc)
-            && session.rtc.is_connected()
-        {
-            if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
-                self.stats.dropped_unknown_ssrc += 1;
-            } else {
-                self.remote_ssrcs.insert(ssrc, ReplayWindow::new());
-                session.rtc.direct_api().expect_stream_rx(
-                    StrSsrc::from(ssrc),
-                    None,
-                    Mid::from(AUDIO_MID),
-                    None,
-                );
+        if let Some(header) = rtp_header(contents) {
+            // Replays: str0m drops them without telling us (see `crate::replay`); refuse and
+            // count them here. The window only moves once str0m has authenticated a packet.
+            let checked = self.incoming.check_replay(&header);
+            if header.pt == *session.pt && session.rtc.is_connected() {
+                self.incoming.accept(&mut session.rtc, header.ssrc);
+            }
+            let counters = self.incoming.counters();
+            self.stats.dropped_replayed = counters.dropped_replayed;
+            self.stats.dropped_unknown_ssrc = counters.dropped_unknown_ssrc;
+            if let Err(r) = checked {
+                return Err(CallError::Replayed {
+                    ssrc: r.ssrc,
+                    seq: r.seq,
+                });
             }
         }
         let input = str0m::Input::Receive(now, receive);
@@ -1076,45 +1024,15 @@ impl Call {
         if matches!(self.state, CallState::Ended(_)) {
             return Err(CallError::Ended);
         }
-        match cmd {
+        let changed = match cmd {
             Command::SetSource(source) => {
-                self.source = Some(source);
-                self.schedule_frames(now);
+                self.track.set_source(now, source);
+                false
             }
-            Command::Pause => {
-                if !self.media.paused {
-                    self.media.paused = true;
-                    self.paused_at = Some(now);
-                    self.next_frame_at = None;
-                    self.events.push_back(Event::MediaStateChanged(self.media));
-                }
-            }
-            Command::Resume => {
-                if self.media.paused {
-                    self.media.paused = false;
-                    if let Some(at) = self.paused_at.take() {
-                        // Keep the RTP clock tied to wall time across the gap so receivers'
-                        // jitter buffers see a gap, not a jump back.
-                        let gap = now.saturating_duration_since(at);
-                        let ticks = gap.as_micros() * 48 / 1000;
-                        self.rtp_time = self.rtp_time.wrapping_add(ticks as u32);
-                    }
-                    self.schedule_frames(now);
-                    self.events.push_back(Event::MediaStateChanged(self.media));
-                }
-            }
-            Command::Mute => {
-                if !self.media.muted {
-                    self.media.muted = true;
-                    self.events.push_back(Event::MediaStateChanged(self.media));
-                }
-            }
-            Command::Unmute => {
-                if self.media.muted {
-                    self.media.muted = false;
-                    self.events.push_back(Event::MediaStateChanged(self.media));
-                }
-            }
+            Command::Pause => self.track.pause(now),
+            Command::Resume => self.track.resume(now),
+            Command::Mute => self.track.mute(),
+            Command::Unmute => self.track.unmute(),
             Command::Stop => {
                 // RTCP BYE and DTLS close_notify tell the SFU at once that we left (an SFU
                 // otherwise notices only when consent checks time out).
@@ -1126,117 +1044,43 @@ impl Call {
                     }
                 }
                 self.end(EndReason::Stopped);
+                false
             }
+        };
+        if changed {
+            self.events
+                .push_back(Event::MediaStateChanged(self.track.media_state()));
         }
         Ok(())
     }
 
-    /// Starts the frame clock if everything needed to send is there.
-    fn schedule_frames(&mut self, now: Instant) {
-        let ready =
-            self.state == CallState::Connected && self.source.is_some() && !self.media.paused;
-        if ready && self.next_frame_at.is_none() {
-            self.next_frame_at = Some(now);
-        }
-    }
-
+    /// Sends the frames due at `now`; a source that ran out or failed is reported here.
     fn send_due_frames(&mut self, now: Instant) {
-        let Some(mut due) = self.next_frame_at else {
+        let Some(session) = self.session.as_mut() else {
             return;
         };
-        // A frame within FRAME_SEND_AHEAD of its due time goes now: runtimes wake with ~1 ms
-        // timer resolution, and a frame a little early is harmless where one late is not.
-        let horizon = now + FRAME_SEND_AHEAD;
-        if due > horizon {
-            return;
-        }
-        // How far behind are we? Skip (and count) frames beyond the catch-up budget.
-        let behind =
-            (now.saturating_duration_since(due).as_micros() / FRAME_DURATION.as_micros()) as u32;
-        if behind > MAX_CATCH_UP_FRAMES {
-            let skip = behind - MAX_CATCH_UP_FRAMES;
-            self.stats.frames_skipped_late += u64::from(skip);
-            due += FRAME_DURATION * skip;
-        }
-        while due <= horizon {
-            match self.next_source_frame() {
-                Some(frame) => {
-                    let lateness = now.saturating_duration_since(due);
-                    self.stats.lateness.record(lateness);
-                    if self.recent_lateness.len() < self.recent_lateness.capacity() {
-                        self.recent_lateness.push(lateness);
-                    }
-                    self.write_frame(due, &frame);
-                    due += frame_duration(&frame);
-                }
-                None => {
-                    self.next_frame_at = None;
-                    return;
-                }
-            }
-        }
-        self.next_frame_at = Some(due);
-    }
-
-    fn next_source_frame(&mut self) -> Option<OpusFrame> {
-        let source = self.source.as_mut()?;
-        let result: Result<Option<OpusFrame>, SourceError> = source.next_frame();
-        match result {
-            Ok(Some(frame)) => Some(frame),
-            Ok(None) => {
-                self.source = None;
-                self.events.push_back(Event::StreamEnded { error: None });
-                None
-            }
-            Err(e) => {
+        let end = self
+            .track
+            .send_due(now, &mut session.rtc, &mut self.stats.lateness);
+        let counters = self.track.counters();
+        self.stats.packets_sent = counters.packets_sent;
+        self.stats.payload_bytes_sent = counters.payload_bytes_sent;
+        self.stats.played_samples = counters.played_samples;
+        self.stats.frames_skipped_late = counters.frames_skipped_late;
+        match end {
+            None => {}
+            Some(SourceEnd::Finished) => self.events.push_back(Event::StreamEnded { error: None }),
+            Some(SourceEnd::Failed(e)) => {
                 // A dead source (broken file, failed encoder) ends the call, so the runtime
                 // reaps it and the chat can be created again at once. A source that simply
-                // ran out (Ok(None)) leaves the call up for the next track, as in ntgcalls.
-                self.source = None;
+                // ran out leaves the call up for the next track, as in ntgcalls.
                 let reason = e.to_string();
                 self.events.push_back(Event::StreamEnded {
                     error: Some(reason.clone()),
                 });
                 self.end(EndReason::SourceFailed(reason));
-                None
             }
         }
-    }
-
-    fn write_frame(&mut self, wallclock: Instant, frame: &OpusFrame) {
-        let Some(session) = self.session.as_mut() else {
-            return;
-        };
-        // Arc clones: no allocation or copy per packet.
-        let (payload, level, vad): (Arc<[u8]>, u8, bool) = if self.media.muted {
-            (self.silence.clone(), AUDIO_LEVEL_SILENCE, false)
-        } else {
-            (frame.data.clone(), frame.audio_level, frame.voice_activity)
-        };
-        let ext = ExtensionValues {
-            audio_level: Some(-(level.min(127) as i8)),
-            voice_activity: Some(vad),
-            ..Default::default()
-        };
-        let payload_len = payload.len();
-        let write = RtpWrite::new(
-            session.pt,
-            SeqNo::from(self.seq),
-            self.rtp_time,
-            wallclock,
-            payload,
-        )
-        .ext_vals(ext);
-        let mut api = session.rtc.direct_api();
-        let Some(stream) = api.stream_tx(&StrSsrc::from(self.ssrc.0)) else {
-            return;
-        };
-        stream.write_rtp(write);
-        self.seq += 1;
-        self.rtp_time = self.rtp_time.wrapping_add(frame.duration_samples);
-        self.stats.packets_sent += 1;
-        self.stats.payload_bytes_sent += payload_len as u64;
-        self.stats.played_samples += u64::from(frame.duration_samples);
     }
 
     fn set_state(&mut self, state: CallState) {
@@ -1251,9 +1095,8 @@ impl Call {
         if matches!(self.state, CallState::Ended(_)) {
             return;
         }
-        self.next_frame_at = None;
+        self.track.stop();
         self.connect_deadline = None;
-        self.source = None;
         self.set_state(CallState::Ended(reason));
     }
 }
@@ -1270,10 +1113,6 @@ impl EndReason {
             other => Self::Transport(other.to_string()),
         }
     }
-}
-
-fn frame_duration(frame: &OpusFrame) -> Duration {
-    Duration::from_micros(u64::from(frame.duration_samples) * 1_000_000 / 48_000)
 }
 
 /// ICE characters (RFC 8445 §5.3 `ice-char`: ALPHA / DIGIT / "+" / "/"). We use only
@@ -1302,7 +1141,7 @@ mod tests {
         let mut highest = 0;
         for seed in 0..2_000 {
             let call = Call::new(now, CallConfig::new(seed, cert.clone())).expect("call");
-            highest = highest.max(call.seq);
+            highest = highest.max(call.track.rtp().next_seq());
         }
         assert!(highest < u64::from(INITIAL_SEQ_LIMIT), "highest {highest}");
         // And the draw still spreads over the range (not a constant).

@@ -48,6 +48,9 @@ pub mod sim;
 pub mod stun;
 pub mod turn;
 
+#[cfg(test)]
+mod tests;
+
 pub use call::{
     Call, CallConfig, CallError, CallState, Command, EndReason, Event, Input, Output, Transmit,
 };

@@ -65,16 +65,18 @@ use std::time::{Duration, Instant};
 use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
 use str0m::format::{Codec, FormatParams};
-use str0m::media::{Frequency, MediaKind, Mid, Pt};
+use str0m::media::{Frequency, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
+use str0m::rtp::{Extension, Ssrc as StrSsrc};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
 
-use crate::call::{FRAME_SEND_AHEAD, INITIAL_SEQ_LIMIT, Transmit};
+use crate::call::{INITIAL_SEQ_LIMIT, Transmit};
 use crate::demux::{DatagramKind, classify};
 use crate::demux::{rtp_header, stun_local_ufrag};
 use crate::flight::FinalFlight;
-use crate::media::{FRAME_DURATION, FrameSource, OpusFrame};
+use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd};
+use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
+use crate::pacer::LatenessHistogram;
 use crate::signaling::group::URI_AUDIO_LEVEL;
 use crate::signaling::p2p::messages::{
     Candidates, DtlsFingerprint, InitialSetup, MediaContent, MediaKind as ContentKind,
@@ -104,15 +106,6 @@ const AUDIO_LEVEL_ID: u8 = 1;
 
 /// The mid of the single audio media section (never on the wire: no SDP, no MID extension).
 const AUDIO_MID: &str = "0";
-
-/// A 20 ms Opus packet that decodes to silence (see `call.rs`), sent while muted.
-const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
-
-/// RFC 6464 level meaning "silence".
-const AUDIO_LEVEL_SILENCE: u8 = 127;
-
-/// More overdue frames than this are skipped (and counted) instead of sent in a burst.
-const MAX_CATCH_UP_FRAMES: u32 = 3;
 
 /// Remote SSRCs a call accepts audio from. A 1:1 peer sends one audio stream; a few more
 /// allow an SSRC change without letting a hostile peer make us allocate without bound.
@@ -387,6 +380,15 @@ pub enum P2pCallError {
         /// What str0m said.
         reason: String,
     },
+    /// An SRTP packet whose sequence number was already received (or is older than the
+    /// replay window). Counted in [`P2pStats::dropped_replayed`]; the call goes on.
+    #[error("replayed rtp packet: ssrc {ssrc} seq {seq}")]
+    Replayed {
+        /// The packet's SSRC.
+        ssrc: u32,
+        /// Its RTP sequence number.
+        seq: u16,
+    },
     /// The encrypted channel refused a signaling packet (tampered, replayed, ...). The call
     /// goes on.
     #[error("signaling packet rejected: {0}")]
@@ -433,8 +435,15 @@ pub struct P2pStats {
     pub early_stun_buffered: u64,
     /// RTP packets from new SSRCs once a call already accepts four (a 1:1 peer sends one).
     pub dropped_unknown_ssrc: u64,
+    /// SRTP packets refused as replays: their sequence number was already received, or is
+    /// older than the replay window (see [`crate::replay`]). Not in `datagrams_received`.
+    pub dropped_replayed: u64,
     /// Frames skipped because the call was driven late.
     pub frames_skipped_late: u64,
+    /// 48 kHz samples of media played (stops while paused).
+    pub played_samples: u64,
+    /// How late each frame was handed to str0m (`now` minus its due time).
+    pub lateness: LatenessHistogram,
     /// Signaling packets emitted ([`Output::Signaling`]).
     pub signaling_sent: u64,
     /// Signaling packets the channel accepted.
@@ -497,8 +506,10 @@ pub struct P2pCall {
     channel: EncryptedChannel,
     local_creds: IceCreds,
     local_digest: [u8; 32],
-    ssrc: Ssrc,
-    pt: Pt,
+    /// Our outgoing audio: source, pause/mute, pacing, sequence numbers and RTP time.
+    track: AudioTrack,
+    /// The peer's audio: accepted SSRCs and their replay windows.
+    incoming: IncomingStreams,
     state: P2pState,
     /// The peer's setup once applied (ICE has started).
     remote_setup: Option<InitialSetup>,
@@ -513,7 +524,6 @@ pub struct P2pCall {
     /// Candidate lines received before the remote setup.
     queued_candidates: Vec<String>,
     remote_addrs: Vec<SocketAddr>,
-    remote_ssrcs: Vec<u32>,
     /// Binding transactions with the STUN servers.
     stun: StunGatherer,
     /// Server-reflexive candidates gathered so far, as signaled (SDP candidate lines).
@@ -528,15 +538,8 @@ pub struct P2pCall {
     /// When str0m last accepted a datagram from the peer.
     last_heard: Option<Instant>,
     started_at: Instant,
-    source: Option<Box<dyn FrameSource>>,
-    muted: bool,
-    paused: bool,
     link: P2pLinkStats,
-    next_frame_at: Option<Instant>,
-    seq: u64,
-    rtp_time: u32,
     flushing_close: bool,
-    silence: Arc<[u8]>,
     signaling_out: VecDeque<Vec<u8>>,
     /// The callee is the DTLS server: its final flight, resent until the caller proves it has
     /// the keys ([`crate::flight`]).
@@ -552,7 +555,7 @@ impl fmt::Debug for P2pCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("P2pCall")
             .field("role", &self.config.role)
-            .field("ssrc", &self.ssrc)
+            .field("track", &self.track)
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
@@ -684,8 +687,14 @@ impl P2pCall {
             channel,
             local_creds,
             local_digest,
-            ssrc,
-            pt: P2P_OPUS_PT.into(),
+            track: AudioTrack::new(RtpSender::new(
+                ssrc,
+                P2P_OPUS_PT.into(),
+                OPUS_CLOCK_RATE_HZ,
+                seq,
+                rtp_time,
+            )),
+            incoming: IncomingStreams::new(ssrc, Mid::from(AUDIO_MID), MAX_REMOTE_SSRCS),
             state: P2pState::Connecting,
             remote_setup: None,
             local_sent: false,
@@ -694,7 +703,6 @@ impl P2pCall {
             queued_candidates: Vec::new(),
             early_stun: Vec::new(),
             remote_addrs: Vec::new(),
-            remote_ssrcs: Vec::new(),
             stun,
             local_srflx: Vec::new(),
             turn,
@@ -704,15 +712,8 @@ impl P2pCall {
             connected_at: None,
             last_heard: None,
             started_at: now,
-            source: None,
-            muted: false,
-            paused: false,
             link: P2pLinkStats::default(),
-            next_frame_at: None,
-            seq,
-            rtp_time,
             flushing_close: false,
-            silence: Arc::from(&OPUS_SILENCE_FRAME[..]),
             signaling_out: VecDeque::new(),
             final_flight: FinalFlight::default(),
             resends: VecDeque::new(),
@@ -744,7 +745,7 @@ impl P2pCall {
     pub fn local_content(&self) -> MediaContent {
         MediaContent {
             kind: ContentKind::Audio,
-            ssrc: self.ssrc,
+            ssrc: self.audio_ssrc(),
             ssrc_groups: Vec::new(),
             payload_types: vec![PayloadType {
                 id: P2P_OPUS_PT,
@@ -776,7 +777,7 @@ impl P2pCall {
 
     /// The SSRC of our outgoing audio.
     pub fn audio_ssrc(&self) -> Ssrc {
-        self.ssrc
+        self.track.rtp().ssrc()
     }
 
     /// The local (host candidate) address.
@@ -812,12 +813,23 @@ impl P2pCall {
 
     /// True while [`Command::Pause`] is in effect.
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.track.media_state().paused
     }
 
     /// True while [`Command::Mute`] is in effect.
     pub fn is_muted(&self) -> bool {
-        self.muted
+        self.track.media_state().muted
+    }
+
+    /// Duration of media played so far (stops while paused).
+    pub fn played(&self) -> Duration {
+        self.track.played()
+    }
+
+    /// Hands `f` the lateness (time handed to str0m minus due time) of every frame sent since
+    /// the last call, and forgets them.
+    pub fn drain_frame_lateness(&mut self, f: impl FnMut(Duration)) {
+        self.track.drain_frame_lateness(f);
     }
 
     /// The encrypted channel's counters (rejections by reason, resends, acks).
@@ -921,7 +933,7 @@ impl P2pCall {
         }
         let candidates = [
             self.rtc_timeout.filter(|_| self.remote_setup.is_some()),
-            self.next_frame_at.map(|t| t - FRAME_SEND_AHEAD),
+            self.track.deadline(),
             self.connect_deadline,
             self.disconnect_deadline(),
             self.channel.poll_timeout(),
@@ -1097,20 +1109,8 @@ impl P2pCall {
 
     /// Lets str0m receive RTP from `ssrc` (up to [`MAX_REMOTE_SSRCS`] per call).
     fn accept_remote_ssrc(&mut self, ssrc: u32) {
-        if ssrc == self.ssrc.0 || self.remote_ssrcs.contains(&ssrc) {
-            return;
-        }
-        if self.remote_ssrcs.len() >= MAX_REMOTE_SSRCS {
-            self.stats.dropped_unknown_ssrc += 1;
-            return;
-        }
-        self.remote_ssrcs.push(ssrc);
-        self.rtc.direct_api().expect_stream_rx(
-            StrSsrc::from(ssrc),
-            None,
-            Mid::from(AUDIO_MID),
-            None,
-        );
+        self.incoming.accept(&mut self.rtc, ssrc);
+        self.stats.dropped_unknown_ssrc = self.incoming.counters().dropped_unknown_ssrc;
     }
 
     fn apply_remote_setup(
@@ -1258,13 +1258,21 @@ impl P2pCall {
                 });
             }
         };
-        // No NegotiateChannels yet: accept the peer's audio SSRC from the first packet with our
-        // Opus PT (the RTP header is clear text; str0m authenticates the packet itself).
-        if let Some(h) = rtp_header(contents)
-            && h.pt == *self.pt
-            && self.rtc.is_connected()
-        {
-            self.accept_remote_ssrc(h.ssrc);
+        if let Some(h) = rtp_header(contents) {
+            // Replays: str0m drops them silently (see `crate::replay`); refuse and count them
+            // here. The window only moves once str0m has authenticated a packet.
+            if let Err(r) = self.incoming.check_replay(&h) {
+                self.stats.dropped_replayed = self.incoming.counters().dropped_replayed;
+                return Err(P2pCallError::Replayed {
+                    ssrc: r.ssrc,
+                    seq: r.seq,
+                });
+            }
+            // No NegotiateChannels yet: accept the peer's audio SSRC from the first packet with
+            // our Opus PT (the RTP header is clear text; str0m authenticates the packet itself).
+            if h.pt == P2P_OPUS_PT && self.rtc.is_connected() {
+                self.accept_remote_ssrc(h.ssrc);
+            }
         }
         match self.rtc.handle_input(str0m::Input::Receive(now, receive)) {
             Ok(()) => {
@@ -1480,19 +1488,18 @@ impl P2pCall {
             return Err(P2pCallError::Ended);
         }
         match cmd {
-            Command::SetSource(source) => {
-                self.source = Some(source);
-                self.schedule_frames(now);
+            Command::SetSource(source) => self.track.set_source(now, source),
+            Command::Mute => {
+                self.track.mute();
             }
-            Command::Mute => self.muted = true,
-            Command::Unmute => self.muted = false,
+            Command::Unmute => {
+                self.track.unmute();
+            }
             Command::Pause => {
-                self.paused = true;
-                self.next_frame_at = None;
+                self.track.pause(now);
             }
             Command::Resume => {
-                self.paused = false;
-                self.schedule_frames(now);
+                self.track.resume(now);
             }
             Command::Hangup => {
                 if self.remote_setup.is_some() && self.rtc.close().is_ok() {
@@ -1551,7 +1558,7 @@ impl P2pCall {
                 // until the caller shows it got it (see `crate::flight`).
                 self.final_flight.on_connected(self.last_now);
                 self.set_state(P2pState::Connected);
-                self.schedule_frames(self.last_now);
+                self.track.set_live(self.last_now);
                 self.events.pop_front()
             }
             str0m::Event::IceConnectionStateChange(state) => {
@@ -1575,6 +1582,8 @@ impl P2pCall {
             }
             str0m::Event::RtpPacket(p) => {
                 self.final_flight.on_confirmed();
+                self.incoming
+                    .on_authenticated(*p.header.ssrc, p.header.sequence_number);
                 self.stats.packets_received += 1;
                 self.stats.payload_bytes_received += p.payload.len() as u64;
                 Some(Event::AudioReceived {
@@ -1589,92 +1598,27 @@ impl P2pCall {
         }
     }
 
-    fn schedule_frames(&mut self, now: Instant) {
-        if self.state == P2pState::Connected
-            && self.source.is_some()
-            && !self.paused
-            && self.next_frame_at.is_none()
-        {
-            self.next_frame_at = Some(now);
-        }
-    }
-
+    /// Sends the frames due at `now`; a source that ran out or failed is reported here.
     fn send_due_frames(&mut self, now: Instant) {
-        let Some(mut due) = self.next_frame_at else {
-            return;
-        };
-        let horizon = now + FRAME_SEND_AHEAD;
-        if due > horizon {
-            return;
-        }
-        let behind =
-            (now.saturating_duration_since(due).as_micros() / FRAME_DURATION.as_micros()) as u32;
-        if behind > MAX_CATCH_UP_FRAMES {
-            let skip = behind - MAX_CATCH_UP_FRAMES;
-            self.stats.frames_skipped_late += u64::from(skip);
-            due += FRAME_DURATION * skip;
-        }
-        while due <= horizon {
-            let Some(frame) = self.next_source_frame() else {
-                self.next_frame_at = None;
-                return;
-            };
-            self.write_frame(due, &frame);
-            due += Duration::from_micros(u64::from(frame.duration_samples) * 1_000_000 / 48_000);
-        }
-        self.next_frame_at = Some(due);
-    }
-
-    fn next_source_frame(&mut self) -> Option<OpusFrame> {
-        let source = self.source.as_mut()?;
-        match source.next_frame() {
-            Ok(Some(frame)) => Some(frame),
-            Ok(None) => {
-                self.source = None;
-                self.events.push_back(Event::StreamEnded { error: None });
-                None
-            }
-            Err(e) => {
-                self.source = None;
+        let end = self
+            .track
+            .send_due(now, &mut self.rtc, &mut self.stats.lateness);
+        let counters = self.track.counters();
+        self.stats.packets_sent = counters.packets_sent;
+        self.stats.payload_bytes_sent = counters.payload_bytes_sent;
+        self.stats.played_samples = counters.played_samples;
+        self.stats.frames_skipped_late = counters.frames_skipped_late;
+        match end {
+            None => {}
+            Some(SourceEnd::Finished) => self.events.push_back(Event::StreamEnded { error: None }),
+            Some(SourceEnd::Failed(e)) => {
                 let reason = e.to_string();
                 self.events.push_back(Event::StreamEnded {
                     error: Some(reason.clone()),
                 });
                 self.end(P2pEndReason::SourceFailed(reason));
-                None
             }
         }
-    }
-
-    fn write_frame(&mut self, wallclock: Instant, frame: &OpusFrame) {
-        let (payload, level, vad): (Arc<[u8]>, u8, bool) = if self.muted {
-            (self.silence.clone(), AUDIO_LEVEL_SILENCE, false)
-        } else {
-            (frame.data.clone(), frame.audio_level, frame.voice_activity)
-        };
-        let ext = ExtensionValues {
-            audio_level: Some(-(level.min(127) as i8)),
-            voice_activity: Some(vad),
-            ..Default::default()
-        };
-        let payload_len = payload.len();
-        let write = RtpWrite::new(
-            self.pt,
-            SeqNo::from(self.seq),
-            self.rtp_time,
-            wallclock,
-            payload,
-        )
-        .ext_vals(ext);
-        let mut api = self.rtc.direct_api();
-        let Some(stream) = api.stream_tx(&StrSsrc::from(self.ssrc.0)) else {
-            return;
-        };
-        stream.write_rtp(write);
-        self.seq += 1;
-        self.rtp_time = self.rtp_time.wrapping_add(frame.duration_samples);
-        self.stats.packets_sent += 1;
-        self.stats.payload_bytes_sent += payload_len as u64;
     }
 
     fn set_state(&mut self, state: P2pState) {
@@ -1689,9 +1633,8 @@ impl P2pCall {
         if matches!(self.state, P2pState::Ended(_)) {
             return;
         }
-        self.next_frame_at = None;
+        self.track.stop();
         self.connect_deadline = None;
-        self.source = None;
         self.set_state(P2pState::Ended(reason));
     }
 }

@@ -24,6 +24,7 @@ pub mod ogg;
 pub mod pcm;
 pub mod shared;
 pub mod tone;
+pub mod track;
 
 pub use ogg::{OggOpusReader, OggOpusWriter};
 pub use pcm::{

@@ -1,0 +1,151 @@
+//! [`Call`] against an in-memory SFU peer.
+
+use std::time::Duration;
+
+use super::util::{GroupPair, tone};
+use crate::call::{CallError, CallState, Command, EndReason, Event, Input, MediaState};
+use crate::demux::rtp_header;
+
+#[test]
+fn connects_and_the_sfu_hears_the_tone() {
+    let mut pair = GroupPair::connecting(7);
+    pair.call
+        .handle_input(pair.now, Input::Command(Command::SetSource(tone(440.0))))
+        .expect("set source");
+    pair.drive(Duration::from_secs(2));
+    assert_eq!(pair.call.state(), &CallState::Connected);
+    let sent = pair.call.stats().packets_sent;
+    // ~2 s of 20 ms frames, less the handshake.
+    assert!((90..=101).contains(&sent), "sent {sent}");
+    assert!(
+        pair.sfu.heard.packets + 2 >= sent,
+        "heard {}",
+        pair.sfu.heard.packets
+    );
+    assert_eq!(pair.sfu.heard.dominant_hz(), 440);
+    assert_eq!(pair.call.stats().played_samples, sent * 960);
+    assert_eq!(pair.call.stats().lateness.count(), sent);
+}
+
+#[test]
+fn pause_stops_packets_and_time_and_mute_keeps_the_stream() {
+    let mut pair = GroupPair::connecting(8);
+    pair.call
+        .handle_input(pair.now, Input::Command(Command::SetSource(tone(440.0))))
+        .expect("set source");
+    pair.drive(Duration::from_secs(1));
+    pair.call
+        .handle_input(pair.now, Input::Command(Command::Pause))
+        .expect("pause");
+    let paused_at = pair.call.stats().packets_sent;
+    let played = pair.call.played();
+    pair.drive(Duration::from_millis(500));
+    assert_eq!(
+        pair.call.stats().packets_sent,
+        paused_at,
+        "nothing sent while paused"
+    );
+    assert_eq!(pair.call.played(), played, "time stops while paused");
+    pair.call
+        .handle_input(pair.now, Input::Command(Command::Resume))
+        .expect("resume");
+    pair.call
+        .handle_input(pair.now, Input::Command(Command::Mute))
+        .expect("mute");
+    pair.drive(Duration::from_millis(500));
+    let muted_sent = pair.call.stats().packets_sent - paused_at;
+    assert!((24..=26).contains(&muted_sent), "muted sent {muted_sent}");
+    let states: Vec<MediaState> = pair
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MediaStateChanged(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            MediaState {
+                paused: true,
+                muted: false
+            },
+            MediaState {
+                paused: false,
+                muted: false
+            },
+            MediaState {
+                paused: false,
+                muted: true
+            },
+        ]
+    );
+}
+
+#[test]
+fn replayed_srtp_is_refused_and_counted() {
+    let mut pair = GroupPair::connecting(9);
+    pair.drive(Duration::from_millis(500));
+    assert_eq!(pair.call.state(), &CallState::Connected);
+    // Another speaker, forwarded by the SFU: 20 packets of real Opus.
+    let mut encoder =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Audio).expect("enc");
+    let packet = encoder.encode_vec(&[0i16; 960], 400).expect("encode");
+    for _ in 0..20 {
+        let now = pair.now;
+        pair.sfu.send_audio(now, &packet);
+        pair.drive(Duration::from_millis(20));
+    }
+    assert_eq!(
+        pair.heard.packets, 20,
+        "the call heard the forwarded speaker"
+    );
+    let srtp: Vec<_> = pair
+        .delivered_to_call
+        .iter()
+        .filter(|t| rtp_header(&t.contents).is_some())
+        .cloned()
+        .collect();
+    assert_eq!(srtp.len(), 20);
+    let received = pair.call.stats().datagrams_received;
+    for t in &srtp[15..] {
+        let Err(CallError::Replayed { ssrc, .. }) = pair.deliver_to_call(t) else {
+            panic!("a replay was taken");
+        };
+        assert_eq!(ssrc, super::util::FORWARDED_SSRC);
+    }
+    assert_eq!(pair.call.stats().dropped_replayed, 5);
+    assert_eq!(pair.call.stats().datagrams_received, received);
+    assert_eq!(pair.heard.packets, 20, "no replay reached the application");
+    assert_eq!(pair.call.state(), &CallState::Connected);
+}
+
+#[test]
+fn a_failing_source_ends_the_call_with_a_typed_reason() {
+    struct Broken;
+    impl crate::FrameSource for Broken {
+        fn next_frame(&mut self) -> Result<Option<crate::OpusFrame>, crate::SourceError> {
+            Err(crate::SourceError::Opus {
+                reason: "test".to_owned(),
+            })
+        }
+    }
+    let mut pair = GroupPair::connecting(10);
+    pair.drive(Duration::from_millis(300));
+    pair.call
+        .handle_input(
+            pair.now,
+            Input::Command(Command::SetSource(Box::new(Broken))),
+        )
+        .expect("set source");
+    pair.drive(Duration::from_millis(50));
+    assert!(matches!(
+        pair.call.state(),
+        CallState::Ended(EndReason::SourceFailed(_))
+    ));
+    assert!(
+        pair.events
+            .iter()
+            .any(|e| matches!(e, Event::StreamEnded { error: Some(_) }))
+    );
+}

@@ -1,0 +1,99 @@
+//! [`P2pCall`]: two ends in memory, signaling through the encrypted channel.
+
+use std::time::Duration;
+
+use super::util::{P2pPair, tone};
+use crate::demux::rtp_header;
+use crate::p2p_call::{Command, Input, P2pCallError, P2pState};
+
+fn connected_with_tones() -> P2pPair {
+    let mut pair = P2pPair::new();
+    let now = pair.now;
+    pair.caller
+        .call
+        .handle_input(now, Input::Command(Command::SetSource(tone(440.0))))
+        .expect("caller source");
+    pair.callee
+        .call
+        .handle_input(now, Input::Command(Command::SetSource(tone(1000.0))))
+        .expect("callee source");
+    pair.drive(Duration::from_secs(2));
+    assert!(pair.caller.connected() && pair.callee.connected());
+    pair
+}
+
+#[test]
+fn both_ends_hear_each_others_tone() {
+    let pair = connected_with_tones();
+    assert!(
+        pair.caller.heard.packets > 60,
+        "{}",
+        pair.caller.heard.packets
+    );
+    assert!(
+        pair.callee.heard.packets > 60,
+        "{}",
+        pair.callee.heard.packets
+    );
+    assert_eq!(pair.callee.heard.dominant_hz(), 440);
+    assert_eq!(pair.caller.heard.dominant_hz(), 1000);
+    let stats = pair.caller.call.stats();
+    assert_eq!(stats.played_samples, stats.packets_sent * 960);
+}
+
+#[test]
+fn replayed_srtp_is_refused_and_counted() {
+    let mut pair = connected_with_tones();
+    let srtp: Vec<_> = pair
+        .delivered_to_callee
+        .iter()
+        .filter(|t| rtp_header(&t.contents).is_some())
+        .cloned()
+        .collect();
+    assert!(srtp.len() > 60);
+    let heard = pair.callee.heard.packets;
+    let received = pair.callee.call.stats().datagrams_received;
+    // The last ten packets again, then a very old one (outside the window).
+    for t in srtp[srtp.len() - 10..].iter().chain(&srtp[..1]) {
+        let Err(P2pCallError::Replayed { ssrc, .. }) = pair.deliver_to_callee(t) else {
+            panic!("a replay was taken");
+        };
+        assert_eq!(ssrc, pair.caller.call.audio_ssrc().0);
+    }
+    assert_eq!(pair.callee.call.stats().dropped_replayed, 11);
+    assert_eq!(pair.callee.call.stats().datagrams_received, received);
+    assert_eq!(
+        pair.callee.heard.packets, heard,
+        "no replay reached the application"
+    );
+    assert_eq!(pair.callee.call.state(), &P2pState::Connected);
+    // And the stream goes on.
+    pair.drive(Duration::from_millis(200));
+    assert!(pair.callee.heard.packets >= heard + 9);
+}
+
+#[test]
+fn pause_stops_packets_and_mute_keeps_the_stream() {
+    let mut pair = connected_with_tones();
+    let now = pair.now;
+    pair.caller
+        .call
+        .handle_input(now, Input::Command(Command::Pause))
+        .expect("pause");
+    assert!(pair.caller.call.is_paused());
+    let sent = pair.caller.call.stats().packets_sent;
+    pair.drive(Duration::from_millis(400));
+    assert_eq!(pair.caller.call.stats().packets_sent, sent);
+    let now = pair.now;
+    for cmd in [Command::Resume, Command::Mute] {
+        pair.caller
+            .call
+            .handle_input(now, Input::Command(cmd))
+            .expect("command");
+    }
+    assert!(pair.caller.call.is_muted() && !pair.caller.call.is_paused());
+    let heard = pair.callee.heard.packets;
+    pair.drive(Duration::from_millis(400));
+    let more = pair.callee.heard.packets - heard;
+    assert!((18..=21).contains(&more), "muted stream heard {more}");
+}
