@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 
 use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
-use str0m::format::{Codec, FormatParams};
-use str0m::media::{Frequency, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, Ssrc as StrSsrc};
-use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
+use str0m::media::{MediaKind, Mid, Pt};
+use str0m::rtp::Ssrc as StrSsrc;
+use str0m::{Candidate, IceCreds, Rtc};
 
 use crate::demux::{DatagramKind, classify, rtp_header};
 use crate::flight::FinalFlight;
@@ -33,6 +31,10 @@ use crate::signaling::group::{
     fingerprint_hex, parse_fingerprint_hex,
 };
 use crate::signaling::{SignalingError, Ssrc};
+pub use crate::transport::{DtlsEnd, RejectReason, RtcErrorKind};
+use crate::transport::{
+    Polled, ReceiveError, TransportEnd, opus_rtc_config, random_ice_chars, receive,
+};
 
 /// How long a call may take from [`Call::connect`] to a working DTLS-SRTP path before it
 /// fails with [`EndReason::ConnectTimeout`]. ntgcalls uses the same order of magnitude.
@@ -156,13 +158,13 @@ pub enum EndReason {
     /// ICE lost the path after it had connected (consent checks failed).
     IceDisconnected,
     /// The peer closed DTLS (close_notify) or sent a fatal alert, or the handshake failed.
-    Dtls(String),
+    Dtls(DtlsEnd),
     /// The certificate the SFU presented in the DTLS handshake does not match the fingerprint
     /// in its answer (`transport.fingerprints`): someone else may be on the path. str0m
     /// checks this before any SRTP key is used, so no media was sent on the call.
     FingerprintMismatch,
-    /// str0m reported an unrecoverable error.
-    Transport(String),
+    /// str0m reported an unrecoverable error (which part of it; the text is logged at debug).
+    Transport(RtcErrorKind),
     /// The media source failed (not: ran out, which emits [`Event::StreamEnded`] only).
     SourceFailed(String),
 }
@@ -299,11 +301,11 @@ pub enum CallError {
     /// A datagram arrived before [`Call::connect`].
     #[error("datagram before connect")]
     NotConnecting,
-    /// str0m refused the datagram (bad STUN integrity, ...). The call goes on.
+    /// The datagram was refused (bad STUN integrity, refused by str0m, ...). The call goes on.
     #[error("datagram rejected: {reason}")]
     Rejected {
-        /// What str0m said.
-        reason: String,
+        /// Why, typed (refusing a datagram allocates nothing).
+        reason: RejectReason,
     },
     /// An SRTP packet whose sequence number was already received (or is older than the
     /// replay window). The call goes on.
@@ -577,19 +579,16 @@ impl Call {
             .audio_extension_id(URI_AUDIO_LEVEL)
             .unwrap_or(AUDIO_LEVEL_DEFAULT_ID);
 
-        let mut rtc_config = RtcConfig::new()
-            .set_rtp_mode(true)
-            .set_local_ice_credentials(self.local_creds.clone())
-            .set_dtls_cert(self.config.dtls_cert.clone())
-            .clear_codecs()
-            // Only the ssrc-audio-level extension: Telegram's SFU reads it for speaker
-            // selection and drops audio without it; we do not send MID/TWCC/abs-send-time
-            // because we do not run bandwidth estimation for audio.
-            .clear_extension_map()
-            .set_extension(level_id, Extension::AudioLevel);
-        if let Some(crypto) = &self.config.crypto {
-            rtc_config = rtc_config.set_crypto_provider(crypto.clone());
-        }
+        // Only the ssrc-audio-level extension: Telegram's SFU reads it for speaker selection and
+        // drops audio without it; we do not send MID/TWCC/abs-send-time because we do not run
+        // bandwidth estimation for audio.
+        let mut rtc_config = opus_rtc_config(
+            &self.local_creds,
+            &self.config.dtls_cert,
+            self.config.crypto.as_ref(),
+            pt,
+            level_id,
+        );
         if let Some(mtu) = self.config.mtu {
             let range = str0m::DATAGRAM_MTU_TARGET_MIN..=str0m::DATAGRAM_MTU_TARGET_MAX;
             if !range.contains(&mtu) {
@@ -600,18 +599,6 @@ impl Call {
             // Warn threshold = target: str0m then flags anything it could not fit.
             rtc_config = rtc_config.set_mtu(mtu..=mtu);
         }
-        rtc_config.codec_config().add_config(
-            pt.into(),
-            None,
-            Codec::Opus,
-            Frequency::FORTY_EIGHT_KHZ,
-            Some(2),
-            FormatParams {
-                min_p_time: Some(10),
-                use_inband_fec: Some(true),
-                ..Default::default()
-            },
-        );
         rtc_config.set_initial_stun_rto(self.config.ice.initial_rto);
         rtc_config.set_max_stun_rto(self.config.ice.keepalive);
         rtc_config.set_max_stun_retransmits(self.config.ice.max_retransmits);
@@ -777,32 +764,24 @@ impl Call {
     fn poll_rtc(&mut self) -> Option<Output> {
         loop {
             let session = self.session.as_mut()?;
-            match session.rtc.poll_output() {
-                Ok(str0m::Output::Timeout(t)) => {
+            // We are the DTLS server toward the SFU: keep our final flight for resending.
+            match crate::transport::poll(&mut session.rtc, Some(&mut self.final_flight)) {
+                Polled::Timeout(t) => {
                     session.rtc_timeout = Some(t);
                     return None;
                 }
-                Ok(str0m::Output::Transmit(t)) => {
-                    let contents: Vec<u8> = t.contents.into();
-                    if classify(&contents) == DatagramKind::Dtls {
-                        self.final_flight
-                            .on_sent(t.source, t.destination, &contents);
-                    }
+                Polled::Transmit(t) => {
                     self.stats.datagrams_sent += 1;
-                    self.stats.bytes_sent += contents.len() as u64;
-                    return Some(Output::Transmit(Transmit {
-                        source: t.source,
-                        destination: t.destination,
-                        contents,
-                    }));
+                    self.stats.bytes_sent += t.contents.len() as u64;
+                    return Some(Output::Transmit(t));
                 }
-                Ok(str0m::Output::Event(e)) => {
+                Polled::Event(e) => {
                     if let Some(ev) = self.map_rtc_event(e) {
                         return Some(Output::Event(ev));
                     }
                 }
-                Err(e) => {
-                    self.end(EndReason::from_rtc_error(&e));
+                Polled::Failed(end) => {
+                    self.end(EndReason::from(end));
                     return self.events.pop_front().map(Output::Event);
                 }
             }
@@ -844,7 +823,7 @@ impl Call {
                 None
             }
             str0m::Event::Closed => {
-                self.end(EndReason::Dtls("closed by peer".to_owned()));
+                self.end(EndReason::Dtls(DtlsEnd::ClosedByPeer));
                 self.events.pop_front()
             }
             str0m::Event::RtpPacket(p) => {
@@ -884,14 +863,9 @@ impl Call {
             self.stats.dropped_not_live += 1;
             return Err(CallError::Ended);
         }
-        let receive = match Receive::new(Protocol::Udp, source, destination, contents) {
-            Ok(r) => r,
-            Err(e) => {
-                self.stats.dropped_malformed += 1;
-                return Err(CallError::Malformed {
-                    reason: e.to_string(),
-                });
-            }
+        let datagram = match crate::transport::parse(source, destination, contents) {
+            Ok(d) => d,
+            Err(e) => return Err(self.refuse(e)),
         };
         // The SFU forwards other speakers with their own SSRCs and no MID extension, which
         // str0m drops unless the SSRC is expected. Like ntgcalls, accept audio from any new
@@ -913,18 +887,14 @@ impl Call {
                 });
             }
         }
-        let input = str0m::Input::Receive(now, receive);
         // str0m ignores STUN that fails its checks (ufrags, MESSAGE-INTEGRITY) without an
         // error, and `Rtc::accepts` waves through anything from the nominated address before
         // it looks at STUN. Check first, so such STUN is refused and counted and, above all,
         // does not count as hearing from the SFU.
         if is_stun && !stun_authentic {
-            self.stats.dropped_rejected += 1;
-            return Err(CallError::Rejected {
-                reason: "stun failed credential or integrity checks".to_owned(),
-            });
+            return Err(self.refuse(ReceiveError::Rejected(RejectReason::StunUnauthenticated)));
         }
-        match session.rtc.handle_input(input) {
+        match receive(&mut session.rtc, now, datagram) {
             Ok(()) => {
                 self.stats.datagrams_received += 1;
                 // Consent freshness (RFC 7675) counts only what is authenticated: STUN that
@@ -939,16 +909,28 @@ impl Call {
                 }
                 Ok(())
             }
-            Err(e) => {
-                if session.rtc.is_alive() {
-                    self.stats.dropped_rejected += 1;
-                    Err(CallError::Rejected {
-                        reason: e.to_string(),
-                    })
-                } else {
-                    self.end(EndReason::from_rtc_error(&e));
-                    Ok(())
-                }
+            Err(ReceiveError::Fatal(end)) => {
+                self.end(EndReason::from(end));
+                Ok(())
+            }
+            Err(e) => Err(self.refuse(e)),
+        }
+    }
+
+    /// Counts a refused datagram and says why.
+    fn refuse(&mut self, e: ReceiveError) -> CallError {
+        match e {
+            ReceiveError::Malformed(reason) => {
+                self.stats.dropped_malformed += 1;
+                CallError::Malformed { reason }
+            }
+            ReceiveError::Rejected(reason) => {
+                self.stats.dropped_rejected += 1;
+                CallError::Rejected { reason }
+            }
+            ReceiveError::Fatal(end) => {
+                self.end(EndReason::from(end));
+                CallError::Ended
             }
         }
     }
@@ -1016,7 +998,7 @@ impl Call {
         if let Some(session) = self.session.as_mut()
             && let Err(e) = session.rtc.handle_input(str0m::Input::Timeout(now))
         {
-            self.end(EndReason::from_rtc_error(&e));
+            self.end(EndReason::from(TransportEnd::from_rtc_error(&e)));
         }
     }
 
@@ -1101,27 +1083,14 @@ impl Call {
     }
 }
 
-impl EndReason {
-    fn from_rtc_error(e: &RtcError) -> Self {
-        match e {
-            RtcError::Dtls(d) => Self::Dtls(d.to_string()),
-            // str0m 0.25 reports a peer certificate that does not match the remote fingerprint
-            // as `RemoteSdp("remote fingerprint no match")` (lib.rs, `DtlsOutput::PeerCert`),
-            // and an unusable hash function as `RemoteSdp("unsupported fingerprint hash ...")`.
-            // tests/security.rs in ringcast fails if the wording changes.
-            RtcError::RemoteSdp(m) if m.contains("fingerprint") => Self::FingerprintMismatch,
-            other => Self::Transport(other.to_string()),
+impl From<TransportEnd> for EndReason {
+    fn from(end: TransportEnd) -> Self {
+        match end {
+            TransportEnd::Dtls(d) => Self::Dtls(d),
+            TransportEnd::FingerprintMismatch => Self::FingerprintMismatch,
+            TransportEnd::Failed(kind) => Self::Transport(kind),
         }
     }
-}
-
-/// ICE characters (RFC 8445 §5.3 `ice-char`: ALPHA / DIGIT / "+" / "/"). We use only
-/// alphanumerics so the values are also safe in JSON and logs.
-fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len)
-        .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
-        .collect()
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub mod signaling;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod stun;
+pub mod transport;
 pub mod turn;
 
 #[cfg(test)]

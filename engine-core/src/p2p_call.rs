@@ -64,11 +64,9 @@ use std::time::{Duration, Instant};
 
 use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
-use str0m::format::{Codec, FormatParams};
-use str0m::media::{Frequency, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, Ssrc as StrSsrc};
-use str0m::{Candidate, IceCreds, Rtc, RtcConfig, RtcError};
+use str0m::media::{MediaKind, Mid};
+use str0m::rtp::Ssrc as StrSsrc;
+use str0m::{Candidate, IceCreds, Rtc};
 
 use crate::call::{INITIAL_SEQ_LIMIT, Transmit};
 use crate::demux::{DatagramKind, classify};
@@ -87,6 +85,10 @@ use crate::signaling::p2p::{
 };
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
+use crate::transport::{
+    DtlsEnd, Polled, ReceiveError, RejectReason, RtcErrorKind, TransportEnd, opus_rtc_config,
+    random_ice_chars, receive,
+};
 use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
 
 /// How long a call may take from [`P2pCall::new`] to a working DTLS-SRTP path (the remote side's
@@ -230,15 +232,15 @@ pub enum P2pEndReason {
     /// Connected, then nothing accepted from the peer for [`P2pConfig::disconnect_timeout`].
     IceDisconnected,
     /// The peer closed DTLS or the handshake failed.
-    Dtls(String),
+    Dtls(DtlsEnd),
     /// The peer's DTLS certificate does not match the fingerprint in its `InitialSetup`.
     FingerprintMismatch,
     /// The peer's signaling is unusable (no sha-256 fingerprint, bad credentials, ...).
     Signaling(String),
     /// The encrypted channel cannot go on (counter exhausted, peer stopped acking).
     Channel(String),
-    /// str0m reported an unrecoverable error.
-    Transport(String),
+    /// str0m reported an unrecoverable error (which part of it; the text is logged at debug).
+    Transport(RtcErrorKind),
     /// The media source failed.
     SourceFailed(String),
 }
@@ -248,14 +250,14 @@ impl P2pEndReason {
     pub fn is_failure(&self) -> bool {
         !matches!(self, Self::Hangup)
     }
+}
 
-    fn from_rtc_error(e: &RtcError) -> Self {
-        match e {
-            RtcError::Dtls(d) => Self::Dtls(d.to_string()),
-            // str0m 0.25 reports a certificate mismatch as RemoteSdp("remote fingerprint no
-            // match") (see `call.rs`).
-            RtcError::RemoteSdp(m) if m.contains("fingerprint") => Self::FingerprintMismatch,
-            other => Self::Transport(other.to_string()),
+impl From<TransportEnd> for P2pEndReason {
+    fn from(end: TransportEnd) -> Self {
+        match end {
+            TransportEnd::Dtls(d) => Self::Dtls(d),
+            TransportEnd::FingerprintMismatch => Self::FingerprintMismatch,
+            TransportEnd::Failed(kind) => Self::Transport(kind),
         }
     }
 }
@@ -377,8 +379,8 @@ pub enum P2pCallError {
     /// str0m refused the datagram. The call goes on.
     #[error("datagram rejected: {reason}")]
     Rejected {
-        /// What str0m said.
-        reason: String,
+        /// Why, typed (refusing a datagram allocates nothing).
+        reason: RejectReason,
     },
     /// An SRTP packet whose sequence number was already received (or is older than the
     /// replay window). Counted in [`P2pStats::dropped_replayed`]; the call goes on.
@@ -641,28 +643,15 @@ impl P2pCall {
         let local_digest = crypto.sha256_provider.sha256(&config.dtls_cert.certificate);
         let local_creds = IceCreds { ufrag, pass };
 
-        let mut rtc_config = RtcConfig::new()
-            .set_rtp_mode(true)
-            .set_local_ice_credentials(local_creds.clone())
-            .set_dtls_cert(config.dtls_cert.clone())
-            .set_crypto_provider(crypto.clone())
-            .clear_codecs()
-            .clear_extension_map()
-            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel)
-            .set_stats_interval(Some(LINK_STATS_INTERVAL));
-        rtc_config.codec_config().add_config(
-            P2P_OPUS_PT.into(),
-            None,
-            Codec::Opus,
-            Frequency::FORTY_EIGHT_KHZ,
-            Some(2),
-            FormatParams {
-                min_p_time: Some(10),
-                use_inband_fec: Some(true),
-                ..Default::default()
-            },
-        );
-        let mut rtc = rtc_config.build(now);
+        let mut rtc = opus_rtc_config(
+            &local_creds,
+            &config.dtls_cert,
+            Some(&crypto),
+            P2P_OPUS_PT,
+            AUDIO_LEVEL_ID,
+        )
+        .set_stats_interval(Some(LINK_STATS_INTERVAL))
+        .build(now);
         let local = Candidate::host(local_addr, "udp").map_err(|e| P2pCallError::Config {
             reason: format!("local candidate: {e}"),
         })?;
@@ -1249,14 +1238,9 @@ impl P2pCall {
             }
             return Err(P2pCallError::NotStarted);
         }
-        let receive = match Receive::new(Protocol::Udp, source, destination, contents) {
-            Ok(r) => r,
-            Err(e) => {
-                self.stats.dropped_malformed += 1;
-                return Err(P2pCallError::Malformed {
-                    reason: e.to_string(),
-                });
-            }
+        let datagram = match crate::transport::parse(source, destination, contents) {
+            Ok(d) => d,
+            Err(e) => return Err(self.refuse(e)),
         };
         if let Some(h) = rtp_header(contents) {
             // Replays: str0m drops them silently (see `crate::replay`); refuse and count them
@@ -1274,7 +1258,7 @@ impl P2pCall {
                 self.accept_remote_ssrc(h.ssrc);
             }
         }
-        match self.rtc.handle_input(str0m::Input::Receive(now, receive)) {
+        match receive(&mut self.rtc, now, datagram) {
             Ok(()) => {
                 self.stats.datagrams_received += 1;
                 self.stats.bytes_received += contents.len() as u64;
@@ -1284,16 +1268,28 @@ impl P2pCall {
                 }
                 Ok(())
             }
-            Err(e) => {
-                if self.rtc.is_alive() {
-                    self.stats.dropped_rejected += 1;
-                    Err(P2pCallError::Rejected {
-                        reason: e.to_string(),
-                    })
-                } else {
-                    self.end(P2pEndReason::from_rtc_error(&e));
-                    Ok(())
-                }
+            Err(ReceiveError::Fatal(end)) => {
+                self.end(P2pEndReason::from(end));
+                Ok(())
+            }
+            Err(e) => Err(self.refuse(e)),
+        }
+    }
+
+    /// Counts a refused datagram and says why.
+    fn refuse(&mut self, e: ReceiveError) -> P2pCallError {
+        match e {
+            ReceiveError::Malformed(reason) => {
+                self.stats.dropped_malformed += 1;
+                P2pCallError::Malformed { reason }
+            }
+            ReceiveError::Rejected(reason) => {
+                self.stats.dropped_rejected += 1;
+                P2pCallError::Rejected { reason }
+            }
+            ReceiveError::Fatal(end) => {
+                self.end(P2pEndReason::from(end));
+                P2pCallError::Ended
             }
         }
     }
@@ -1479,7 +1475,7 @@ impl P2pCall {
         if self.remote_setup.is_some()
             && let Err(e) = self.rtc.handle_input(str0m::Input::Timeout(now))
         {
-            self.end(P2pEndReason::from_rtc_error(&e));
+            self.end(P2pEndReason::from(TransportEnd::from_rtc_error(&e)));
         }
     }
 
@@ -1515,34 +1511,26 @@ impl P2pCall {
 
     fn poll_rtc(&mut self) -> Option<Output> {
         loop {
-            match self.rtc.poll_output() {
-                Ok(str0m::Output::Timeout(t)) => {
+            // The callee is the DTLS server: it keeps its final flight for resending.
+            let flight = (self.config.role == Role::Callee).then_some(&mut self.final_flight);
+            match crate::transport::poll(&mut self.rtc, flight) {
+                Polled::Timeout(t) => {
                     self.rtc_timeout = Some(t);
                     return None;
                 }
-                Ok(str0m::Output::Transmit(t)) => {
-                    let contents: Vec<u8> = t.contents.into();
-                    if self.config.role == Role::Callee && classify(&contents) == DatagramKind::Dtls
-                    {
-                        self.final_flight
-                            .on_sent(t.source, t.destination, &contents);
-                    }
-                    let t = self.through_relay(Transmit {
-                        source: t.source,
-                        destination: t.destination,
-                        contents,
-                    });
+                Polled::Transmit(t) => {
+                    let t = self.through_relay(t);
                     self.stats.datagrams_sent += 1;
                     self.stats.bytes_sent += t.contents.len() as u64;
                     return Some(Output::Transmit(t));
                 }
-                Ok(str0m::Output::Event(e)) => {
+                Polled::Event(e) => {
                     if let Some(ev) = self.map_rtc_event(e) {
                         return Some(Output::Event(ev));
                     }
                 }
-                Err(e) => {
-                    self.end(P2pEndReason::from_rtc_error(&e));
+                Polled::Failed(end) => {
+                    self.end(P2pEndReason::from(end));
                     return self.events.pop_front().map(Output::Event);
                 }
             }
@@ -1566,7 +1554,7 @@ impl P2pCall {
                 None
             }
             str0m::Event::Closed => {
-                self.end(P2pEndReason::Dtls("closed by peer".to_owned()));
+                self.end(P2pEndReason::Dtls(DtlsEnd::ClosedByPeer));
                 self.events.pop_front()
             }
             // RTT and loss from RTCP receiver reports (PeerStats' RTT needs TWCC, not used).
@@ -1637,12 +1625,4 @@ impl P2pCall {
         self.connect_deadline = None;
         self.set_state(P2pState::Ended(reason));
     }
-}
-
-/// ICE characters (alphanumerics only, a subset of RFC 8445 `ice-char`).
-fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len)
-        .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
-        .collect()
 }

@@ -149,3 +149,59 @@ fn a_failing_source_ends_the_call_with_a_typed_reason() {
             .any(|e| matches!(e, Event::StreamEnded { error: Some(_) }))
     );
 }
+
+/// str0m reports a certificate that does not match the signaled fingerprint only as text;
+/// `TransportEnd::from_rtc_error` reads it. This pins str0m's actual wording.
+#[test]
+fn a_wrong_fingerprint_ends_the_call_typed() {
+    let mut pair = GroupPair::with_answer(11, |answer| {
+        let fp = &mut answer.transport.fingerprints[0].fingerprint;
+        // Flip the last hex digit: a well-formed fingerprint of another certificate.
+        let last = if fp.ends_with('0') { '1' } else { '0' };
+        fp.pop();
+        fp.push(last);
+    });
+    pair.drive(Duration::from_secs(1));
+    assert_eq!(
+        pair.call.state(),
+        &CallState::Ended(EndReason::FingerprintMismatch)
+    );
+    assert_eq!(
+        pair.call.stats().packets_sent,
+        0,
+        "no media before the check"
+    );
+}
+
+#[test]
+fn unauthenticated_stun_is_rejected_with_a_typed_reason() {
+    let mut pair = GroupPair::connecting(12);
+    pair.drive(Duration::from_millis(300));
+    // A binding request with our ufrag but a wrong password: a forged consent check.
+    let username = format!("{}:sfuUfrag", pair.call.local_ufrag());
+    let request = str0m::ice::StunMessage::binding_request(
+        &username,
+        str0m::ice::TransId::new(),
+        true,
+        1,
+        100,
+        false,
+    );
+    let crypto = str0m::crypto::from_feature_flags();
+    let hmac = |key: &[u8], parts: &[&[u8]]| crypto.sha1_hmac_provider.sha1_hmac(key, parts);
+    let mut buf = [0u8; 512];
+    let len = request
+        .to_bytes(Some(b"not the call's password".as_slice()), &mut buf, hmac)
+        .expect("stun");
+    let forged = buf[..len].to_vec();
+    let t = crate::call::Transmit {
+        source: super::util::addr(super::util::SFU_ADDR),
+        destination: super::util::addr(super::util::CALL_ADDR),
+        contents: forged,
+    };
+    let Err(CallError::Rejected { reason }) = pair.deliver_to_call(&t) else {
+        panic!("forged stun was taken");
+    };
+    assert_eq!(reason, crate::transport::RejectReason::StunUnauthenticated);
+    assert_eq!(pair.call.stats().dropped_rejected, 1);
+}

@@ -255,6 +255,11 @@ pub(crate) struct GroupPair {
 impl GroupPair {
     /// A call with `seed` that has applied the SFU's answer.
     pub(crate) fn connecting(seed: u64) -> Self {
+        Self::with_answer(seed, |_| {})
+    }
+
+    /// A call with `seed` that has applied the SFU's answer as `tamper` left it.
+    pub(crate) fn with_answer(seed: u64, tamper: impl FnOnce(&mut JoinResponse)) -> Self {
         let now = Instant::now();
         let crypto = CallCrypto::new(CryptoOptions::default())
             .expect("crypto")
@@ -263,7 +268,9 @@ impl GroupPair {
         config.crypto = Some(crypto);
         let mut call = Call::new(now, config).expect("call");
         let sfu = SfuPeer::new(now, &call.join_payload());
-        call.connect(now, &sfu.answer(), addr(CALL_ADDR))
+        let mut answer = sfu.answer();
+        tamper(&mut answer);
+        call.connect(now, &answer, addr(CALL_ADDR))
             .expect("connect");
         let mut pair = Self {
             now,

@@ -1,0 +1,262 @@
+//! The transport half of a call: what a group [`crate::Call`] and a 1:1
+//! [`crate::p2p_call::P2pCall`] do alike with their one [`str0m::Rtc`] (ICE, DTLS, SRTP), apart
+//! from their signaling and their media tracks ([`crate::media::track`]).
+//!
+//! - [`opus_rtc_config`]: the str0m configuration both kinds build (RTP mode, one Opus payload
+//!   type, the audio-level extension, our ICE credentials and DTLS certificate).
+//! - [`parse`] and [`receive`]: one datagram into str0m, refused with a typed [`RejectReason`]
+//!   or ending the call with a typed [`TransportEnd`].
+//! - [`poll`]: one step of str0m's output, with the DTLS final flight kept for resending
+//!   ([`FinalFlight`]).
+//! - [`TransportEnd::from_rtc_error`]: the one place that reads str0m's error text (str0m 0.25
+//!   reports a certificate mismatch only as text); `tests` pin its actual message.
+//!
+//! Refusing a datagram allocates nothing: reasons are enums, not strings.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::config::DtlsCert;
+use str0m::crypto::CryptoProvider;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::Frequency;
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::Extension;
+use str0m::{IceCreds, Rtc, RtcConfig, RtcError};
+
+use crate::call::Transmit;
+use crate::demux::{DatagramKind, classify};
+use crate::flight::FinalFlight;
+
+/// What part of str0m refused a datagram or failed, without its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RtcErrorKind {
+    /// The DTLS layer.
+    Dtls,
+    /// SRTP / RTP.
+    Rtp,
+    /// The ICE agent.
+    Ice,
+    /// Packet parsing.
+    Net,
+    /// An I/O error inside str0m.
+    Io,
+    /// Anything else str0m reports.
+    Other,
+}
+
+impl RtcErrorKind {
+    fn of(e: &RtcError) -> Self {
+        match e {
+            RtcError::Dtls(_) => Self::Dtls,
+            RtcError::Rtp(_) | RtcError::Packet(..) => Self::Rtp,
+            RtcError::Ice(_) => Self::Ice,
+            RtcError::Net(_) => Self::Net,
+            RtcError::Io(_) => Self::Io,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl fmt::Display for RtcErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Dtls => "dtls",
+            Self::Rtp => "rtp",
+            Self::Ice => "ice",
+            Self::Net => "packet parsing",
+            Self::Io => "io",
+            Self::Other => "str0m",
+        })
+    }
+}
+
+/// Why a call refused a datagram (the call goes on; the datagram is counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// STUN that failed our credential or MESSAGE-INTEGRITY check.
+    StunUnauthenticated,
+    /// str0m refused it.
+    Refused(RtcErrorKind),
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::StunUnauthenticated => f.write_str("stun failed credential or integrity checks"),
+            Self::Refused(kind) => write!(f, "refused by {kind}"),
+        }
+    }
+}
+
+/// How a DTLS association ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DtlsEnd {
+    /// The peer closed it (close_notify).
+    ClosedByPeer,
+    /// The handshake failed or a fatal alert arrived.
+    Failed,
+}
+
+impl fmt::Display for DtlsEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClosedByPeer => "closed by peer",
+            Self::Failed => "handshake failed or fatal alert",
+        })
+    }
+}
+
+/// Why the transport cannot go on; each call maps it to its own end reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportEnd {
+    /// DTLS ended.
+    Dtls(DtlsEnd),
+    /// The peer's certificate does not match the signaled fingerprint.
+    FingerprintMismatch,
+    /// str0m failed otherwise.
+    Failed(RtcErrorKind),
+}
+
+impl TransportEnd {
+    /// Classifies a fatal str0m error. The only place that reads str0m's text: str0m 0.25
+    /// reports a peer certificate that does not match the remote fingerprint as
+    /// `RemoteSdp("remote fingerprint no match")` (lib.rs, `DtlsOutput::PeerCert`), and an
+    /// unusable hash function as `RemoteSdp("unsupported fingerprint hash ...")`. The test
+    /// `tests::call::a_wrong_fingerprint_ends_the_call_typed` fails if that wording changes.
+    pub fn from_rtc_error(e: &RtcError) -> Self {
+        tracing::debug!("transport failed: {e}");
+        match e {
+            RtcError::Dtls(_) => Self::Dtls(DtlsEnd::Failed),
+            RtcError::RemoteSdp(m) if m.contains("fingerprint") => Self::FingerprintMismatch,
+            other => Self::Failed(RtcErrorKind::of(other)),
+        }
+    }
+}
+
+/// A datagram the transport did not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiveError {
+    /// Not a datagram str0m can parse (the parser's words).
+    Malformed(String),
+    /// Refused; the call goes on.
+    Rejected(RejectReason),
+    /// The transport is dead; the call must end.
+    Fatal(TransportEnd),
+}
+
+/// The str0m configuration of a call: RTP mode (we packetize), our ICE credentials and DTLS
+/// certificate, one Opus payload type `pt` (48 kHz stereo, in-band FEC, as Telegram's clients
+/// announce it) and the RFC 6464 audio-level extension at `audio_level_id`, nothing else.
+pub fn opus_rtc_config(
+    creds: &IceCreds,
+    cert: &DtlsCert,
+    crypto: Option<&Arc<CryptoProvider>>,
+    pt: u8,
+    audio_level_id: u8,
+) -> RtcConfig {
+    let mut config = RtcConfig::new()
+        .set_rtp_mode(true)
+        .set_local_ice_credentials(creds.clone())
+        .set_dtls_cert(cert.clone())
+        .clear_codecs()
+        .clear_extension_map()
+        .set_extension(audio_level_id, Extension::AudioLevel);
+    if let Some(crypto) = crypto {
+        config = config.set_crypto_provider(crypto.clone());
+    }
+    config.codec_config().add_config(
+        pt.into(),
+        None,
+        Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        FormatParams {
+            min_p_time: Some(10),
+            use_inband_fec: Some(true),
+            ..Default::default()
+        },
+    );
+    config
+}
+
+/// Parses one UDP datagram for str0m.
+///
+/// # Errors
+/// [`ReceiveError::Malformed`] if it is not STUN, DTLS, RTP or RTCP.
+pub fn parse(
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: &[u8],
+) -> Result<Receive<'_>, ReceiveError> {
+    Receive::new(Protocol::Udp, source, destination, contents)
+        .map_err(|e| ReceiveError::Malformed(e.to_string()))
+}
+
+/// Hands one parsed datagram to str0m.
+///
+/// # Errors
+/// [`ReceiveError::Rejected`] if a live `rtc` refused it, [`ReceiveError::Fatal`] if the
+/// error left `rtc` dead.
+pub fn receive(rtc: &mut Rtc, now: Instant, datagram: Receive<'_>) -> Result<(), ReceiveError> {
+    match rtc.handle_input(str0m::Input::Receive(now, datagram)) {
+        Ok(()) => Ok(()),
+        Err(e) if rtc.is_alive() => Err(ReceiveError::Rejected(RejectReason::Refused(
+            RtcErrorKind::of(&e),
+        ))),
+        Err(e) => Err(ReceiveError::Fatal(TransportEnd::from_rtc_error(&e))),
+    }
+}
+
+/// One step of str0m's output.
+// str0m's `Event` is large (a received RTP packet inline); this value lives for one match and
+// boxing it would allocate per received packet, so the size difference is accepted, as str0m
+// accepts it for its own `Output`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Polled {
+    /// A datagram to send (DTLS ones are also kept in the final flight when given one).
+    Transmit(Transmit),
+    /// A str0m event for the call to map.
+    Event(str0m::Event),
+    /// str0m has nothing more until this instant.
+    Timeout(Instant),
+    /// str0m failed; the call must end.
+    Failed(TransportEnd),
+}
+
+/// Polls `rtc` once. `flight` is the call's final-flight keeper when it is the DTLS server.
+pub fn poll(rtc: &mut Rtc, flight: Option<&mut FinalFlight>) -> Polled {
+    match rtc.poll_output() {
+        Ok(str0m::Output::Timeout(t)) => Polled::Timeout(t),
+        Ok(str0m::Output::Transmit(t)) => {
+            let contents: Vec<u8> = t.contents.into();
+            if let Some(flight) = flight
+                && classify(&contents) == DatagramKind::Dtls
+            {
+                flight.on_sent(t.source, t.destination, &contents);
+            }
+            Polled::Transmit(Transmit {
+                source: t.source,
+                destination: t.destination,
+                contents,
+            })
+        }
+        Ok(str0m::Output::Event(e)) => Polled::Event(e),
+        Err(e) => Polled::Failed(TransportEnd::from_rtc_error(&e)),
+    }
+}
+
+/// ICE characters (RFC 8445 §5.3 `ice-char`: ALPHA / DIGIT / "+" / "/"). We use only
+/// alphanumerics so the values are also safe in JSON and logs.
+pub fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
+        .collect()
+}
