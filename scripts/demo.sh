@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts an embedded sfu-mock, streams tones into it from a few calls and shows what it verified.
 # Extra arguments go to `ringcast demo` (e.g. --calls 50 --chats 5 --seconds 10; --help lists them).
+# Installs only what the build needs (scripts/setup.sh without the test peers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
