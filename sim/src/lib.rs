@@ -4,8 +4,9 @@
 //! The simulator itself is `ringcast_core::sim::World` (virtual clock, seeded lossy network,
 //! calls as sans-IO state machines); the SFU the calls join is `sfu_mock::Sfu`. This crate
 //! scripts them and checks the outcome. It is not published and nothing in the `ringcast`
-//! library depends on it: it is the only crate that switches on `ringcast-core`'s `sim`
-//! feature for a normal build (the `ringcast` CLI reaches it through here).
+//! library depends on it: with sfu-mock (a dev-dependency of `ringcast`) it is what switches
+//! on `ringcast-core`'s `sim` feature, so an application embedding `ringcast` never compiles
+//! the simulator. The `ringcast` CLI reaches the sweep through here (`ringcast sim`).
 //!
 //! One *run* is one [`Scenario`] with one seed: a world of 24 to 32 calls in 4 to 8 chats on
 //! one SFU, each chat playing its own tone, driven through the scenario's script. The seed
