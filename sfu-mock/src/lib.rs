@@ -7,8 +7,10 @@
 //! ssrc-audio-level extension, forwards audio within a chat and verifies what it receives
 //! (packets, loss, dominant frequency of the decoded audio).
 //!
-//! [`Sfu`] is the sans-IO core (used directly by the simulator); [`server::Server`] runs it on a
-//! real UDP socket with a loopback HTTP control API, in-process or as the `sfu-mock` binary.
+//! [`Sfu`] is the sans-IO core; it is also the SFU node of ringcast-core's simulator (it
+//! implements `ringcast_core::sim::SimSfu`, used by the simulation tests here and the sweep in
+//! the `ringcast-sim` crate). [`server::Server`] runs it on a real UDP socket with a loopback
+//! HTTP control API, in-process or as the `sfu-mock` binary.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -17,8 +19,6 @@ pub mod control;
 pub mod coturn;
 pub mod server;
 mod sfu;
-#[cfg(feature = "sim")]
-pub mod sweep;
 
 pub use sfu::{
     MAX_PARTICIPANTS, Misbehaviour, ParticipantStats, Sfu, SfuConfig, SfuCounters, SfuError,

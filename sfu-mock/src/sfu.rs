@@ -1000,7 +1000,7 @@ impl Sfu {
     }
 }
 
-#[cfg(feature = "sim")]
+/// The SFU as the simulator's node: `sim::World` drives it as it drives calls.
 impl ringcast_core::sim::SimSfu for Sfu {
     fn addr(&self) -> SocketAddr {
         self.config.udp_addr

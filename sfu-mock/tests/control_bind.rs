@@ -77,3 +77,23 @@ fn the_binary_binds_loopback_by_default_and_refuses_otherwise() {
     let http: SocketAddr = v["http"].as_str().unwrap().parse().unwrap();
     assert!(http.ip().is_unspecified(), "{line}");
 }
+
+#[test]
+fn the_binary_answers_help_and_names_a_bad_flag() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--udp",
+        "--http",
+        "--allow-remote-control",
+        "--seed",
+        "--header-only",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let out = Command::new(BIN).args(["--seed", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--seed"), "{stderr}");
+}

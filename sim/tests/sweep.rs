@@ -1,11 +1,12 @@
 //! The simulation sweep behind `ringcast sim`: a small slice must pass, runs must replay
-//! exactly, and the verifier must be able to fail.
+//! exactly, and the verifier must be able to fail. (The `ringcast sim` arguments are tested in
+//! the CLI crate, cli/src/sim.rs.)
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use sfu_mock::sweep::{
-    CliOptions, Expect, RunOptions, Scenario, SweepOptions, describe, replay_command, run, sweep,
+use ringcast_sim::{
+    Expect, RunOptions, Scenario, SweepOptions, describe, replay_command, run, sweep,
 };
 
 #[test]
@@ -87,29 +88,6 @@ fn a_broken_expectation_is_reported_with_its_replay_command() {
         replay_command(Scenario::PartitionLong, 3),
         "ringcast sim --scenario partition-long --seed 3 --seeds 1"
     );
-}
-
-#[test]
-fn cli_arguments() {
-    let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-    let o = CliOptions::parse(&args("--seeds 50")).unwrap();
-    assert_eq!(o.sweep.seeds, 50);
-    assert_eq!(o.sweep.first_seed, 1);
-    assert_eq!(o.sweep.scenarios, Scenario::ALL.to_vec());
-    let o = CliOptions::parse(&args("--scenario sfu-restart --seed 42 --seeds 1")).unwrap();
-    assert_eq!(o.sweep.scenarios, vec![Scenario::SfuRestart]);
-    assert_eq!(o.sweep.first_seed, 42);
-    for s in Scenario::ALL {
-        assert_eq!(Scenario::from_name(s.name()), Some(s));
-    }
-    assert!(CliOptions::parse(&args("--scenario nope --seeds 1")).is_err());
-    assert!(
-        CliOptions::parse(&args("--seed 3")).is_err(),
-        "--seeds is required"
-    );
-    assert!(CliOptions::parse(&args("--seeds")).is_err());
-    assert!(CliOptions::parse(&args("--seeds x")).is_err());
-    assert!(CliOptions::parse(&args("--seeds 0")).is_err());
 }
 
 /// Seeds of the full sweep that once left a call `Connected` while the SFU could not decrypt

@@ -1,4 +1,4 @@
-//! `ringcast p2p-demo --calls N [--json]`: N 1:1 calls between two engines in one process over
+//! `ringcast p2p-demo`: N 1:1 calls between two engines in one process over
 //! real loopback UDP, this function playing the messenger.
 //!
 //! Engine A places every call (caller), engine B answers (callee). For each call the demo runs
@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Args;
 use opus::{Channels, Decoder};
 use ringcast::{
     DhConfig, Engine, EngineEvent, EventKind, LIBRARY_VERSIONS, P2pState, SharedSource,
@@ -22,7 +23,7 @@ use ringcast_core::media::ToneSource;
 use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
 use sfu_mock::analysis::ToneMeter;
 
-use super::{flag_value, parse_num};
+use crate::{at_least_one, duration_secs};
 
 /// Distinct tones per direction (shared encoders: N calls cost 16 encoders, not 2N).
 const TONES: usize = 8;
@@ -36,39 +37,22 @@ const TOLERANCE: f32 = 0.02;
 const A_USERS: i64 = 1_000_000;
 const B_USERS: i64 = 2_000_000;
 
-pub(super) struct P2pDemoOptions {
+/// `ringcast p2p-demo` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct P2pDemoArgs {
+    /// 1:1 calls to run between the two engines.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = at_least_one())]
     calls: usize,
+    /// Leave out the per-call rows on stderr above 12 calls (the JSON summary is always the
+    /// last stdout line).
+    #[arg(long)]
     json: bool,
+    /// Give up on calls not verified after this many seconds.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = duration_secs, allow_negative_numbers = true)]
     timeout: Duration,
+    /// Shards of each engine.
+    #[arg(long, value_name = "K", default_value_t = 1)]
     shards: usize,
-}
-
-pub(super) fn parse(args: &[String]) -> Result<P2pDemoOptions, String> {
-    let mut o = P2pDemoOptions {
-        calls: 10,
-        json: false,
-        timeout: Duration::from_secs(60),
-        shards: 1,
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let flag = args[i].as_str();
-        match flag {
-            "--calls" => o.calls = parse_num(flag_value(args, &mut i, flag)?, flag)?,
-            "--timeout" => {
-                o.timeout =
-                    Duration::from_secs_f64(parse_num(flag_value(args, &mut i, flag)?, flag)?)
-            }
-            "--shards" => o.shards = parse_num(flag_value(args, &mut i, flag)?, flag)?,
-            "--json" => o.json = true,
-            other => return Err(format!("unknown argument {other:?}\n{}", super::USAGE)),
-        }
-        i += 1;
-    }
-    if o.calls == 0 {
-        return Err("--calls must be at least 1".to_owned());
-    }
-    Ok(o)
 }
 
 fn a_to_b_hz(i: usize) -> f32 {
@@ -242,7 +226,8 @@ fn on_event(
     }
 }
 
-pub(super) fn run(o: &P2pDemoOptions) -> Result<(), String> {
+/// Runs `ringcast p2p-demo`.
+pub(crate) fn run(o: &P2pDemoArgs) -> Result<(), String> {
     let started = Instant::now();
     let build = |seed: u64| {
         Engine::builder()
