@@ -19,10 +19,9 @@ use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::Ssrc as StrSsrc;
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, IceCreds};
 
-use crate::demux::{DatagramKind, classify, rtp_header};
-use crate::flight::FinalFlight;
+use crate::demux::{DatagramKind, classify};
 use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd};
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
 use crate::pacer::LatenessHistogram;
@@ -33,7 +32,7 @@ use crate::signaling::group::{
 use crate::signaling::{SignalingError, Ssrc};
 pub use crate::transport::{DtlsEnd, RejectReason, RtcErrorKind};
 use crate::transport::{
-    Polled, ReceiveError, TransportEnd, opus_rtc_config, random_ice_chars, receive,
+    Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config, random_ice_chars,
 };
 
 /// How long a call may take from [`Call::connect`] to a working DTLS-SRTP path before it
@@ -366,15 +365,14 @@ pub struct CallStats {
 
 /// Media plumbing that exists once the SFU's answer is applied.
 struct Session {
-    rtc: Rtc,
+    /// The str0m instance and what we keep around it (final flight, close handshake).
+    transport: Transport,
     /// The Opus payload type of the SFU's answer.
     pt: Pt,
     /// The local address (the socket's concrete bound address).
     local_addr: SocketAddr,
     /// The SFU candidates' addresses.
     remotes: Vec<SocketAddr>,
-    /// Deadline str0m asked for.
-    rtc_timeout: Option<Instant>,
     /// The SFU's ICE credentials, to authenticate its STUN before str0m sees it.
     remote_creds: IceCreds,
 }
@@ -391,16 +389,10 @@ pub struct Call {
     track: AudioTrack,
     /// Other speakers' audio: accepted SSRCs and their replay windows.
     incoming: IncomingStreams,
-    /// After [`Command::Stop`], until str0m's closing datagrams are out.
-    flushing_close: bool,
     /// ICE starts at this instant (pre-connect delay); `None` once started.
     ice_start_at: Option<Instant>,
     /// When the SFU was last heard from (any datagram str0m accepted), for consent freshness.
     last_heard: Option<Instant>,
-    /// Our last DTLS flight, resent until the SFU proves it has the keys.
-    final_flight: FinalFlight,
-    /// Datagrams the call itself queued (final-flight resends), sent before str0m's.
-    resends: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: CallStats,
     last_now: Instant,
@@ -462,11 +454,8 @@ impl Call {
                 rtp_time,
             )),
             incoming: IncomingStreams::new(ssrc, Mid::from(AUDIO_MID), MAX_REMOTE_SSRCS),
-            flushing_close: false,
             ice_start_at: None,
             last_heard: None,
-            final_flight: FinalFlight::default(),
-            resends: VecDeque::new(),
             events: VecDeque::new(),
             stats: CallStats::default(),
             last_now: now,
@@ -664,11 +653,11 @@ impl Call {
         }
         self.track.set_payload_type(pt.into());
         self.session = Some(Session {
-            rtc,
+            // Telegram's clients are the DTLS server toward the SFU.
+            transport: Transport::new(rtc, true),
             pt: pt.into(),
             local_addr,
             remotes,
-            rtc_timeout: None,
             remote_creds: IceCreds {
                 ufrag: response.transport.ufrag.clone(),
                 pass: response.transport.pwd.clone(),
@@ -705,25 +694,18 @@ impl Call {
             return Output::Event(e);
         }
         if !matches!(self.state, CallState::Ended(_)) {
-            if let Some(t) = self.resends.pop_front() {
-                self.stats.datagrams_sent += 1;
-                self.stats.bytes_sent += t.contents.len() as u64;
-                return Output::Transmit(t);
-            }
             if let Some(out) = self.poll_rtc() {
                 return out;
             }
-        } else if self.flushing_close {
+        } else if let Some(t) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.transport.poll_closing())
+        {
             // After Stop: let the BYE and close_notify out; events of a closed call are moot.
-            while let Some(out) = self.poll_rtc() {
-                if let Output::Transmit(_) = out {
-                    return out;
-                }
-            }
-            self.flushing_close = false;
-            if let Some(session) = self.session.as_mut() {
-                session.rtc.disconnect();
-            }
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += t.contents.len() as u64;
+            return Output::Transmit(t);
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
@@ -748,12 +730,11 @@ impl Call {
         }
         let mut at = idle;
         let candidates = [
-            self.session.as_ref().and_then(|s| s.rtc_timeout),
+            self.session.as_ref().and_then(|s| s.transport.deadline()),
             self.track.deadline(),
             self.connect_deadline,
             self.ice_start_at,
             self.consent_deadline(),
-            self.final_flight.deadline(),
         ];
         for t in candidates.into_iter().flatten() {
             at = at.min(t);
@@ -764,12 +745,8 @@ impl Call {
     fn poll_rtc(&mut self) -> Option<Output> {
         loop {
             let session = self.session.as_mut()?;
-            // We are the DTLS server toward the SFU: keep our final flight for resending.
-            match crate::transport::poll(&mut session.rtc, Some(&mut self.final_flight)) {
-                Polled::Timeout(t) => {
-                    session.rtc_timeout = Some(t);
-                    return None;
-                }
+            match session.transport.poll() {
+                Polled::Timeout(_) => return None,
                 Polled::Transmit(t) => {
                     self.stats.datagrams_sent += 1;
                     self.stats.bytes_sent += t.contents.len() as u64;
@@ -794,7 +771,9 @@ impl Call {
                 self.connect_deadline = None;
                 // We are the DTLS server: str0m is done once our final flight is out, the
                 // SFU only once it arrives.
-                self.final_flight.on_connected(self.last_now);
+                if let Some(session) = self.session.as_mut() {
+                    session.transport.on_connected(self.last_now);
+                }
                 self.set_state(CallState::Connected);
                 self.track.set_live(self.last_now);
                 self.events.pop_front()
@@ -815,7 +794,7 @@ impl Call {
                 // A receiver report about our stream: the SFU has the SRTP keys and decrypted
                 // our packets (an RR is SRTCP, which only a peer with the keys can send).
                 if stats.remote.is_some() || stats.rtt.is_some() {
-                    self.final_flight.on_confirmed();
+                    self.confirmed();
                 }
                 if let Some(rtt) = stats.rtt {
                     self.stats.rtt = Some(rtt);
@@ -831,7 +810,7 @@ impl Call {
                 // Authenticated by str0m: now it counts as received for replay detection,
                 // and as a sign of life.
                 self.last_heard = Some(self.last_now);
-                self.final_flight.on_confirmed();
+                self.confirmed();
                 self.incoming
                     .on_authenticated(*p.header.ssrc, p.header.sequence_number);
                 Some(Event::AudioReceived {
@@ -863,40 +842,31 @@ impl Call {
             self.stats.dropped_not_live += 1;
             return Err(CallError::Ended);
         }
-        let datagram = match crate::transport::parse(source, destination, contents) {
-            Ok(d) => d,
-            Err(e) => return Err(self.refuse(e)),
-        };
-        // The SFU forwards other speakers with their own SSRCs and no MID extension, which
-        // str0m drops unless the SSRC is expected. Like ntgcalls, accept audio from any new
-        // SSRC carrying our Opus PT (the RTP header is not encrypted by SRTP).
-        if let Some(header) = rtp_header(contents) {
-            // Replays: str0m drops them without telling us (see `crate::replay`); refuse and
-            // count them here. The window only moves once str0m has authenticated a packet.
-            let checked = self.incoming.check_replay(&header);
-            if header.pt == *session.pt && session.rtc.is_connected() {
-                self.incoming.accept(&mut session.rtc, header.ssrc);
-            }
-            let counters = self.incoming.counters();
-            self.stats.dropped_replayed = counters.dropped_replayed;
-            self.stats.dropped_unknown_ssrc = counters.dropped_unknown_ssrc;
-            if let Err(r) = checked {
-                return Err(CallError::Replayed {
-                    ssrc: r.ssrc,
-                    seq: r.seq,
-                });
-            }
-        }
-        // str0m ignores STUN that fails its checks (ufrags, MESSAGE-INTEGRITY) without an
-        // error, and `Rtc::accepts` waves through anything from the nominated address before
-        // it looks at STUN. Check first, so such STUN is refused and counted and, above all,
-        // does not count as hearing from the SFU.
-        if is_stun && !stun_authentic {
-            return Err(self.refuse(ReceiveError::Rejected(RejectReason::StunUnauthenticated)));
-        }
-        match receive(&mut session.rtc, now, datagram) {
+        let pt = *session.pt;
+        let incoming = &mut self.incoming;
+        let result = session
+            .transport
+            .receive(now, source, destination, contents, |rtc| {
+                // The SFU forwards other speakers with their own SSRCs and no MID extension,
+                // which str0m drops unless the SSRC is expected. Like ntgcalls, accept audio
+                // from any new SSRC carrying our Opus PT (the RTP header is not encrypted by
+                // SRTP). Replays: str0m drops them without telling us (see `crate::replay`);
+                // refuse and count them here.
+                incoming
+                    .admit(rtc, contents, pt)
+                    .map_err(ReceiveError::Replayed)?;
+                // str0m ignores STUN that fails its checks (ufrags, MESSAGE-INTEGRITY) without
+                // an error, and `Rtc::accepts` waves through anything from the nominated
+                // address before it looks at STUN. Check first, so such STUN is refused and
+                // counted and, above all, does not count as hearing from the SFU.
+                if is_stun && !stun_authentic {
+                    return Err(ReceiveError::Rejected(RejectReason::StunUnauthenticated));
+                }
+                Ok(())
+            });
+        self.sync_receive_stats();
+        match result {
             Ok(()) => {
-                self.stats.datagrams_received += 1;
                 // Consent freshness (RFC 7675) counts only what is authenticated: STUN that
                 // passed the check above, and (in `map_rtc_event`) SRTP str0m decrypted. DTLS
                 // and SRTCP are handed in unauthenticated from our side (str0m drops forged
@@ -904,8 +874,6 @@ impl Call {
                 // dead call alive.
                 if is_stun {
                     self.last_heard = Some(now);
-                } else if classify(contents) == DatagramKind::Dtls {
-                    self.final_flight.on_received();
                 }
                 Ok(())
             }
@@ -913,25 +881,28 @@ impl Call {
                 self.end(EndReason::from(end));
                 Ok(())
             }
-            Err(e) => Err(self.refuse(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Counts a refused datagram and says why.
-    fn refuse(&mut self, e: ReceiveError) -> CallError {
-        match e {
-            ReceiveError::Malformed(reason) => {
-                self.stats.dropped_malformed += 1;
-                CallError::Malformed { reason }
-            }
-            ReceiveError::Rejected(reason) => {
-                self.stats.dropped_rejected += 1;
-                CallError::Rejected { reason }
-            }
-            ReceiveError::Fatal(end) => {
-                self.end(EndReason::from(end));
-                CallError::Ended
-            }
+    /// Copies the transport's and the incoming streams' counters into the call's stats.
+    fn sync_receive_stats(&mut self) {
+        if let Some(session) = &self.session {
+            let t = session.transport.counters();
+            self.stats.datagrams_received = t.datagrams_received;
+            self.stats.dropped_malformed = t.dropped_malformed;
+            self.stats.dropped_rejected = t.dropped_rejected;
+            self.stats.dtls_flight_resent = t.dtls_flight_resent;
+        }
+        let incoming = self.incoming.counters();
+        self.stats.dropped_replayed = incoming.dropped_replayed;
+        self.stats.dropped_unknown_ssrc = incoming.dropped_unknown_ssrc;
+    }
+
+    /// The SFU proved it has the SRTP keys: our final flight arrived.
+    fn confirmed(&mut self) {
+        if let Some(session) = self.session.as_mut() {
+            session.transport.on_confirmed();
         }
     }
 
@@ -984,21 +955,18 @@ impl Call {
             }
             self.ice_start_at = None;
         }
-        let resends = &mut self.resends;
-        self.final_flight
-            .poll_resend(now, |source, destination, contents| {
-                resends.push_back(Transmit {
-                    source,
-                    destination,
-                    contents: contents.to_vec(),
-                });
-            });
-        self.stats.dtls_flight_resent = self.final_flight.resent();
-        self.send_due_frames(now);
-        if let Some(session) = self.session.as_mut()
-            && let Err(e) = session.rtc.handle_input(str0m::Input::Timeout(now))
-        {
-            self.end(EndReason::from(TransportEnd::from_rtc_error(&e)));
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let (track, lateness) = (&mut self.track, &mut self.stats.lateness);
+        let mut source_end = None;
+        let result = session.transport.handle_timeout(now, true, |rtc| {
+            source_end = track.send_due(now, rtc, lateness);
+        });
+        self.sync_receive_stats();
+        self.after_frames(source_end);
+        if let Err(end) = result {
+            self.end(EndReason::from(end));
         }
     }
 
@@ -1019,11 +987,7 @@ impl Call {
                 // RTCP BYE and DTLS close_notify tell the SFU at once that we left (an SFU
                 // otherwise notices only when consent checks time out).
                 if let Some(session) = self.session.as_mut() {
-                    if session.rtc.close().is_ok() {
-                        self.flushing_close = true;
-                    } else {
-                        session.rtc.disconnect();
-                    }
+                    session.transport.close(true);
                 }
                 self.end(EndReason::Stopped);
                 false
@@ -1036,32 +1000,25 @@ impl Call {
         Ok(())
     }
 
-    /// Sends the frames due at `now`; a source that ran out or failed is reported here.
-    fn send_due_frames(&mut self, now: Instant) {
-        let Some(session) = self.session.as_mut() else {
+    /// After the track sent its due frames: its counters into the stats, and a source that ran
+    /// out or failed reported.
+    fn after_frames(&mut self, source_end: Option<SourceEnd>) {
+        self.track.counters().copy_to(
+            &mut self.stats.packets_sent,
+            &mut self.stats.payload_bytes_sent,
+            &mut self.stats.played_samples,
+            &mut self.stats.frames_skipped_late,
+        );
+        let Some(end) = source_end else {
             return;
         };
-        let end = self
-            .track
-            .send_due(now, &mut session.rtc, &mut self.stats.lateness);
-        let counters = self.track.counters();
-        self.stats.packets_sent = counters.packets_sent;
-        self.stats.payload_bytes_sent = counters.payload_bytes_sent;
-        self.stats.played_samples = counters.played_samples;
-        self.stats.frames_skipped_late = counters.frames_skipped_late;
-        match end {
-            None => {}
-            Some(SourceEnd::Finished) => self.events.push_back(Event::StreamEnded { error: None }),
-            Some(SourceEnd::Failed(e)) => {
-                // A dead source (broken file, failed encoder) ends the call, so the runtime
-                // reaps it and the chat can be created again at once. A source that simply
-                // ran out leaves the call up for the next track, as in ntgcalls.
-                let reason = e.to_string();
-                self.events.push_back(Event::StreamEnded {
-                    error: Some(reason.clone()),
-                });
-                self.end(EndReason::SourceFailed(reason));
-            }
+        self.events
+            .push_back(Event::StreamEnded { error: end.error() });
+        // A dead source (broken file, failed encoder) ends the call, so the runtime reaps it
+        // and the chat can be created again at once. A source that simply ran out leaves the
+        // call up for the next track, as in ntgcalls.
+        if let SourceEnd::Failed(e) = end {
+            self.end(EndReason::SourceFailed(e.to_string()));
         }
     }
 
@@ -1080,6 +1037,20 @@ impl Call {
         self.track.stop();
         self.connect_deadline = None;
         self.set_state(CallState::Ended(reason));
+    }
+}
+
+impl From<ReceiveError> for CallError {
+    fn from(e: ReceiveError) -> Self {
+        match e {
+            ReceiveError::Malformed(reason) => Self::Malformed { reason },
+            ReceiveError::Rejected(reason) => Self::Rejected { reason },
+            ReceiveError::Replayed(r) => Self::Replayed {
+                ssrc: r.ssrc,
+                seq: r.seq,
+            },
+            ReceiveError::Fatal(_) => Self::Ended,
+        }
     }
 }
 

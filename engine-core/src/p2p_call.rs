@@ -66,12 +66,10 @@ use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
 use str0m::media::{MediaKind, Mid};
 use str0m::rtp::Ssrc as StrSsrc;
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, IceCreds};
 
 use crate::call::{INITIAL_SEQ_LIMIT, Transmit};
-use crate::demux::{DatagramKind, classify};
-use crate::demux::{rtp_header, stun_local_ufrag};
-use crate::flight::FinalFlight;
+use crate::demux::stun_local_ufrag;
 use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd};
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
 use crate::pacer::LatenessHistogram;
@@ -86,8 +84,8 @@ use crate::signaling::p2p::{
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
 use crate::transport::{
-    DtlsEnd, Polled, ReceiveError, RejectReason, RtcErrorKind, TransportEnd, opus_rtc_config,
-    random_ice_chars, receive,
+    DtlsEnd, Polled, ReceiveError, RejectReason, RtcErrorKind, Transport, TransportEnd,
+    opus_rtc_config, random_ice_chars,
 };
 use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
 
@@ -249,6 +247,20 @@ impl P2pEndReason {
     /// True for every reason but a local [`Command::Hangup`].
     pub fn is_failure(&self) -> bool {
         !matches!(self, Self::Hangup)
+    }
+}
+
+impl From<ReceiveError> for P2pCallError {
+    fn from(e: ReceiveError) -> Self {
+        match e {
+            ReceiveError::Malformed(reason) => Self::Malformed { reason },
+            ReceiveError::Rejected(reason) => Self::Rejected { reason },
+            ReceiveError::Replayed(r) => Self::Replayed {
+                ssrc: r.ssrc,
+                seq: r.seq,
+            },
+            ReceiveError::Fatal(_) => Self::Ended,
+        }
     }
 }
 
@@ -504,7 +516,8 @@ pub struct P2pLinkStats {
 /// One 1:1 call. See the [module docs](self).
 pub struct P2pCall {
     config: P2pConfig,
-    rtc: Rtc,
+    /// The str0m instance and what we keep around it (final flight, close handshake).
+    transport: Transport,
     channel: EncryptedChannel,
     local_creds: IceCreds,
     local_digest: [u8; 32],
@@ -534,20 +547,13 @@ pub struct P2pCall {
     turn: Vec<TurnClient>,
     /// Relayed candidates allocated so far, as signaled (relay address, SDP line).
     local_relays: Vec<(SocketAddr, String)>,
-    rtc_timeout: Option<Instant>,
     connect_deadline: Option<Instant>,
     connected_at: Option<Instant>,
     /// When str0m last accepted a datagram from the peer.
     last_heard: Option<Instant>,
     started_at: Instant,
     link: P2pLinkStats,
-    flushing_close: bool,
     signaling_out: VecDeque<Vec<u8>>,
-    /// The callee is the DTLS server: its final flight, resent until the caller proves it has
-    /// the keys ([`crate::flight`]).
-    final_flight: FinalFlight,
-    /// Final-flight resends waiting to go out.
-    resends: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: P2pStats,
     last_now: Instant,
@@ -668,11 +674,13 @@ impl P2pCall {
         let channel = EncryptedChannel::new(config.key.as_bytes(), config.role, config.framing);
         let connect_deadline = now + config.connect_timeout;
         let mut call = Self {
+            // The callee is the DTLS server: its final flight is resent until the caller proves
+            // it has the keys ([`crate::flight`]).
+            transport: Transport::new(rtc, config.role == Role::Callee),
             config: P2pConfig {
                 crypto: Some(crypto),
                 ..config
             },
-            rtc,
             channel,
             local_creds,
             local_digest,
@@ -696,16 +704,12 @@ impl P2pCall {
             local_srflx: Vec::new(),
             turn,
             local_relays: Vec::new(),
-            rtc_timeout: None,
             connect_deadline: Some(connect_deadline),
             connected_at: None,
             last_heard: None,
             started_at: now,
             link: P2pLinkStats::default(),
-            flushing_close: false,
             signaling_out: VecDeque::new(),
-            final_flight: FinalFlight::default(),
-            resends: VecDeque::new(),
             events: VecDeque::new(),
             stats,
             last_now: now,
@@ -860,12 +864,6 @@ impl P2pCall {
         }
         let ended = matches!(self.state, P2pState::Ended(_));
         if !ended {
-            if let Some(t) = self.resends.pop_front() {
-                let t = self.through_relay(t);
-                self.stats.datagrams_sent += 1;
-                self.stats.bytes_sent += t.contents.len() as u64;
-                return Output::Transmit(t);
-            }
             if let Some(bytes) = self.channel.poll_transmit(self.last_now) {
                 self.stats.signaling_sent += 1;
                 return Output::Signaling(bytes);
@@ -900,14 +898,11 @@ impl P2pCall {
             {
                 return out;
             }
-        } else if self.flushing_close {
-            while let Some(out) = self.poll_rtc() {
-                if let Output::Transmit(_) = out {
-                    return out;
-                }
-            }
-            self.flushing_close = false;
-            self.rtc.disconnect();
+        } else if let Some(t) = self.transport.poll_closing() {
+            let t = self.through_relay(t);
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += t.contents.len() as u64;
+            return Output::Transmit(t);
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
@@ -921,14 +916,16 @@ impl P2pCall {
             return idle;
         }
         let candidates = [
-            self.rtc_timeout.filter(|_| self.remote_setup.is_some()),
+            self.transport
+                .rtc_deadline()
+                .filter(|_| self.remote_setup.is_some()),
             self.track.deadline(),
             self.connect_deadline,
             self.disconnect_deadline(),
             self.channel.poll_timeout(),
             self.stun.poll_timeout(),
             self.turn.iter().filter_map(TurnClient::poll_timeout).min(),
-            self.final_flight.deadline(),
+            self.transport.deadline(),
         ];
         candidates.into_iter().flatten().fold(idle, Instant::min)
     }
@@ -1098,7 +1095,7 @@ impl P2pCall {
 
     /// Lets str0m receive RTP from `ssrc` (up to [`MAX_REMOTE_SSRCS`] per call).
     fn accept_remote_ssrc(&mut self, ssrc: u32) {
-        self.incoming.accept(&mut self.rtc, ssrc);
+        self.incoming.accept(self.transport.rtc(), ssrc);
         self.stats.dropped_unknown_ssrc = self.incoming.counters().dropped_unknown_ssrc;
     }
 
@@ -1124,7 +1121,7 @@ impl P2pCall {
             })?;
         let dtls_client = setup.local_is_dtls_client(self.config.role);
         {
-            let mut api = self.rtc.direct_api();
+            let mut api = self.transport.rtc().direct_api();
             api.set_remote_ice_credentials(IceCreds {
                 ufrag: setup.ufrag.clone(),
                 pass: setup.pwd.clone(),
@@ -1139,7 +1136,8 @@ impl P2pCall {
                 })?;
         }
         // str0m schedules nothing until its first timeout: this starts ICE.
-        self.rtc
+        self.transport
+            .rtc()
             .handle_input(str0m::Input::Timeout(now))
             .map_err(|e| P2pCallError::Config {
                 reason: format!("starting ice: {e}"),
@@ -1172,7 +1170,7 @@ impl P2pCall {
                             self.stats.turn_permissions_failed += 1;
                         }
                     }
-                    self.rtc.add_remote_candidate(c);
+                    self.transport.rtc().add_remote_candidate(c);
                 }
                 _ => self.stats.candidates_skipped += 1,
             }
@@ -1238,58 +1236,39 @@ impl P2pCall {
             }
             return Err(P2pCallError::NotStarted);
         }
-        let datagram = match crate::transport::parse(source, destination, contents) {
-            Ok(d) => d,
-            Err(e) => return Err(self.refuse(e)),
-        };
-        if let Some(h) = rtp_header(contents) {
-            // Replays: str0m drops them silently (see `crate::replay`); refuse and count them
-            // here. The window only moves once str0m has authenticated a packet.
-            if let Err(r) = self.incoming.check_replay(&h) {
-                self.stats.dropped_replayed = self.incoming.counters().dropped_replayed;
-                return Err(P2pCallError::Replayed {
-                    ssrc: r.ssrc,
-                    seq: r.seq,
-                });
-            }
-            // No NegotiateChannels yet: accept the peer's audio SSRC from the first packet with
-            // our Opus PT (the RTP header is clear text; str0m authenticates the packet itself).
-            if h.pt == P2P_OPUS_PT && self.rtc.is_connected() {
-                self.accept_remote_ssrc(h.ssrc);
-            }
-        }
-        match receive(&mut self.rtc, now, datagram) {
+        let incoming = &mut self.incoming;
+        let result = self
+            .transport
+            .receive(now, source, destination, contents, |rtc| {
+                // Replays: str0m drops them silently (see `crate::replay`); refuse and count
+                // them here. No NegotiateChannels yet: accept the peer's audio SSRC from the
+                // first packet with our Opus PT (the RTP header is clear text; str0m
+                // authenticates the packet itself).
+                incoming
+                    .admit(rtc, contents, P2P_OPUS_PT)
+                    .map_err(ReceiveError::Replayed)
+            });
+        let counters = self.incoming.counters();
+        self.stats.dropped_replayed = counters.dropped_replayed;
+        self.stats.dropped_unknown_ssrc = counters.dropped_unknown_ssrc;
+        match result {
             Ok(()) => {
                 self.stats.datagrams_received += 1;
                 self.stats.bytes_received += contents.len() as u64;
                 self.last_heard = Some(now);
-                if classify(contents) == DatagramKind::Dtls {
-                    self.final_flight.on_received();
-                }
                 Ok(())
             }
             Err(ReceiveError::Fatal(end)) => {
                 self.end(P2pEndReason::from(end));
                 Ok(())
             }
-            Err(e) => Err(self.refuse(e)),
-        }
-    }
-
-    /// Counts a refused datagram and says why.
-    fn refuse(&mut self, e: ReceiveError) -> P2pCallError {
-        match e {
-            ReceiveError::Malformed(reason) => {
-                self.stats.dropped_malformed += 1;
-                P2pCallError::Malformed { reason }
-            }
-            ReceiveError::Rejected(reason) => {
-                self.stats.dropped_rejected += 1;
-                P2pCallError::Rejected { reason }
-            }
-            ReceiveError::Fatal(end) => {
-                self.end(P2pEndReason::from(end));
-                P2pCallError::Ended
+            Err(e) => {
+                match e {
+                    ReceiveError::Malformed(_) => self.stats.dropped_malformed += 1,
+                    ReceiveError::Rejected(_) => self.stats.dropped_rejected += 1,
+                    ReceiveError::Replayed(_) | ReceiveError::Fatal(_) => {}
+                }
+                Err(e.into())
             }
         }
     }
@@ -1360,7 +1339,7 @@ impl P2pCall {
     fn add_local_candidate(&mut self, mut candidate: Candidate) -> String {
         candidate.set_ufrag(&self.local_creds.ufrag);
         let line = candidate.to_sdp_string();
-        self.rtc.add_local_candidate(candidate);
+        self.transport.rtc().add_local_candidate(candidate);
         line
     }
 
@@ -1461,21 +1440,17 @@ impl P2pCall {
             self.end(P2pEndReason::IceDisconnected);
             return;
         }
-        let resends = &mut self.resends;
-        self.final_flight
-            .poll_resend(now, |source, destination, contents| {
-                resends.push_back(Transmit {
-                    source,
-                    destination,
-                    contents: contents.to_vec(),
-                });
+        let (track, lateness) = (&mut self.track, &mut self.stats.lateness);
+        let mut source_end = None;
+        let result = self
+            .transport
+            .handle_timeout(now, self.remote_setup.is_some(), |rtc| {
+                source_end = track.send_due(now, rtc, lateness);
             });
-        self.stats.dtls_flight_resent = self.final_flight.resent();
-        self.send_due_frames(now);
-        if self.remote_setup.is_some()
-            && let Err(e) = self.rtc.handle_input(str0m::Input::Timeout(now))
-        {
-            self.end(P2pEndReason::from(TransportEnd::from_rtc_error(&e)));
+        self.stats.dtls_flight_resent = self.transport.counters().dtls_flight_resent;
+        self.after_frames(source_end);
+        if let Err(end) = result {
+            self.end(P2pEndReason::from(end));
         }
     }
 
@@ -1498,11 +1473,7 @@ impl P2pCall {
                 self.track.resume(now);
             }
             Command::Hangup => {
-                if self.remote_setup.is_some() && self.rtc.close().is_ok() {
-                    self.flushing_close = true;
-                } else {
-                    self.rtc.disconnect();
-                }
+                self.transport.close(self.remote_setup.is_some());
                 self.end(P2pEndReason::Hangup);
             }
         }
@@ -1511,13 +1482,8 @@ impl P2pCall {
 
     fn poll_rtc(&mut self) -> Option<Output> {
         loop {
-            // The callee is the DTLS server: it keeps its final flight for resending.
-            let flight = (self.config.role == Role::Callee).then_some(&mut self.final_flight);
-            match crate::transport::poll(&mut self.rtc, flight) {
-                Polled::Timeout(t) => {
-                    self.rtc_timeout = Some(t);
-                    return None;
-                }
+            match self.transport.poll() {
+                Polled::Timeout(_) => return None,
                 Polled::Transmit(t) => {
                     let t = self.through_relay(t);
                     self.stats.datagrams_sent += 1;
@@ -1544,7 +1510,7 @@ impl P2pCall {
                 self.connected_at = Some(self.last_now);
                 // The callee (DTLS server) is done once its final flight is out; resend it
                 // until the caller shows it got it (see `crate::flight`).
-                self.final_flight.on_connected(self.last_now);
+                self.transport.on_connected(self.last_now);
                 self.set_state(P2pState::Connected);
                 self.track.set_live(self.last_now);
                 self.events.pop_front()
@@ -1569,7 +1535,7 @@ impl P2pCall {
                 None
             }
             str0m::Event::RtpPacket(p) => {
-                self.final_flight.on_confirmed();
+                self.transport.on_confirmed();
                 self.incoming
                     .on_authenticated(*p.header.ssrc, p.header.sequence_number);
                 self.stats.packets_received += 1;
@@ -1586,26 +1552,22 @@ impl P2pCall {
         }
     }
 
-    /// Sends the frames due at `now`; a source that ran out or failed is reported here.
-    fn send_due_frames(&mut self, now: Instant) {
-        let end = self
-            .track
-            .send_due(now, &mut self.rtc, &mut self.stats.lateness);
-        let counters = self.track.counters();
-        self.stats.packets_sent = counters.packets_sent;
-        self.stats.payload_bytes_sent = counters.payload_bytes_sent;
-        self.stats.played_samples = counters.played_samples;
-        self.stats.frames_skipped_late = counters.frames_skipped_late;
-        match end {
-            None => {}
-            Some(SourceEnd::Finished) => self.events.push_back(Event::StreamEnded { error: None }),
-            Some(SourceEnd::Failed(e)) => {
-                let reason = e.to_string();
-                self.events.push_back(Event::StreamEnded {
-                    error: Some(reason.clone()),
-                });
-                self.end(P2pEndReason::SourceFailed(reason));
-            }
+    /// After the track sent its due frames: its counters into the stats, and a source that ran
+    /// out or failed reported (a failed one ends the call).
+    fn after_frames(&mut self, source_end: Option<SourceEnd>) {
+        self.track.counters().copy_to(
+            &mut self.stats.packets_sent,
+            &mut self.stats.payload_bytes_sent,
+            &mut self.stats.played_samples,
+            &mut self.stats.frames_skipped_late,
+        );
+        let Some(end) = source_end else {
+            return;
+        };
+        self.events
+            .push_back(Event::StreamEnded { error: end.error() });
+        if let SourceEnd::Failed(e) = end {
+            self.end(P2pEndReason::SourceFailed(e.to_string()));
         }
     }
 

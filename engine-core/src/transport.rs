@@ -2,6 +2,10 @@
 //! [`crate::p2p_call::P2pCall`] do alike with their one [`str0m::Rtc`] (ICE, DTLS, SRTP), apart
 //! from their signaling and their media tracks ([`crate::media::track`]).
 //!
+//! - [`Transport`]: the `Rtc` with what we keep around it: our final DTLS flight and its
+//!   resends ([`FinalFlight`]), str0m's next deadline, the close handshake after a stop, and the
+//!   transport counters. A call owns one and drives it from its own `handle_input` /
+//!   `poll_output`.
 //! - [`opus_rtc_config`]: the str0m configuration both kinds build (RTP mode, one Opus payload
 //!   type, the audio-level extension, our ICE credentials and DTLS certificate).
 //! - [`parse`] and [`receive`]: one datagram into str0m, refused with a typed [`RejectReason`]
@@ -13,6 +17,7 @@
 //!
 //! Refusing a datagram allocates nothing: reasons are enums, not strings.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +34,7 @@ use str0m::{IceCreds, Rtc, RtcConfig, RtcError};
 use crate::call::Transmit;
 use crate::demux::{DatagramKind, classify};
 use crate::flight::FinalFlight;
+use crate::media::track::Replayed;
 
 /// What part of str0m refused a datagram or failed, without its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,8 +152,203 @@ pub enum ReceiveError {
     Malformed(String),
     /// Refused; the call goes on.
     Rejected(RejectReason),
+    /// An SRTP packet already received (see [`crate::media::track::IncomingStreams`]).
+    Replayed(Replayed),
     /// The transport is dead; the call must end.
     Fatal(TransportEnd),
+}
+
+/// Counters of a [`Transport`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Datagrams str0m accepted.
+    pub datagrams_received: u64,
+    /// Bytes of those datagrams.
+    pub bytes_received: u64,
+    /// Datagrams that did not parse.
+    pub dropped_malformed: u64,
+    /// Datagrams refused ([`RejectReason`]).
+    pub dropped_rejected: u64,
+    /// DTLS datagrams of our final flight resent ([`crate::flight`]).
+    pub dtls_flight_resent: u64,
+}
+
+/// One call's [`Rtc`] and what a call keeps around it. See the [module docs](self).
+#[derive(Debug)]
+pub struct Transport {
+    rtc: Rtc,
+    /// We are the DTLS server: our final flight is kept and resent until the peer proves it has
+    /// the keys.
+    dtls_server: bool,
+    final_flight: FinalFlight,
+    /// Final-flight resends, sent before str0m's own datagrams.
+    resends: VecDeque<Transmit>,
+    /// The deadline str0m last asked for.
+    rtc_timeout: Option<Instant>,
+    /// After [`Transport::close`], until str0m's closing datagrams are out.
+    closing: bool,
+    counters: TransportCounters,
+}
+
+impl Transport {
+    /// Wraps `rtc`; `dtls_server` says whether we answer the DTLS handshake (then our final
+    /// flight is resent until confirmed).
+    pub fn new(rtc: Rtc, dtls_server: bool) -> Self {
+        Self {
+            rtc,
+            dtls_server,
+            final_flight: FinalFlight::default(),
+            resends: VecDeque::new(),
+            rtc_timeout: None,
+            closing: false,
+            counters: TransportCounters::default(),
+        }
+    }
+
+    /// The str0m instance, for setup and media writes.
+    pub fn rtc(&mut self) -> &mut Rtc {
+        &mut self.rtc
+    }
+
+    /// True once ICE and DTLS-SRTP are up.
+    pub fn is_connected(&self) -> bool {
+        self.rtc.is_connected()
+    }
+
+    /// The transport counters.
+    pub fn counters(&self) -> TransportCounters {
+        self.counters
+    }
+
+    /// The earliest instant the transport needs [`Transport::handle_timeout`]: str0m's
+    /// deadline and the final flight's next resend.
+    pub fn deadline(&self) -> Option<Instant> {
+        [self.rtc_timeout, self.final_flight.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// str0m's own deadline, once it has given one.
+    pub fn rtc_deadline(&self) -> Option<Instant> {
+        self.rtc_timeout
+    }
+
+    /// DTLS-SRTP came up at `now`: as DTLS server our final flight is out, and resent until
+    /// confirmed.
+    pub fn on_connected(&mut self, now: Instant) {
+        self.final_flight.on_connected(now);
+    }
+
+    /// The peer proved it has the SRTP keys (authenticated SRTP or SRTCP from it).
+    pub fn on_confirmed(&mut self) {
+        self.final_flight.on_confirmed();
+    }
+
+    /// Queues the final-flight resends due at `now`, then, unless `drive_rtc` is false (the
+    /// remote parameters are not applied yet), gives str0m its timeout. `before_rtc` runs in
+    /// between with the `Rtc` (the tracks write their due frames there, so str0m sends them in
+    /// this turn).
+    ///
+    /// # Errors
+    /// [`TransportEnd`] if str0m failed; the call must end.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        drive_rtc: bool,
+        before_rtc: impl FnOnce(&mut Rtc),
+    ) -> Result<(), TransportEnd> {
+        let resends = &mut self.resends;
+        self.final_flight
+            .poll_resend(now, |source, destination, contents| {
+                resends.push_back(Transmit {
+                    source,
+                    destination,
+                    contents: contents.to_vec(),
+                });
+            });
+        self.counters.dtls_flight_resent = self.final_flight.resent();
+        before_rtc(&mut self.rtc);
+        if drive_rtc {
+            self.rtc
+                .handle_input(str0m::Input::Timeout(now))
+                .map_err(|e| TransportEnd::from_rtc_error(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Hands one datagram to str0m, after `gate` (run with the parsed datagram's `Rtc`: replay
+    /// and SSRC checks, STUN authentication) let it through. Counts what it accepts and refuses
+    /// (replays are counted by the track that found them).
+    ///
+    /// # Errors
+    /// See [`ReceiveError`]; on [`ReceiveError::Fatal`] the call must end.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+        gate: impl FnOnce(&mut Rtc) -> Result<(), ReceiveError>,
+    ) -> Result<(), ReceiveError> {
+        let result = parse(source, destination, contents).and_then(|datagram| {
+            gate(&mut self.rtc)?;
+            receive(&mut self.rtc, now, datagram)
+        });
+        match &result {
+            Ok(()) => {
+                self.counters.datagrams_received += 1;
+                self.counters.bytes_received += contents.len() as u64;
+                if classify(contents) == DatagramKind::Dtls {
+                    self.final_flight.on_received();
+                }
+            }
+            Err(ReceiveError::Malformed(_)) => self.counters.dropped_malformed += 1,
+            Err(ReceiveError::Rejected(_)) => self.counters.dropped_rejected += 1,
+            Err(ReceiveError::Replayed(_) | ReceiveError::Fatal(_)) => {}
+        }
+        result
+    }
+
+    /// The next datagram or str0m event: final-flight resends first, then str0m's output.
+    pub fn poll(&mut self) -> Polled {
+        if let Some(t) = self.resends.pop_front() {
+            return Polled::Transmit(t);
+        }
+        let flight = self.dtls_server.then_some(&mut self.final_flight);
+        let polled = poll(&mut self.rtc, flight);
+        if let Polled::Timeout(t) = polled {
+            self.rtc_timeout = Some(t);
+        }
+        polled
+    }
+
+    /// Starts closing: RTCP BYE and DTLS close_notify tell the peer at once that we left (it
+    /// otherwise notices only when its consent checks time out). `handshake_done` false (the
+    /// remote parameters were never applied) just drops the association.
+    pub fn close(&mut self, handshake_done: bool) {
+        self.resends.clear();
+        if handshake_done && self.rtc.close().is_ok() {
+            self.closing = true;
+        } else {
+            self.rtc.disconnect();
+        }
+    }
+
+    /// After [`Transport::close`]: the next closing datagram, until there are none left.
+    pub fn poll_closing(&mut self) -> Option<Transmit> {
+        while self.closing {
+            match poll(&mut self.rtc, None) {
+                Polled::Transmit(t) => return Some(t),
+                Polled::Event(_) => {}
+                Polled::Timeout(_) | Polled::Failed(_) => {
+                    self.closing = false;
+                    self.rtc.disconnect();
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The str0m configuration of a call: RTP mode (we packetize), our ICE credentials and DTLS

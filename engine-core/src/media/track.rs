@@ -27,7 +27,7 @@ use str0m::Rtc;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
 
-use crate::demux::RtpHeaderPeek;
+use crate::demux::{RtpHeaderPeek, rtp_header};
 use crate::media::{FRAME_DURATION, FrameSource, OPUS_CLOCK_RATE_HZ, OpusFrame, SourceError};
 use crate::pacer::LatenessHistogram;
 use crate::replay::ReplayWindow;
@@ -265,6 +265,32 @@ pub enum SourceEnd {
     Finished,
     /// The source failed (broken file, failed encoder). Calls end with this.
     Failed(SourceError),
+}
+
+impl SourceEnd {
+    /// The error a `StreamEnded` event carries: `None` when the source ran out.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Self::Finished => None,
+            Self::Failed(e) => Some(e.to_string()),
+        }
+    }
+}
+
+impl TrackCounters {
+    /// Copies the counters into a call's stats fields of the same names.
+    pub fn copy_to(
+        self,
+        packets_sent: &mut u64,
+        payload_bytes_sent: &mut u64,
+        played_samples: &mut u64,
+        frames_skipped_late: &mut u64,
+    ) {
+        *packets_sent = self.packets_sent;
+        *payload_bytes_sent = self.payload_bytes_sent;
+        *played_samples = self.played_samples;
+        *frames_skipped_late = self.frames_skipped_late;
+    }
 }
 
 /// One outgoing Opus audio track. See the [module docs](self).
@@ -567,6 +593,23 @@ impl IncomingStreams {
         self.windows.insert(ssrc, ReplayWindow::new());
         rtc.direct_api()
             .expect_stream_rx(StrSsrc::from(ssrc), None, self.mid, None);
+    }
+
+    /// The receive-side gate for one datagram about to reach str0m: an RTP packet on an accepted
+    /// SSRC must not be a replay; a packet with payload type `pt` from a new SSRC is accepted
+    /// (while `rtc` is connected and the limit allows). Not RTP: let through.
+    ///
+    /// # Errors
+    /// [`Replayed`], counted.
+    pub fn admit(&mut self, rtc: &mut Rtc, contents: &[u8], pt: u8) -> Result<(), Replayed> {
+        let Some(header) = rtp_header(contents) else {
+            return Ok(());
+        };
+        self.check_replay(&header)?;
+        if header.pt == pt && rtc.is_connected() {
+            self.accept(rtc, header.ssrc);
+        }
+        Ok(())
     }
 
     /// str0m authenticated and decrypted packet `seq` of `ssrc`: record it in the window.
