@@ -22,7 +22,7 @@ use str0m::rtp::Ssrc as StrSsrc;
 use str0m::{Candidate, IceCreds};
 
 use crate::demux::{DatagramKind, classify};
-use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd};
+use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd, TrackStats};
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::{
@@ -30,9 +30,9 @@ use crate::signaling::group::{
     fingerprint_hex, parse_fingerprint_hex,
 };
 use crate::signaling::{SignalingError, Ssrc};
-pub use crate::transport::{DtlsEnd, RejectReason, RtcErrorKind};
+pub use crate::transport::{DatagramError, DtlsEnd, RejectReason, RtcErrorKind};
 use crate::transport::{
-    Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config, random_ice_chars,
+    Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config, random_ice_creds,
 };
 
 /// How long a call may take from [`Call::connect`] to a working DTLS-SRTP path before it
@@ -46,14 +46,11 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// we do not send the MID header extension), so any value works; "0" mirrors a BUNDLE offer.
 const AUDIO_MID: &str = "0";
 
-pub use crate::media::track::{FRAME_SEND_AHEAD, MediaState};
+pub use crate::media::track::{FRAME_SEND_AHEAD, INITIAL_SEQ_LIMIT, MediaState};
 
 /// Upper bound on the remote SSRCs a call will accept audio from (other speakers forwarded by
 /// the SFU). A hostile SFU cannot make us allocate a receive stream per random SSRC.
 const MAX_REMOTE_SSRCS: usize = 64;
-
-/// Initial RTP sequence numbers are drawn below this (see [`Call::new`]).
-pub const INITIAL_SEQ_LIMIT: u16 = 0x8000;
 
 /// Static configuration of one call.
 #[derive(Clone)]
@@ -291,30 +288,12 @@ pub enum CallError {
     /// The call has ended; nothing more is accepted.
     #[error("call has ended")]
     Ended,
-    /// A datagram was not STUN/DTLS/RTP/RTCP.
-    #[error("malformed datagram: {reason}")]
-    Malformed {
-        /// What the parser said.
-        reason: String,
-    },
     /// A datagram arrived before [`Call::connect`].
     #[error("datagram before connect")]
     NotConnecting,
-    /// The datagram was refused (bad STUN integrity, refused by str0m, ...). The call goes on.
-    #[error("datagram rejected: {reason}")]
-    Rejected {
-        /// Why, typed (refusing a datagram allocates nothing).
-        reason: RejectReason,
-    },
-    /// An SRTP packet whose sequence number was already received (or is older than the
-    /// replay window). The call goes on.
-    #[error("replayed rtp packet: ssrc {ssrc} seq {seq}")]
-    Replayed {
-        /// The packet's SSRC.
-        ssrc: u32,
-        /// Its RTP sequence number.
-        seq: u16,
-    },
+    /// A datagram was refused and counted in [`CallStats`]. The call goes on.
+    #[error(transparent)]
+    Datagram(#[from] DatagramError),
     /// The configuration is unusable (for example an unspecified local address).
     #[error("invalid call config: {reason}")]
     Config {
@@ -411,20 +390,11 @@ impl Call {
     /// Creates a call. Nothing is sent until [`Call::connect`] applies the SFU's answer.
     pub fn new(now: Instant, config: CallConfig) -> Result<Self, CallError> {
         let mut rng = fastrand::Rng::with_seed(config.seed);
-        // libwebrtc uses 4-char ufrags and 24-char passwords (RFC 8445 §5.3 needs >= 4 / >= 22
-        // ice-chars); ours are longer so ufrags stay unique across thousands of calls.
-        let ufrag = random_ice_chars(&mut rng, 16);
-        let pass = random_ice_chars(&mut rng, 24);
-        // ntgcalls `generateSsrcs`: positive int32, non-zero.
-        let ssrc = Ssrc(rng.u32(1..=0x7FFF_FFFF));
-        // RFC 3550 §5.1: random initial sequence number and timestamp. The sequence number is
-        // drawn below 2^15, as libwebrtc does (`kMaxInitRtpSeqNumber`): SRTP signals no
-        // rollover counter, so a receiver that starts decrypting late (our DTLS server is done
-        // before the SFU's client is) assumes ROC 0, and a wrap before that moment would make
-        // every packet fail to decrypt. Below 2^15 leaves >= 32,768 packets (10 min of audio).
-        let seq = u64::from(rng.u16(..INITIAL_SEQ_LIMIT));
-        let rtp_time = rng.u32(..);
-        tracing::debug!(ssrc = ssrc.0, seq, "call created");
+        let local_creds = random_ice_creds(&mut rng);
+        // The payload type is the SFU's; it is set from the answer in `connect`.
+        let rtp = RtpSender::random(&mut rng, Pt::from(0), OPUS_CLOCK_RATE_HZ);
+        let ssrc = rtp.ssrc();
+        tracing::debug!(ssrc = ssrc.0, "call created");
         let crypto = config
             .crypto
             .clone()
@@ -440,19 +410,12 @@ impl Call {
                 crypto: Some(crypto),
                 ..config
             },
-            local_creds: IceCreds { ufrag, pass },
+            local_creds,
             local_fingerprint,
             state: CallState::New,
             session: None,
             connect_deadline: None,
-            // The payload type is the SFU's; it is set from the answer in `connect`.
-            track: AudioTrack::new(RtpSender::new(
-                ssrc,
-                Pt::from(0),
-                OPUS_CLOCK_RATE_HZ,
-                seq,
-                rtp_time,
-            )),
+            track: AudioTrack::new(rtp),
             incoming: IncomingStreams::new(ssrc, Mid::from(AUDIO_MID), MAX_REMOTE_SSRCS),
             ice_start_at: None,
             last_heard: None,
@@ -854,13 +817,13 @@ impl Call {
                 // refuse and count them here.
                 incoming
                     .admit(rtc, contents, pt)
-                    .map_err(ReceiveError::Replayed)?;
+                    .map_err(DatagramError::Replayed)?;
                 // str0m ignores STUN that fails its checks (ufrags, MESSAGE-INTEGRITY) without
                 // an error, and `Rtc::accepts` waves through anything from the nominated
                 // address before it looks at STUN. Check first, so such STUN is refused and
                 // counted and, above all, does not count as hearing from the SFU.
                 if is_stun && !stun_authentic {
-                    return Err(ReceiveError::Rejected(RejectReason::StunUnauthenticated));
+                    return Err(DatagramError::Rejected(RejectReason::StunUnauthenticated).into());
                 }
                 Ok(())
             });
@@ -881,7 +844,7 @@ impl Call {
                 self.end(EndReason::from(end));
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(ReceiveError::Refused(e)) => Err(e.into()),
         }
     }
 
@@ -1003,12 +966,7 @@ impl Call {
     /// After the track sent its due frames: its counters into the stats, and a source that ran
     /// out or failed reported.
     fn after_frames(&mut self, source_end: Option<SourceEnd>) {
-        self.track.counters().copy_to(
-            &mut self.stats.packets_sent,
-            &mut self.stats.payload_bytes_sent,
-            &mut self.stats.played_samples,
-            &mut self.stats.frames_skipped_late,
-        );
+        self.stats.set_track_counters(self.track.counters());
         let Some(end) = source_end else {
             return;
         };
@@ -1037,20 +995,6 @@ impl Call {
         self.track.stop();
         self.connect_deadline = None;
         self.set_state(CallState::Ended(reason));
-    }
-}
-
-impl From<ReceiveError> for CallError {
-    fn from(e: ReceiveError) -> Self {
-        match e {
-            ReceiveError::Malformed(reason) => Self::Malformed { reason },
-            ReceiveError::Rejected(reason) => Self::Rejected { reason },
-            ReceiveError::Replayed(r) => Self::Replayed {
-                ssrc: r.ssrc,
-                seq: r.seq,
-            },
-            ReceiveError::Fatal(_) => Self::Ended,
-        }
     }
 }
 

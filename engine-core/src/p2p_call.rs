@@ -68,9 +68,9 @@ use str0m::media::{MediaKind, Mid};
 use str0m::rtp::Ssrc as StrSsrc;
 use str0m::{Candidate, IceCreds};
 
-use crate::call::{INITIAL_SEQ_LIMIT, Transmit};
+use crate::call::Transmit;
 use crate::demux::stun_local_ufrag;
-use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd};
+use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd, TrackStats};
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::URI_AUDIO_LEVEL;
@@ -84,8 +84,8 @@ use crate::signaling::p2p::{
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
 use crate::transport::{
-    DtlsEnd, Polled, ReceiveError, RejectReason, RtcErrorKind, Transport, TransportEnd,
-    opus_rtc_config, random_ice_chars,
+    DatagramError, DtlsEnd, Polled, ReceiveError, RtcErrorKind, Transport, TransportEnd,
+    opus_rtc_config, random_ice_creds,
 };
 use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
 
@@ -250,20 +250,6 @@ impl P2pEndReason {
     }
 }
 
-impl From<ReceiveError> for P2pCallError {
-    fn from(e: ReceiveError) -> Self {
-        match e {
-            ReceiveError::Malformed(reason) => Self::Malformed { reason },
-            ReceiveError::Rejected(reason) => Self::Rejected { reason },
-            ReceiveError::Replayed(r) => Self::Replayed {
-                ssrc: r.ssrc,
-                seq: r.seq,
-            },
-            ReceiveError::Fatal(_) => Self::Ended,
-        }
-    }
-}
-
 impl From<TransportEnd> for P2pEndReason {
     fn from(end: TransportEnd) -> Self {
         match end {
@@ -379,30 +365,12 @@ pub enum P2pCallError {
     /// The call has ended.
     #[error("call has ended")]
     Ended,
-    /// A datagram str0m could not parse.
-    #[error("malformed datagram: {reason}")]
-    Malformed {
-        /// What the parser said.
-        reason: String,
-    },
     /// A datagram arrived before the peer's `InitialSetup` was applied.
     #[error("datagram before the remote setup")]
     NotStarted,
-    /// str0m refused the datagram. The call goes on.
-    #[error("datagram rejected: {reason}")]
-    Rejected {
-        /// Why, typed (refusing a datagram allocates nothing).
-        reason: RejectReason,
-    },
-    /// An SRTP packet whose sequence number was already received (or is older than the
-    /// replay window). Counted in [`P2pStats::dropped_replayed`]; the call goes on.
-    #[error("replayed rtp packet: ssrc {ssrc} seq {seq}")]
-    Replayed {
-        /// The packet's SSRC.
-        ssrc: u32,
-        /// Its RTP sequence number.
-        seq: u16,
-    },
+    /// A datagram was refused and counted in [`P2pStats`]. The call goes on.
+    #[error(transparent)]
+    Datagram(#[from] DatagramError),
     /// The encrypted channel refused a signaling packet (tampered, replayed, ...). The call
     /// goes on.
     #[error("signaling packet rejected: {0}")]
@@ -584,12 +552,9 @@ impl P2pCall {
             });
         }
         let mut rng = fastrand::Rng::with_seed(config.seed);
-        let ufrag = random_ice_chars(&mut rng, 16);
-        let pass = random_ice_chars(&mut rng, 24);
-        let ssrc = Ssrc(rng.u32(1..=0x7FFF_FFFF));
-        // Below 2^15 like group calls (see `Call::new`): a late DTLS finish must not meet a wrap.
-        let seq = u64::from(rng.u16(..INITIAL_SEQ_LIMIT));
-        let rtp_time = rng.u32(..);
+        let local_creds = random_ice_creds(&mut rng);
+        let rtp = RtpSender::random(&mut rng, P2P_OPUS_PT.into(), OPUS_CLOCK_RATE_HZ);
+        let ssrc = rtp.ssrc();
         let exchange_id = rng.u32(..);
         let mut stats = P2pStats::default();
         if config.stun_servers.len() > MAX_STUN_SERVERS {
@@ -647,7 +612,6 @@ impl P2pCall {
             .clone()
             .unwrap_or_else(|| Arc::new(str0m::crypto::from_feature_flags()));
         let local_digest = crypto.sha256_provider.sha256(&config.dtls_cert.certificate);
-        let local_creds = IceCreds { ufrag, pass };
 
         let mut rtc = opus_rtc_config(
             &local_creds,
@@ -684,13 +648,7 @@ impl P2pCall {
             channel,
             local_creds,
             local_digest,
-            track: AudioTrack::new(RtpSender::new(
-                ssrc,
-                P2P_OPUS_PT.into(),
-                OPUS_CLOCK_RATE_HZ,
-                seq,
-                rtp_time,
-            )),
+            track: AudioTrack::new(rtp),
             incoming: IncomingStreams::new(ssrc, Mid::from(AUDIO_MID), MAX_REMOTE_SSRCS),
             state: P2pState::Connecting,
             remote_setup: None,
@@ -1246,7 +1204,7 @@ impl P2pCall {
                 // authenticates the packet itself).
                 incoming
                     .admit(rtc, contents, P2P_OPUS_PT)
-                    .map_err(ReceiveError::Replayed)
+                    .map_err(|r| DatagramError::Replayed(r).into())
             });
         let counters = self.incoming.counters();
         self.stats.dropped_replayed = counters.dropped_replayed;
@@ -1262,11 +1220,11 @@ impl P2pCall {
                 self.end(P2pEndReason::from(end));
                 Ok(())
             }
-            Err(e) => {
+            Err(ReceiveError::Refused(e)) => {
                 match e {
-                    ReceiveError::Malformed(_) => self.stats.dropped_malformed += 1,
-                    ReceiveError::Rejected(_) => self.stats.dropped_rejected += 1,
-                    ReceiveError::Replayed(_) | ReceiveError::Fatal(_) => {}
+                    DatagramError::Malformed(_) => self.stats.dropped_malformed += 1,
+                    DatagramError::Rejected(_) => self.stats.dropped_rejected += 1,
+                    _ => {}
                 }
                 Err(e.into())
             }
@@ -1555,12 +1513,7 @@ impl P2pCall {
     /// After the track sent its due frames: its counters into the stats, and a source that ran
     /// out or failed reported (a failed one ends the call).
     fn after_frames(&mut self, source_end: Option<SourceEnd>) {
-        self.track.counters().copy_to(
-            &mut self.stats.packets_sent,
-            &mut self.stats.payload_bytes_sent,
-            &mut self.stats.played_samples,
-            &mut self.stats.frames_skipped_late,
-        );
+        self.stats.set_track_counters(self.track.counters());
         let Some(end) = source_end else {
             return;
         };

@@ -145,17 +145,35 @@ impl TransportEnd {
     }
 }
 
+/// A datagram a call refused, counted in its stats; the call goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatagramError {
+    /// Not STUN, DTLS, RTP or RTCP (the parser's words).
+    #[error("malformed datagram: {0}")]
+    Malformed(String),
+    /// Refused (bad STUN integrity, refused by str0m, ...).
+    #[error("datagram rejected: {0}")]
+    Rejected(RejectReason),
+    /// An SRTP packet whose sequence number was already received, or is older than the replay
+    /// window (see [`crate::media::track::IncomingStreams`]).
+    #[error("replayed rtp packet: ssrc {} seq {}", .0.ssrc, .0.seq)]
+    Replayed(Replayed),
+}
+
 /// A datagram the transport did not take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiveError {
-    /// Not a datagram str0m can parse (the parser's words).
-    Malformed(String),
     /// Refused; the call goes on.
-    Rejected(RejectReason),
-    /// An SRTP packet already received (see [`crate::media::track::IncomingStreams`]).
-    Replayed(Replayed),
+    Refused(DatagramError),
     /// The transport is dead; the call must end.
     Fatal(TransportEnd),
+}
+
+impl From<DatagramError> for ReceiveError {
+    fn from(e: DatagramError) -> Self {
+        Self::Refused(e)
+    }
 }
 
 /// Counters of a [`Transport`].
@@ -303,9 +321,13 @@ impl Transport {
                     self.final_flight.on_received();
                 }
             }
-            Err(ReceiveError::Malformed(_)) => self.counters.dropped_malformed += 1,
-            Err(ReceiveError::Rejected(_)) => self.counters.dropped_rejected += 1,
-            Err(ReceiveError::Replayed(_) | ReceiveError::Fatal(_)) => {}
+            Err(ReceiveError::Refused(DatagramError::Malformed(_))) => {
+                self.counters.dropped_malformed += 1;
+            }
+            Err(ReceiveError::Refused(DatagramError::Rejected(_))) => {
+                self.counters.dropped_rejected += 1;
+            }
+            Err(_) => {}
         }
         result
     }
@@ -396,7 +418,7 @@ pub fn parse(
     contents: &[u8],
 ) -> Result<Receive<'_>, ReceiveError> {
     Receive::new(Protocol::Udp, source, destination, contents)
-        .map_err(|e| ReceiveError::Malformed(e.to_string()))
+        .map_err(|e| DatagramError::Malformed(e.to_string()).into())
 }
 
 /// Hands one parsed datagram to str0m.
@@ -407,9 +429,9 @@ pub fn parse(
 pub fn receive(rtc: &mut Rtc, now: Instant, datagram: Receive<'_>) -> Result<(), ReceiveError> {
     match rtc.handle_input(str0m::Input::Receive(now, datagram)) {
         Ok(()) => Ok(()),
-        Err(e) if rtc.is_alive() => Err(ReceiveError::Rejected(RejectReason::Refused(
-            RtcErrorKind::of(&e),
-        ))),
+        Err(e) if rtc.is_alive() => {
+            Err(DatagramError::Rejected(RejectReason::Refused(RtcErrorKind::of(&e))).into())
+        }
         Err(e) => Err(ReceiveError::Fatal(TransportEnd::from_rtc_error(&e))),
     }
 }
@@ -451,6 +473,15 @@ pub fn poll(rtc: &mut Rtc, flight: Option<&mut FinalFlight>) -> Polled {
         Ok(str0m::Output::Event(e)) => Polled::Event(e),
         Err(e) => Polled::Failed(TransportEnd::from_rtc_error(&e)),
     }
+}
+
+/// Our ICE credentials, drawn from `rng`. libwebrtc uses 4-char ufrags and 24-char passwords
+/// (RFC 8445 §5.3 needs >= 4 / >= 22 ice-chars); ours are longer so ufrags stay unique across
+/// thousands of calls.
+pub fn random_ice_creds(rng: &mut fastrand::Rng) -> IceCreds {
+    let ufrag = random_ice_chars(rng, 16);
+    let pass = random_ice_chars(rng, 24);
+    IceCreds { ufrag, pass }
 }
 
 /// ICE characters (RFC 8445 §5.3 `ice-char`: ALPHA / DIGIT / "+" / "/"). We use only

@@ -50,6 +50,9 @@ const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
 /// RFC 6464 level meaning "silence" (-127 dBov).
 const AUDIO_LEVEL_SILENCE: u8 = 127;
 
+/// Initial RTP sequence numbers are drawn below this (see [`RtpSender::random`]).
+pub const INITIAL_SEQ_LIMIT: u16 = 0x8000;
+
 /// Sequence numbers and RTP time of one outgoing RTP stream, and the write into str0m.
 ///
 /// Media-agnostic: audio writes one packet per frame, video several (the same RTP time, the
@@ -77,6 +80,22 @@ impl RtpSender {
             seq,
             rtp_time,
         }
+    }
+
+    /// A stream with its SSRC, initial sequence number and RTP time drawn from `rng`, in that
+    /// order (so a call's seed gives the same values as before this type existed).
+    ///
+    /// The SSRC is a positive non-zero int32, as ntgcalls' `generateSsrcs` (Telegram rejects
+    /// others). RFC 3550 §5.1: random initial sequence number and timestamp. The sequence number
+    /// is drawn below 2^15, as libwebrtc does (`kMaxInitRtpSeqNumber`): SRTP signals no rollover
+    /// counter, so a receiver that starts decrypting late (a DTLS server is done before its
+    /// client is) assumes ROC 0, and a wrap before that moment would make every packet fail to
+    /// decrypt. Below 2^15 leaves >= 32,768 packets (10 min of audio).
+    pub fn random(rng: &mut fastrand::Rng, pt: Pt, clock_rate: u32) -> Self {
+        let ssrc = Ssrc(rng.u32(1..=0x7FFF_FFFF));
+        let seq = u64::from(rng.u16(..INITIAL_SEQ_LIMIT));
+        let rtp_time = rng.u32(..);
+        Self::new(ssrc, pt, clock_rate, seq, rtp_time)
     }
 
     /// The stream's SSRC.
@@ -277,21 +296,26 @@ impl SourceEnd {
     }
 }
 
-impl TrackCounters {
-    /// Copies the counters into a call's stats fields of the same names.
-    pub fn copy_to(
-        self,
-        packets_sent: &mut u64,
-        payload_bytes_sent: &mut u64,
-        played_samples: &mut u64,
-        frames_skipped_late: &mut u64,
-    ) {
-        *packets_sent = self.packets_sent;
-        *payload_bytes_sent = self.payload_bytes_sent;
-        *played_samples = self.played_samples;
-        *frames_skipped_late = self.frames_skipped_late;
-    }
+/// Stats of a call that carry an outgoing track's counters under the same names.
+pub trait TrackStats {
+    /// Stores `counters`.
+    fn set_track_counters(&mut self, counters: TrackCounters);
 }
+
+macro_rules! impl_track_stats {
+    ($($stats:ty),*) => {$(
+        impl TrackStats for $stats {
+            fn set_track_counters(&mut self, c: TrackCounters) {
+                self.packets_sent = c.packets_sent;
+                self.payload_bytes_sent = c.payload_bytes_sent;
+                self.played_samples = c.played_samples;
+                self.frames_skipped_late = c.frames_skipped_late;
+            }
+        }
+    )*};
+}
+
+impl_track_stats!(crate::call::CallStats, crate::p2p_call::P2pStats);
 
 /// One outgoing Opus audio track. See the [module docs](self).
 pub struct AudioTrack {

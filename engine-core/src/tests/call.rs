@@ -5,6 +5,8 @@ use std::time::Duration;
 use super::util::{GroupPair, tone};
 use crate::call::{CallError, CallState, Command, EndReason, Event, Input, MediaState};
 use crate::demux::rtp_header;
+use crate::media::track::Replayed;
+use crate::transport::DatagramError;
 
 #[test]
 fn connects_and_the_sfu_hears_the_tone() {
@@ -109,7 +111,9 @@ fn replayed_srtp_is_refused_and_counted() {
     assert_eq!(srtp.len(), 20);
     let received = pair.call.stats().datagrams_received;
     for t in &srtp[15..] {
-        let Err(CallError::Replayed { ssrc, .. }) = pair.deliver_to_call(t) else {
+        let Err(CallError::Datagram(DatagramError::Replayed(Replayed { ssrc, .. }))) =
+            pair.deliver_to_call(t)
+        else {
             panic!("a replay was taken");
         };
         assert_eq!(ssrc, super::util::FORWARDED_SSRC);
@@ -199,7 +203,7 @@ fn unauthenticated_stun_is_rejected_with_a_typed_reason() {
         destination: super::util::addr(super::util::CALL_ADDR),
         contents: forged,
     };
-    let Err(CallError::Rejected { reason }) = pair.deliver_to_call(&t) else {
+    let Err(CallError::Datagram(DatagramError::Rejected(reason))) = pair.deliver_to_call(&t) else {
         panic!("forged stun was taken");
     };
     assert_eq!(reason, crate::transport::RejectReason::StunUnauthenticated);

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use super::util::{P2pPair, tone};
 use crate::demux::rtp_header;
+use crate::media::track::Replayed;
 use crate::p2p_call::{Command, Input, P2pCallError, P2pState};
+use crate::transport::DatagramError;
 
 fn connected_with_tones() -> P2pPair {
     let mut pair = P2pPair::new();
@@ -55,7 +57,9 @@ fn replayed_srtp_is_refused_and_counted() {
     let received = pair.callee.call.stats().datagrams_received;
     // The last ten packets again, then a very old one (outside the window).
     for t in srtp[srtp.len() - 10..].iter().chain(&srtp[..1]) {
-        let Err(P2pCallError::Replayed { ssrc, .. }) = pair.deliver_to_callee(t) else {
+        let Err(P2pCallError::Datagram(DatagramError::Replayed(Replayed { ssrc, .. }))) =
+            pair.deliver_to_callee(t)
+        else {
             panic!("a replay was taken");
         };
         assert_eq!(ssrc, pair.caller.call.audio_ssrc().0);
