@@ -54,7 +54,8 @@ use webrtc::rtp_transceiver::rtp_codec::{
 };
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
-use super::{CHATS, Sample, Sfu, System, chat_tones};
+use crate::sfu::Sfu;
+use crate::system::{CHATS, Sample, System, chat_tones};
 
 /// Same send-ahead as the str0m calls (`ringcast_core::call::FRAME_SEND_AHEAD`): a frame within
 /// 1 ms of its due time goes now.
