@@ -19,6 +19,25 @@ pub(crate) struct Sample {
     pub(crate) lateness: LatenessHistogram,
 }
 
+impl Sample {
+    /// The sum over calls that each report their own counters (the baselines): `connected`
+    /// calls, and each `(packets sent, lateness)` of `calls` added up.
+    pub(crate) fn sum<'a>(
+        connected: usize,
+        calls: impl IntoIterator<Item = (u64, &'a LatenessHistogram)>,
+    ) -> Self {
+        let mut s = Self {
+            connected,
+            ..Self::default()
+        };
+        for (packets, lateness) in calls {
+            s.packets_sent += packets;
+            s.lateness.merge(lateness);
+        }
+        s
+    }
+}
+
 /// A system under test: ringcast or a baseline.
 pub(crate) trait System {
     fn name(&self) -> &'static str;

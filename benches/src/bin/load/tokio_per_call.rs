@@ -152,16 +152,10 @@ impl System for TokioPerCall {
     }
 
     fn sample(&self) -> Sample {
-        let mut s = Sample {
-            connected: self.connected.load(Ordering::Relaxed) as usize,
-            ..Sample::default()
-        };
-        if let Ok(m) = self.shared.lock() {
-            for (packets, lateness) in m.values() {
-                s.packets_sent += packets;
-                s.lateness.merge(lateness);
-            }
+        let connected = self.connected.load(Ordering::Relaxed) as usize;
+        match self.shared.lock() {
+            Ok(m) => Sample::sum(connected, m.values().map(|(p, l)| (*p, l))),
+            Err(_) => Sample::sum(connected, []),
         }
-        s
     }
 }
