@@ -28,13 +28,18 @@
 //! counts as absent.
 //!
 //! Parsing goes through [`serde_json::Value`] by hand rather than `serde` derives so that every
-//! error can name its path, e.g. `transport.candidates[1].port`.
+//! error can name its path, e.g. `transport.candidates[1].port` (the helpers are shared with the
+//! 1:1-call messages in `signaling::json`).
 
-use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Map, Value};
 
+use super::json::{
+    self, Array, ICE_CREDENTIAL_MAX_CHARS, Object, Path, Quoted, Raw, array, check_fingerprint,
+    check_ice_credential, hex_byte, integer, ip_addr, object, optional, optional_integer,
+    optional_text, quoted, required, required_str, ssrc, string, text, too_many, type_name,
+};
 use super::{SignalingError, Ssrc, parse_document};
 
 /// Opus payload type Telegram uses for group-call audio.
@@ -74,14 +79,10 @@ pub const TRANSPORT_CC_DEFAULT_ID: u8 = 3;
 ///
 /// Real answers have 2-4 candidates and fewer than 10 payload types; the cap bounds the work and
 /// memory an adversarial document can cause beyond the [`super::MAX_SIGNALING_BYTES`] limit.
-pub const MAX_LIST_ITEMS: usize = 64;
+pub const MAX_LIST_ITEMS: usize = json::MAX_LIST_ITEMS;
 
 /// Jingle namespace Telegram puts in `transport.xmlns`; informational only, emitted for fidelity.
 const XMLNS_ICE_UDP: &str = "urn:xmpp:jingle:transports:ice-udp:1";
-
-/// Longest ICE ufrag/pwd accepted: RFC 8445 §5.3 (`ice-ufrag = 4*256ice-char`,
-/// `ice-pwd = 22*256ice-char`).
-const ICE_CREDENTIAL_MAX_CHARS: usize = 256;
 
 /// Shortest ICE ufrag, RFC 8445 §5.3.
 const ICE_UFRAG_MIN_CHARS: usize = 4;
@@ -97,9 +98,6 @@ const PAYLOAD_TYPE_MAX: u8 = 127;
 
 /// Valid one-byte-header extension ids, RFC 8285 §4.2 (0 is padding, 15 is reserved).
 const HEADER_EXTENSION_IDS: (u8, u8) = (1, 14);
-
-/// Longest DTLS fingerprint in bytes (sha-512).
-const FINGERPRINT_MAX_BYTES: usize = 64;
 
 /// One DTLS certificate fingerprint (RFC 8122 `a=fingerprint` + `a=setup`, in JSON form).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -142,29 +140,24 @@ impl JoinPayload {
     /// Serializes to the §1 JSON shape: keys `ufrag`, `pwd`, `fingerprints`, `ssrc` and, when
     /// non-empty, `ssrc-groups`; SSRCs as signed 32-bit numbers (bit-cast), as Telegram expects.
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(256);
-        out.push_str("{\"ufrag\":");
-        push_string(&mut out, &self.ufrag);
-        out.push_str(",\"pwd\":");
-        push_string(&mut out, &self.pwd);
-        out.push_str(",\"fingerprints\":");
-        push_fingerprints(&mut out, &self.fingerprints);
-        out.push_str(",\"ssrc\":");
-        push_display(&mut out, self.ssrc.as_i32_bits());
-        if !self.ssrc_groups.is_empty() {
-            out.push_str(",\"ssrc-groups\":[");
-            for (i, group) in self.ssrc_groups.iter().enumerate() {
-                push_separator(&mut out, i);
-                out.push_str("{\"semantics\":");
-                push_string(&mut out, &group.semantics);
-                out.push_str(",\"sources\":");
-                push_ssrcs(&mut out, &group.sources);
-                out.push('}');
+        json::emit(256, |o| {
+            o.field("ufrag", &self.ufrag)
+                .field("pwd", &self.pwd)
+                .array("fingerprints", |a| {
+                    write_fingerprints(a, &self.fingerprints)
+                })
+                .field("ssrc", self.ssrc.as_i32_bits());
+            if !self.ssrc_groups.is_empty() {
+                o.array("ssrc-groups", |a| {
+                    for group in &self.ssrc_groups {
+                        a.object(|o| {
+                            o.field("semantics", &group.semantics)
+                                .array("sources", |a| write_ssrcs(a, &group.sources));
+                        });
+                    }
+                });
             }
-            out.push(']');
-        }
-        out.push('}');
-        out
+        })
     }
 
     /// Parses a join payload, as the SFU side does.
@@ -368,31 +361,23 @@ impl JoinResponse {
     /// `server_sources` as signed 32-bit numbers. Parameters that are canonical unsigned
     /// integers are emitted as JSON numbers (`"minptime": 10`), others as strings.
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        out.push_str("{\"transport\":");
-        push_transport(&mut out, &self.transport);
-        if let Some(audio) = &self.audio {
-            out.push_str(",\"audio\":{");
-            push_media_fields(&mut out, audio);
-            out.push('}');
-        }
-        if let Some(video) = &self.video {
-            out.push_str(",\"video\":{");
-            if let Some(endpoint) = &video.endpoint {
-                out.push_str("\"endpoint\":");
-                push_string(&mut out, endpoint);
-                out.push(',');
+        json::emit(2048, |o| {
+            o.object("transport", |o| write_transport(o, &self.transport));
+            if let Some(audio) = &self.audio {
+                o.object("audio", |o| write_media_fields(o, audio));
             }
-            if !video.server_sources.is_empty() {
-                out.push_str("\"server_sources\":");
-                push_ssrcs(&mut out, &video.server_sources);
-                out.push(',');
+            if let Some(video) = &self.video {
+                o.object("video", |o| {
+                    if let Some(endpoint) = &video.endpoint {
+                        o.field("endpoint", endpoint);
+                    }
+                    if !video.server_sources.is_empty() {
+                        o.array("server_sources", |a| write_ssrcs(a, &video.server_sources));
+                    }
+                    write_media_fields(o, &video.media);
+                });
             }
-            push_media_fields(&mut out, &video.media);
-            out.push('}');
-        }
-        out.push('}');
-        out
+        })
     }
 
     /// The audio payload type named `name` (ASCII case-insensitive), if the answer has one.
@@ -747,27 +732,6 @@ fn parse_video(value: &Value, at: &Path<'_>) -> Result<VideoDescription, Signali
     })
 }
 
-/// RFC 8445 §5.3 `ice-char = ALPHA / DIGIT / "+" / "/"`, `min..=256` of them. Applied to join
-/// payloads, which ringcast and libwebrtc always generate within these rules.
-fn check_ice_credential(value: &str, at: &Path<'_>, min: usize) -> Result<(), SignalingError> {
-    if let Some(bad) = value
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
-    {
-        return Err(at.invalid(format!(
-            "character {bad:?} is not an ice-char (RFC 8445: ALPHA / DIGIT / + / /)"
-        )));
-    }
-    // All ASCII now, so bytes are chars.
-    if !(min..=ICE_CREDENTIAL_MAX_CHARS).contains(&value.len()) {
-        return Err(at.invalid(format!(
-            "{} chars, RFC 8445 requires {min}..={ICE_CREDENTIAL_MAX_CHARS}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 /// The SFU's own credentials are taken as given (we only echo them in STUN), but must be usable.
 fn check_remote_credential(value: &str, at: &Path<'_>) -> Result<(), SignalingError> {
     if value.is_empty() {
@@ -780,15 +744,6 @@ fn check_remote_credential(value: &str, at: &Path<'_>) -> Result<(), SignalingEr
         )));
     }
     Ok(())
-}
-
-/// One fingerprint byte: exactly two hex digits (no sign, unlike `u8::from_str_radix`).
-fn hex_byte(part: &str) -> Option<u8> {
-    if part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit()) {
-        u8::from_str_radix(part, 16).ok()
-    } else {
-        None
-    }
 }
 
 /// RFC 8122 §5 fingerprint form of a digest: uppercase hex bytes joined by `:`.
@@ -808,383 +763,104 @@ pub fn parse_fingerprint_hex(fingerprint: &str) -> Option<Vec<u8>> {
     fingerprint.split(':').map(hex_byte).collect()
 }
 
-/// RFC 8122 §5 fingerprint: hex byte pairs joined by `:`, as many bytes as `hash` produces.
-fn check_fingerprint(hash: &str, fingerprint: &str, at: &Path<'_>) -> Result<(), SignalingError> {
-    let mut bytes = 0usize;
-    for part in fingerprint.split(':') {
-        if hex_byte(part).is_none() {
-            return Err(at.invalid(format!(
-                "{} is not colon-separated hex bytes",
-                quoted(fingerprint)
-            )));
-        }
-        bytes += 1;
-        if bytes > FINGERPRINT_MAX_BYTES {
-            return Err(at.invalid(format!("more than {FINGERPRINT_MAX_BYTES} bytes")));
-        }
-    }
-    // Digest sizes of the RFC 8122 hash names (FIPS 180-4, RFC 1321).
-    let expected = match hash.to_ascii_lowercase().as_str() {
-        "md5" => Some(16),
-        "sha-1" => Some(20),
-        "sha-224" => Some(28),
-        "sha-256" => Some(32),
-        "sha-384" => Some(48),
-        "sha-512" => Some(64),
-        _ => None,
-    };
-    match expected {
-        Some(expected) if expected != bytes => Err(at.invalid(format!(
-            "{bytes} bytes, a {hash} fingerprint has {expected}"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// JSON access with paths
-// ---------------------------------------------------------------------------------------------
-
-/// A JSON path, built on the stack while descending and only rendered when an error needs it.
-#[derive(Debug, Clone, Copy)]
-enum Path<'a> {
-    /// The document itself, rendered `$`.
-    Root,
-    /// A key of an object.
-    Key(&'a Self, &'a str),
-    /// An element of an array.
-    Index(&'a Self, usize),
-}
-
-impl<'a> Path<'a> {
-    fn key<'b>(&'b self, key: &'b str) -> Path<'b>
-    where
-        'a: 'b,
-    {
-        Path::Key(self, key)
-    }
-
-    fn index<'b>(&'b self, index: usize) -> Path<'b>
-    where
-        'a: 'b,
-    {
-        Path::Index(self, index)
-    }
-
-    fn missing(&self) -> SignalingError {
-        SignalingError::MissingField {
-            field: self.to_string(),
-        }
-    }
-
-    fn invalid(&self, reason: impl Into<String>) -> SignalingError {
-        SignalingError::InvalidField {
-            field: self.to_string(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for Path<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Path::Root => f.write_str("$"),
-            Path::Key(Path::Root, key) => f.write_str(key),
-            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
-            Path::Index(parent, index) => write!(f, "{parent}[{index}]"),
-        }
-    }
-}
-
-/// A field of `obj`, with `null` treated as absent.
-fn optional<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
-    obj.get(key).filter(|v| !v.is_null())
-}
-
-fn required<'v>(
-    obj: &'v Map<String, Value>,
-    at: &Path<'_>,
-    key: &str,
-) -> Result<&'v Value, SignalingError> {
-    optional(obj, key).ok_or_else(|| at.key(key).missing())
-}
-
-fn required_str<'v>(
-    obj: &'v Map<String, Value>,
-    at: &Path<'_>,
-    key: &str,
-) -> Result<&'v str, SignalingError> {
-    string(required(obj, at, key)?, &at.key(key))
-}
-
-fn object<'v>(value: &'v Value, at: &Path<'_>) -> Result<&'v Map<String, Value>, SignalingError> {
-    value
-        .as_object()
-        .ok_or_else(|| at.invalid(format!("expected an object, found {}", type_name(value))))
-}
-
-/// An array of at most [`MAX_LIST_ITEMS`] elements.
-fn array<'v>(value: &'v Value, at: &Path<'_>) -> Result<&'v [Value], SignalingError> {
-    match value {
-        Value::Array(list) if list.len() <= MAX_LIST_ITEMS => Ok(list),
-        Value::Array(list) => Err(at.invalid(too_many(list.len()))),
-        other => Err(at.invalid(format!("expected an array, found {}", type_name(other)))),
-    }
-}
-
-fn string<'v>(value: &'v Value, at: &Path<'_>) -> Result<&'v str, SignalingError> {
-    value
-        .as_str()
-        .ok_or_else(|| at.invalid(format!("expected a string, found {}", type_name(value))))
-}
-
-/// A string, or a number taken as its decimal text (for opaque ids Telegram may send either way).
-fn text(value: &Value, at: &Path<'_>) -> Result<String, SignalingError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        other => Err(at.invalid(format!(
-            "expected a string or a number, found {}",
-            type_name(other)
-        ))),
-    }
-}
-
-fn optional_text(
-    obj: &Map<String, Value>,
-    at: &Path<'_>,
-    key: &str,
-) -> Result<String, SignalingError> {
-    match optional(obj, key) {
-        Some(value) => text(value, &at.key(key)),
-        None => Ok(String::new()),
-    }
-}
-
-fn ip_addr(value: &Value, at: &Path<'_>) -> Result<IpAddr, SignalingError> {
-    let s = string(value, at)?;
-    s.parse()
-        .map_err(|_| at.invalid(format!("{} is not an ip address", quoted(s))))
-}
-
-/// An integer in `min..=max`, given as a JSON number or a decimal string (optionally negative).
-fn integer<T>(value: &Value, at: &Path<'_>, min: T, max: T) -> Result<T, SignalingError>
-where
-    T: Copy + fmt::Display + Into<i128> + TryFrom<i128>,
-{
-    // `None` = well-formed but too large even for i128, i.e. out of range.
-    let parsed: Option<i128> = match value {
-        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) => Some(u.into()),
-            (None, Some(i)) => Some(i.into()),
-            (None, None) => return Err(at.invalid(format!("{n} is not an integer"))),
-        },
-        Value::String(s) => {
-            let digits = s.strip_prefix('-').unwrap_or(s);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(at.invalid(format!("{} is not a decimal integer", quoted(s))));
-            }
-            s.parse::<i128>().ok()
-        }
-        other => {
-            return Err(at.invalid(format!(
-                "expected an integer or a decimal string, found {}",
-                type_name(other)
-            )));
-        }
-    };
-    parsed
-        .filter(|n| (min.into()..=max.into()).contains(n))
-        .and_then(|n| T::try_from(n).ok())
-        .ok_or_else(|| {
-            let shown = match value {
-                Value::String(s) => quoted(s),
-                other => other.to_string(),
-            };
-            at.invalid(format!("{shown} is out of range {min}..={max}"))
-        })
-}
-
-fn optional_integer<T>(
-    obj: &Map<String, Value>,
-    at: &Path<'_>,
-    key: &str,
-    min: T,
-    max: T,
-) -> Result<Option<T>, SignalingError>
-where
-    T: Copy + fmt::Display + Into<i128> + TryFrom<i128>,
-{
-    match optional(obj, key) {
-        Some(value) => integer(value, &at.key(key), min, max).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// An SSRC in either the signed (MTProto `int`) or the unsigned (RTP) 32-bit range.
-fn ssrc(value: &Value, at: &Path<'_>) -> Result<Ssrc, SignalingError> {
-    let n: i64 = integer(value, at, i64::from(i32::MIN), i64::from(u32::MAX))?;
-    match (u32::try_from(n), i32::try_from(n)) {
-        (Ok(unsigned), _) => Ok(Ssrc(unsigned)),
-        (Err(_), Ok(signed)) => Ok(Ssrc::from_i32_bits(signed)),
-        // `integer` already enforced the range; kept as an error rather than a panic.
-        (Err(_), Err(_)) => Err(at.invalid(format!("{n} is not a 32-bit ssrc"))),
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn too_many(len: usize) -> String {
-    format!("{len} items, at most {MAX_LIST_ITEMS} allowed")
-}
-
-/// Quotes untrusted text for an error message, cut to a readable length.
-fn quoted(s: &str) -> String {
-    const MAX_CHARS: usize = 40;
-    match s.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => format!("{:?}...", s.get(..cut).unwrap_or_default()),
-        None => format!("{s:?}"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Emitting
 // ---------------------------------------------------------------------------------------------
 
-fn push_transport(out: &mut String, transport: &Transport) {
-    out.push_str("{\"xmlns\":");
-    push_string(out, XMLNS_ICE_UDP);
-    out.push_str(",\"rtcp-mux\":true,\"ufrag\":");
-    push_string(out, &transport.ufrag);
-    out.push_str(",\"pwd\":");
-    push_string(out, &transport.pwd);
-    out.push_str(",\"fingerprints\":");
-    push_fingerprints(out, &transport.fingerprints);
-    out.push_str(",\"candidates\":[");
-    for (i, c) in transport.candidates.iter().enumerate() {
-        push_separator(out, i);
-        // All candidate fields are strings: tgcalls' parseString rejects numbers.
-        out.push_str("{\"generation\":");
-        push_quoted_display(out, c.generation);
-        out.push_str(",\"component\":");
-        push_quoted_display(out, c.component);
-        out.push_str(",\"protocol\":");
-        push_string(out, &c.protocol);
-        out.push_str(",\"port\":");
-        push_quoted_display(out, c.port);
-        out.push_str(",\"ip\":");
-        push_quoted_display(out, c.ip);
-        out.push_str(",\"foundation\":");
-        push_string(out, &c.foundation);
-        out.push_str(",\"id\":");
-        push_string(out, &c.id);
-        out.push_str(",\"priority\":");
-        push_quoted_display(out, c.priority);
-        out.push_str(",\"type\":");
-        push_string(out, &c.kind);
-        out.push_str(",\"network\":");
-        push_quoted_display(out, c.network);
-        if let Some(rel) = c.rel_addr {
-            out.push_str(",\"rel-addr\":");
-            push_quoted_display(out, rel.ip());
-            out.push_str(",\"rel-port\":");
-            push_quoted_display(out, rel.port());
-        }
-        out.push('}');
-    }
-    out.push_str("]}");
-}
-
-fn push_fingerprints(out: &mut String, fingerprints: &[DtlsFingerprint]) {
-    out.push('[');
-    for (i, fp) in fingerprints.iter().enumerate() {
-        push_separator(out, i);
-        out.push_str("{\"hash\":");
-        push_string(out, &fp.hash);
-        if !fp.setup.is_empty() {
-            out.push_str(",\"setup\":");
-            push_string(out, &fp.setup);
-        }
-        out.push_str(",\"fingerprint\":");
-        push_string(out, &fp.fingerprint);
-        out.push('}');
-    }
-    out.push(']');
-}
-
-/// Writes `"payload-types":[..],"rtp-hdrexts":[..]` (no braces, shared by audio and video).
-fn push_media_fields(out: &mut String, media: &MediaDescription) {
-    out.push_str("\"payload-types\":[");
-    for (i, pt) in media.payload_types.iter().enumerate() {
-        push_separator(out, i);
-        out.push_str("{\"id\":");
-        push_display(out, pt.id);
-        out.push_str(",\"name\":");
-        push_string(out, &pt.name);
-        out.push_str(",\"clockrate\":");
-        push_display(out, pt.clockrate);
-        if pt.channels != 1 {
-            out.push_str(",\"channels\":");
-            push_display(out, pt.channels);
-        }
-        if !pt.parameters.is_empty() {
-            out.push_str(",\"parameters\":{");
-            for (j, (name, value)) in pt.parameters.iter().enumerate() {
-                push_separator(out, j);
-                push_string(out, name);
-                out.push(':');
-                if is_canonical_unsigned(value) {
-                    out.push_str(value);
-                } else {
-                    push_string(out, value);
-                }
+fn write_transport(o: &mut Object<'_>, transport: &Transport) {
+    o.field("xmlns", XMLNS_ICE_UDP)
+        .field("rtcp-mux", true)
+        .field("ufrag", &transport.ufrag)
+        .field("pwd", &transport.pwd)
+        .array("fingerprints", |a| {
+            write_fingerprints(a, &transport.fingerprints)
+        })
+        .array("candidates", |a| {
+            for c in &transport.candidates {
+                // All candidate fields are strings: tgcalls' parseString rejects numbers.
+                a.object(|o| {
+                    o.field("generation", Quoted(c.generation))
+                        .field("component", Quoted(c.component))
+                        .field("protocol", &c.protocol)
+                        .field("port", Quoted(c.port))
+                        .field("ip", Quoted(c.ip))
+                        .field("foundation", &c.foundation)
+                        .field("id", &c.id)
+                        .field("priority", Quoted(c.priority))
+                        .field("type", &c.kind)
+                        .field("network", Quoted(c.network));
+                    if let Some(rel) = c.rel_addr {
+                        o.field("rel-addr", Quoted(rel.ip()))
+                            .field("rel-port", Quoted(rel.port()));
+                    }
+                });
             }
-            out.push('}');
-        }
-        if !pt.rtcp_fbs.is_empty() {
-            out.push_str(",\"rtcp-fbs\":[");
-            for (j, fb) in pt.rtcp_fbs.iter().enumerate() {
-                push_separator(out, j);
-                out.push_str("{\"type\":");
-                push_string(out, &fb.kind);
-                if let Some(subtype) = &fb.subtype {
-                    out.push_str(",\"subtype\":");
-                    push_string(out, subtype);
-                }
-                out.push('}');
-            }
-            out.push(']');
-        }
-        out.push('}');
-    }
-    out.push_str("],\"rtp-hdrexts\":[");
-    for (i, ext) in media.rtp_hdrexts.iter().enumerate() {
-        push_separator(out, i);
-        out.push_str("{\"id\":");
-        push_display(out, ext.id);
-        out.push_str(",\"uri\":");
-        push_string(out, &ext.uri);
-        out.push('}');
-    }
-    out.push(']');
+        });
 }
 
-fn push_ssrcs(out: &mut String, ssrcs: &[Ssrc]) {
-    out.push('[');
-    for (i, ssrc) in ssrcs.iter().enumerate() {
-        push_separator(out, i);
-        push_display(out, ssrc.as_i32_bits());
+fn write_fingerprints(a: &mut Array<'_>, fingerprints: &[DtlsFingerprint]) {
+    for fp in fingerprints {
+        a.object(|o| {
+            o.field("hash", &fp.hash);
+            if !fp.setup.is_empty() {
+                o.field("setup", &fp.setup);
+            }
+            o.field("fingerprint", &fp.fingerprint);
+        });
     }
-    out.push(']');
+}
+
+/// Writes the `payload-types` and `rtp-hdrexts` fields (shared by audio and video).
+fn write_media_fields(o: &mut Object<'_>, media: &MediaDescription) {
+    o.array("payload-types", |a| {
+        for pt in &media.payload_types {
+            a.object(|o| {
+                o.field("id", pt.id)
+                    .field("name", &pt.name)
+                    .field("clockrate", pt.clockrate);
+                if pt.channels != 1 {
+                    o.field("channels", pt.channels);
+                }
+                if !pt.parameters.is_empty() {
+                    o.object("parameters", |o| {
+                        for (name, value) in &pt.parameters {
+                            if is_canonical_unsigned(value) {
+                                o.field(name, Raw(value));
+                            } else {
+                                o.field(name, value);
+                            }
+                        }
+                    });
+                }
+                if !pt.rtcp_fbs.is_empty() {
+                    o.array("rtcp-fbs", |a| {
+                        for fb in &pt.rtcp_fbs {
+                            a.object(|o| {
+                                o.field("type", &fb.kind);
+                                if let Some(subtype) = &fb.subtype {
+                                    o.field("subtype", subtype);
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+        }
+    })
+    .array("rtp-hdrexts", |a| {
+        for ext in &media.rtp_hdrexts {
+            a.object(|o| {
+                o.field("id", ext.id).field("uri", &ext.uri);
+            });
+        }
+    });
+}
+
+/// Writes SSRCs as the signed 32-bit numbers Telegram expects (bit-cast).
+fn write_ssrcs(a: &mut Array<'_>, ssrcs: &[Ssrc]) {
+    for ssrc in ssrcs {
+        a.item(ssrc.as_i32_bits());
+    }
 }
 
 /// True for the decimal text of a `u64` without sign or leading zeros: emitting it as a JSON
@@ -1196,42 +872,6 @@ fn is_canonical_unsigned(s: &str) -> bool {
         [] => false,
     };
     well_formed && s.parse::<u64>().is_ok()
-}
-
-fn push_separator(out: &mut String, index: usize) {
-    if index > 0 {
-        out.push(',');
-    }
-}
-
-fn push_display(out: &mut String, value: impl fmt::Display) {
-    // Writing into a String cannot fail.
-    let _ = write!(out, "{value}");
-}
-
-fn push_quoted_display(out: &mut String, value: impl fmt::Display) {
-    // Writing into a String cannot fail. Display of numbers and addresses needs no escaping.
-    let _ = write!(out, "\"{value}\"");
-}
-
-/// Writes `s` as a JSON string literal (RFC 8259 §7 escaping).
-fn push_string(out: &mut String, s: &str) {
-    out.reserve(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

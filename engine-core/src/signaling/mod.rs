@@ -15,6 +15,7 @@
 use std::fmt;
 
 pub mod group;
+mod json;
 pub mod p2p;
 
 /// Largest signaling document any parser in this module accepts, in bytes (64 KiB).

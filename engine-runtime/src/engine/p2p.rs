@@ -24,8 +24,12 @@
 //! a shard, so it never delays the pacer. The call moves to a shard at `connect_p2p`; until
 //! then its source and pause/mute settings are kept here and applied when it starts.
 //!
+//! The exchange itself (its states and checks) is engine-core's
+//! [`KeyExchange`](ringcast_core::signaling::p2p::KeyExchange); this module keeps it per call
+//! behind a mutex and maps its errors to [`EngineError`].
+//!
 //! **Randomness.** The DH secrets come from a hash DRBG (SHA-256 in counter mode over a 32-byte
-//! secret) owned by the engine: the secret is drawn from the OS, or derived from
+//! secret, engine-core's [`DhRng`]) owned by the engine: the secret is drawn from the OS, or derived from
 //! [`EngineBuilder::seed`](super::EngineBuilder::seed) when one is set (reproducible runs and
 //! tests; a seeded engine's DH secrets are as guessable as its seed). The server's `random` is
 //! XORed in as the spec requires.
@@ -39,8 +43,9 @@ use ringcast_core::endpoint::P2pSnapshot;
 use ringcast_core::media::ToneSource;
 use ringcast_core::p2p_call::{self, MAX_STUN_SERVERS, MAX_TURN_SERVERS, P2pConfig};
 use ringcast_core::signaling::p2p::dh::DH_BYTES;
+pub use ringcast_core::signaling::p2p::exchange::AuthParams;
 use ringcast_core::signaling::p2p::{
-    CallKey, CalleeExchange, CallerExchange, DhConfig, DhParams, Framing, P2pError, Role,
+    DhConfig, DhParams, DhRng, ExchangeError, Framing, KeyExchange, Role,
 };
 use ringcast_core::turn::TurnServer;
 use ringcast_core::{FrameSource, OpusFrame, SourceError};
@@ -49,16 +54,6 @@ use super::Engine;
 use crate::error::EngineError;
 use crate::shard::Request;
 use crate::source::StreamSource;
-
-/// What [`Engine::exchange_keys`] returns (ntgcalls `AuthParams`): the values for
-/// `phone.confirmCall` on the caller's side.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthParams {
-    /// The key's fingerprint (`key_fingerprint` of `phone.confirmCall` / `phoneCall`).
-    pub key_fingerprint: i64,
-    /// The caller's `g_a` (both sides return it; the caller sends it with `phone.confirmCall`).
-    pub g_a_or_b: Vec<u8>,
-}
 
 /// A `phoneConnectionWebrtc` entry (ntgcalls `RTCServer`) for [`Engine::connect_p2p`]. Entries
 /// with `stun` over UDP are used as STUN servers (server-reflexive candidates), entries with
@@ -105,37 +100,12 @@ pub struct P2pKeyInfo {
 /// A 1:1 call's state, media state and counters, as [`Engine::p2p_call_info`] returns them.
 pub type P2pCallInfo = P2pSnapshot;
 
-/// Where a 1:1 call's key exchange is.
-enum Exchange {
-    Created,
-    Caller(Box<CallerExchange>),
-    Callee(Box<CalleeExchange>),
-    Keyed(CallKey, Role),
-    /// On a shard.
-    Connected(CallKey, Role),
-    /// A check failed; the call must be stopped.
-    Failed,
-}
-
-impl Exchange {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Caller(_) => "waiting for g_b",
-            Self::Callee(_) => "waiting for g_a",
-            Self::Keyed(..) => "keyed",
-            Self::Connected(..) => "connected",
-            Self::Failed => "failed",
-        }
-    }
-}
-
 /// Signaling packets kept for a call that is not on a shard yet.
 const MAX_EARLY_SIGNALING: usize = 32;
 
 /// The engine-side part of a 1:1 call.
 struct Setup {
-    exchange: Exchange,
+    exchange: KeyExchange,
     source: Option<Box<dyn FrameSource>>,
     muted: bool,
     paused: bool,
@@ -144,47 +114,30 @@ struct Setup {
     early_signaling: Vec<Vec<u8>>,
 }
 
-/// Hash DRBG: SHA-256(secret || counter || block) in counter mode.
-struct DhRng {
-    secret: [u8; 32],
-    counter: u64,
+/// The DH secrets' generator: seeded from `seed` when the engine has one, else from the OS
+/// (engine-core takes no OS randomness itself).
+fn dh_rng(seed: Option<u64>) -> Result<DhRng, EngineError> {
+    match seed {
+        Some(seed) => Ok(DhRng::from_seed(seed)),
+        None => {
+            let mut secret = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut secret).map_err(|_| {
+                EngineError::Io(std::io::Error::other("os random generator failed"))
+            })?;
+            Ok(DhRng::from_secret(secret))
+        }
+    }
 }
 
-impl DhRng {
-    fn new(seed: Option<u64>) -> Result<Self, EngineError> {
-        let mut secret = [0u8; 32];
-        match seed {
-            Some(seed) => {
-                let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-                ctx.update(b"ringcast p2p dh drbg");
-                ctx.update(&seed.to_le_bytes());
-                secret.copy_from_slice(ctx.finish().as_ref());
-            }
-            None => aws_lc_rs::rand::fill(&mut secret).map_err(|_| {
-                EngineError::Io(std::io::Error::other("os random generator failed"))
-            })?,
-        }
-        Ok(Self { secret, counter: 0 })
-    }
-
-    fn next_bytes(&mut self) -> [u8; DH_BYTES] {
-        self.counter += 1;
-        let mut out = [0u8; DH_BYTES];
-        for (i, chunk) in out.chunks_mut(32).enumerate() {
-            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-            ctx.update(&self.secret);
-            ctx.update(&self.counter.to_le_bytes());
-            ctx.update(&(i as u64).to_le_bytes());
-            chunk.copy_from_slice(ctx.finish().as_ref());
-        }
-        out
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let b = self.next_bytes();
-        let mut x = [0u8; 8];
-        x.copy_from_slice(&b[..8]);
-        u64::from_le_bytes(x)
+/// The engine error for a key-exchange step `step` of the call with `user_id` that was refused.
+fn exchange_error(user_id: i64, step: &'static str) -> impl FnOnce(ExchangeError) -> EngineError {
+    move |e| match e {
+        ExchangeError::OutOfOrder { state } => EngineError::OutOfOrder {
+            user_id,
+            step,
+            state,
+        },
+        ExchangeError::Check(e) => EngineError::KeyExchange(e),
     }
 }
 
@@ -215,7 +168,7 @@ impl P2pSetups {
         Ok(Self {
             setups: Mutex::new(HashMap::new()),
             params: Mutex::new(None),
-            rng: Mutex::new(DhRng::new(seed)?),
+            rng: Mutex::new(dh_rng(seed)?),
             bitrates: Mutex::new(HashMap::new()),
         })
     }
@@ -230,7 +183,7 @@ impl P2pSetups {
     /// The setup of a 1:1 call that is not on a shard yet.
     fn pending(&self, user_id: i64) -> Option<Arc<Mutex<Setup>>> {
         let setup = lock(&self.setups).get(&user_id).cloned()?;
-        let on_shard = matches!(lock(&setup).exchange, Exchange::Connected(..));
+        let on_shard = lock(&setup).exchange.is_connected();
         (!on_shard).then_some(setup)
     }
 
@@ -240,7 +193,7 @@ impl P2pSetups {
     fn with_pending<R>(&self, user_id: i64, f: impl FnOnce(&mut Setup) -> R) -> Option<R> {
         let setup = lock(&self.setups).get(&user_id).cloned()?;
         let mut setup = lock(&setup);
-        if matches!(setup.exchange, Exchange::Connected(..)) {
+        if setup.exchange.is_connected() {
             return None;
         }
         Some(f(&mut setup))
@@ -345,14 +298,14 @@ impl Engine {
         if let Some(old) = setups.get(&user_id) {
             // A call that went to a shard and has ended since can be replaced; any other is
             // live (still setting up).
-            if !matches!(lock(old).exchange, Exchange::Connected(..)) {
+            if !lock(old).exchange.is_connected() {
                 return Err(EngineError::ConnectionExists(user_id));
             }
         }
         setups.insert(
             user_id,
             Arc::new(Mutex::new(Setup {
-                exchange: Exchange::Created,
+                exchange: KeyExchange::new(),
                 source: None,
                 muted: false,
                 paused: false,
@@ -379,41 +332,18 @@ impl Engine {
     ) -> Result<Vec<u8>, EngineError> {
         let setup = self.p2p.get(user_id)?;
         let mut setup = lock(&setup);
-        if !matches!(setup.exchange, Exchange::Created) {
-            return Err(EngineError::OutOfOrder {
-                user_id,
-                step: "init_exchange",
-                state: setup.exchange.name(),
-            });
-        }
+        // Checked before validating `dh_config`, so an out-of-order call costs nothing.
+        setup
+            .exchange
+            .check_init()
+            .map_err(exchange_error(user_id, "init_exchange"))?;
         let params = self.p2p.params(dh_config)?;
-        // Own values out of range happen with probability ~2^-63; retry like ntgcalls.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let own = lock(&self.p2p.rng).next_bytes();
-            let result = match g_a_hash {
-                None => CallerExchange::new(&params, &dh_config.random, &own).map(|c| {
-                    let hash = c.g_a_hash().to_vec();
-                    (Exchange::Caller(Box::new(c)), hash)
-                }),
-                Some(hash) => {
-                    CalleeExchange::new(&params, hash, &dh_config.random, &own).map(|c| {
-                        let g_b = c.g_b().to_vec();
-                        (Exchange::Callee(Box::new(c)), g_b)
-                    })
-                }
-            };
-            match result {
-                Ok((exchange, out)) => {
-                    setup.exchange = exchange;
-                    return Ok(out);
-                }
-                Err(P2pError::OwnValueOutOfRange { .. } | P2pError::SecretOutOfRange)
-                    if attempt < 4 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        setup
+            .exchange
+            .init(&params, &dh_config.random, g_a_hash, || {
+                lock(&self.p2p.rng).next_bytes()
+            })
+            .map_err(exchange_error(user_id, "init_exchange"))
     }
 
     /// Second DH step (ntgcalls `exchangeKeys`). The caller passes the callee's `g_b` (from
@@ -433,32 +363,10 @@ impl Engine {
     ) -> Result<AuthParams, EngineError> {
         let setup = self.p2p.get(user_id)?;
         let mut setup = lock(&setup);
-        let (key, role, g_a) = match std::mem::replace(&mut setup.exchange, Exchange::Failed) {
-            Exchange::Caller(c) => {
-                let g_a = c.g_a().to_vec();
-                (c.complete(g_a_or_b)?, Role::Caller, g_a)
-            }
-            Exchange::Callee(c) => (
-                c.complete(g_a_or_b, fingerprint)?,
-                Role::Callee,
-                g_a_or_b.to_vec(),
-            ),
-            other => {
-                let state = other.name();
-                setup.exchange = other;
-                return Err(EngineError::OutOfOrder {
-                    user_id,
-                    step: "exchange_keys",
-                    state,
-                });
-            }
-        };
-        let auth = AuthParams {
-            key_fingerprint: key.fingerprint(),
-            g_a_or_b: g_a,
-        };
-        setup.exchange = Exchange::Keyed(key, role);
-        Ok(auth)
+        setup
+            .exchange
+            .complete(g_a_or_b, fingerprint)
+            .map_err(exchange_error(user_id, "exchange_keys"))
     }
 
     /// Uses a key agreed elsewhere instead of the DH steps (ntgcalls `skipExchange`);
@@ -477,20 +385,15 @@ impl Engine {
             .map_err(|_| EngineError::InvalidKeyLength { len: key.len() })?;
         let setup = self.p2p.get(user_id)?;
         let mut setup = lock(&setup);
-        if !matches!(setup.exchange, Exchange::Created) {
-            return Err(EngineError::OutOfOrder {
-                user_id,
-                step: "skip_exchange",
-                state: setup.exchange.name(),
-            });
-        }
         let role = if is_outgoing {
             Role::Caller
         } else {
             Role::Callee
         };
-        setup.exchange = Exchange::Keyed(CallKey::from_parts(bytes, &[]), role);
-        Ok(())
+        setup
+            .exchange
+            .skip(bytes, role)
+            .map_err(exchange_error(user_id, "skip_exchange"))
     }
 
     /// The call's key fingerprint and verification emojis, once the key is known.
@@ -500,18 +403,15 @@ impl Engine {
     pub fn p2p_key(&self, user_id: i64) -> Result<P2pKeyInfo, EngineError> {
         let setup = self.p2p.get(user_id)?;
         let setup = lock(&setup);
-        match &setup.exchange {
-            Exchange::Keyed(key, role) | Exchange::Connected(key, role) => Ok(P2pKeyInfo {
-                role: *role,
-                key_fingerprint: key.fingerprint(),
-                emoji: key.emoji(),
-            }),
-            other => Err(EngineError::OutOfOrder {
-                user_id,
-                step: "p2p_key",
-                state: other.name(),
-            }),
-        }
+        let (key, role) = setup
+            .exchange
+            .key()
+            .map_err(exchange_error(user_id, "p2p_key"))?;
+        Ok(P2pKeyInfo {
+            role,
+            key_fingerprint: key.fingerprint(),
+            emoji: key.emoji(),
+        })
     }
 
     /// Starts the call (ntgcalls `connectP2P`): binds its own UDP socket on the shard that owns
@@ -542,14 +442,11 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let setup = self.p2p.get(user_id)?;
         let mut setup = lock(&setup);
-        let Exchange::Keyed(key, role) = &setup.exchange else {
-            return Err(EngineError::OutOfOrder {
-                user_id,
-                step: "connect_p2p",
-                state: setup.exchange.name(),
-            });
-        };
-        let (key, role) = (key.clone(), *role);
+        let (key, role) = setup
+            .exchange
+            .key_to_connect()
+            .map_err(exchange_error(user_id, "connect_p2p"))?;
+        let (key, role) = (key.clone(), role);
         let turn_servers = turn_servers(rtc_servers);
         if !p2p_allowed && turn_servers.is_empty() {
             return Err(EngineError::RelayOnlyUnsupported);
@@ -572,7 +469,7 @@ impl Engine {
         }
         let seed = self.next_call_seed();
         let placeholder = SocketAddr::from(([127, 0, 0, 1], 0)); // the shard binds the socket
-        let mut config = P2pConfig::new(role, key.clone(), seed, self.certs.take()?, placeholder);
+        let mut config = P2pConfig::new(role, key, seed, self.certs.take()?, placeholder);
         config.framing = framing;
         config.crypto = Some(self.crypto.clone());
         config.connect_timeout = self.connect_timeout;
@@ -595,7 +492,10 @@ impl Engine {
             commands,
             reply,
         })??;
-        setup.exchange = Exchange::Connected(key, role);
+        setup
+            .exchange
+            .set_connected()
+            .map_err(exchange_error(user_id, "connect_p2p"))?;
         for bytes in std::mem::take(&mut setup.early_signaling) {
             // Rejections are counted by the call; the application sees them as it would have.
             let _ = self.request(self.shard_of(user_id), |reply| Request::P2pSignaling {

@@ -54,7 +54,8 @@ use webrtc::rtp_transceiver::rtp_codec::{
 };
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 
-use super::{CHATS, Sample, Sfu, System, chat_tones};
+use crate::sfu::Sfu;
+use crate::system::{CHATS, Sample, System, chat_tones};
 
 /// Same send-ahead as the str0m calls (`ringcast_core::call::FRAME_SEND_AHEAD`): a frame within
 /// 1 ms of its due time goes now.
@@ -456,16 +457,13 @@ impl System for WebrtcRs {
     }
 
     fn sample(&self) -> Sample {
-        let mut s = Sample {
-            connected: self.connected.load(Ordering::Relaxed) as usize,
-            ..Sample::default()
-        };
-        for call in &self.stats {
-            if let Ok(c) = call.lock() {
-                s.packets_sent += c.frames;
-                s.lateness.merge(&c.lateness);
-            }
-        }
-        s
+        let connected = self.connected.load(Ordering::Relaxed) as usize;
+        // Each call's counters are copied out under its own lock, then summed.
+        let calls: Vec<(u64, LatenessHistogram)> = self
+            .stats
+            .iter()
+            .filter_map(|call| call.lock().ok().map(|c| (c.frames, c.lateness.clone())))
+            .collect();
+        Sample::sum(connected, calls.iter().map(|(p, l)| (*p, l)))
     }
 }

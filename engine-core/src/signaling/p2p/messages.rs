@@ -22,20 +22,21 @@
 //! emits SSRCs and `exchangeId` as strings and everything else as numbers, and so does
 //! [`SignalingMessage::to_json`].
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::super::group::{SsrcGroup, fingerprint_hex, parse_fingerprint_hex};
+use super::super::json::{
+    self, Object, Path, Quoted, array, boolean, check_ice_credential, integer, object, optional,
+    optional_list, quoted, required, required_str, string, too_many,
+};
 use super::super::{SignalingError, Ssrc, parse_document};
 use super::Role;
 
 /// Most items any list in a control message may hold.
-pub const MAX_LIST_ITEMS: usize = 64;
+pub const MAX_LIST_ITEMS: usize = json::MAX_LIST_ITEMS;
 
 /// Longest ICE candidate line accepted, in bytes.
 pub const MAX_CANDIDATE_BYTES: usize = 1024;
-
-/// RFC 8445 §5.3: at most 256 ice-chars in a ufrag or password.
-const ICE_CREDENTIAL_MAX_CHARS: usize = 256;
 
 /// One control message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +196,9 @@ pub struct PayloadType {
     pub channels: u32,
     /// RTCP feedback: (`type`, `subtype`), e.g. `("transport-cc", "")`, `("nack", "pli")`.
     pub feedback_types: Vec<(String, String)>,
-    /// Format parameters (`a=fmtp`), e.g. `("useinbandfec", "1")`; values are strings.
+    /// Format parameters (`a=fmtp`), e.g. `("useinbandfec", "1")`; values are strings. Parsed
+    /// sorted by name; names must be unique (and sorted) for [`SignalingMessage::to_json`] to
+    /// round-trip exactly.
     pub parameters: Vec<(String, String)>,
 }
 
@@ -268,88 +271,111 @@ impl SignalingMessage {
         })
     }
 
-    /// The JSON text, as tgcalls emits it (SSRCs and `exchangeId` as decimal strings).
+    /// The JSON text, as tgcalls emits it: SSRCs and `exchangeId` as decimal strings, other
+    /// numbers as numbers, the keys of every object in alphabetical order (tgcalls' json11
+    /// objects are sorted maps), no whitespace.
     pub fn to_json(&self) -> String {
-        self.to_value().to_string()
-    }
-
-    fn to_value(&self) -> Value {
-        match self {
-            Self::InitialSetup(m) => json!({
-                "@type": "InitialSetup",
-                "ufrag": m.ufrag,
-                "pwd": m.pwd,
-                "renomination": m.renomination,
-                "fingerprints": m.fingerprints.iter().map(|f| json!({
-                    "hash": f.hash,
-                    "setup": f.setup.as_str(),
-                    "fingerprint": f.fingerprint,
-                })).collect::<Vec<_>>(),
-            }),
-            Self::Candidates(m) => json!({
-                "@type": "Candidates",
-                "candidates": m.candidates.iter()
-                    .map(|c| json!({ "sdpString": c }))
-                    .collect::<Vec<_>>(),
-            }),
-            Self::NegotiateChannels(m) => json!({
-                "@type": "NegotiateChannels",
-                "exchangeId": m.exchange_id.to_string(),
-                "contents": m.contents.iter().map(content_value).collect::<Vec<_>>(),
-            }),
-            Self::MediaState(m) => json!({
-                "@type": "MediaState",
-                "muted": m.muted,
-                "lowBattery": m.low_battery,
-                "videoState": m.video_state.as_str(),
-                "videoRotation": m.video_rotation,
-                "screencastState": m.screencast_state.as_str(),
-            }),
-            Self::Unknown { kind } => json!({ "@type": kind }),
-        }
+        json::emit(256, |o| match self {
+            Self::InitialSetup(m) => {
+                o.field("@type", "InitialSetup")
+                    .array("fingerprints", |a| {
+                        for f in &m.fingerprints {
+                            a.object(|o| {
+                                o.field("fingerprint", &f.fingerprint)
+                                    .field("hash", &f.hash)
+                                    .field("setup", f.setup.as_str());
+                            });
+                        }
+                    })
+                    .field("pwd", &m.pwd)
+                    .field("renomination", m.renomination)
+                    .field("ufrag", &m.ufrag);
+            }
+            Self::Candidates(m) => {
+                o.field("@type", "Candidates").array("candidates", |a| {
+                    for c in &m.candidates {
+                        a.object(|o| {
+                            o.field("sdpString", c);
+                        });
+                    }
+                });
+            }
+            Self::NegotiateChannels(m) => {
+                o.field("@type", "NegotiateChannels")
+                    .array("contents", |a| {
+                        for c in &m.contents {
+                            a.object(|o| write_content(o, c));
+                        }
+                    })
+                    .field("exchangeId", Quoted(m.exchange_id));
+            }
+            Self::MediaState(m) => {
+                o.field("@type", "MediaState")
+                    .field("lowBattery", m.low_battery)
+                    .field("muted", m.muted)
+                    .field("screencastState", m.screencast_state.as_str())
+                    .field("videoRotation", m.video_rotation)
+                    .field("videoState", m.video_state.as_str());
+            }
+            Self::Unknown { kind } => {
+                o.field("@type", kind);
+            }
+        })
     }
 }
 
-fn content_value(c: &MediaContent) -> Value {
-    let mut obj = Map::new();
+/// Writes one entry of `contents`, keys in alphabetical order (see [`SignalingMessage::to_json`]).
+fn write_content(o: &mut Object<'_>, c: &MediaContent) {
+    if !c.payload_types.is_empty() {
+        o.array("payloadTypes", |a| {
+            for pt in &c.payload_types {
+                a.object(|o| {
+                    o.field("channels", pt.channels)
+                        .field("clockrate", pt.clockrate)
+                        .array("feedbackTypes", |a| {
+                            for (kind, subtype) in &pt.feedback_types {
+                                a.object(|o| {
+                                    o.field("subtype", subtype).field("type", kind);
+                                });
+                            }
+                        })
+                        .field("id", pt.id)
+                        .field("name", &pt.name)
+                        .object("parameters", |o| {
+                            for (name, value) in &pt.parameters {
+                                o.field(name, value);
+                            }
+                        });
+                });
+            }
+        });
+    }
+    o.array("rtpExtensions", |a| {
+        for e in &c.rtp_extensions {
+            a.object(|o| {
+                o.field("id", e.id).field("uri", &e.uri);
+            });
+        }
+    })
+    .field("ssrc", Quoted(c.ssrc.0));
+    if !c.ssrc_groups.is_empty() {
+        o.array("ssrcGroups", |a| {
+            for g in &c.ssrc_groups {
+                a.object(|o| {
+                    o.field("semantics", &g.semantics).array("ssrcs", |a| {
+                        for s in &g.sources {
+                            a.item(Quoted(s.0));
+                        }
+                    });
+                });
+            }
+        });
+    }
     let kind = match c.kind {
         MediaKind::Audio => "audio",
         MediaKind::Video => "video",
     };
-    obj.insert("type".into(), kind.into());
-    obj.insert("ssrc".into(), c.ssrc.0.to_string().into());
-    if !c.ssrc_groups.is_empty() {
-        let groups = c.ssrc_groups.iter().map(|g| {
-            json!({
-                "semantics": g.semantics,
-                "ssrcs": g.sources.iter().map(|s| s.0.to_string()).collect::<Vec<_>>(),
-            })
-        });
-        obj.insert("ssrcGroups".into(), groups.collect::<Vec<_>>().into());
-    }
-    if !c.payload_types.is_empty() {
-        let pts = c.payload_types.iter().map(|pt| {
-            json!({
-                "id": pt.id,
-                "name": pt.name,
-                "clockrate": pt.clockrate,
-                "channels": pt.channels,
-                "feedbackTypes": pt.feedback_types.iter()
-                    .map(|(t, s)| json!({ "type": t, "subtype": s }))
-                    .collect::<Vec<_>>(),
-                "parameters": pt.parameters.iter()
-                    .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-                    .collect::<Map<_, _>>(),
-            })
-        });
-        obj.insert("payloadTypes".into(), pts.collect::<Vec<_>>().into());
-    }
-    let exts = c
-        .rtp_extensions
-        .iter()
-        .map(|e| json!({ "id": e.id, "uri": e.uri }));
-    obj.insert("rtpExtensions".into(), exts.collect::<Vec<_>>().into());
-    Value::Object(obj)
+    o.field("type", kind);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,232 +614,16 @@ fn parse_media_state(
     })
 }
 
-/// RFC 8445 §5.3 `ice-char = ALPHA / DIGIT / "+" / "/"`, `min..=256` of them.
-fn check_ice_credential(value: &str, at: &Path<'_>, min: usize) -> Result<(), SignalingError> {
-    if let Some(bad) = value
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
-    {
-        return Err(at.invalid(format!(
-            "character {bad:?} is not an ice-char (RFC 8445: ALPHA / DIGIT / + / /)"
-        )));
-    }
-    if !(min..=ICE_CREDENTIAL_MAX_CHARS).contains(&value.len()) {
-        return Err(at.invalid(format!(
-            "{} chars, RFC 8445 requires {min}..={ICE_CREDENTIAL_MAX_CHARS}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
-/// RFC 8122 §5 fingerprint: hex byte pairs joined by `:`, as many as `hash` produces.
+/// RFC 8122 §5 fingerprint ([`json::check_fingerprint`]) with a hash a DTLS stack can verify:
+/// the SHA family only.
 fn check_fingerprint(hash: &str, fingerprint: &str, at: &Path<'_>) -> Result<(), SignalingError> {
-    let Some(bytes) = parse_fingerprint_hex(fingerprint) else {
-        return Err(at.invalid(format!(
-            "{} is not colon-separated hex bytes",
-            quoted(fingerprint)
-        )));
-    };
-    let expected = match hash.to_ascii_lowercase().as_str() {
-        "sha-1" => 20,
-        "sha-224" => 28,
-        "sha-256" => 32,
-        "sha-384" => 48,
-        "sha-512" => 64,
-        _ => {
-            return Err(at.invalid(format!(
-                "unsupported hash {}; expected sha-1, sha-224, sha-256, sha-384 or sha-512",
-                quoted(hash)
-            )));
-        }
-    };
-    if bytes.len() == expected {
-        Ok(())
-    } else {
-        Err(at.invalid(format!(
-            "{} bytes, a {hash} fingerprint has {expected}",
-            bytes.len()
-        )))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// JSON access with paths (the same conventions as group.rs)
-// ---------------------------------------------------------------------------------------------
-
-/// A JSON path, built on the stack while descending and rendered only for an error.
-#[derive(Debug, Clone, Copy)]
-enum Path<'a> {
-    Root,
-    Key(&'a Self, &'a str),
-    Index(&'a Self, usize),
-}
-
-impl<'a> Path<'a> {
-    fn key<'b>(&'b self, key: &'b str) -> Path<'b>
-    where
-        'a: 'b,
-    {
-        Path::Key(self, key)
-    }
-
-    fn index<'b>(&'b self, index: usize) -> Path<'b>
-    where
-        'a: 'b,
-    {
-        Path::Index(self, index)
-    }
-
-    fn missing(&self) -> SignalingError {
-        SignalingError::MissingField {
-            field: self.to_string(),
-        }
-    }
-
-    fn invalid(&self, reason: impl Into<String>) -> SignalingError {
-        SignalingError::InvalidField {
-            field: self.to_string(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Path<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Path::Root => f.write_str("$"),
-            Path::Key(Path::Root, key) => f.write_str(key),
-            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
-            Path::Index(parent, index) => write!(f, "{parent}[{index}]"),
-        }
-    }
-}
-
-/// A field of `obj`, with `null` treated as absent.
-fn optional<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
-    obj.get(key).filter(|v| !v.is_null())
-}
-
-fn required<'v>(
-    obj: &'v Map<String, Value>,
-    at: &Path<'_>,
-    key: &str,
-) -> Result<&'v Value, SignalingError> {
-    optional(obj, key).ok_or_else(|| at.key(key).missing())
-}
-
-fn required_str<'v>(
-    obj: &'v Map<String, Value>,
-    at: &Path<'_>,
-    key: &str,
-) -> Result<&'v str, SignalingError> {
-    string(required(obj, at, key)?, &at.key(key))
-}
-
-/// The items of an optional list field, each parsed with `item`.
-fn optional_list<T>(
-    obj: &Map<String, Value>,
-    at: &Path<'_>,
-    key: &str,
-    item: impl Fn(&Value, &Path<'_>) -> Result<T, SignalingError>,
-) -> Result<Vec<T>, SignalingError> {
-    let Some(value) = optional(obj, key) else {
-        return Ok(Vec::new());
-    };
-    let list_at = at.key(key);
-    array(value, &list_at)?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| item(v, &list_at.index(i)))
-        .collect()
-}
-
-fn object<'v>(value: &'v Value, at: &Path<'_>) -> Result<&'v Map<String, Value>, SignalingError> {
-    value
-        .as_object()
-        .ok_or_else(|| at.invalid(format!("expected an object, found {}", type_name(value))))
-}
-
-/// An array of at most [`MAX_LIST_ITEMS`] elements.
-fn array<'v>(value: &'v Value, at: &Path<'_>) -> Result<&'v [Value], SignalingError> {
-    match value {
-        Value::Array(list) if list.len() <= MAX_LIST_ITEMS => Ok(list),
-        Value::Array(list) => Err(at.invalid(too_many(list.len()))),
-        other => Err(at.invalid(format!("expected an array, found {}", type_name(other)))),
-    }
-}
-
-fn string<'v>(value: &'v Value, at: &Path<'_>) -> Result<&'v str, SignalingError> {
-    value
-        .as_str()
-        .ok_or_else(|| at.invalid(format!("expected a string, found {}", type_name(value))))
-}
-
-fn boolean(value: &Value, at: &Path<'_>) -> Result<bool, SignalingError> {
-    value
-        .as_bool()
-        .ok_or_else(|| at.invalid(format!("expected a boolean, found {}", type_name(value))))
-}
-
-/// An integer in `min..=max`, given as a JSON number or a decimal string.
-fn integer<T>(value: &Value, at: &Path<'_>, min: T, max: T) -> Result<T, SignalingError>
-where
-    T: Copy + std::fmt::Display + Into<i128> + TryFrom<i128>,
-{
-    let parsed: Option<i128> = match value {
-        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) => Some(u.into()),
-            (None, Some(i)) => Some(i.into()),
-            (None, None) => return Err(at.invalid(format!("{n} is not an integer"))),
-        },
-        Value::String(s) => {
-            let digits = s.strip_prefix('-').unwrap_or(s);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(at.invalid(format!("{} is not a decimal integer", quoted(s))));
-            }
-            s.parse::<i128>().ok()
-        }
-        other => {
-            return Err(at.invalid(format!(
-                "expected an integer or a decimal string, found {}",
-                type_name(other)
-            )));
-        }
-    };
-    parsed
-        .filter(|n| (min.into()..=max.into()).contains(n))
-        .and_then(|n| T::try_from(n).ok())
-        .ok_or_else(|| {
-            let shown = match value {
-                Value::String(s) => quoted(s),
-                other => other.to_string(),
-            };
-            at.invalid(format!("{shown} is out of range {min}..={max}"))
-        })
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn too_many(len: usize) -> String {
-    format!("{len} items, at most {MAX_LIST_ITEMS} allowed")
-}
-
-/// Quotes untrusted text for an error message, cut to a readable length.
-fn quoted(s: &str) -> String {
-    const MAX_CHARS: usize = 40;
-    match s.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => format!("{:?}...", s.get(..cut).unwrap_or_default()),
-        None => format!("{s:?}"),
+    json::check_fingerprint(hash, fingerprint, at)?;
+    match json::digest_len(hash) {
+        Some(_) if !hash.eq_ignore_ascii_case("md5") => Ok(()),
+        _ => Err(at.invalid(format!(
+            "unsupported hash {}; expected sha-1, sha-224, sha-256, sha-384 or sha-512",
+            quoted(hash)
+        ))),
     }
 }
 
@@ -1233,6 +1043,15 @@ mod tests {
         fn emitted_messages_parse_back(msg in message()) {
             let json = msg.to_json();
             prop_assert_eq!(SignalingMessage::parse(json.as_bytes()).unwrap(), msg);
+        }
+
+        /// The emitted text is what serde_json writes for the same document (keys sorted, as
+        /// tgcalls' json11 sorts them; no whitespace), so the fuzz seeds stay byte-exact.
+        #[test]
+        fn emitted_text_is_canonical(msg in message()) {
+            let json = msg.to_json();
+            let value: Value = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(value.to_string(), json);
         }
 
         #[test]

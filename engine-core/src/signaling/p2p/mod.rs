@@ -10,6 +10,9 @@
 //!   conditions), runs the caller's and the callee's side of the three-message Diffie-Hellman
 //!   exchange with every range and hash check Telegram's end-to-end spec demands, and yields the
 //!   256-byte [`CallKey`] with its `key_fingerprint`.
+//! - [`exchange`]: [`KeyExchange`], the state of one call's exchange (created, waiting for
+//!   `g_b`/`g_a`, keyed, connected, failed) over the [`dh`] steps, refusing steps out of order;
+//!   and [`DhRng`], the hash DRBG its secrets come from.
 //! - [`emoji`]: the four-emoji key visualization both users compare.
 //! - [`channel`]: [`EncryptedChannel`], the MTProto-2.0-like encryption of every signaling blob
 //!   (tgcalls `EncryptedConnection`): counters, replay window, acks and resends for the
@@ -25,10 +28,12 @@
 pub mod channel;
 pub mod dh;
 pub mod emoji;
+pub mod exchange;
 pub mod messages;
 
 pub use channel::{ChannelStats, EncryptedChannel, Framing, Received, Rejected};
 pub use dh::{CallKey, CalleeExchange, CallerExchange, DhConfig, DhParams};
+pub use exchange::{AuthParams, DhRng, ExchangeError, KeyExchange};
 pub use messages::SignalingMessage;
 
 /// Protocol versions ([`phoneCallProtocol.library_versions`]) this module implements, newest

@@ -1,0 +1,312 @@
+//! The command line: parsed by clap into [`Cli`], then resolved into the [`Args`] a run uses
+//! (`--quick` defaults, the machine's cores).
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use ringcast::SendPath;
+
+/// How many streaming audio calls per core ringcast carries, against a tokio-task-per-call
+/// design and webrtc-rs, through sfu-mock on loopback.
+///
+/// A ramp adds calls step by step and stops at the first step with p99 pacer lateness >= 2 ms,
+/// any loss or calls that do not connect; the highest good step divided by the engine's cores
+/// is streams per core. `--soak` holds calls for a long run instead, with churn, and fails on
+/// loss or RSS growth. Needs the `sfu-mock` binary next to this one.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "load", version)]
+struct Cli {
+    /// A smoke run: steps 20,50 of 2 s each and one burst of 20 (an explicit --steps,
+    /// --step-seconds or --bursts still wins).
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON report goes.
+    #[arg(long, value_name = "PATH", default_value = "load-report.json")]
+    report: PathBuf,
+    /// Also draw the ramp (p99 lateness and CPU per packet against calls) as an SVG here.
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+    /// Calls at each step of the ramp, comma-separated
+    /// [default: 100,250,500,1000,1500,2000,2500,3000,4000,5000,6000,8000,10000].
+    #[arg(long, value_name = "N,N,...", value_parser = parse_steps)]
+    steps: Option<Counts>,
+    /// How long each step is measured, in seconds [default: 5].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    step_seconds: Option<f64>,
+    /// Engine shards (threads) [default: the machine's cores minus one, at least 1].
+    #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
+    shards: Option<usize>,
+    /// Ramp ringcast only, not the baselines.
+    #[arg(long)]
+    no_baseline: bool,
+    /// How the engine sends.
+    #[arg(long, value_enum, default_value_t = SendPathArg::Batch)]
+    send_path: SendPathArg,
+    /// Do not pin this process to the first `--shards` cores and sfu-mock to the others.
+    #[arg(long)]
+    no_pin: bool,
+    /// Connect-burst sizes, comma-separated; an empty list measures no burst [default: 100,1000].
+    #[arg(long, value_name = "N,N,...", value_parser = parse_bursts)]
+    bursts: Option<Counts>,
+    /// Which systems to ramp, comma-separated [default: all three].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SYSTEM,...")]
+    systems: Option<Vec<SystemName>>,
+    /// Soak instead of ramp: hold `--soak-calls` streaming calls for this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    soak: Option<f64>,
+    /// Calls in the soak.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = parse_at_least_one)]
+    soak_calls: usize,
+    /// Percent of the soak's calls stopped and replaced at every sample (0-100).
+    #[arg(long = "churn", value_name = "PERCENT", default_value_t = 2, value_parser = parse_percent)]
+    churn_pct: usize,
+}
+
+/// `--send-path`: the engine's [`SendPath`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SendPathArg {
+    /// Batched sends on a raw io_uring ring (the engine's default).
+    Batch,
+    /// One tokio-uring send per packet.
+    TokioUring,
+}
+
+impl From<SendPathArg> for SendPath {
+    fn from(arg: SendPathArg) -> Self {
+        match arg {
+            SendPathArg::Batch => Self::IoUringBatch,
+            SendPathArg::TokioUring => Self::TokioUring,
+        }
+    }
+}
+
+/// A system the ramp can measure (`--systems`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SystemName {
+    /// The ringcast engine.
+    #[value(name = "ringcast")]
+    Ringcast,
+    /// The baseline: a tokio task, socket and timer per call.
+    #[value(name = "tokio_per_call")]
+    TokioPerCall,
+    /// webrtc-rs, one `RTCPeerConnection` per call.
+    #[value(name = "webrtc_rs")]
+    WebrtcRs,
+}
+
+/// A comma-separated list of call counts (one clap value, unlike a multi-valued `Vec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Counts(Vec<usize>);
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive whole number")),
+    }
+}
+
+fn parse_steps(s: &str) -> Result<Counts, String> {
+    s.split(',')
+        .map(parse_count)
+        .collect::<Result<_, _>>()
+        .map(Counts)
+}
+
+/// Like steps, but empty items are skipped, so `--bursts ''` means no burst.
+fn parse_bursts(s: &str) -> Result<Counts, String> {
+    s.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(parse_count)
+        .collect::<Result<_, _>>()
+        .map(Counts)
+}
+
+fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    parse_count(s)
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn parse_percent(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v <= 100 => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage (0-100)")),
+    }
+}
+
+/// The settings of one run, defaults resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) quick: bool,
+    pub(crate) report: PathBuf,
+    pub(crate) plot: Option<PathBuf>,
+    pub(crate) steps: Vec<usize>,
+    pub(crate) step_seconds: f64,
+    pub(crate) shards: usize,
+    pub(crate) baseline: bool,
+    pub(crate) send_path: SendPath,
+    /// Pin this process to the first `shards` cores and sfu-mock to the others.
+    pub(crate) pin: bool,
+    /// Connect-burst sizes (empty: no burst measurement).
+    pub(crate) bursts: Vec<usize>,
+    /// Cores of the machine, read before this process pins itself.
+    pub(crate) cores: usize,
+    /// Which systems to ramp (`--systems`); all three by default.
+    pub(crate) systems: Vec<SystemName>,
+    /// Soak instead of ramp: run this long (seconds).
+    pub(crate) soak: Option<f64>,
+    /// Calls in the soak.
+    pub(crate) soak_calls: usize,
+    /// Percent of the soak's calls stopped and replaced at every sample.
+    pub(crate) churn_pct: usize,
+}
+
+impl Args {
+    /// Parses the command line; prints help or the error (naming the flag) and exits on
+    /// `--help`, `--version` or a bad argument (status 2).
+    pub(crate) fn parse() -> Self {
+        Self::resolve(Cli::parse(), cores())
+    }
+
+    fn resolve(cli: Cli, cores: usize) -> Self {
+        let (steps, step_seconds, bursts) = if cli.quick {
+            (vec![20, 50], 2.0, vec![20])
+        } else {
+            (
+                vec![
+                    100, 250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10_000,
+                ],
+                5.0,
+                vec![100, 1000],
+            )
+        };
+        Self {
+            quick: cli.quick,
+            report: cli.report,
+            plot: cli.plot,
+            steps: cli.steps.map_or(steps, |c| c.0),
+            step_seconds: cli.step_seconds.unwrap_or(step_seconds),
+            // One core for the engine and the rest for sfu-mock, so "per core" means what it says.
+            shards: cli.shards.unwrap_or(cores.saturating_sub(1).max(1)),
+            baseline: !cli.no_baseline,
+            send_path: cli.send_path.into(),
+            pin: !cli.no_pin,
+            bursts: cli.bursts.map_or(bursts, |c| c.0),
+            cores,
+            systems: cli
+                .systems
+                .unwrap_or_else(|| SystemName::value_variants().to_vec()),
+            soak: cli.soak,
+            soak_calls: cli.soak_calls,
+            churn_pct: cli.churn_pct,
+        }
+    }
+
+    /// True if `--systems` includes `system`.
+    pub(crate) fn wants(&self, system: SystemName) -> bool {
+        self.systems.contains(&system)
+    }
+}
+
+/// Cores of the machine (or of this process's affinity mask).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied()))
+            .map(|cli| Args::resolve(cli, 4))
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.steps.len(), 13);
+        assert_eq!((a.step_seconds, a.shards, a.cores), (5.0, 3, 4));
+        assert_eq!(a.bursts, [100, 1000]);
+        assert_eq!(a.report, PathBuf::from("load-report.json"));
+        assert_eq!((a.soak, a.soak_calls, a.churn_pct), (None, 500, 2));
+        assert!(a.baseline && a.pin && !a.quick);
+        assert_eq!(a.send_path, SendPath::IoUringBatch);
+        assert!(a.wants(SystemName::WebrtcRs) && a.wants(SystemName::TokioPerCall));
+    }
+
+    #[test]
+    fn the_ci_and_docs_command_lines_parse() {
+        let q = parse(&["--quick", "--report", "q.json", "--plot", "q.svg"]).unwrap();
+        assert_eq!(
+            (q.steps, q.step_seconds, q.bursts),
+            (vec![20, 50], 2.0, vec![20])
+        );
+        assert_eq!(q.plot, Some(PathBuf::from("q.svg")));
+        let s = parse(&["--soak", "30", "--soak-calls", "200", "--report", "z.json"]).unwrap();
+        assert_eq!((s.soak, s.soak_calls), (Some(30.0), 200));
+        let r = parse(&[
+            "--steps",
+            "500,1000, 2000",
+            "--step-seconds",
+            "4",
+            "--bursts",
+            "",
+        ]);
+        let r = r.unwrap();
+        assert_eq!((r.steps, r.step_seconds), (vec![500, 1000, 2000], 4.0));
+        assert!(r.bursts.is_empty());
+        let t = parse(&[
+            "--send-path",
+            "tokio-uring",
+            "--systems",
+            "ringcast,webrtc_rs",
+        ])
+        .unwrap();
+        assert_eq!(t.send_path, SendPath::TokioUring);
+        assert_eq!(t.systems, [SystemName::Ringcast, SystemName::WebrtcRs]);
+        let quick_steps = parse(&["--steps", "7", "--quick"]).unwrap();
+        assert_eq!(
+            quick_steps.steps,
+            [7],
+            "an explicit --steps wins over --quick"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        for (args, flag) in [
+            (&["--steps", "10,x"][..], "--steps"),
+            (&["--step-seconds", "-1"][..], "--step-seconds"),
+            (&["--soak", "0"][..], "--soak"),
+            (&["--churn", "101"][..], "--churn"),
+            (&["--send-path", "carrier-pigeon"][..], "--send-path"),
+            (&["--systems", "ringcast,nope"][..], "--systems"),
+            (&["--shards", "0"][..], "--shards"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.to_string().contains(flag), "{args:?}: {err}");
+        }
+        assert_eq!(
+            parse(&["--frobnicate"]).unwrap_err().kind(),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(
+            parse(&["--help"]).unwrap_err().kind(),
+            ErrorKind::DisplayHelp
+        );
+    }
+}

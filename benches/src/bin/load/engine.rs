@@ -1,0 +1,156 @@
+//! ringcast itself as a [`System`]: one [`Engine`], calls joined through sfu-mock.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ringcast::{CallState, EndReason, Engine, EventKind, SendPath, SharedSource, StreamSource};
+
+use crate::sfu::Sfu;
+use crate::system::{CHATS, Sample, System, chat_tones};
+
+/// The engine under test and the calls it holds.
+pub(crate) struct Ringcast {
+    engine: Engine,
+    tones: Vec<SharedSource>,
+    /// Chat ids of live calls, oldest first (the soak's churn stops the oldest).
+    live: VecDeque<i64>,
+    next_key: i64,
+    /// `Connected` events seen, and calls stopped on purpose.
+    connected: usize,
+    stopped: usize,
+    /// Join payload and SFU answer of each live call, for the diagnostics of a call that
+    /// ends on its own.
+    signaling: HashMap<i64, (String, String)>,
+}
+
+impl Ringcast {
+    /// Writes what is known about a call that ended on its own to
+    /// `target/load-failure-<key>.json` (join, answer, SFU stats, engine stats) and names it.
+    fn diagnose(&self, key: i64, reason: &EndReason, sfu: &Sfu) -> String {
+        let (join, answer) = self.signaling.get(&key).cloned().unwrap_or_default();
+        let doc = serde_json::json!({
+            "chat_id": key,
+            "reason": format!("{reason:?}"),
+            "join": join,
+            "answer": answer,
+            "engine_stats": format!("{:?}", self.engine.stats()),
+            "sfu_stats": sfu.stats_text().unwrap_or_else(|e| e),
+        });
+        let path = format!("target/load-failure-{key}.json");
+        match std::fs::write(&path, doc.to_string()) {
+            Ok(()) => format!("call {key} ended: {reason:?} (diagnostics in {path})"),
+            Err(_) => format!("call {key} ended: {reason:?}"),
+        }
+    }
+
+    pub(crate) fn new(shards: usize, send_path: SendPath) -> Result<Self, String> {
+        let engine = Engine::builder()
+            .shards(shards)
+            .send_path(send_path)
+            .event_queue(1 << 16)
+            .cert_pool(256)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let tones = chat_tones()?;
+        Ok(Self {
+            engine,
+            tones,
+            live: VecDeque::new(),
+            next_key: 0,
+            connected: 0,
+            stopped: 0,
+            signaling: HashMap::new(),
+        })
+    }
+
+    /// Stops the `k` oldest calls and starts `k` new ones (the soak's churn), waiting until
+    /// the new ones are connected.
+    pub(crate) fn churn(&mut self, k: usize, sfu: &Sfu) -> Result<(), String> {
+        let n = self.live.len();
+        for _ in 0..k.min(n) {
+            if let Some(key) = self.live.pop_front() {
+                self.signaling.remove(&key);
+                self.engine
+                    .stop(key)
+                    .map_err(|e| format!("stop {key}: {e}"))?;
+                self.stopped += 1;
+            }
+        }
+        self.grow_to(n, sfu)
+    }
+
+    /// Calls that ended without being asked to since the last look, with their reasons;
+    /// they are dropped from the live set (the soak counts them as failures).
+    pub(crate) fn take_unexpected_ends(&mut self) -> Vec<(i64, EndReason)> {
+        let mut ended = Vec::new();
+        while let Ok(e) = self.engine.events().try_recv() {
+            match e.kind {
+                EventKind::ConnectionChanged(CallState::Connected) => self.connected += 1,
+                EventKind::ConnectionChanged(CallState::Ended(EndReason::Stopped)) => {}
+                EventKind::ConnectionChanged(CallState::Ended(r)) => {
+                    if let Some(i) = self.live.iter().position(|k| *k == e.chat_id) {
+                        self.live.remove(i);
+                        self.stopped += 1;
+                    }
+                    ended.push((e.chat_id, r));
+                }
+                _ => {}
+            }
+        }
+        ended
+    }
+}
+
+impl System for Ringcast {
+    fn name(&self) -> &'static str {
+        "ringcast"
+    }
+
+    fn grow_to(&mut self, n: usize, sfu: &Sfu) -> Result<(), String> {
+        while self.live.len() < n {
+            let key = self.next_key;
+            let chat = (key as usize) % CHATS;
+            let join = self.engine.create_call(key).map_err(|e| e.to_string())?;
+            let answer = sfu.join(chat, &join)?;
+            self.engine
+                .connect(key, &answer)
+                .map_err(|e| e.to_string())?;
+            self.signaling.insert(key, (join, answer));
+            self.engine
+                .set_stream_sources(key, StreamSource::Shared(self.tones[chat].clone()))
+                .map_err(|e| e.to_string())?;
+            self.live.push_back(key);
+            self.next_key += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.connected - self.stopped < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.engine.events().recv_timeout(left) {
+                Ok(e) => match e.kind {
+                    EventKind::ConnectionChanged(CallState::Connected) => self.connected += 1,
+                    EventKind::ConnectionChanged(CallState::Ended(EndReason::Stopped)) => {}
+                    EventKind::ConnectionChanged(CallState::Ended(r)) => {
+                        return Err(self.diagnose(e.chat_id, &r, sfu));
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    return Err(format!(
+                        "{}/{n} connected after 60 s",
+                        self.connected - self.stopped
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&self) -> Sample {
+        let s = self.engine.stats().unwrap_or_default();
+        Sample {
+            packets_sent: s.packets_sent,
+            connected: self.connected - self.stopped,
+            lateness: s.lateness,
+        }
+    }
+}

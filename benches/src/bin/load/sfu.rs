@@ -1,0 +1,113 @@
+//! The sfu-mock process the calls connect to: started per ramp, burst or soak on loopback,
+//! asked over HTTP for joins and for what it counted.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// The sfu-mock process.
+pub(crate) struct Sfu {
+    child: Child,
+    http: String,
+}
+
+impl Sfu {
+    pub(crate) fn start(pin: Option<String>) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let bin = exe.with_file_name("sfu-mock");
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found: build it first (cargo build --release -p sfu-mock)",
+                bin.display()
+            ));
+        }
+        let mut command = match &pin {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
+            .args([
+                "--header-only",
+                "--udp",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting sfu-mock: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no sfu-mock stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| format!("sfu-mock said {line:?}: {e}"))?;
+        let http = v["http"].as_str().ok_or("no http address")?.to_owned();
+        Ok(Self { child, http })
+    }
+
+    pub(crate) fn join(&self, chat: usize, payload: &str) -> Result<String, String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("http://{}/v1/chats/{chat}/join", self.http);
+        let mut r = agent.post(&url).send(payload).map_err(|e| e.to_string())?;
+        let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        if r.status().as_u16() == 200 {
+            Ok(body)
+        } else {
+            Err(format!("join: HTTP {}: {body}", r.status()))
+        }
+    }
+
+    /// The SFU's whole stats document (for diagnostics).
+    pub(crate) fn stats_text(&self) -> Result<String, String> {
+        let mut r = ureq::get(&format!("http://{}/v1/stats", self.http))
+            .call()
+            .map_err(|e| e.to_string())?;
+        r.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .map_err(|e| e.to_string())
+    }
+
+    /// (packets, lost) summed over every participant.
+    pub(crate) fn totals(&self) -> Result<(u64, u64), String> {
+        let mut r = ureq::get(&format!("http://{}/v1/stats", self.http))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let (mut packets, mut lost) = (0, 0);
+        if let Some(chats) = v["chats"].as_object() {
+            for list in chats.values() {
+                for p in list.as_array().into_iter().flatten() {
+                    packets += p["packets"].as_u64().unwrap_or(0);
+                    lost += p["lost"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        Ok((packets, lost))
+    }
+}
+
+impl Drop for Sfu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,95 @@
+//! The soak: streaming calls held for a long run with churn; RSS, heap, loss and lateness over
+//! time (see the binary's docs).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::LIVE_BYTES;
+use crate::args::Args;
+use crate::engine::Ringcast;
+use crate::host::{rss_kb, sfu_cpus};
+use crate::ramp::ms;
+use crate::sfu::Sfu;
+use crate::system::System;
+
+/// Runs the soak for `seconds`; returns the report and whether it passed.
+pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
+    let calls = args.soak_calls;
+    let sfu = Sfu::start(sfu_cpus(args))?;
+    let mut rc = Ringcast::new(args.shards, args.send_path)?;
+    eprintln!("[soak] connecting {calls} calls ...");
+    rc.grow_to(calls, &sfu)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let interval = Duration::from_secs_f64((seconds / 20.0).clamp(1.0, 60.0));
+    let churn = calls * args.churn_pct / 100;
+    let t0 = Instant::now();
+    let (sfu0, lost0) = sfu.totals()?;
+    let first = rc.sample();
+    let mut prev = first.clone();
+    let mut samples: Vec<Value> = Vec::new();
+    let mut rss = Vec::new();
+    let mut unexpected: Vec<Value> = Vec::new();
+    while t0.elapsed().as_secs_f64() < seconds {
+        std::thread::sleep(interval);
+        for (chat, reason) in rc.take_unexpected_ends() {
+            eprintln!("[soak] call {chat} ended on its own: {reason:?}");
+            unexpected.push(json!({"chat": chat, "reason": format!("{reason:?}")}));
+        }
+        if churn > 0 {
+            rc.churn(churn, &sfu)?;
+        }
+        let s = rc.sample();
+        let (packets, lost) = sfu.totals()?;
+        let window = s.lateness.since(&prev.lateness);
+        let (r, heap) = (rss_kb(), LIVE_BYTES.load(Ordering::Relaxed) / 1024);
+        rss.push(r);
+        let t = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "[soak] {t:>6.0} s: {} calls, {} packets sent, {} counted by the SFU, lost {}, \
+             p99 {:.2} ms, RSS {r} KB, heap {heap} KB",
+            s.connected,
+            s.packets_sent - first.packets_sent,
+            packets - sfu0,
+            lost - lost0,
+            ms(window.percentile(0.99)),
+        );
+        samples.push(json!({
+            "t_s": t, "calls": s.connected, "rss_kb": r, "heap_kb": heap,
+            "packets_sent": s.packets_sent - first.packets_sent,
+            "packets_counted_by_sfu": packets - sfu0, "lost": lost - lost0,
+            "p99_lateness_ms": ms(window.percentile(0.99)),
+        }));
+        prev = s;
+    }
+    // Let the last packets land before the final count.
+    std::thread::sleep(Duration::from_millis(300));
+    let (packets, lost) = sfu.totals()?;
+    let lost = lost - lost0;
+    let warm = rss.get(rss.len() / 4).copied().unwrap_or(0);
+    let end = rss.last().copied().unwrap_or(0);
+    let allowed = warm / 20 + 4096;
+    let flat = end <= warm + allowed;
+    let all = prev.lateness.since(&first.lateness);
+    let pass = lost == 0 && flat && unexpected.is_empty() && !samples.is_empty();
+    eprintln!(
+        "[soak] {:.0} s, {calls} calls, {} replaced, {} ended on their own: lost {lost}, RSS \
+         {warm} KB after warm-up -> {end} KB at the end (allowed +{allowed} KB): {}",
+        t0.elapsed().as_secs_f64(),
+        churn * samples.len(),
+        unexpected.len(),
+        if pass { "pass" } else { "FAIL" }
+    );
+    Ok((
+        json!({
+            "soak_seconds": t0.elapsed().as_secs_f64(), "calls": calls,
+            "calls_replaced": churn * samples.len(), "lost": lost,
+            "packets_counted_by_sfu": packets - sfu0,
+            "rss_kb_after_warmup": warm, "rss_kb_end": end, "rss_flat": flat,
+            "p99_lateness_ms": ms(all.percentile(0.99)), "max_lateness_ms": ms(all.max()),
+            "ended_unexpectedly": unexpected, "samples": samples, "pass": pass,
+        }),
+        pass,
+    ))
+}
