@@ -247,3 +247,130 @@ impl Endpoint {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::Duration;
+
+    use super::*;
+    use crate::call::{EndReason, Event};
+    use crate::crypto::generate_certificate;
+    use crate::endpoint::{ReapedCall, Socket};
+
+    /// An SFU answer with one IPv4 host candidate, 203.0.113.10:`port`.
+    fn answer(port: u16) -> JoinResponse {
+        let json = format!(
+            r#"{{"transport":{{"ufrag":"sfuufrag","pwd":"sfupassword0123456789abc","fingerprints":[{{"hash":"sha-256","setup":"active","fingerprint":"0B:7C:1D:2E:3F:40:51:62:73:84:95:A6:B7:C8:D9:EA:FB:0C:1D:2E:3F:40:51:62:73:84:95:A6:B7:C8:D9:E1"}}],"candidates":[{{"generation":"0","component":"1","protocol":"udp","port":"{port}","ip":"203.0.113.10","foundation":"1","id":"a","priority":"2130706431","type":"host","network":"0"}}]}},"audio":{{"payload-types":[{{"id":111,"name":"opus","clockrate":48000,"channels":2,"parameters":{{"minptime":10,"useinbandfec":1}}}}],"rtp-hdrexts":[{{"id":1,"uri":"urn:ietf:params:rtp-hdrext:ssrc-audio-level"}}]}}}}"#
+        );
+        JoinResponse::parse(json.as_bytes()).unwrap()
+    }
+
+    fn sfu(port: u16) -> SocketAddr {
+        SocketAddr::from(([203, 0, 113, 10], port))
+    }
+
+    fn create(e: &mut Endpoint, now: Instant, id: i64) {
+        let config = CallConfig::new(id as u64, generate_certificate().unwrap());
+        e.create_call(now, CallId(id), config).unwrap();
+    }
+
+    #[test]
+    fn group_calls_are_placed_by_the_socket_rule_and_give_their_socket_back_on_reap() {
+        let t0 = Instant::now();
+        let mut e = Endpoint::new(t0, 0);
+        for id in 1..=3 {
+            create(&mut e, t0, id);
+        }
+        assert!(matches!(
+            e.create_call(
+                t0,
+                CallId(2),
+                CallConfig::new(9, generate_certificate().unwrap())
+            ),
+            Err(EndpointError::ConnectionExists(CallId(2)))
+        ));
+        assert!(matches!(
+            e.connect(t0, CallId(9), &answer(32001)),
+            Err(EndpointError::ConnectionNotFound(CallId(9)))
+        ));
+        // No socket yet: ask for one.
+        assert!(matches!(
+            e.connect(t0, CallId(1), &answer(32001)),
+            Err(EndpointError::NoFreeSocket)
+        ));
+        let s0 = e.add_socket("192.0.2.1:40000".parse().unwrap());
+        assert_eq!(e.connect(t0, CallId(1), &answer(32001)).unwrap(), s0);
+        // Same SFU address: not on socket 0.
+        assert!(matches!(
+            e.connect(t0, CallId(2), &answer(32001)),
+            Err(EndpointError::NoFreeSocket)
+        ));
+        assert!(matches!(
+            e.connect_on(t0, CallId(2), &answer(32001), s0),
+            Err(EndpointError::NoFreeSocket)
+        ));
+        let s1 = e.add_socket("192.0.2.1:40001".parse().unwrap());
+        assert_eq!(e.connect(t0, CallId(2), &answer(32001)).unwrap(), s1);
+        // Another SFU address shares socket 0.
+        assert_eq!(e.connect(t0, CallId(3), &answer(32009)).unwrap(), s0);
+        assert!(e.routes(s0, &sfu(32001), &[0x80; 20]));
+        assert!(e.routes(s1, &sfu(32001), &[0x80; 20]));
+        assert!(e.routes(s0, &sfu(32009), &[0x80; 20]));
+        assert!(!e.routes(s1, &sfu(32009), &[0x80; 20]));
+        assert_eq!(e.call(CallId(2)).unwrap().local_addr, e.socket_addr(s1));
+
+        // What the calls send leaves by their shared sockets, toward their SFU.
+        let mut now = t0;
+        let mut sent = Vec::new();
+        while sent.is_empty() && now < t0 + Duration::from_secs(1) {
+            now += Duration::from_millis(5);
+            e.handle_timeout(now);
+            while let Some(t) = e.poll_transmit() {
+                sent.push((t.socket, t.destination));
+            }
+        }
+        assert!(!sent.is_empty());
+        for (socket, destination) in &sent {
+            let want = if *destination == sfu(32001) {
+                vec![Socket::Shared(s0), Socket::Shared(s1)]
+            } else {
+                vec![Socket::Shared(s0)]
+            };
+            assert!(want.contains(socket), "{socket:?} -> {destination}");
+        }
+
+        // Stop call 1: it ends, is reaped, and socket 0 takes a new call to its SFU.
+        e.command(now, CallId(1), Command::Stop).unwrap();
+        let mut reaped = None;
+        while reaped.is_none() && now < t0 + Duration::from_secs(5) {
+            now += Duration::from_millis(5);
+            e.handle_timeout(now);
+            while e.poll_transmit().is_some() {}
+            reaped = e.poll_reaped();
+        }
+        assert_eq!(
+            reaped,
+            Some(ReapedCall {
+                id: CallId(1),
+                socket: Some(Socket::Shared(s0)),
+            })
+        );
+        let mut ended = false;
+        while let Some((id, ev)) = e.poll_event() {
+            if id == CallId(1) {
+                ended |= ev
+                    == EndpointEvent::Group(Event::ConnectionChanged(CallState::Ended(
+                        EndReason::Stopped,
+                    )));
+            }
+        }
+        assert!(ended);
+        assert!(!e.contains(CallId(1)));
+        assert_eq!(e.stats().calls, 2);
+        assert_eq!(e.stats().calls_reaped, 1);
+        assert!(!e.routes(s0, &sfu(32001), &[0x80; 20]));
+        create(&mut e, now, 4);
+        assert_eq!(e.connect(now, CallId(4), &answer(32001)).unwrap(), s0);
+    }
+}
