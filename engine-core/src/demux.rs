@@ -177,6 +177,13 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         }
     }
 
+    /// Forgets `ufrag` if it belongs to `call`.
+    pub fn remove_ufrag(&mut self, ufrag: &str, call: K) {
+        if self.by_ufrag.get(ufrag) == Some(&call) {
+            self.by_ufrag.remove(ufrag);
+        }
+    }
+
     /// The call a datagram from `source` belongs to, if any.
     pub fn route(&self, source: &SocketAddr, buf: &[u8]) -> Option<K> {
         if let Some(k) = self.by_remote.get(source) {
@@ -259,6 +266,14 @@ mod tests {
         assert_eq!(d.route(&b, &[0x80; 20]), None);
         assert_eq!(d.route(&b, &stun_with_username("uf2:x")), Some(2));
         assert_eq!(d.register_remote(a, 2), Err(AddressTaken { remote: a }));
+        d.remove_ufrag("uf2", 1);
+        assert_eq!(
+            d.route(&b, &stun_with_username("uf2:x")),
+            Some(2),
+            "not 1's to remove"
+        );
+        d.remove_ufrag("uf2", 2);
+        assert_eq!(d.route(&b, &stun_with_username("uf2:x")), None);
         d.remove_call(1);
         assert!(d.register_remote(a, 2).is_ok());
         assert_eq!(d.route(&a, &[0x80; 20]), Some(2));

@@ -1,53 +1,83 @@
 //! A shard's logic without its ring: many calls, their sockets, routing and pacing.
 //!
-//! An [`Endpoint`] owns its calls outright (a slab of [`Call`]s keyed by the application's
-//! chat id), the routing table of every socket it sends from ([`Demux`]), and one
-//! [`TimerWheel`] entry per call. The runtime's shard feeds it datagrams and the time and
-//! sends what it returns; the simulator does the same with a virtual network. Both therefore
-//! run exactly this code (the quinn-proto `Endpoint` split).
+//! An [`Endpoint`] owns its calls outright: one table of both kinds, group
+//! [`Call`](crate::call::Call)s and 1:1 [`P2pCall`](crate::p2p_call::P2pCall)s, keyed by
+//! [`CallId`] (the application's chat id or peer user id: one id space, as ntgcalls has one
+//! `chat_id` argument for both), the [`Placement`] of group calls on the shared sockets, and
+//! one [`TimerWheel`] entry per call.
+//! The runtime's shard feeds it datagrams and the time and sends what it returns; the
+//! simulator does the same with a virtual network. Both therefore run exactly this code (the
+//! quinn-proto `Endpoint` split).
 //!
-//! **Socket rule.** An SFU tells participants apart by 5-tuple, so two live calls that reach
-//! the same SFU address must not share a local socket. [`Endpoint::connect`] places a call on
-//! the first registered socket where none of the SFU's candidate addresses is taken, and
-//! returns [`EndpointError::NoFreeSocket`] when there is none; the runtime then opens a socket,
-//! registers it with [`Endpoint::add_socket`] and retries.
+//! **One poll API.** Whatever the kind of call, its datagrams come out of
+//! [`Endpoint::poll_transmit`] naming the [`Socket`] they leave by, its events out of
+//! [`Endpoint::poll_event`] and its removal out of [`Endpoint::poll_reaped`]. The runtime maps a
+//! [`Socket`] to a descriptor (quinn's runtime boundary); datagrams come back in with
+//! [`Endpoint::handle_datagram`] naming the socket they arrived on.
 //!
-//! **1:1 calls** ([`P2pCall`](crate::p2p_call::P2pCall)) live in the same endpoint, keyed by the
-//! peer's user id in the same id space as group calls' chat ids (ntgcalls does the same: one
-//! `chat_id` argument for both), driven by the same timer wheel. Each has a UDP socket of its
-//! own, outside the [`SocketId`] space (see [`Endpoint::create_p2p_call`]).
+//! **Sockets.** Group calls share sockets registered with [`Endpoint::add_socket`] under the
+//! socket rule ([`crate::placement`]): [`Endpoint::connect`] places a call on the first socket
+//! where none of the SFU's addresses is taken and returns [`EndpointError::NoFreeSocket`] when
+//! there is none; the caller then opens a socket, registers it and retries. A runtime whose
+//! shards share sockets places calls itself (one [`Placement`] across shards) and uses
+//! [`Endpoint::connect_on`]. A 1:1 call has a UDP socket of its own ([`Socket::Own`], see
+//! [`Endpoint::create_p2p_call`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::call::{
-    Call, CallConfig, CallError, CallState, CallStats, Command, Event, Input, MediaState, Output,
-};
-use crate::demux::Demux;
+use crate::call::{CallError, CallState, Command};
 use crate::pacer::{LatenessHistogram, TimerWheel};
-use crate::signaling::group::JoinResponse;
+use crate::placement::Placement;
 
+mod group;
 mod p2p;
-pub use p2p::{P2pEndpointEvent, P2pReaped, P2pSnapshot, P2pTransmit};
+pub use crate::placement::SocketId;
+pub use group::CallSnapshot;
+pub use p2p::P2pSnapshot;
 
 /// Upper bound on queued events; beyond it events are dropped and counted.
 pub const MAX_QUEUED_EVENTS: usize = 65_536;
 
-/// A socket registered with an endpoint.
+/// A call in an endpoint: a group call's chat id or a 1:1 call's peer user id. The two kinds
+/// share one id space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SocketId(pub usize);
+pub struct CallId(pub i64);
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The socket a datagram leaves by or arrived on. The endpoint names it; the runtime maps the
+/// name to a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Socket {
+    /// A socket registered with [`Endpoint::add_socket`], shared by group calls under the
+    /// socket rule.
+    Shared(SocketId),
+    /// The 1:1 call's own socket (bound by the runtime for that call alone).
+    Own(CallId),
+}
+
+impl From<SocketId> for Socket {
+    fn from(socket: SocketId) -> Self {
+        Self::Shared(socket)
+    }
+}
 
 /// Errors of the endpoint API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EndpointError {
-    /// `create_call` for a key that has a live call (ntgcalls: `ConnectionExists`).
+    /// A call with this id is live (ntgcalls: `ConnectionExists`).
     #[error("a call for chat {0} already exists")]
-    ConnectionExists(i64),
-    /// No live call for this key.
+    ConnectionExists(CallId),
+    /// No live call of the right kind has this id.
     #[error("no call for chat {0}")]
-    ConnectionNotFound(i64),
+    ConnectionNotFound(CallId),
     /// Every registered socket already has a live call to one of the SFU's addresses.
     #[error("no socket without a live call to this sfu address; register another socket")]
     NoFreeSocket,
@@ -59,55 +89,61 @@ pub enum EndpointError {
     P2pCall(#[from] crate::p2p_call::P2pCallError),
 }
 
-/// A datagram to send from one of the endpoint's sockets.
+/// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointTransmit {
     /// The socket to send from.
-    pub socket: SocketId,
+    pub socket: Socket,
     /// Where to.
     pub destination: SocketAddr,
     /// The bytes.
     pub contents: Vec<u8>,
 }
 
-/// What [`Endpoint::poll_reaped`] reports about a removed call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReapedCall {
-    /// Its chat id.
-    pub chat_id: i64,
-    /// The socket it was on, if it got as far as connecting.
-    pub socket: Option<SocketId>,
-    /// The SFU addresses it was routed from.
-    pub remotes: Vec<SocketAddr>,
-    /// Its ICE ufrag.
-    pub ufrag: String,
+/// What a call has for the application ([`Endpoint::poll_event`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EndpointEvent {
+    /// A group call's event.
+    Group(crate::call::Event),
+    /// A 1:1 call's event.
+    P2p(crate::p2p_call::Event),
+    /// Encrypted signaling bytes from a 1:1 call for the messenger
+    /// (`phone.sendSignalingData`).
+    Signaling(Vec<u8>),
 }
 
-/// A snapshot of one call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallSnapshot {
-    /// The application's key (chat id).
-    pub chat_id: i64,
-    /// Connection state.
-    pub state: CallState,
-    /// Pause/mute.
-    pub media: MediaState,
-    /// Outgoing SSRC.
-    pub ssrc: u32,
-    /// Local address once connecting.
-    pub local_addr: Option<SocketAddr>,
-    /// Counters.
-    pub stats: CallStats,
+impl EndpointEvent {
+    /// True for the event that ends a call (it is reaped right after).
+    pub fn ends_call(&self) -> bool {
+        use crate::p2p_call::{Event as P2p, P2pState};
+        matches!(
+            self,
+            Self::Group(crate::call::Event::ConnectionChanged(CallState::Ended(_)))
+                | Self::P2p(P2p::StateChanged(P2pState::Ended(_)))
+        )
+    }
+}
+
+/// A call that ended and was removed ([`Endpoint::poll_reaped`]): its id can be used again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReapedCall {
+    /// The call.
+    pub id: CallId,
+    /// The socket it sent from: a shared one (its placement is released: a runtime that
+    /// places calls across shards releases its own), or its own (close it). `None` for a
+    /// group call that never connected.
+    pub socket: Option<Socket>,
 }
 
 /// Endpoint-wide counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointStats {
-    /// Live calls (group calls; 1:1 calls are in `p2p_calls`).
+    /// Live group calls.
     pub calls: u64,
     /// Live 1:1 calls.
     pub p2p_calls: u64,
-    /// Registered sockets.
+    /// Registered shared sockets.
     pub sockets: u64,
     /// Datagrams handed in.
     pub datagrams_received: u64,
@@ -115,8 +151,9 @@ pub struct EndpointStats {
     pub datagrams_sent: u64,
     /// RTP media packets sent by all calls, ended ones included.
     pub packets_sent: u64,
-    /// Datagrams that matched no call, and datagrams routed to a connected call (by the
-    /// ufrag in a STUN USERNAME) from an address other than its SFU's.
+    /// Datagrams that matched no call, and datagrams a connected call does not take from
+    /// their source (a group call: any address but its SFU's; a 1:1 call: any address it has
+    /// not sent to).
     pub dropped_unroutable: u64,
     /// Datagrams a call refused (malformed, failed integrity, replay...).
     pub dropped_by_call: u64,
@@ -128,24 +165,94 @@ pub struct EndpointStats {
     pub lateness: LatenessHistogram,
 }
 
-/// What a timer-wheel entry drives: a group call or a 1:1 call (slab indices).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum WheelKey {
-    Group(usize),
-    P2p(usize),
+/// A call of either kind, as the table holds it.
+// Both variants are about 12 KB (a str0m `Rtc` each) and differ by well under a tenth: boxing
+// one would add an indirection on every timer and datagram and save nothing.
+#[allow(clippy::large_enum_variant)]
+enum CallKind {
+    Group(group::GroupEntry),
+    P2p(p2p::P2pEntry),
 }
 
-struct SocketEntry {
-    addr: SocketAddr,
-    demux: Demux<usize>,
+/// One output of a call, whatever its kind.
+enum Polled {
+    Transmit(EndpointTransmit),
+    Event(EndpointEvent),
+    Timeout(Instant),
+}
+
+impl CallKind {
+    fn poll(&mut self, id: CallId) -> Polled {
+        match self {
+            Self::Group(g) => g.poll(),
+            Self::P2p(p) => p.poll(id),
+        }
+    }
+
+    /// Whether a datagram from `source` on `socket` may reach the call (the source rules).
+    fn accepts(&self, socket: Socket, source: &SocketAddr) -> bool {
+        match (self, socket) {
+            (Self::Group(g), Socket::Shared(_)) => g.accepts(source),
+            (Self::P2p(p), Socket::Own(_)) => p.accepts(source),
+            _ => false,
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        contents: &[u8],
+    ) -> Result<(), EndpointError> {
+        match self {
+            Self::Group(g) => g.handle_datagram(now, source, contents),
+            Self::P2p(p) => p.handle_datagram(now, source, contents),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Self::Group(g) => g.handle_timeout(now),
+            Self::P2p(p) => p.handle_timeout(now),
+        }
+    }
+
+    fn command(&mut self, now: Instant, command: Command) -> Result<(), EndpointError> {
+        match self {
+            Self::Group(g) => g.command(now, command),
+            Self::P2p(p) => p.command(now, p2p::command_of(command)),
+        }
+    }
+
+    fn packets_sent(&self) -> u64 {
+        match self {
+            Self::Group(g) => g.call.stats().packets_sent,
+            Self::P2p(p) => p.call.stats().packets_sent,
+        }
+    }
+
+    fn drain_frame_lateness(&mut self, lateness: &mut LatenessHistogram) {
+        if let Self::Group(g) = self {
+            g.call.drain_frame_lateness(|l| lateness.record(l));
+        }
+    }
+
+    /// The socket the call sends from, once it has one.
+    fn socket(&self, id: CallId) -> Option<Socket> {
+        match self {
+            Self::Group(g) => g.socket.map(Socket::Shared),
+            Self::P2p(_) => Some(Socket::Own(id)),
+        }
+    }
 }
 
 struct Slot {
-    chat_id: i64,
-    call: Call,
-    socket: Option<SocketId>,
+    id: CallId,
+    kind: CallKind,
     /// The deadline this call has in the wheel (lazy deletion: other entries are stale).
     scheduled: Option<Instant>,
+    /// The call's `packets_sent` already added to the endpoint's counter.
+    packets_counted: u64,
     span: tracing::Span,
 }
 
@@ -154,13 +261,12 @@ pub struct Endpoint {
     shard: usize,
     calls: Vec<Option<Slot>>,
     free: Vec<usize>,
-    by_chat: HashMap<i64, usize>,
-    sockets: Vec<SocketEntry>,
-    wheel: TimerWheel<WheelKey>,
-    p2p: p2p::P2pCalls,
-    due: Vec<(Instant, WheelKey)>,
+    by_id: HashMap<CallId, usize>,
+    placement: Placement<CallId>,
+    wheel: TimerWheel<CallId>,
+    due: Vec<(Instant, CallId)>,
     transmits: VecDeque<EndpointTransmit>,
-    events: VecDeque<(i64, Event)>,
+    events: VecDeque<(CallId, EndpointEvent)>,
     reaped: VecDeque<ReapedCall>,
     stats: EndpointStats,
 }
@@ -169,8 +275,8 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("shard", &self.shard)
-            .field("calls", &self.by_chat.len())
-            .field("sockets", &self.sockets.len())
+            .field("calls", &self.by_id.len())
+            .field("sockets", &self.placement.len())
             .finish_non_exhaustive()
     }
 }
@@ -182,10 +288,9 @@ impl Endpoint {
             shard,
             calls: Vec::new(),
             free: Vec::new(),
-            by_chat: HashMap::new(),
-            sockets: Vec::new(),
+            by_id: HashMap::new(),
+            placement: Placement::new(),
             wheel: TimerWheel::new(now),
-            p2p: p2p::P2pCalls::default(),
             due: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -194,39 +299,175 @@ impl Endpoint {
         }
     }
 
-    /// Registers a socket bound to `addr` (a concrete address, not `0.0.0.0`).
+    /// Registers a shared socket bound to `addr` (a concrete address, not `0.0.0.0`).
     pub fn add_socket(&mut self, addr: SocketAddr) -> SocketId {
-        self.sockets.push(SocketEntry {
-            addr,
-            demux: Demux::new(),
-        });
-        self.stats.sockets = self.sockets.len() as u64;
-        SocketId(self.sockets.len() - 1)
+        let id = self.placement.add_socket(addr);
+        self.stats.sockets = self.placement.len() as u64;
+        id
     }
 
-    /// The address of a registered socket.
-    pub fn socket_addr(&self, socket: SocketId) -> Option<SocketAddr> {
-        self.sockets.get(socket.0).map(|s| s.addr)
+    /// The local address of a socket: a registered one, or a live 1:1 call's own.
+    pub fn socket_addr(&self, socket: impl Into<Socket>) -> Option<SocketAddr> {
+        match socket.into() {
+            Socket::Shared(s) => self.placement.socket_addr(s),
+            Socket::Own(id) => match &self.slot(id)?.kind {
+                CallKind::P2p(p) => Some(p.call.local_addr()),
+                CallKind::Group(_) => None,
+            },
+        }
     }
 
-    /// Creates a call and returns its join payload JSON.
-    pub fn create_call(
+    /// True if a call of either kind has this id.
+    pub fn contains(&self, id: CallId) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// Gives a command to a call. A 1:1 call takes it as the matching
+    /// [`crate::p2p_call::Command`] (`Stop` is `Hangup`).
+    pub fn command(
         &mut self,
         now: Instant,
-        chat_id: i64,
-        config: CallConfig,
-    ) -> Result<String, EndpointError> {
-        if self.by_chat.contains_key(&chat_id) || self.p2p.contains(chat_id) {
-            return Err(EndpointError::ConnectionExists(chat_id));
+        id: CallId,
+        command: Command,
+    ) -> Result<(), EndpointError> {
+        let (idx, slot) = self.slot_mut(id)?;
+        let result = {
+            let _enter = slot.span.clone().entered();
+            slot.kind.command(now, command)
+        };
+        self.drain(idx);
+        result
+    }
+
+    /// A datagram that arrived on `socket` from `source`: routed to its call (by the shared
+    /// socket's routing table, or to the owner of a call's own socket) if the call takes it
+    /// from that source; otherwise counted in [`EndpointStats::dropped_unroutable`].
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: impl Into<Socket>,
+        source: SocketAddr,
+        contents: &[u8],
+    ) {
+        self.stats.datagrams_received += 1;
+        let socket = socket.into();
+        let id = match socket {
+            Socket::Shared(s) => self.placement.route(s, &source, contents),
+            Socket::Own(id) => Some(id),
+        };
+        let Some(idx) = id.and_then(|id| self.by_id.get(&id).copied()) else {
+            self.stats.dropped_unroutable += 1;
+            return;
+        };
+        let Some(Some(slot)) = self.calls.get_mut(idx) else {
+            self.stats.dropped_unroutable += 1;
+            return;
+        };
+        if !slot.kind.accepts(socket, &source) {
+            self.stats.dropped_unroutable += 1;
+            return;
         }
-        let call = Call::new(now, config)?;
-        let payload = call.join_payload().to_json();
+        let _enter = slot.span.clone().entered();
+        if let Err(e) = slot.kind.handle_datagram(now, source, contents) {
+            self.stats.dropped_by_call += 1;
+            tracing::trace!("datagram dropped: {e}");
+        }
+        drop(_enter);
+        self.drain(idx);
+    }
+
+    /// Drives every call whose deadline has passed: the pacer tick. Their packets are then
+    /// waiting in [`Endpoint::poll_transmit`] as one batch.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        self.wheel.pop_due(now, &mut due);
+        for (at, id) in due.drain(..) {
+            let Ok((idx, slot)) = self.slot_mut(id) else {
+                continue;
+            };
+            if slot.scheduled != Some(at) {
+                continue; // stale entry
+            }
+            slot.scheduled = None;
+            {
+                let _enter = slot.span.clone().entered();
+                slot.kind.handle_timeout(now);
+            }
+            self.drain(idx);
+        }
+        self.due = due;
+    }
+
+    /// The earliest instant [`Endpoint::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wheel.next_deadline()
+    }
+
+    /// Next datagram to send, from any call.
+    pub fn poll_transmit(&mut self) -> Option<EndpointTransmit> {
+        let t = self.transmits.pop_front()?;
+        self.stats.datagrams_sent += 1;
+        Some(t)
+    }
+
+    /// Number of datagrams waiting in [`Endpoint::poll_transmit`].
+    pub fn pending_transmits(&self) -> usize {
+        self.transmits.len()
+    }
+
+    /// Next event, with the call it belongs to.
+    pub fn poll_event(&mut self) -> Option<(CallId, EndpointEvent)> {
+        self.events.pop_front()
+    }
+
+    /// A call that ended and was removed: the runtime releases what it held outside the
+    /// endpoint (a placement across shards, a 1:1 call's socket).
+    pub fn poll_reaped(&mut self) -> Option<ReapedCall> {
+        self.reaped.pop_front()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    fn slot(&self, id: CallId) -> Option<&Slot> {
+        let idx = self.by_id.get(&id)?;
+        self.calls.get(*idx)?.as_ref()
+    }
+
+    fn slot_mut(&mut self, id: CallId) -> Result<(usize, &mut Slot), EndpointError> {
+        let idx = *self
+            .by_id
+            .get(&id)
+            .ok_or(EndpointError::ConnectionNotFound(id))?;
+        match self.calls.get_mut(idx) {
+            Some(Some(slot)) => Ok((idx, slot)),
+            _ => Err(EndpointError::ConnectionNotFound(id)),
+        }
+    }
+
+    /// Adds a call to the table; `ConnectionExists` if the id is live.
+    fn insert(
+        &mut self,
+        id: CallId,
+        kind: CallKind,
+        span: tracing::Span,
+    ) -> Result<usize, EndpointError> {
+        if self.by_id.contains_key(&id) {
+            return Err(EndpointError::ConnectionExists(id));
+        }
+        match kind {
+            CallKind::Group(_) => self.stats.calls += 1,
+            CallKind::P2p(_) => self.stats.p2p_calls += 1,
+        }
         let slot = Slot {
-            chat_id,
-            call,
-            socket: None,
+            id,
+            kind,
             scheduled: None,
-            span: tracing::info_span!("call", chat_id, shard = self.shard),
+            packets_counted: 0,
+            span,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -240,253 +481,8 @@ impl Endpoint {
                 self.calls.len() - 1
             }
         };
-        self.by_chat.insert(chat_id, idx);
-        self.stats.calls = self.by_chat.len() as u64;
-        Ok(payload)
-    }
-
-    /// Applies the SFU's answer to a call, placing it on a socket by the socket rule.
-    pub fn connect(
-        &mut self,
-        now: Instant,
-        chat_id: i64,
-        response: &JoinResponse,
-    ) -> Result<SocketId, EndpointError> {
-        let idx = *self
-            .by_chat
-            .get(&chat_id)
-            .ok_or(EndpointError::ConnectionNotFound(chat_id))?;
-        let mut chosen = None;
-        for (i, s) in self.sockets.iter().enumerate() {
-            let remotes = response
-                .transport
-                .candidates
-                .iter()
-                .map(|c| c.address())
-                .filter(|a| a.is_ipv4() == s.addr.is_ipv4());
-            let mut any = false;
-            let mut free = true;
-            for r in remotes {
-                any = true;
-                free &= !s.demux.is_taken(&r, idx);
-            }
-            if any && free {
-                chosen = Some(i);
-                break;
-            }
-        }
-        let socket = chosen.ok_or(EndpointError::NoFreeSocket)?;
-        self.connect_on(now, chat_id, response, SocketId(socket))?;
-        Ok(SocketId(socket))
-    }
-
-    /// Applies the SFU's answer to a call on a socket the caller chose. For runtimes whose
-    /// shards share sockets: the socket rule must then hold across shards, so placement is
-    /// decided by whoever sees them all (the engine's socket pool), not by one endpoint.
-    pub fn connect_on(
-        &mut self,
-        now: Instant,
-        chat_id: i64,
-        response: &JoinResponse,
-        socket: SocketId,
-    ) -> Result<(), EndpointError> {
-        let idx = *self
-            .by_chat
-            .get(&chat_id)
-            .ok_or(EndpointError::ConnectionNotFound(chat_id))?;
-        let socket = socket.0;
-        let local = self
-            .sockets
-            .get(socket)
-            .map(|s| s.addr)
-            .ok_or(EndpointError::NoFreeSocket)?;
-        {
-            let Some(Some(slot)) = self.calls.get_mut(idx) else {
-                return Err(EndpointError::ConnectionNotFound(chat_id));
-            };
-            let _enter = slot.span.clone().entered();
-            slot.call.connect(now, response, local)?;
-            slot.socket = Some(SocketId(socket));
-        }
-        if let (Some(entry), Some(Some(slot))) = (self.sockets.get_mut(socket), self.calls.get(idx))
-        {
-            for r in slot.call.remote_addrs() {
-                // Cannot fail: the socket was chosen because these are free.
-                let _ = entry.demux.register_remote(*r, idx);
-            }
-            entry.demux.register_ufrag(slot.call.local_ufrag(), idx);
-        }
-        self.drain(idx);
-        Ok(())
-    }
-
-    /// True if a datagram from `source` on `socket` belongs to one of this endpoint's calls.
-    pub fn routes(&self, socket: SocketId, source: &SocketAddr, contents: &[u8]) -> bool {
-        self.sockets
-            .get(socket.0)
-            .and_then(|s| s.demux.route(source, contents))
-            .is_some()
-    }
-
-    /// A call that ended and was removed: its chat id, socket, SFU addresses and ufrag, so a
-    /// runtime that shares sockets between shards can release them.
-    pub fn poll_reaped(&mut self) -> Option<ReapedCall> {
-        self.reaped.pop_front()
-    }
-
-    /// Gives a command to a call. For a 1:1 call with this id the command is mapped onto
-    /// [`crate::p2p_call::Command`] (`Stop` is `Hangup`).
-    pub fn command(
-        &mut self,
-        now: Instant,
-        chat_id: i64,
-        command: Command,
-    ) -> Result<(), EndpointError> {
-        let Some(&idx) = self.by_chat.get(&chat_id) else {
-            if self.p2p.contains(chat_id) {
-                use crate::p2p_call::Command as P2p;
-                let command = match command {
-                    Command::SetSource(s) => P2p::SetSource(s),
-                    Command::Pause => P2p::Pause,
-                    Command::Resume => P2p::Resume,
-                    Command::Mute => P2p::Mute,
-                    Command::Unmute => P2p::Unmute,
-                    Command::Stop => P2p::Hangup,
-                };
-                return self.p2p_command(now, chat_id, command);
-            }
-            return Err(EndpointError::ConnectionNotFound(chat_id));
-        };
-        let result = match self.calls.get_mut(idx) {
-            Some(Some(slot)) => {
-                let _enter = slot.span.clone().entered();
-                slot.call.handle_input(now, Input::Command(command))
-            }
-            _ => return Err(EndpointError::ConnectionNotFound(chat_id)),
-        };
-        self.drain(idx);
-        result.map_err(EndpointError::from)
-    }
-
-    /// Routes a datagram that arrived on `socket` from `source` to its call.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        socket: SocketId,
-        source: SocketAddr,
-        contents: &[u8],
-    ) {
-        self.stats.datagrams_received += 1;
-        let Some(entry) = self.sockets.get(socket.0) else {
-            self.stats.dropped_unroutable += 1;
-            return;
-        };
-        let local = entry.addr;
-        let Some(idx) = entry.demux.route(&source, contents) else {
-            self.stats.dropped_unroutable += 1;
-            return;
-        };
-        if let Some(Some(slot)) = self.calls.get_mut(idx) {
-            // STUN is routed by ufrag from any address (the SFU's checks may come from an
-            // address it did not list). Once the call is connected the path is known: a
-            // datagram from anywhere but the SFU's addresses is not the call's business and
-            // must not reach its state or counters.
-            if *slot.call.state() == CallState::Connected
-                && !slot.call.remote_addrs().contains(&source)
-            {
-                self.stats.dropped_unroutable += 1;
-                return;
-            }
-            let _enter = slot.span.clone().entered();
-            let input = Input::Datagram {
-                source,
-                destination: local,
-                contents,
-            };
-            if let Err(e) = slot.call.handle_input(now, input) {
-                self.stats.dropped_by_call += 1;
-                tracing::trace!("datagram dropped: {e}");
-            }
-        }
-        self.drain(idx);
-    }
-
-    /// Drives every call whose deadline has passed: the pacer tick. Their packets are then
-    /// waiting in [`Endpoint::poll_transmit`] as one batch.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let mut due = std::mem::take(&mut self.due);
-        due.clear();
-        self.wheel.pop_due(now, &mut due);
-        for (at, key) in due.drain(..) {
-            let idx = match key {
-                WheelKey::Group(idx) => idx,
-                WheelKey::P2p(idx) => {
-                    self.p2p_timeout(now, at, idx);
-                    continue;
-                }
-            };
-            let Some(Some(slot)) = self.calls.get_mut(idx) else {
-                continue;
-            };
-            if slot.scheduled != Some(at) {
-                continue; // stale entry
-            }
-            slot.scheduled = None;
-            let _enter = slot.span.clone().entered();
-            let sent_before = slot.call.stats().packets_sent;
-            // Timeouts never fail.
-            let _ = slot.call.handle_input(now, Input::Timeout);
-            self.stats.packets_sent += slot.call.stats().packets_sent - sent_before;
-            let lateness = &mut self.stats.lateness;
-            slot.call.drain_frame_lateness(|l| lateness.record(l));
-            drop(_enter);
-            self.drain(idx);
-        }
-        self.due = due;
-    }
-
-    /// The earliest instant [`Endpoint::handle_timeout`] has work.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.wheel.next_deadline()
-    }
-
-    /// Next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<EndpointTransmit> {
-        let t = self.transmits.pop_front()?;
-        self.stats.datagrams_sent += 1;
-        Some(t)
-    }
-
-    /// Number of datagrams waiting in [`Endpoint::poll_transmit`].
-    pub fn pending_transmits(&self) -> usize {
-        self.transmits.len()
-    }
-
-    /// Next event, with the chat id it belongs to.
-    pub fn poll_event(&mut self) -> Option<(i64, Event)> {
-        self.events.pop_front()
-    }
-
-    /// One call's snapshot.
-    pub fn call(&self, chat_id: i64) -> Option<CallSnapshot> {
-        let idx = self.by_chat.get(&chat_id)?;
-        self.calls.get(*idx)?.as_ref().map(snapshot)
-    }
-
-    /// A live call's ICE ufrag (for runtimes that route STUN across shards).
-    pub fn local_ufrag(&self, chat_id: i64) -> Option<&str> {
-        let idx = self.by_chat.get(&chat_id)?;
-        self.calls.get(*idx)?.as_ref().map(|s| s.call.local_ufrag())
-    }
-
-    /// Every live call's snapshot.
-    pub fn calls(&self) -> Vec<CallSnapshot> {
-        self.calls.iter().flatten().map(snapshot).collect()
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> &EndpointStats {
-        &self.stats
+        self.by_id.insert(id, idx);
+        Ok(idx)
     }
 
     /// Drains a call's outputs into the endpoint's queues, reschedules it, reaps it if it ended.
@@ -496,71 +492,58 @@ impl Endpoint {
             let Some(Some(slot)) = self.calls.get_mut(idx) else {
                 return;
             };
-            match slot.call.poll_output() {
-                Output::Timeout(at) => {
+            match slot.kind.poll(slot.id) {
+                Polled::Timeout(at) => {
                     if !ended && slot.scheduled != Some(at) {
                         slot.scheduled = Some(at);
-                        self.wheel.insert(at, WheelKey::Group(idx));
+                        self.wheel.insert(at, slot.id);
                     }
                     break;
                 }
-                Output::Transmit(t) => {
-                    if let Some(socket) = slot.socket {
-                        self.transmits.push_back(EndpointTransmit {
-                            socket,
-                            destination: t.destination,
-                            contents: t.contents,
-                        });
-                    }
-                }
-                Output::Event(e) => {
-                    ended |= matches!(e, Event::ConnectionChanged(CallState::Ended(_)));
-                    let chat_id = slot.chat_id;
+                Polled::Transmit(t) => self.transmits.push_back(t),
+                Polled::Event(e) => {
+                    ended |= e.ends_call();
                     if self.events.len() >= MAX_QUEUED_EVENTS {
                         self.stats.dropped_events += 1;
                     } else {
-                        self.events.push_back((chat_id, e));
+                        self.events.push_back((slot.id, e));
                     }
                 }
             }
+        }
+        if let Some(Some(slot)) = self.calls.get_mut(idx) {
+            let sent = slot.kind.packets_sent();
+            self.stats.packets_sent += sent.saturating_sub(slot.packets_counted);
+            slot.packets_counted = sent;
+            slot.kind.drain_frame_lateness(&mut self.stats.lateness);
         }
         if ended {
             self.reap(idx);
         }
     }
 
-    /// Removes an ended call so its chat id can be used again at once.
+    /// Removes an ended call so its id can be used again at once.
     fn reap(&mut self, idx: usize) {
         let Some(slot) = self.calls.get_mut(idx).and_then(Option::take) else {
             return;
         };
-        if let Some(entry) = slot.socket.and_then(|s| self.sockets.get_mut(s.0)) {
-            entry.demux.remove_call(idx);
-        }
-        self.by_chat.remove(&slot.chat_id);
+        self.by_id.remove(&slot.id);
         self.free.push(idx);
+        match slot.kind {
+            CallKind::Group(_) => {
+                self.placement.release(slot.id);
+                self.stats.calls = self.stats.calls.saturating_sub(1);
+            }
+            CallKind::P2p(_) => self.stats.p2p_calls = self.stats.p2p_calls.saturating_sub(1),
+        }
         // Bounded by the number of calls: a runtime that never polls it holds at most one
         // entry per call ever reaped, so cap it.
         if self.reaped.len() < MAX_QUEUED_EVENTS {
             self.reaped.push_back(ReapedCall {
-                chat_id: slot.chat_id,
-                socket: slot.socket,
-                remotes: slot.call.remote_addrs().to_vec(),
-                ufrag: slot.call.local_ufrag().to_owned(),
+                id: slot.id,
+                socket: slot.kind.socket(slot.id),
             });
         }
-        self.stats.calls = self.by_chat.len() as u64;
         self.stats.calls_reaped += 1;
-    }
-}
-
-fn snapshot(slot: &Slot) -> CallSnapshot {
-    CallSnapshot {
-        chat_id: slot.chat_id,
-        state: slot.call.state().clone(),
-        media: slot.call.media_state(),
-        ssrc: slot.call.audio_ssrc().0,
-        local_addr: slot.call.local_addr(),
-        stats: slot.call.stats().clone(),
     }
 }

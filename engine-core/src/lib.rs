@@ -41,6 +41,7 @@ pub mod flight;
 pub mod media;
 pub mod p2p_call;
 pub mod pacer;
+pub mod placement;
 pub mod replay;
 pub mod signaling;
 #[cfg(feature = "sim")]

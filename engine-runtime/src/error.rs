@@ -88,8 +88,8 @@ impl From<ringcast_core::endpoint::EndpointError> for EngineError {
     fn from(e: ringcast_core::endpoint::EndpointError) -> Self {
         use ringcast_core::endpoint::EndpointError as E;
         match e {
-            E::ConnectionExists(c) => Self::ConnectionExists(c),
-            E::ConnectionNotFound(c) => Self::ConnectionNotFound(c),
+            E::ConnectionExists(c) => Self::ConnectionExists(c.0),
+            E::ConnectionNotFound(c) => Self::ConnectionNotFound(c.0),
             E::NoFreeSocket => Self::NoFreeSocket,
             E::Call(c) => Self::Call(c),
             E::P2pCall(c) => Self::P2pCall(c),

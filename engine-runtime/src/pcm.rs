@@ -8,8 +8,7 @@
 
 use std::collections::HashMap;
 
-use ringcast_core::call::Event;
-use ringcast_core::endpoint::Endpoint;
+use ringcast_core::endpoint::{CallId, Endpoint};
 use ringcast_core::media::{PcmReceiver, PcmSink, PcmSinkConfig, pcm_sink};
 
 use crate::engine::Engine;
@@ -61,25 +60,15 @@ impl PcmSinks {
         chat_id: i64,
         sink: PcmSink,
     ) -> Result<(), EngineError> {
-        if endpoint.call(chat_id).is_none() && endpoint.p2p_call(chat_id).is_none() {
+        if !endpoint.contains(CallId(chat_id)) {
             return Err(EngineError::ConnectionNotFound(chat_id));
         }
         self.sinks.insert(chat_id, sink);
         Ok(())
     }
 
-    /// Feeds a call's received audio to its sink, if it has one (other events are ignored).
-    pub(crate) fn on_event(&mut self, chat_id: i64, event: &Event) {
-        if let Event::AudioReceived {
-            ssrc, seq, payload, ..
-        } = event
-        {
-            self.on_audio(chat_id, ssrc.0, *seq, payload);
-        }
-    }
-
-    /// Decodes one received Opus packet of `key`'s call if it has a sink; drops a sink whose
-    /// receiver is gone. The entry point for call kinds with their own event type.
+    /// Decodes one received Opus packet of `key`'s call (group or 1:1) if it has a sink; drops
+    /// a sink whose receiver is gone.
     pub(crate) fn on_audio(&mut self, key: i64, ssrc: u32, seq: u16, payload: &[u8]) {
         let Some(sink) = self.sinks.get_mut(&key) else {
             return;

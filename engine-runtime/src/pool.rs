@@ -2,7 +2,8 @@
 //!
 //! Every shard sends and receives on every socket of the pool (each through its own `dup` of
 //! the fd, registered in its own ring). Two things therefore have to be decided across shards,
-//! and live here behind one mutex that only the control path and misrouted datagrams take:
+//! and live here behind one mutex that only the control path and misrouted datagrams take,
+//! both by the sans-IO [`Placement`] (the same code a shard's endpoint and the simulator run):
 //!
 //! - **Placement (the socket rule).** An SFU tells participants apart by 5-tuple, so two live
 //!   calls that reach the same SFU address must not share a socket. [`SocketPool::place`]
@@ -14,17 +15,23 @@
 //!   STUN before nomination, by ufrag, and forwards it there. For audio sending the receive
 //!   direction is light (RTCP and STUN keepalives), so the lock is off the hot path.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use ringcast_core::demux::stun_local_ufrag;
-use ringcast_core::endpoint::SocketId;
+use ringcast_core::endpoint::{CallId, SocketId};
+use ringcast_core::placement::Placement;
 
 /// Requested SO_RCVBUF/SO_SNDBUF per socket. A pacer tick sends every due packet at once;
 /// the kernel caps this at net.core.{r,w}mem_max (scripts/setup.sh raises them where it can).
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A call as the pool knows it: the shard that owns it, and its id there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Owner {
+    pub(crate) shard: usize,
+    pub(crate) call: CallId,
+}
 
 struct PooledSocket {
     /// The pool's own descriptor until the last shard takes it: every shard holds one
@@ -33,14 +40,13 @@ struct PooledSocket {
     /// Shards that have their descriptor of this socket.
     handed: usize,
     addr: SocketAddr,
-    /// Live calls' SFU addresses on this socket -> owning shard.
-    remotes: HashMap<SocketAddr, usize>,
 }
 
 struct Inner {
+    /// By [`SocketId`], in the order of `placement`'s ids.
     sockets: Vec<PooledSocket>,
-    /// ICE ufrag -> owning shard, for STUN that arrives before an address is known.
-    ufrags: HashMap<String, usize>,
+    /// Which calls are on which socket, and the routing of their datagrams to their shard.
+    placement: Placement<Owner>,
 }
 
 /// See the [module docs](self).
@@ -59,17 +65,26 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+impl Inner {
+    fn push(&mut self, socket: PooledSocket) -> SocketId {
+        let id = self.placement.add_socket(socket.addr);
+        self.sockets.push(socket);
+        id
+    }
+}
+
 impl SocketPool {
     /// A pool for `shards` shards whose first socket is bound to `bind` (port 0 = any).
     pub(crate) fn new(bind: SocketAddr, shards: usize) -> io::Result<Self> {
-        let first = bind_socket(bind)?;
+        let mut inner = Inner {
+            sockets: Vec::new(),
+            placement: Placement::new(),
+        };
+        inner.push(bind_socket(bind)?);
         Ok(Self {
             ip: bind.ip(),
             shards: shards.max(1),
-            inner: Mutex::new(Inner {
-                sockets: vec![first],
-                ufrags: HashMap::new(),
-            }),
+            inner: Mutex::new(inner),
         })
     }
 
@@ -81,11 +96,6 @@ impl SocketPool {
     /// The IP every socket binds (1:1 calls' own sockets too).
     pub(crate) fn ip(&self) -> IpAddr {
         self.ip
-    }
-
-    /// True if the pool's sockets are IPv4.
-    pub(crate) fn is_ipv4(&self) -> bool {
-        self.ip.is_ipv4()
     }
 
     /// Number of sockets.
@@ -112,45 +122,34 @@ impl SocketPool {
         Ok((socket, s.addr))
     }
 
-    /// The socket rule: a socket with none of `remotes` taken (binding a new one if needed),
-    /// claimed for `shard`.
+    /// The socket rule across shards: a socket on which none of `remotes` is taken (binding
+    /// a new one if needed), claimed for `call` with its `ufrag`.
     pub(crate) fn place(
         &self,
+        call: Owner,
         remotes: &[SocketAddr],
         ufrag: &str,
-        shard: usize,
     ) -> io::Result<SocketId> {
         let mut inner = self.lock();
-        let free = inner
-            .sockets
-            .iter()
-            .position(|s| remotes.iter().all(|r| !s.remotes.contains_key(r)));
-        let id = match free {
-            Some(id) => id,
-            None => {
-                let socket = bind_socket(SocketAddr::new(self.ip, 0))?;
-                inner.sockets.push(socket);
-                inner.sockets.len() - 1
-            }
-        };
-        if let Some(s) = inner.sockets.get_mut(id) {
-            for r in remotes {
-                s.remotes.insert(*r, shard);
-            }
+        if let Some(id) = inner.placement.place(call, remotes, ufrag) {
+            return Ok(id);
         }
-        inner.ufrags.insert(ufrag.to_owned(), shard);
-        Ok(SocketId(id))
+        if !remotes.iter().any(|r| r.is_ipv4() == self.ip.is_ipv4()) {
+            // No SFU address these sockets can reach: another socket would not help, and the
+            // call refuses the answer ("no usable udp candidate") when it connects.
+            return Ok(SocketId(0));
+        }
+        let id = inner.push(bind_socket(SocketAddr::new(self.ip, 0))?);
+        inner
+            .placement
+            .claim(call, id, remotes, ufrag)
+            .map_err(io::Error::other)?;
+        Ok(id)
     }
 
-    /// Releases what [`SocketPool::place`] claimed.
-    pub(crate) fn release(&self, socket: Option<SocketId>, remotes: &[SocketAddr], ufrag: &str) {
-        let mut inner = self.lock();
-        inner.ufrags.remove(ufrag);
-        if let Some(s) = socket.and_then(|id| inner.sockets.get_mut(id.0)) {
-            for r in remotes {
-                s.remotes.remove(r);
-            }
-        }
+    /// Releases what [`SocketPool::place`] claimed for `call` (a no-op if nothing).
+    pub(crate) fn release(&self, call: Owner) {
+        self.lock().placement.release(call);
     }
 
     /// The shard that owns a datagram from `source` on `socket`, if any.
@@ -160,16 +159,10 @@ impl SocketPool {
         source: &SocketAddr,
         contents: &[u8],
     ) -> Option<usize> {
-        let inner = self.lock();
-        if let Some(shard) = inner
-            .sockets
-            .get(socket.0)
-            .and_then(|s| s.remotes.get(source))
-        {
-            return Some(*shard);
-        }
-        let ufrag = stun_local_ufrag(contents)?;
-        inner.ufrags.get(ufrag).copied()
+        self.lock()
+            .placement
+            .route(socket, source, contents)
+            .map(|o| o.shard)
     }
 }
 
@@ -184,6 +177,5 @@ fn bind_socket(addr: SocketAddr) -> io::Result<PooledSocket> {
         socket: Some(socket),
         handed: 0,
         addr,
-        remotes: HashMap::new(),
     })
 }

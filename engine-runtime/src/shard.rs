@@ -2,11 +2,14 @@
 //!
 //! Everything in here runs on the shard's thread; call state needs no lock. The API reaches
 //! the shard through a bounded command queue polled every [`COMMAND_POLL`] at worst; received
-//! datagrams arrive from one receive task per socket through a bounded local queue. Each turn
-//! of the loop is one pacer tick: every packet due is collected from the endpoint and all of
-//! them are submitted together: by default on the shard's private send ring
-//! ([`crate::uring_send`], pre-allocated slots, one `io_uring_enter` per tick), or as joined
-//! tokio-uring futures ([`SendPath::TokioUring`]).
+//! datagrams arrive from one receive task per socket (the pool's shared sockets and 1:1 calls'
+//! own ones alike) through a bounded local queue. Each turn of the loop is one pacer tick:
+//! every packet due is collected from the endpoint and all of them are submitted together: by
+//! default on the shard's private send ring ([`crate::uring_send`], pre-allocated slots, one
+//! `io_uring_enter` per tick), or as joined tokio-uring futures ([`SendPath::TokioUring`]).
+//!
+//! The endpoint names sockets ([`Socket`]); the shard's [`Sockets`] table maps a name to the
+//! descriptor, so receiving, flushing and event mapping are each one path for both call kinds.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -18,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_util::future::join_all;
-use ringcast_core::call::{CallConfig, Event};
+use ringcast_core::call::{self, CallConfig};
 use ringcast_core::endpoint::{
-    CallSnapshot, Endpoint, EndpointStats, P2pEndpointEvent, P2pSnapshot, SocketId,
+    CallId, CallSnapshot, Endpoint, EndpointEvent, EndpointStats, P2pSnapshot, Socket,
 };
 use ringcast_core::p2p_call::{self, P2pConfig};
 use ringcast_core::signaling::group::JoinResponse;
@@ -30,7 +33,7 @@ use tokio_uring::net::UdpSocket;
 use crate::engine::{EngineEvent, EventKind, SendPath};
 use crate::error::EngineError;
 use crate::pcm::PcmSinks;
-use crate::pool::SocketPool;
+use crate::pool::{Owner, SocketPool};
 use crate::uring_send::UringSender;
 
 /// Longest the shard sleeps before looking at the command queue.
@@ -134,35 +137,55 @@ pub(crate) struct ShardConfig {
 /// A received datagram.
 #[derive(Debug)]
 pub(crate) struct Datagram {
-    socket: SocketId,
+    socket: Socket,
     source: SocketAddr,
     contents: Vec<u8>,
 }
 
-/// A datagram received on a 1:1 call's own socket.
-#[derive(Debug)]
-struct P2pDatagram {
-    user_id: i64,
-    source: SocketAddr,
-    contents: Vec<u8>,
-}
-
-/// A 1:1 call's own socket (see `ringcast_core::endpoint`'s 1:1 section).
-struct P2pSocket {
-    socket: Rc<UdpSocket>,
-    /// A `dup` of the same socket: the send ring's descriptor, and the sender of the wake-up
-    /// datagram when the call is reaped.
-    dup: std::net::UdpSocket,
-    fd: std::os::fd::RawFd,
-    /// Set when the call is reaped: its receive task ends at its next completion.
+/// One of the shard's sockets.
+struct ShardSocket {
+    udp: Rc<UdpSocket>,
+    /// How the batched send ring names it.
+    ring: RingSocket,
+    /// Set when a 1:1 call's socket closes: its receive task ends at its next completion.
     closed: Rc<Cell<bool>>,
+    /// A 1:1 call's socket: a `dup` of it, the send ring's descriptor and the sender of the
+    /// wake-up datagram when the call is reaped.
+    dup: Option<std::net::UdpSocket>,
+}
+
+/// A socket as [`UringSender`] knows it.
+#[derive(Clone, Copy)]
+enum RingSocket {
+    /// A pool socket, in the ring's table under its [`SocketId`](ringcast_core::endpoint::SocketId).
+    Registered(usize),
+    /// A 1:1 call's own socket, by descriptor.
+    Fd(std::os::fd::RawFd),
+}
+
+/// The shard's sockets by the name the endpoint gives them (quinn's runtime boundary: the
+/// endpoint says which socket, the runtime holds the descriptor).
+#[derive(Default)]
+struct Sockets {
+    /// The pool's sockets by `SocketId` (registered in pool order, so ids agree across shards).
+    shared: Vec<ShardSocket>,
+    /// 1:1 calls' own sockets.
+    own: HashMap<CallId, ShardSocket>,
+}
+
+impl Sockets {
+    fn get(&self, socket: Socket) -> Option<&ShardSocket> {
+        match socket {
+            Socket::Shared(id) => self.shared.get(id.0),
+            Socket::Own(id) => self.own.get(&id),
+        }
+    }
 }
 
 /// Datagrams from the receive tasks to the shard loop.
 #[derive(Default)]
 struct Inbox {
     queue: RefCell<VecDeque<Datagram>>,
-    p2p_queue: RefCell<VecDeque<P2pDatagram>>,
     dropped: RefCell<u64>,
     notify: Notify,
 }
@@ -171,12 +194,10 @@ struct Shard {
     config: ShardConfig,
     endpoint: Endpoint,
     events: Sender<EngineEvent>,
-    sockets: Vec<Rc<UdpSocket>>,
-    /// 1:1 calls' own sockets, by user id.
-    p2p_sockets: HashMap<i64, P2pSocket>,
-    /// User ids of reaped 1:1 calls whose sockets (still in `p2p_sockets`) close after the
-    /// next flush, so their last datagrams (DTLS close_notify) go out first.
-    p2p_closing: Vec<i64>,
+    sockets: Sockets,
+    /// Reaped 1:1 calls whose own sockets (still in `sockets`) close after the next flush, so
+    /// their last datagrams (DTLS close_notify) go out first.
+    closing: Vec<CallId>,
     /// The batched send ring ([`SendPath::IoUringBatch`]).
     sender: Option<UringSender>,
     inbox: Rc<Inbox>,
@@ -212,9 +233,8 @@ pub(crate) fn run(
             endpoint: Endpoint::new(Instant::now(), config.index),
             config,
             events,
-            sockets: Vec::new(),
-            p2p_sockets: HashMap::new(),
-            p2p_closing: Vec::new(),
+            sockets: Sockets::default(),
+            closing: Vec::new(),
             inbox: Rc::new(Inbox::default()),
             send_errors: 0,
             dropped_events: 0,
@@ -234,8 +254,8 @@ pub(crate) fn run(
         // same abort as tokio-rs/tokio-uring#328, open). Until that is fixed upstream (or the
         // runtime moves to raw io-uring with explicit cancellation), a stopped shard parks
         // here: an idle thread whose pending receives never complete.
-        for (_, s) in shard.p2p_sockets.drain() {
-            close_p2p_socket(&s);
+        for (_, s) in shard.sockets.own.drain() {
+            close_own_socket(&s);
         }
         let Shard {
             endpoint, events, ..
@@ -265,9 +285,9 @@ impl Shard {
             self.endpoint.handle_timeout(Instant::now());
             self.after_work();
             self.flush().await;
-            for id in std::mem::take(&mut self.p2p_closing) {
-                if let Some(s) = self.p2p_sockets.remove(&id) {
-                    close_p2p_socket(&s);
+            for id in std::mem::take(&mut self.closing) {
+                if let Some(s) = self.sockets.own.remove(&id) {
+                    close_own_socket(&s);
                 }
             }
 
@@ -278,7 +298,6 @@ impl Shard {
                 .map_or(now + COMMAND_POLL, |t| t.min(now + COMMAND_POLL));
             if next > now
                 && self.inbox.queue.borrow().is_empty()
-                && self.inbox.p2p_queue.borrow().is_empty()
                 && self.config.forwarded.is_empty()
                 && commands.is_empty()
             {
@@ -302,15 +321,26 @@ impl Shard {
     /// Registers every pool socket this shard does not have yet (in pool order, so socket
     /// ids agree across shards) and starts receiving on it.
     fn sync_sockets(&mut self) -> io::Result<()> {
-        while self.sockets.len() < self.config.pool.len() {
-            let (std_socket, addr) = self.config.pool.clone_socket(self.sockets.len())?;
+        while self.sockets.shared.len() < self.config.pool.len() {
+            let (std_socket, addr) = self.config.pool.clone_socket(self.sockets.shared.len())?;
             if let Some(sender) = &mut self.sender {
                 sender.add_socket(std::os::fd::AsRawFd::as_raw_fd(&std_socket));
             }
-            let socket = Rc::new(UdpSocket::from_std(std_socket));
+            let udp = Rc::new(UdpSocket::from_std(std_socket));
             let id = self.endpoint.add_socket(addr);
-            self.sockets.push(socket.clone());
-            tokio_uring::spawn(receive_loop(socket, id, self.inbox.clone()));
+            let closed = Rc::new(Cell::new(false));
+            tokio_uring::spawn(receive_loop(
+                udp.clone(),
+                id.into(),
+                self.inbox.clone(),
+                closed.clone(),
+            ));
+            self.sockets.shared.push(ShardSocket {
+                udp,
+                ring: RingSocket::Registered(id.0),
+                closed,
+                dup: None,
+            });
         }
         Ok(())
     }
@@ -319,12 +349,6 @@ impl Shard {
     /// (via the pool's ownership table and its forward queue) when the call lives there.
     fn handle_received(&mut self) {
         let now = Instant::now();
-        loop {
-            let next = self.inbox.p2p_queue.borrow_mut().pop_front();
-            let Some(d) = next else { break };
-            self.endpoint
-                .handle_p2p_datagram(now, d.user_id, d.source, &d.contents);
-        }
         while let Ok(d) = self.config.forwarded.try_recv() {
             self.endpoint
                 .handle_datagram(now, d.socket, d.source, &d.contents);
@@ -332,8 +356,9 @@ impl Shard {
         loop {
             let next = self.inbox.queue.borrow_mut().pop_front();
             let Some(d) = next else { break };
-            if !self.endpoint.routes(d.socket, &d.source, &d.contents)
-                && let Some(owner) = self.config.pool.owner(d.socket, &d.source, &d.contents)
+            if let Socket::Shared(socket) = d.socket
+                && !self.endpoint.routes(socket, &d.source, &d.contents)
+                && let Some(owner) = self.config.pool.owner(socket, &d.source, &d.contents)
                 && owner != self.config.index
                 && let Some(tx) = self.config.forward.get(owner)
             {
@@ -358,94 +383,98 @@ impl Shard {
     /// closing.
     fn release_reaped(&mut self) {
         while let Some(r) = self.endpoint.poll_reaped() {
-            self.pcm_sinks.remove(r.chat_id);
-            self.config.pool.release(r.socket, &r.remotes, &r.ufrag);
-        }
-        while let Some(r) = self.endpoint.poll_p2p_reaped() {
-            self.pcm_sinks.remove(r.user_id);
-            if self.p2p_sockets.contains_key(&r.user_id) && !self.p2p_closing.contains(&r.user_id) {
-                self.p2p_closing.push(r.user_id);
+            self.pcm_sinks.remove(r.id.0);
+            if r.socket == Some(Socket::Own(r.id)) {
+                if self.sockets.own.contains_key(&r.id) && !self.closing.contains(&r.id) {
+                    self.closing.push(r.id);
+                }
+            } else {
+                self.config.pool.release(self.owner(r.id));
             }
+        }
+    }
+
+    /// This shard's call `id` as the pool knows it.
+    fn owner(&self, id: CallId) -> Owner {
+        Owner {
+            shard: self.config.index,
+            call: id,
         }
     }
 
     /// Binds the 1:1 call's own socket, creates the call on it and applies `commands`.
     fn create_p2p(
         &mut self,
-        user_id: i64,
+        id: CallId,
         mut config: P2pConfig,
         commands: Vec<p2p_call::Command>,
     ) -> Result<(), EngineError> {
         let now = Instant::now();
         // The id's previous call was reaped this turn: close its socket now (its last
         // datagrams, not flushed yet, are lost and counted as send errors).
-        if let Some(pos) = self.p2p_closing.iter().position(|id| *id == user_id) {
-            self.p2p_closing.swap_remove(pos);
-            if let Some(s) = self.p2p_sockets.remove(&user_id) {
-                close_p2p_socket(&s);
+        if let Some(pos) = self.closing.iter().position(|c| *c == id) {
+            self.closing.swap_remove(pos);
+            if let Some(s) = self.sockets.own.remove(&id) {
+                close_own_socket(&s);
             }
         }
-        if self.p2p_sockets.contains_key(&user_id) || self.endpoint.p2p_call(user_id).is_some() {
-            return Err(EngineError::ConnectionExists(user_id));
+        if self.sockets.own.contains_key(&id) || self.endpoint.contains(id) {
+            return Err(EngineError::ConnectionExists(id.0));
         }
         let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.config.pool.ip(), 0))?;
-        let addr = std_socket.local_addr()?;
-        config.local_addr = addr;
+        config.local_addr = std_socket.local_addr()?;
         let dup = std_socket.try_clone()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&dup);
-        let socket = Rc::new(UdpSocket::from_std(std_socket));
+        let udp = Rc::new(UdpSocket::from_std(std_socket));
         let closed = Rc::new(Cell::new(false));
         self.endpoint
-            .create_p2p_call(now, user_id, config)
+            .create_p2p_call(now, id, config)
             .map_err(EngineError::from)?;
-        tokio_uring::spawn(p2p_receive_loop(
-            socket.clone(),
-            user_id,
+        tokio_uring::spawn(receive_loop(
+            udp.clone(),
+            Socket::Own(id),
             self.inbox.clone(),
             closed.clone(),
         ));
-        self.p2p_sockets.insert(
-            user_id,
-            P2pSocket {
-                socket,
-                dup,
-                fd,
+        self.sockets.own.insert(
+            id,
+            ShardSocket {
+                udp,
+                ring: RingSocket::Fd(fd),
                 closed,
+                dup: Some(dup),
             },
         );
         for command in commands {
             self.endpoint
-                .p2p_command(now, user_id, command)
+                .p2p_command(now, id, command)
                 .map_err(EngineError::from)?;
         }
         Ok(())
     }
 
-    fn connect(&mut self, chat_id: i64, response: &JoinResponse) -> Result<(), EngineError> {
+    fn connect(&mut self, id: CallId, response: &JoinResponse) -> Result<(), EngineError> {
         let now = Instant::now();
         let ufrag = self
             .endpoint
-            .local_ufrag(chat_id)
-            .ok_or(EngineError::ConnectionNotFound(chat_id))?
+            .local_ufrag(id)
+            .ok_or(EngineError::ConnectionNotFound(id.0))?
             .to_owned();
         let remotes: Vec<SocketAddr> = response
             .transport
             .candidates
             .iter()
             .map(|c| c.address())
-            .filter(|a| a.is_ipv4() == self.config.pool.is_ipv4())
             .collect();
-        let socket = self
-            .config
-            .pool
-            .place(&remotes, &ufrag, self.config.index)?;
+        let owner = self.owner(id);
+        let socket = self.config.pool.place(owner, &remotes, &ufrag)?;
         let result = self.sync_sockets().map_err(EngineError::Io).and_then(|()| {
             self.endpoint
-                .connect_on(now, chat_id, response, socket)
+                .connect_on(now, id, response, socket)
                 .map_err(EngineError::from)
         });
         if result.is_err() {
-            self.config.pool.release(Some(socket), &remotes, &ufrag);
+            self.config.pool.release(owner);
         }
         result
     }
@@ -460,7 +489,7 @@ impl Shard {
             } => {
                 let r = self
                     .endpoint
-                    .create_call(now, chat_id, config)
+                    .create_call(now, CallId(chat_id), config)
                     .map_err(EngineError::from);
                 let _ = reply.send(r);
             }
@@ -469,7 +498,7 @@ impl Shard {
                 response,
                 reply,
             } => {
-                let _ = reply.send(self.connect(chat_id, &response));
+                let _ = reply.send(self.connect(CallId(chat_id), &response));
             }
             Request::Command {
                 chat_id,
@@ -478,18 +507,15 @@ impl Shard {
             } => {
                 let r = self
                     .endpoint
-                    .command(now, chat_id, command)
+                    .command(now, CallId(chat_id), command)
                     .map_err(EngineError::from);
                 let _ = reply.send(r);
             }
             Request::Info { chat_id, reply } => {
-                let _ = reply.send(self.endpoint.call(chat_id));
+                let _ = reply.send(self.endpoint.call(CallId(chat_id)));
             }
             Request::Exists { chat_id, reply } => {
-                let _ = reply.send(
-                    self.endpoint.call(chat_id).is_some()
-                        || self.endpoint.p2p_call(chat_id).is_some(),
-                );
+                let _ = reply.send(self.endpoint.contains(CallId(chat_id)));
             }
             Request::CreateP2p {
                 user_id,
@@ -497,7 +523,7 @@ impl Shard {
                 commands,
                 reply,
             } => {
-                let _ = reply.send(self.create_p2p(user_id, *config, commands));
+                let _ = reply.send(self.create_p2p(CallId(user_id), *config, commands));
             }
             Request::P2pSignaling {
                 user_id,
@@ -506,12 +532,12 @@ impl Shard {
             } => {
                 let r = self
                     .endpoint
-                    .p2p_signaling(now, user_id, &bytes)
+                    .p2p_signaling(now, CallId(user_id), &bytes)
                     .map_err(EngineError::from);
                 let _ = reply.send(r);
             }
             Request::P2pInfo { user_id, reply } => {
-                let _ = reply.send(self.endpoint.p2p_call(user_id));
+                let _ = reply.send(self.endpoint.p2p_call(CallId(user_id)));
             }
             Request::P2pList { reply } => {
                 let _ = reply.send(self.endpoint.p2p_calls());
@@ -552,44 +578,28 @@ impl Shard {
     }
 
     fn forward_events(&mut self) {
-        while let Some((chat_id, e)) = self.endpoint.poll_event() {
-            self.pcm_sinks.on_event(chat_id, &e);
+        use EndpointEvent::{Group, P2p};
+        while let Some((id, e)) = self.endpoint.poll_event() {
             let kind = match e {
-                Event::ConnectionChanged(state) => Some(EventKind::ConnectionChanged(state)),
-                Event::StreamEnded { error } => Some(EventKind::StreamEnded { error }),
-                Event::MediaStateChanged(m) => Some(EventKind::MediaStateChanged(m)),
-                Event::AudioReceived {
-                    ssrc, seq, payload, ..
-                } => self
-                    .config
-                    .receive_audio
-                    .then_some(EventKind::AudioReceived {
-                        ssrc: ssrc.0,
-                        seq,
-                        payload,
-                    }),
-                _ => None,
-            };
-            if let Some(kind) = kind {
-                self.emit(EngineEvent { chat_id, kind });
-            }
-        }
-        while let Some((user_id, e)) = self.endpoint.poll_p2p_event() {
-            let kind = match e {
-                P2pEndpointEvent::Signaling(bytes) => Some(EventKind::SignalingData(bytes)),
-                P2pEndpointEvent::Call(p2p_call::Event::StateChanged(state)) => {
+                Group(call::Event::ConnectionChanged(state)) => {
+                    Some(EventKind::ConnectionChanged(state))
+                }
+                P2p(p2p_call::Event::StateChanged(state)) => {
                     Some(EventKind::P2pConnectionChanged(state))
                 }
-                P2pEndpointEvent::Call(p2p_call::Event::StreamEnded { error }) => {
+                Group(call::Event::StreamEnded { error })
+                | P2p(p2p_call::Event::StreamEnded { error }) => {
                     Some(EventKind::StreamEnded { error })
                 }
-                P2pEndpointEvent::Call(p2p_call::Event::AudioReceived {
-                    ssrc,
-                    seq,
-                    payload,
-                    ..
+                Group(call::Event::MediaStateChanged(m)) => Some(EventKind::MediaStateChanged(m)),
+                EndpointEvent::Signaling(bytes) => Some(EventKind::SignalingData(bytes)),
+                Group(call::Event::AudioReceived {
+                    ssrc, seq, payload, ..
+                })
+                | P2p(p2p_call::Event::AudioReceived {
+                    ssrc, seq, payload, ..
                 }) => {
-                    self.pcm_sinks.on_audio(user_id, ssrc.0, seq, &payload);
+                    self.pcm_sinks.on_audio(id.0, ssrc.0, seq, &payload);
                     self.config
                         .receive_audio
                         .then_some(EventKind::AudioReceived {
@@ -602,7 +612,7 @@ impl Shard {
             };
             if let Some(kind) = kind {
                 self.emit(EngineEvent {
-                    chat_id: user_id,
+                    chat_id: id.0,
                     kind,
                 });
             }
@@ -618,38 +628,21 @@ impl Shard {
         }
     }
 
-    /// Submits everything the endpoint wants sent. On the batch path every datagram takes a
-    /// slot of the shard's send ring and the tick goes out with one `io_uring_enter`; on the
-    /// tokio-uring path all sends of a batch are pushed before any is awaited.
+    /// Submits everything the endpoint wants sent, whichever socket it leaves by. On the batch
+    /// path every datagram takes a slot of the shard's send ring and the tick goes out with one
+    /// `io_uring_enter`; on the tokio-uring path all sends of a batch are pushed before any is
+    /// awaited.
     async fn flush(&mut self) {
         if let Some(sender) = &mut self.sender {
             while let Some(t) = self.endpoint.poll_transmit() {
-                sender.push(t.socket.0, t.destination, t.contents);
-            }
-            while let Some(t) = self.endpoint.poll_p2p_transmit() {
-                match self.p2p_sockets.get(&t.user_id) {
-                    Some(s) => sender.push_fd(s.fd, t.destination, t.contents),
+                match self.sockets.get(t.socket).map(|s| s.ring) {
+                    Some(RingSocket::Registered(i)) => sender.push(i, t.destination, t.contents),
+                    Some(RingSocket::Fd(fd)) => sender.push_fd(fd, t.destination, t.contents),
                     None => self.send_errors += 1,
                 }
             }
             sender.submit();
             return;
-        }
-        let mut p2p = Vec::new();
-        while let Some(t) = self.endpoint.poll_p2p_transmit() {
-            match self.p2p_sockets.get(&t.user_id) {
-                Some(s) => {
-                    let socket = s.socket.clone();
-                    p2p.push(async move { socket.send_to(t.contents, t.destination).await.0 });
-                }
-                None => self.send_errors += 1,
-            }
-        }
-        for result in join_all(p2p).await {
-            if let Err(e) = result {
-                self.send_errors += 1;
-                tracing::debug!("p2p send: {e}");
-            }
         }
         while self.endpoint.pending_transmits() > 0 {
             let mut batch = Vec::with_capacity(self.endpoint.pending_transmits().min(SEND_BATCH));
@@ -657,12 +650,12 @@ impl Shard {
                 let Some(t) = self.endpoint.poll_transmit() else {
                     break;
                 };
-                let Some(socket) = self.sockets.get(t.socket.0) else {
+                let Some(socket) = self.sockets.get(t.socket) else {
                     self.send_errors += 1;
                     continue;
                 };
-                let socket = socket.clone();
-                batch.push(async move { socket.send_to(t.contents, t.destination).await.0 });
+                let udp = socket.udp.clone();
+                batch.push(async move { udp.send_to(t.contents, t.destination).await.0 });
             }
             for result in join_all(batch).await {
                 if let Err(e) = result {
@@ -674,24 +667,22 @@ impl Shard {
     }
 }
 
-/// Ends a 1:1 socket's receive task: flag it, then wake its pending receive with an empty
-/// datagram from the socket to itself (`shutdown(SHUT_RD)` would complete the receive without
-/// a source address, which tokio-uring 0.5 unwraps). The task then drops its handle and the
-/// descriptor closes with the last one. If the socket's receive buffer is full the wake-up is
-/// lost and the task ends at the next datagram instead.
-fn close_p2p_socket(s: &P2pSocket) {
+/// Ends a 1:1 call's socket's receive task: flag it, then wake its pending receive with an
+/// empty datagram from the socket to itself (`shutdown(SHUT_RD)` would complete the receive
+/// without a source address, which tokio-uring 0.5 unwraps). The task then drops its handle
+/// and the descriptor closes with the last one. If the socket's receive buffer is full the
+/// wake-up is lost and the task ends at the next datagram instead.
+fn close_own_socket(s: &ShardSocket) {
     s.closed.set(true);
-    if let Ok(own) = s.dup.local_addr() {
-        let _ = s.dup.send_to(&[], own);
+    if let Some(dup) = &s.dup
+        && let Ok(own) = dup.local_addr()
+    {
+        let _ = dup.send_to(&[], own);
     }
 }
 
-async fn p2p_receive_loop(
-    socket: Rc<UdpSocket>,
-    user_id: i64,
-    inbox: Rc<Inbox>,
-    closed: Rc<Cell<bool>>,
-) {
+/// Receives on one socket until `closed` is set (a pool socket's never is).
+async fn receive_loop(socket: Rc<UdpSocket>, id: Socket, inbox: Rc<Inbox>, closed: Rc<Cell<bool>>) {
     let mut buf = vec![0u8; RX_BUF];
     while !closed.get() {
         let (result, b) = socket.recv_from(buf).await;
@@ -699,31 +690,6 @@ async fn p2p_receive_loop(
         if closed.get() {
             break;
         }
-        match result {
-            Ok((n, source)) => {
-                let mut queue = inbox.p2p_queue.borrow_mut();
-                if queue.len() >= RX_QUEUE {
-                    *inbox.dropped.borrow_mut() += 1;
-                } else {
-                    queue.push_back(P2pDatagram {
-                        user_id,
-                        source,
-                        contents: buf.get(..n).unwrap_or(&[]).to_vec(),
-                    });
-                }
-                drop(queue);
-                inbox.notify.notify_one();
-            }
-            Err(e) => tracing::trace!("p2p recv: {e}"),
-        }
-    }
-}
-
-async fn receive_loop(socket: Rc<UdpSocket>, id: SocketId, inbox: Rc<Inbox>) {
-    let mut buf = vec![0u8; RX_BUF];
-    loop {
-        let (result, b) = socket.recv_from(buf).await;
-        buf = b;
         match result {
             Ok((n, source)) => {
                 let mut queue = inbox.queue.borrow_mut();

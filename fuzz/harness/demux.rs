@@ -12,7 +12,7 @@ use std::time::Instant;
 use ringcast_core::CallConfig;
 use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::demux::{DatagramKind, Demux, classify, rtp_header, stun_local_ufrag};
-use ringcast_core::endpoint::{Endpoint, SocketId};
+use ringcast_core::endpoint::{CallId, Endpoint, SocketId};
 use ringcast_core::signaling::group::JoinResponse;
 use ringcast_core::str0m::config::DtlsCert;
 use ringcast_core::str0m::crypto::CryptoProvider;
@@ -81,6 +81,7 @@ impl Fixture {
         for (chat, port) in [(1_i64, 32001_u16), (2, 32001), (3, 32009)] {
             let mut config = CallConfig::new(1000 + chat as u64, cert.clone());
             config.crypto = Some(crypto.clone());
+            let chat = CallId(chat);
             endpoint
                 .create_call(now, chat, config)
                 .expect("create call");

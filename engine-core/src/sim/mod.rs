@@ -36,7 +36,9 @@ use crate::crypto::{CallCrypto, CryptoOptions};
 
 use crate::call::{CallConfig, CallState, Command, Event};
 use crate::demux::{DatagramKind, classify};
-use crate::endpoint::{CallSnapshot, Endpoint, EndpointError, EndpointStats, SocketId};
+use crate::endpoint::{
+    CallId, CallSnapshot, Endpoint, EndpointError, EndpointEvent, EndpointStats, SocketId,
+};
 use crate::media::FrameSource;
 use crate::signaling::group::JoinResponse;
 
@@ -447,7 +449,7 @@ impl<S: SimSfu> World<S> {
     /// A live call's snapshot from the endpoint (`None` once it ended and was reaped).
     pub fn snapshot(&self, id: SimCallId) -> Option<CallSnapshot> {
         let key = self.calls.get(id.0)?.key;
-        self.endpoint.call(key)
+        self.endpoint.call(CallId(key))
     }
 
     /// Sets a function called with `true` right before and `false` right after every pacer
@@ -554,11 +556,11 @@ impl<S: SimSfu> World<S> {
         config.mtu = self.call_mtu;
         let payload = self
             .endpoint
-            .create_call(self.now, key, config)
+            .create_call(self.now, CallId(key), config)
             .map_err(|e| e.to_string())?;
         let answer = self.sfu.join(self.now, chat_id, payload.as_bytes())?;
         let response = JoinResponse::parse(answer.as_bytes()).map_err(|e| e.to_string())?;
-        match self.endpoint.connect(self.now, key, &response) {
+        match self.endpoint.connect(self.now, CallId(key), &response) {
             Ok(_) => {}
             Err(EndpointError::NoFreeSocket) => {
                 let k = self.sockets.len();
@@ -569,17 +571,17 @@ impl<S: SimSfu> World<S> {
                 let id = self.endpoint.add_socket(addr);
                 self.sockets.insert(addr, id);
                 self.endpoint
-                    .connect(self.now, key, &response)
+                    .connect(self.now, CallId(key), &response)
                     .map_err(|e| e.to_string())?;
             }
             Err(e) => return Err(e.to_string()),
         }
         self.endpoint
-            .command(self.now, key, Command::SetSource(source))
+            .command(self.now, CallId(key), Command::SetSource(source))
             .map_err(|e| e.to_string())?;
         let (ssrc, local_addr) = self
             .endpoint
-            .call(key)
+            .call(CallId(key))
             .map_or((0, None), |c| (c.ssrc, c.local_addr));
         self.calls.push(SimCall {
             key,
@@ -601,7 +603,7 @@ impl<S: SimSfu> World<S> {
     pub fn command(&mut self, id: SimCallId, cmd: Command) -> Result<(), String> {
         let key = self.calls.get(id.0).ok_or("no such call")?.key;
         self.endpoint
-            .command(self.now, key, cmd)
+            .command(self.now, CallId(key), cmd)
             .map_err(|e| e.to_string())?;
         self.drain_endpoint();
         Ok(())
@@ -704,7 +706,10 @@ impl<S: SimSfu> World<S> {
             self.wire.send(self.now, source, t.destination, t.contents);
         }
         let elapsed = self.elapsed();
-        while let Some((key, e)) = self.endpoint.poll_event() {
+        while let Some((CallId(key), e)) = self.endpoint.poll_event() {
+            let EndpointEvent::Group(e) = e else {
+                continue; // the world holds group calls only
+            };
             let Some(sim) = self.by_key.get(&key).and_then(|i| self.calls.get_mut(*i)) else {
                 continue;
             };
