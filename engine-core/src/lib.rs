@@ -1,10 +1,26 @@
 //! ringcast-core: the sans-IO heart of ringcast.
 //!
 //! This crate holds everything about a call that can be decided without touching the operating
-//! system: the Telegram group-call signaling ([`signaling`]), one state machine per call on top of
-//! [`str0m`] ([`Call`]), media sources that yield 20 ms Opus frames ([`media`]), the datagram
-//! demultiplexer for a shared socket ([`demux`]) and, behind the `sim` feature, a deterministic
-//! network simulator (`sim`).
+//! system. A guide, top down:
+//!
+//! - [`signaling`]: the wire formats. Telegram's group-call join/answer JSON
+//!   ([`signaling::group`]) and the 1:1 call signaling ([`signaling::p2p`]: Diffie-Hellman key
+//!   exchange, encrypted channel, control messages), on one JSON module.
+//! - [`Call`] (group) and [`p2p_call::P2pCall`] (1:1): one state machine per call. Each is its
+//!   signaling state plus a [`transport::Transport`] (one [`str0m`] `Rtc`: ICE, DTLS, SRTP, with
+//!   typed refusals and ends) plus media tracks ([`media::track`]: the outgoing
+//!   [`media::track::AudioTrack`], the incoming [`media::track::IncomingStreams`]). 1:1 calls
+//!   add full ICE candidates from [`stun`] and [`turn`].
+//! - [`media`]: sources of 20 ms Opus frames (tone, Ogg/Opus passthrough, shared, PCM in and
+//!   out) and the tracks that send them.
+//! - [`endpoint::Endpoint`]: a shard's worth of calls minus the sockets: one slab keyed by
+//!   [`endpoint::CallId`], [`placement`] (the socket rule and routing), [`demux`], the
+//!   [`pacer`] timer wheel, bounded event queue, reaping.
+//! - Behind the `sim` feature, a deterministic network simulator (`sim`) that drives the same
+//!   `Endpoint` on a virtual clock.
+//!
+//! Tests of the state machines live next to them: unit tests per module and an in-memory pair
+//! harness (`src/tests/`) for `Call` and `P2pCall`.
 //!
 //! The contract, as in `quinn-proto` and `str0m`: **no sockets, no threads, no clock reads, no OS
 //! randomness.** Time comes in as an argument (`now: Instant`) to every method that can change
