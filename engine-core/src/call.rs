@@ -30,10 +30,10 @@ use crate::signaling::group::{
     fingerprint_hex, parse_fingerprint_hex,
 };
 use crate::signaling::{SignalingError, Ssrc};
-pub use crate::transport::{DatagramError, DtlsEnd, RejectReason, RtcErrorKind};
 use crate::transport::{
-    Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config, random_ice_creds,
+    Datagram, Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config, random_ice_creds,
 };
+pub use crate::transport::{DatagramError, DtlsEnd, RejectReason, RtcErrorKind};
 
 /// How long a call may take from [`Call::connect`] to a working DTLS-SRTP path before it
 /// fails with [`EndReason::ConnectTimeout`]. ntgcalls uses the same order of magnitude.
@@ -646,7 +646,14 @@ impl Call {
                 source,
                 destination,
                 contents,
-            } => self.handle_datagram(now, source, destination, contents),
+            } => self.handle_datagram(
+                now,
+                Datagram {
+                    source,
+                    destination,
+                    contents,
+                },
+            ),
             Input::Command(cmd) => self.handle_command(now, cmd),
         }
     }
@@ -788,13 +795,8 @@ impl Call {
         }
     }
 
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
-    ) -> Result<(), CallError> {
+    fn handle_datagram(&mut self, now: Instant, datagram: Datagram<'_>) -> Result<(), CallError> {
+        let contents = datagram.contents;
         let is_stun = classify(contents) == DatagramKind::Stun;
         let stun_authentic = is_stun && self.stun_is_authentic(contents);
         let Some(session) = self.session.as_mut() else {
@@ -807,26 +809,24 @@ impl Call {
         }
         let pt = *session.pt;
         let incoming = &mut self.incoming;
-        let result = session
-            .transport
-            .receive(now, source, destination, contents, |rtc| {
-                // The SFU forwards other speakers with their own SSRCs and no MID extension,
-                // which str0m drops unless the SSRC is expected. Like ntgcalls, accept audio
-                // from any new SSRC carrying our Opus PT (the RTP header is not encrypted by
-                // SRTP). Replays: str0m drops them without telling us (see `crate::replay`);
-                // refuse and count them here.
-                incoming
-                    .admit(rtc, contents, pt)
-                    .map_err(DatagramError::Replayed)?;
-                // str0m ignores STUN that fails its checks (ufrags, MESSAGE-INTEGRITY) without
-                // an error, and `Rtc::accepts` waves through anything from the nominated
-                // address before it looks at STUN. Check first, so such STUN is refused and
-                // counted and, above all, does not count as hearing from the SFU.
-                if is_stun && !stun_authentic {
-                    return Err(DatagramError::Rejected(RejectReason::StunUnauthenticated).into());
-                }
-                Ok(())
-            });
+        let result = session.transport.receive(now, datagram, |rtc| {
+            // The SFU forwards other speakers with their own SSRCs and no MID extension,
+            // which str0m drops unless the SSRC is expected. Like ntgcalls, accept audio
+            // from any new SSRC carrying our Opus PT (the RTP header is not encrypted by
+            // SRTP). Replays: str0m drops them without telling us (see `crate::replay`);
+            // refuse and count them here.
+            incoming
+                .admit(rtc, contents, pt)
+                .map_err(DatagramError::Replayed)?;
+            // str0m ignores STUN that fails its checks (ufrags, MESSAGE-INTEGRITY) without
+            // an error, and `Rtc::accepts` waves through anything from the nominated
+            // address before it looks at STUN. Check first, so such STUN is refused and
+            // counted and, above all, does not count as hearing from the SFU.
+            if is_stun && !stun_authentic {
+                return Err(DatagramError::Rejected(RejectReason::StunUnauthenticated).into());
+            }
+            Ok(())
+        });
         self.sync_receive_stats();
         match result {
             Ok(()) => {

@@ -84,7 +84,7 @@ use crate::signaling::p2p::{
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
 use crate::transport::{
-    DatagramError, DtlsEnd, Polled, ReceiveError, RtcErrorKind, Transport, TransportEnd,
+    Datagram, DatagramError, DtlsEnd, Polled, ReceiveError, RtcErrorKind, Transport, TransportEnd,
     opus_rtc_config, random_ice_creds,
 };
 use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
@@ -805,7 +805,14 @@ impl P2pCall {
                 source,
                 destination,
                 contents,
-            } => self.handle_datagram(now, source, destination, contents),
+            } => self.handle_datagram(
+                now,
+                Datagram {
+                    source,
+                    destination,
+                    contents,
+                },
+            ),
             Input::Signaling(bytes) => self.handle_signaling(now, bytes),
             Input::Command(cmd) => self.handle_command(now, cmd),
         }
@@ -990,7 +997,12 @@ impl P2pCall {
                 self.add_remote_candidates(&queued);
                 for (source, destination, contents) in std::mem::take(&mut self.early_stun) {
                     // Stale or forged ones are refused and counted like any datagram.
-                    let _ = self.handle_datagram(now, source, destination, &contents);
+                    let datagram = Datagram {
+                        source,
+                        destination,
+                        contents: &contents,
+                    };
+                    let _ = self.handle_datagram(now, datagram);
                 }
                 Ok(())
             }
@@ -1138,10 +1150,11 @@ impl P2pCall {
     fn handle_datagram(
         &mut self,
         now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
+        datagram: Datagram<'_>,
     ) -> Result<(), P2pCallError> {
+        let Datagram {
+            source, contents, ..
+        } = datagram;
         if matches!(self.state, P2pState::Ended(_)) {
             self.stats.dropped_not_live += 1;
             return Err(P2pCallError::Ended);
@@ -1160,7 +1173,7 @@ impl P2pCall {
             }
             return self.handle_turn_event(now, server, relay, event);
         }
-        self.handle_ice_datagram(now, source, destination, contents)
+        self.handle_ice_datagram(now, datagram)
     }
 
     /// A datagram for ICE/DTLS/SRTP: straight from the socket, or unwrapped from a Data
@@ -1168,10 +1181,13 @@ impl P2pCall {
     fn handle_ice_datagram(
         &mut self,
         now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
+        datagram: Datagram<'_>,
     ) -> Result<(), P2pCallError> {
+        let Datagram {
+            source,
+            destination,
+            contents,
+        } = datagram;
         if let Some(event) = self.stun.handle_datagram(source, contents) {
             self.stats.datagrams_received += 1;
             self.stats.bytes_received += contents.len() as u64;
@@ -1195,17 +1211,15 @@ impl P2pCall {
             return Err(P2pCallError::NotStarted);
         }
         let incoming = &mut self.incoming;
-        let result = self
-            .transport
-            .receive(now, source, destination, contents, |rtc| {
-                // Replays: str0m drops them silently (see `crate::replay`); refuse and count
-                // them here. No NegotiateChannels yet: accept the peer's audio SSRC from the
-                // first packet with our Opus PT (the RTP header is clear text; str0m
-                // authenticates the packet itself).
-                incoming
-                    .admit(rtc, contents, P2P_OPUS_PT)
-                    .map_err(|r| DatagramError::Replayed(r).into())
-            });
+        let result = self.transport.receive(now, datagram, |rtc| {
+            // Replays: str0m drops them silently (see `crate::replay`); refuse and count
+            // them here. No NegotiateChannels yet: accept the peer's audio SSRC from the
+            // first packet with our Opus PT (the RTP header is clear text; str0m
+            // authenticates the packet itself).
+            incoming
+                .admit(rtc, contents, P2P_OPUS_PT)
+                .map_err(|r| DatagramError::Replayed(r).into())
+        });
         let counters = self.incoming.counters();
         self.stats.dropped_replayed = counters.dropped_replayed;
         self.stats.dropped_unknown_ssrc = counters.dropped_unknown_ssrc;
@@ -1246,7 +1260,12 @@ impl P2pCall {
                     return Ok(());
                 };
                 self.stats.turn_relayed_in += 1;
-                self.handle_ice_datagram(now, peer, relay, &payload)
+                let datagram = Datagram {
+                    source: peer,
+                    destination: relay,
+                    contents: &payload,
+                };
+                self.handle_ice_datagram(now, datagram)
             }
             TurnEvent::Failed(e) => {
                 self.turn_failed(server, &e);

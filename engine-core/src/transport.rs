@@ -36,6 +36,17 @@ use crate::demux::{DatagramKind, classify};
 use crate::flight::FinalFlight;
 use crate::media::track::Replayed;
 
+/// One UDP datagram as it arrived: where from, on which local address, its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// The local address it arrived on.
+    pub destination: SocketAddr,
+    /// Its bytes.
+    pub contents: &'a [u8],
+}
+
 /// What part of str0m refused a datagram or failed, without its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -304,12 +315,11 @@ impl Transport {
     pub fn receive(
         &mut self,
         now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
+        datagram: Datagram<'_>,
         gate: impl FnOnce(&mut Rtc) -> Result<(), ReceiveError>,
     ) -> Result<(), ReceiveError> {
-        let result = parse(source, destination, contents).and_then(|datagram| {
+        let contents = datagram.contents;
+        let result = parse(datagram).and_then(|datagram| {
             gate(&mut self.rtc)?;
             receive(&mut self.rtc, now, datagram)
         });
@@ -412,13 +422,14 @@ pub fn opus_rtc_config(
 ///
 /// # Errors
 /// [`ReceiveError::Malformed`] if it is not STUN, DTLS, RTP or RTCP.
-pub fn parse(
-    source: SocketAddr,
-    destination: SocketAddr,
-    contents: &[u8],
-) -> Result<Receive<'_>, ReceiveError> {
-    Receive::new(Protocol::Udp, source, destination, contents)
-        .map_err(|e| DatagramError::Malformed(e.to_string()).into())
+pub fn parse(datagram: Datagram<'_>) -> Result<Receive<'_>, ReceiveError> {
+    Receive::new(
+        Protocol::Udp,
+        datagram.source,
+        datagram.destination,
+        datagram.contents,
+    )
+    .map_err(|e| DatagramError::Malformed(e.to_string()).into())
 }
 
 /// Hands one parsed datagram to str0m.

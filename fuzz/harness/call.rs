@@ -60,17 +60,11 @@ impl SimSfu for Recorder {
         SimSfu::join(&mut self.inner, now, chat_id, payload)
     }
 
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
-    ) {
+    fn handle_datagram(&mut self, now: Instant, d: ringcast_core::transport::Datagram<'_>) {
         if let Some(log) = self.log.as_mut() {
-            log.push((Dir::ToSfu, source, contents.to_vec()));
+            log.push((Dir::ToSfu, d.source, d.contents.to_vec()));
         }
-        SimSfu::handle_datagram(&mut self.inner, now, source, destination, contents);
+        SimSfu::handle_datagram(&mut self.inner, now, d);
     }
 
     fn handle_timeout(&mut self, now: Instant) {

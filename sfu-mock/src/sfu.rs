@@ -1010,14 +1010,8 @@ impl ringcast_core::sim::SimSfu for Sfu {
         Self::join(self, now, chat_id, payload).map_err(|e| e.to_string())
     }
 
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
-    ) {
-        Self::handle_datagram(self, now, source, destination, contents);
+    fn handle_datagram(&mut self, now: Instant, d: ringcast_core::transport::Datagram<'_>) {
+        Self::handle_datagram(self, now, d.source, d.destination, d.contents);
     }
 
     fn handle_timeout(&mut self, now: Instant) {

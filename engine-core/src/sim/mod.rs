@@ -41,6 +41,7 @@ use crate::endpoint::{
 };
 use crate::media::FrameSource;
 use crate::signaling::group::JoinResponse;
+use crate::transport::Datagram;
 
 /// The SFU side of a simulated world.
 pub trait SimSfu {
@@ -49,13 +50,7 @@ pub trait SimSfu {
     /// Answers a join payload with the response JSON, or an error message.
     fn join(&mut self, now: Instant, chat_id: i64, payload: &[u8]) -> Result<String, String>;
     /// A datagram arrived.
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
-    );
+    fn handle_datagram(&mut self, now: Instant, datagram: Datagram<'_>);
     /// A deadline passed.
     fn handle_timeout(&mut self, now: Instant);
     /// Next datagram to send: `(destination, contents)`.
@@ -684,8 +679,14 @@ impl<S: SimSfu> World<S> {
     fn deliver(&mut self, p: InFlight) {
         self.wire.digest.write(b"rx");
         if p.destination == self.sfu.addr() {
-            self.sfu
-                .handle_datagram(self.now, p.source, p.destination, &p.contents);
+            self.sfu.handle_datagram(
+                self.now,
+                Datagram {
+                    source: p.source,
+                    destination: p.destination,
+                    contents: &p.contents,
+                },
+            );
             self.drain_sfu();
             return;
         }
