@@ -634,9 +634,7 @@ impl Call {
 
     /// Feeds one input. Drain [`Call::poll_output`] afterwards.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), CallError> {
-        if now > self.last_now {
-            self.last_now = now;
-        }
+        self.last_now = self.last_now.max(now);
         match input {
             Input::Timeout => {
                 self.handle_timeout(now);
@@ -646,14 +644,7 @@ impl Call {
                 source,
                 destination,
                 contents,
-            } => self.handle_datagram(
-                now,
-                Datagram {
-                    source,
-                    destination,
-                    contents,
-                },
-            ),
+            } => self.handle_datagram(now, Datagram::new(source, destination, contents)),
             Input::Command(cmd) => self.handle_command(now, cmd),
         }
     }
@@ -673,9 +664,7 @@ impl Call {
             .and_then(|s| s.transport.poll_closing())
         {
             // After Stop: let the BYE and close_notify out; events of a closed call are moot.
-            self.stats.datagrams_sent += 1;
-            self.stats.bytes_sent += t.contents.len() as u64;
-            return Output::Transmit(t);
+            return self.sent(t);
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
@@ -717,11 +706,7 @@ impl Call {
             let session = self.session.as_mut()?;
             match session.transport.poll() {
                 Polled::Timeout(_) => return None,
-                Polled::Transmit(t) => {
-                    self.stats.datagrams_sent += 1;
-                    self.stats.bytes_sent += t.contents.len() as u64;
-                    return Some(Output::Transmit(t));
-                }
+                Polled::Transmit(t) => return Some(self.sent(t)),
                 Polled::Event(e) => {
                     if let Some(ev) = self.map_rtc_event(e) {
                         return Some(Output::Event(ev));
@@ -733,6 +718,13 @@ impl Call {
                 }
             }
         }
+    }
+
+    /// A datagram goes out: counted.
+    fn sent(&mut self, t: Transmit) -> Output {
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += t.contents.len() as u64;
+        Output::Transmit(t)
     }
 
     fn map_rtc_event(&mut self, e: str0m::Event) -> Option<Event> {
@@ -781,13 +773,12 @@ impl Call {
                 // and as a sign of life.
                 self.last_heard = Some(self.last_now);
                 self.confirmed();
-                self.incoming
-                    .on_authenticated(*p.header.ssrc, p.header.sequence_number);
+                let (ssrc, seq, rtp_time, audio_level) = self.incoming.on_rtp(&p.header);
                 Some(Event::AudioReceived {
-                    ssrc: Ssrc(*p.header.ssrc),
-                    seq: p.header.sequence_number,
-                    rtp_time: p.header.timestamp,
-                    audio_level: p.header.ext_vals.audio_level,
+                    ssrc,
+                    seq,
+                    rtp_time,
+                    audio_level,
                     payload: p.payload,
                 })
             }

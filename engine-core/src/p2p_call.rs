@@ -793,9 +793,7 @@ impl P2pCall {
     /// # Errors
     /// See [`P2pCallError`]; a rejected input is counted and the call goes on.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), P2pCallError> {
-        if now > self.last_now {
-            self.last_now = now;
-        }
+        self.last_now = self.last_now.max(now);
         match input {
             Input::Timeout => {
                 self.handle_timeout(now);
@@ -805,14 +803,7 @@ impl P2pCall {
                 source,
                 destination,
                 contents,
-            } => self.handle_datagram(
-                now,
-                Datagram {
-                    source,
-                    destination,
-                    contents,
-                },
-            ),
+            } => self.handle_datagram(now, Datagram::new(source, destination, contents)),
             Input::Signaling(bytes) => self.handle_signaling(now, bytes),
             Input::Command(cmd) => self.handle_command(now, cmd),
         }
@@ -864,10 +855,7 @@ impl P2pCall {
                 return out;
             }
         } else if let Some(t) = self.transport.poll_closing() {
-            let t = self.through_relay(t);
-            self.stats.datagrams_sent += 1;
-            self.stats.bytes_sent += t.contents.len() as u64;
-            return Output::Transmit(t);
+            return self.sent(t);
         }
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
@@ -1461,12 +1449,7 @@ impl P2pCall {
         loop {
             match self.transport.poll() {
                 Polled::Timeout(_) => return None,
-                Polled::Transmit(t) => {
-                    let t = self.through_relay(t);
-                    self.stats.datagrams_sent += 1;
-                    self.stats.bytes_sent += t.contents.len() as u64;
-                    return Some(Output::Transmit(t));
-                }
+                Polled::Transmit(t) => return Some(self.sent(t)),
                 Polled::Event(e) => {
                     if let Some(ev) = self.map_rtc_event(e) {
                         return Some(Output::Event(ev));
@@ -1478,6 +1461,15 @@ impl P2pCall {
                 }
             }
         }
+    }
+
+    /// A datagram of the transport goes out (through a relay if it leaves from a relayed
+    /// candidate): counted.
+    fn sent(&mut self, t: Transmit) -> Output {
+        let t = self.through_relay(t);
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += t.contents.len() as u64;
+        Output::Transmit(t)
     }
 
     fn map_rtc_event(&mut self, e: str0m::Event) -> Option<Event> {
@@ -1513,15 +1505,14 @@ impl P2pCall {
             }
             str0m::Event::RtpPacket(p) => {
                 self.transport.on_confirmed();
-                self.incoming
-                    .on_authenticated(*p.header.ssrc, p.header.sequence_number);
+                let (ssrc, seq, rtp_time, audio_level) = self.incoming.on_rtp(&p.header);
                 self.stats.packets_received += 1;
                 self.stats.payload_bytes_received += p.payload.len() as u64;
                 Some(Event::AudioReceived {
-                    ssrc: Ssrc(*p.header.ssrc),
-                    seq: p.header.sequence_number,
-                    rtp_time: p.header.timestamp,
-                    audio_level: p.header.ext_vals.audio_level,
+                    ssrc,
+                    seq,
+                    rtp_time,
+                    audio_level,
                     payload: p.payload,
                 })
             }

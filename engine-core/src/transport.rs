@@ -47,6 +47,17 @@ pub struct Datagram<'a> {
     pub contents: &'a [u8],
 }
 
+impl<'a> Datagram<'a> {
+    /// A datagram from `source` that arrived on `destination`.
+    pub fn new(source: SocketAddr, destination: SocketAddr, contents: &'a [u8]) -> Self {
+        Self {
+            source,
+            destination,
+            contents,
+        }
+    }
+}
+
 /// What part of str0m refused a datagram or failed, without its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

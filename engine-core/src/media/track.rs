@@ -636,6 +636,19 @@ impl IncomingStreams {
         Ok(())
     }
 
+    /// str0m authenticated and decrypted this packet: record it in its SSRC's window. Returns
+    /// what an application event carries of the header: SSRC, sequence number, RTP time and
+    /// RFC 6464 level.
+    pub fn on_rtp(&mut self, header: &str0m::rtp::RtpHeader) -> (Ssrc, u16, u32, Option<i8>) {
+        self.on_authenticated(*header.ssrc, header.sequence_number);
+        (
+            Ssrc(*header.ssrc),
+            header.sequence_number,
+            header.timestamp,
+            header.ext_vals.audio_level,
+        )
+    }
+
     /// str0m authenticated and decrypted packet `seq` of `ssrc`: record it in the window.
     pub fn on_authenticated(&mut self, ssrc: u32, seq: u16) {
         if let Some(window) = self.windows.get_mut(&ssrc) {
