@@ -22,32 +22,21 @@ use ringcast::{
 use sfu_mock::analysis::dominant_frequency_hz;
 use sfu_mock::server::{Server, ServerOptions};
 
+/// PCM in and out through two calls of an in-process SFU mock.
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// How long to stream, in seconds.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Frequency of the sine pushed when no `--input` is given, in Hz.
+    #[arg(long, default_value_t = 523.0)]
     hz: f64,
+    /// Raw s16le 48 kHz mono file to push instead of the sine.
+    #[arg(long)]
     input: Option<String>,
+    /// Raw s16le file to write what call 2 heard to.
+    #[arg(long)]
     output: Option<String>,
-}
-
-fn parse_args() -> Result<Args, Box<dyn Error>> {
-    let mut args = Args {
-        seconds: 5,
-        hz: 523.0,
-        input: None,
-        output: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--seconds" => args.seconds = value.parse()?,
-            "--hz" => args.hz = value.parse()?,
-            "--input" => args.input = Some(value),
-            "--output" => args.output = Some(value),
-            other => return Err(format!("unknown flag {other}").into()),
-        }
-    }
-    Ok(args)
 }
 
 /// The audio to push: the input file's samples, or `seconds` of a half-scale sine.
@@ -66,7 +55,7 @@ fn audio(args: &Args) -> Result<Vec<i16>, Box<dyn Error>> {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let sfu = Server::start(ServerOptions::default())?;
     let engine = Engine::builder().shards(1).build()?;
 

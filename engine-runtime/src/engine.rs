@@ -243,16 +243,13 @@ impl EngineBuilder {
     /// Starts the shard thread.
     pub fn build(self) -> Result<Engine, EngineError> {
         if self.bind.ip().is_unspecified() {
-            return Err(EngineError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
+            return Err(EngineError::InvalidConfig(
                 "bind address must be a concrete ip (str0m matches STUN destinations against it)",
-            )));
+            ));
         }
         let certs = CertPool::start(self.cert_pool)?;
         // One validated DTLS configuration for every call of this engine.
-        let crypto = CallCrypto::new(CryptoOptions::default())
-            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?
-            .provider();
+        let crypto = CallCrypto::new(CryptoOptions::default())?.provider();
         let (ev_tx, ev_rx) = bounded(self.event_queue);
         // One socket pool for every shard: each shard sends and receives on all of it.
         let pool = Arc::new(SocketPool::new(self.bind, self.shards)?);
@@ -640,8 +637,9 @@ impl Drop for CertPool {
 
 /// A fresh self-signed DTLS certificate.
 fn generate_cert() -> Result<DtlsCert, EngineError> {
-    ringcast_core::crypto::generate_certificate()
-        .ok_or_else(|| EngineError::Io(std::io::Error::other("dtls certificate generation failed")))
+    ringcast_core::crypto::generate_certificate().ok_or(EngineError::Randomness(
+        "dtls certificate generation failed",
+    ))
 }
 
 /// A seed from the OS: std's `RandomState` is keyed from OS randomness per process.

@@ -79,7 +79,20 @@ pub enum EngineError {
     /// A bitrate outside what Opus supports for voice.
     #[error("bitrate {0} bit/s is outside 6000..=510000")]
     InvalidBitrate(i32),
-    /// Socket or thread setup failed.
+    /// The builder's settings are unusable (for example an unspecified bind address).
+    #[error("invalid engine config: {0}")]
+    InvalidConfig(&'static str),
+    /// The DTLS configuration could not be built.
+    #[error(transparent)]
+    Crypto(#[from] ringcast_core::crypto::CryptoConfigError),
+    /// The OS could not supply what the engine's cryptography needs (randomness for a DTLS
+    /// certificate or a Diffie-Hellman secret).
+    #[error("os randomness unavailable: {0}")]
+    Randomness(&'static str),
+    /// The endpoint refused an operation in a way the variants above do not name.
+    #[error(transparent)]
+    Endpoint(ringcast_core::endpoint::EndpointError),
+    /// A socket or thread could not be set up: an operating-system I/O error, and only that.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -93,8 +106,8 @@ impl From<ringcast_core::endpoint::EndpointError> for EngineError {
             E::NoFreeSocket => Self::NoFreeSocket,
             E::Call(c) => Self::Call(c),
             E::P2pCall(c) => Self::P2pCall(c),
-            // EndpointError is non_exhaustive; a future variant still reaches the caller.
-            other => Self::Io(std::io::Error::other(other.to_string())),
+            // EndpointError is non_exhaustive; a future variant still reaches the caller typed.
+            other => Self::Endpoint(other),
         }
     }
 }

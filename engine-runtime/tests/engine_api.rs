@@ -185,3 +185,14 @@ fn bad_answers_are_typed_errors() {
     // The call is still there and usable.
     assert_eq!(engine.get_state(9).unwrap(), CallState::New);
 }
+
+/// A wrong setting is a typed configuration error, not an I/O error.
+#[test]
+fn an_unspecified_bind_address_is_a_config_error() {
+    let bind = "0.0.0.0:0".parse().expect("address");
+    match Engine::builder().bind(bind).build() {
+        Err(EngineError::InvalidConfig(reason)) => assert!(reason.contains("bind address")),
+        Err(other) => panic!("expected InvalidConfig, got {other:?}"),
+        Ok(_) => panic!("an engine bound to 0.0.0.0 was built"),
+    }
+}

@@ -121,9 +121,8 @@ fn dh_rng(seed: Option<u64>) -> Result<DhRng, EngineError> {
         Some(seed) => Ok(DhRng::from_seed(seed)),
         None => {
             let mut secret = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut secret).map_err(|_| {
-                EngineError::Io(std::io::Error::other("os random generator failed"))
-            })?;
+            aws_lc_rs::rand::fill(&mut secret)
+                .map_err(|_| EngineError::Randomness("os random generator failed"))?;
             Ok(DhRng::from_secret(secret))
         }
     }
