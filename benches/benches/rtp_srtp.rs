@@ -34,11 +34,10 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use ringcast_core::crypto::generate_certificate;
 use ringcast_core::str0m::config::DtlsCert;
-use ringcast_core::str0m::format::{Codec, FormatParams};
 use ringcast_core::str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use ringcast_core::str0m::net::{Protocol, Receive, Transmit};
-use ringcast_core::str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo, Ssrc};
-use ringcast_core::str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use ringcast_core::str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Ssrc};
+use ringcast_core::str0m::{Candidate, Event, IceCreds, Input, Output, Rtc, RtcConfig};
 
 struct Counting;
 
@@ -108,28 +107,11 @@ struct Link {
 }
 
 fn rtc_config(rtp_mode: bool, cert: &DtlsCert) -> RtcConfig {
-    // The same session shape as `Call::connect`: Opus only, ssrc-audio-level only, peer
-    // stats every second.
-    let mut config = RtcConfig::new()
+    // The session shape of `Call::connect` (the same function builds it): Opus only,
+    // ssrc-audio-level only, peer stats every second.
+    ringcast_core::transport::opus_rtc_config(&IceCreds::new(), cert, None, PT_OPUS, AUDIO_LEVEL_ID)
         .set_rtp_mode(rtp_mode)
         .set_stats_interval(Some(Duration::from_secs(1)))
-        .set_dtls_cert(cert.clone())
-        .clear_codecs()
-        .clear_extension_map()
-        .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel);
-    config.codec_config().add_config(
-        PT_OPUS.into(),
-        None,
-        Codec::Opus,
-        Frequency::FORTY_EIGHT_KHZ,
-        Some(2),
-        FormatParams {
-            min_p_time: Some(10),
-            use_inband_fec: Some(true),
-            ..Default::default()
-        },
-    );
-    config
 }
 
 /// Everything `rtc` wants to send now, delivered to `to`; returns how many datagrams moved.

@@ -40,6 +40,18 @@ pub(crate) const CALL_ADDR: &str = "10.0.0.2:40000";
 /// The callee's address in [`P2pPair`].
 pub(crate) const CALLEE_ADDR: &str = "10.0.0.3:40000";
 
+/// A fresh DTLS certificate.
+fn cert() -> str0m::config::DtlsCert {
+    generate_certificate().expect("certificate")
+}
+
+/// The validated crypto provider the runtime gives every call.
+fn provider() -> Arc<str0m::crypto::CryptoProvider> {
+    CallCrypto::new(CryptoOptions::default())
+        .expect("crypto")
+        .provider()
+}
+
 pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
 }
@@ -95,7 +107,7 @@ pub(crate) struct SfuPeer {
 
 impl SfuPeer {
     fn new(now: Instant, join: &JoinPayload) -> Self {
-        let cert = generate_certificate().expect("certificate");
+        let cert = cert();
         let crypto = Arc::new(str0m::crypto::from_feature_flags());
         let fingerprint = fingerprint_hex(&crypto.sha256_provider.sha256(&cert.certificate));
         let (ufrag, pwd) = ("sfuUfrag".to_owned(), "sfuPasswordSfuPassword12".to_owned());
@@ -249,11 +261,8 @@ impl GroupPair {
     /// A call with `seed` that has applied the SFU's answer as `tamper` left it.
     pub(crate) fn with_answer(seed: u64, tamper: impl FnOnce(&mut JoinResponse)) -> Self {
         let now = Instant::now();
-        let crypto = CallCrypto::new(CryptoOptions::default())
-            .expect("crypto")
-            .provider();
-        let mut config = CallConfig::new(seed, generate_certificate().expect("certificate"));
-        config.crypto = Some(crypto);
+        let mut config = CallConfig::new(seed, cert());
+        config.crypto = Some(provider());
         let mut call = Call::new(now, config).expect("call");
         let sfu = SfuPeer::new(now, &call.join_payload());
         let mut answer = sfu.answer();
@@ -368,17 +377,8 @@ pub(crate) struct P2pEnd {
 
 impl P2pEnd {
     fn new(now: Instant, role: Role, key: CallKey, seed: u64, local: &str) -> Self {
-        let crypto = CallCrypto::new(CryptoOptions::default())
-            .expect("crypto")
-            .provider();
-        let mut config = P2pConfig::new(
-            role,
-            key,
-            seed,
-            generate_certificate().expect("certificate"),
-            addr(local),
-        );
-        config.crypto = Some(crypto);
+        let mut config = P2pConfig::new(role, key, seed, cert(), addr(local));
+        config.crypto = Some(provider());
         let call = P2pCall::new(now, config).expect("p2p call");
         let mut end = Self {
             call,
