@@ -209,15 +209,9 @@ impl fmt::Debug for Command {
 pub enum Input<'a> {
     /// The deadline from [`Output::Timeout`] has passed (or any time: spurious wakeups are fine).
     Timeout,
-    /// A datagram arrived on the call's socket.
-    Datagram {
-        /// Where it came from.
-        source: SocketAddr,
-        /// The local address it arrived on (the `local_addr` given to [`Call::connect`]).
-        destination: SocketAddr,
-        /// Its bytes.
-        contents: &'a [u8],
-    },
+    /// A datagram arrived on the call's socket (its destination is the `local_addr` given to
+    /// [`Call::connect`]).
+    Datagram(Datagram<'a>),
     /// A command from the application.
     Command(Command),
 }
@@ -640,11 +634,7 @@ impl Call {
                 self.handle_timeout(now);
                 Ok(())
             }
-            Input::Datagram {
-                source,
-                destination,
-                contents,
-            } => self.handle_datagram(now, Datagram::new(source, destination, contents)),
+            Input::Datagram(datagram) => self.handle_datagram(now, datagram),
             Input::Command(cmd) => self.handle_command(now, cmd),
         }
     }

@@ -37,7 +37,7 @@
 //!         Output::Event(e) => handle(e),
 //!         Output::Timeout(at) => {
 //!             // wait for a datagram or `at`, whichever comes first, then feed it in:
-//!             call.handle_input(now, Input::Datagram(..)) / call.handle_input(now, Input::Timeout)
+//!             call.handle_input(now, Input::Datagram(Datagram::new(..))) / call.handle_input(now, Input::Timeout)
 //!         }
 //!     }
 //! }
@@ -74,6 +74,7 @@ pub use call::{
 };
 pub use media::{FrameSource, OpusFrame, SourceError};
 pub use signaling::SignalingError;
+pub use transport::Datagram;
 
 /// Re-exported so users can name str0m types (certificates, crypto providers) without a direct
 /// dependency on the exact str0m version ringcast was built with.

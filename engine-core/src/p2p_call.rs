@@ -296,15 +296,8 @@ impl fmt::Debug for Command {
 pub enum Input<'a> {
     /// The deadline from [`Output::Timeout`] has passed (spurious wakeups are fine).
     Timeout,
-    /// A datagram arrived on the call's socket.
-    Datagram {
-        /// Where it came from.
-        source: SocketAddr,
-        /// The local address it arrived on ([`P2pConfig::local_addr`]).
-        destination: SocketAddr,
-        /// Its bytes.
-        contents: &'a [u8],
-    },
+    /// A datagram arrived on the call's socket (its destination is [`P2pConfig::local_addr`]).
+    Datagram(Datagram<'a>),
     /// Signaling bytes from the messenger (`updatePhoneCallSignalingData.data`).
     Signaling(&'a [u8]),
     /// A command from the application.
@@ -799,11 +792,7 @@ impl P2pCall {
                 self.handle_timeout(now);
                 Ok(())
             }
-            Input::Datagram {
-                source,
-                destination,
-                contents,
-            } => self.handle_datagram(now, Datagram::new(source, destination, contents)),
+            Input::Datagram(datagram) => self.handle_datagram(now, datagram),
             Input::Signaling(bytes) => self.handle_signaling(now, bytes),
             Input::Command(cmd) => self.handle_command(now, cmd),
         }

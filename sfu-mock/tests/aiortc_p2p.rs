@@ -24,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use opus::{Channels, Decoder};
+use ringcast_core::Datagram;
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::media::ToneSource;
 use ringcast_core::p2p_call::{
@@ -288,11 +289,7 @@ impl Ours {
                     // Early checks and stray packets are counted by the call, not fatal.
                     let _ = self.call.handle_input(
                         now,
-                        Input::Datagram {
-                            source,
-                            destination: self.addr,
-                            contents: &buf[..n],
-                        },
+                        Input::Datagram(Datagram::new(source, self.addr, &buf[..n])),
                     );
                     self.drain(now);
                 }

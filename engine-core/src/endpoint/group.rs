@@ -13,6 +13,7 @@ use super::{CallId, CallKind, Endpoint, EndpointError, EndpointEvent, EndpointTr
 use crate::call::{Call, CallConfig, CallState, CallStats, Command, Input, MediaState, Output};
 use crate::placement::SocketId;
 use crate::signaling::group::JoinResponse;
+use crate::transport::Datagram;
 
 /// A snapshot of one group call.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,11 +74,7 @@ impl GroupEntry {
         let Some(destination) = self.call.local_addr() else {
             return Ok(());
         };
-        let input = Input::Datagram {
-            source,
-            destination,
-            contents,
-        };
+        let input = Input::Datagram(Datagram::new(source, destination, contents));
         Ok(self.call.handle_input(now, input)?)
     }
 

@@ -25,6 +25,7 @@ use crate::p2p_call::{
 };
 use crate::signaling::Ssrc;
 use crate::signaling::p2p::{ChannelStats, Role};
+use crate::transport::Datagram;
 
 /// Remote addresses remembered per call for the source rule (a call sends to its signaled
 /// candidates and validated peer-reflexive addresses; more than this is not a real peer).
@@ -109,11 +110,8 @@ impl P2pEntry {
         source: SocketAddr,
         contents: &[u8],
     ) -> Result<(), EndpointError> {
-        let input = Input::Datagram {
-            source,
-            destination: self.call.local_addr(),
-            contents,
-        };
+        let destination = self.call.local_addr();
+        let input = Input::Datagram(Datagram::new(source, destination, contents));
         Ok(self.call.handle_input(now, input)?)
     }
 

@@ -52,6 +52,11 @@ fn provider() -> Arc<str0m::crypto::CryptoProvider> {
         .provider()
 }
 
+/// A transmit of one end as the datagram the other receives.
+fn datagram(t: &Transmit) -> crate::Datagram<'_> {
+    crate::Datagram::new(t.source, t.destination, &t.contents)
+}
+
 pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
 }
@@ -321,14 +326,9 @@ impl GroupPair {
     /// Hands one datagram to the call, as the runtime would; returns what the call said.
     pub(crate) fn deliver_to_call(&mut self, t: &Transmit) -> Result<(), crate::CallError> {
         self.delivered_to_call.push(t.clone());
-        let result = self.call.handle_input(
-            self.now,
-            Input::Datagram {
-                source: t.source,
-                destination: t.destination,
-                contents: &t.contents,
-            },
-        );
+        let result = self
+            .call
+            .handle_input(self.now, Input::Datagram(datagram(t)));
         self.drain_call();
         result
     }
@@ -486,14 +486,10 @@ impl P2pPair {
             }
             for t in std::mem::take(&mut self.callee.datagrams) {
                 moved = true;
-                let _ = self.caller.call.handle_input(
-                    self.now,
-                    p2p_call::Input::Datagram {
-                        source: t.source,
-                        destination: t.destination,
-                        contents: &t.contents,
-                    },
-                );
+                let _ = self
+                    .caller
+                    .call
+                    .handle_input(self.now, p2p_call::Input::Datagram(datagram(&t)));
                 self.caller.drain();
             }
             if !moved {
@@ -505,14 +501,10 @@ impl P2pPair {
     /// Hands one datagram to the callee, as its runtime would; returns what the call said.
     pub(crate) fn deliver_to_callee(&mut self, t: &Transmit) -> Result<(), p2p_call::P2pCallError> {
         self.delivered_to_callee.push(t.clone());
-        let result = self.callee.call.handle_input(
-            self.now,
-            p2p_call::Input::Datagram {
-                source: t.source,
-                destination: t.destination,
-                contents: &t.contents,
-            },
-        );
+        let result = self
+            .callee
+            .call
+            .handle_input(self.now, p2p_call::Input::Datagram(datagram(t)));
         self.callee.drain();
         result
     }

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use opus::{Channels, Decoder};
+use ringcast_core::Datagram;
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::media::ToneSource;
 use ringcast_core::p2p_call::{Command, Event, Input, Output, P2pCall, P2pConfig, P2pState};
@@ -162,11 +163,7 @@ impl End {
                     // Rejections (e.g. checks before the remote setup) are counted, not fatal.
                     let _ = self.call.handle_input(
                         now,
-                        Input::Datagram {
-                            source,
-                            destination: self.addr,
-                            contents: &buf[..n],
-                        },
+                        Input::Datagram(Datagram::new(source, self.addr, &buf[..n])),
                     );
                     self.drain(now);
                 }

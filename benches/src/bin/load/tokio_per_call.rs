@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringcast::{CallState, SharedSource};
+use ringcast_core::Datagram;
 use ringcast_core::call::{Call, CallConfig, Command as CallCommand, Input, Output};
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::pacer::LatenessHistogram;
@@ -96,7 +97,7 @@ async fn tokio_call(
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, source)) = r {
-                    let input = Input::Datagram { source, destination: local, contents: &buf[..n] };
+                    let input = Input::Datagram(Datagram::new(source, local, &buf[..n]));
                     let _ = call.handle_input(Instant::now(), input);
                 }
             }
