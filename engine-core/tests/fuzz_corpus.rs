@@ -14,40 +14,17 @@
 //! `RINGCAST_WRITE_SEEDS=1 cargo test -p ringcast-core --test fuzz_corpus generated_seeds`
 //! rewrites them instead.
 
+mod common;
 #[path = "../../fuzz/harness/demux.rs"]
 mod demux;
 #[path = "../../fuzz/harness/ogg.rs"]
 mod ogg;
 
 use std::fmt::Debug;
-use std::fs;
-use std::path::Path;
 
+use common::{corpus_dir, corpus_files, seed_file};
 use ringcast_core::SignalingError;
 use ringcast_core::signaling::group::{JoinPayload, JoinResponse};
-
-fn corpus_dir(target: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-/// Every file of a corpus, sorted by name, dot files left out.
-fn corpus_files(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, fs::read(&path).unwrap())
-        })
-        .filter(|(name, _)| !name.starts_with('.'))
-        .collect();
-    files.sort();
-    files
-}
 
 /// Checks every file of the corpus of `target`; returns how many named seed files it checked.
 fn check_corpus<T: Debug + PartialEq>(
@@ -55,23 +32,9 @@ fn check_corpus<T: Debug + PartialEq>(
     parse: fn(&[u8]) -> Result<T, SignalingError>,
     to_json: fn(&T) -> String,
 ) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut paths: Vec<_> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    paths.sort();
-
     let mut named = 0;
-    for path in paths {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let result = parse(&fs::read(&path).unwrap());
+    for (name, data) in corpus_files(target) {
+        let result = parse(&data);
         if name.starts_with("valid_") || name.starts_with("telegram_") {
             let parsed = result.unwrap_or_else(|e| panic!("{target}/{name} must parse: {e}"));
             let again = parse(to_json(&parsed).as_bytes());
@@ -216,26 +179,6 @@ fn ogg_headers(serial: u32) -> Vec<u8> {
 
 /// A 20 ms CELT packet: TOC config 31, code 0.
 const PKT_20MS: &[u8] = &[0xFC, 0xFF, 0xFE];
-
-/// With `RINGCAST_WRITE_SEEDS=1`, writes a generated seed into the corpus; otherwise checks
-/// that the checked-in file has exactly these bytes (so the generator and the corpus cannot
-/// drift apart unnoticed).
-fn seed_file(target: &str, name: &str, bytes: &[u8]) {
-    let path = corpus_dir(target).join(name);
-    if std::env::var_os("RINGCAST_WRITE_SEEDS").is_some() {
-        fs::create_dir_all(corpus_dir(target)).unwrap();
-        fs::write(&path, bytes).unwrap();
-    } else {
-        let on_disk = fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e} (RINGCAST_WRITE_SEEDS=1 writes it)", path.display())
-        });
-        assert!(
-            on_disk == bytes,
-            "{} differs from its generator (RINGCAST_WRITE_SEEDS=1 rewrites it)",
-            path.display()
-        );
-    }
-}
 
 /// The generated seeds of `demux_first_datagram` and `ogg_reader` are the checked-in ones.
 #[test]

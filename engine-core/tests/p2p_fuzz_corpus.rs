@@ -11,41 +11,19 @@
 //! `RINGCAST_WRITE_SEEDS=1 cargo test -p ringcast-core --test p2p_fuzz_corpus generated_seeds`
 //! rewrites them instead.
 
+mod common;
 #[path = "../../fuzz/harness/p2p.rs"]
 mod p2p;
 #[path = "../../fuzz/harness/turn.rs"]
 mod turn;
 
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use common::{corpus_files, seed_file};
 use ringcast_core::signaling::p2p::messages::{
     Candidates, DtlsFingerprint, InitialSetup, MediaState, VideoState,
 };
 use ringcast_core::signaling::p2p::{EncryptedChannel, Framing, Rejected, Role, SignalingMessage};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-fn corpus_files(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, fs::read(&path).unwrap())
-        })
-        .filter(|(name, _)| !name.starts_with('.'))
-        .collect();
-    files.sort();
-    files
-}
 
 #[test]
 fn p2p_decrypt_corpus() {
@@ -125,25 +103,6 @@ fn messages() -> Vec<(&'static str, SignalingMessage)> {
             }),
         ),
     ]
-}
-
-/// With `RINGCAST_WRITE_SEEDS=1`, writes a generated seed into the corpus; otherwise checks
-/// that the checked-in file has exactly these bytes.
-fn seed_file(target: &str, name: &str, data: &[u8]) {
-    let path = corpus_dir(target).join(name);
-    if std::env::var_os("RINGCAST_WRITE_SEEDS").is_some() {
-        fs::create_dir_all(corpus_dir(target)).unwrap();
-        fs::write(&path, data).unwrap();
-    } else {
-        let on_disk = fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e} (RINGCAST_WRITE_SEEDS=1 writes it)", path.display())
-        });
-        assert!(
-            on_disk == data,
-            "{} differs from its generator (RINGCAST_WRITE_SEEDS=1 rewrites it)",
-            path.display()
-        );
-    }
 }
 
 /// The generated `p2p_*` seeds are the checked-in ones (`RINGCAST_WRITE_SEEDS=1` rewrites them).

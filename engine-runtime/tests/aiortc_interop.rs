@@ -8,28 +8,13 @@
 //! test fails, it does not skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+#[path = "../../interop/python_peer.rs"]
+mod python_peer;
+
 use std::time::{Duration, Instant};
 
+use python_peer::PythonPeer;
 use ringcast::{CallState, Engine, EventKind, StreamSource};
-
-/// Kills the Python side if the test panics before it exits.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../interop/aiortc_sfu.py")
-}
 
 /// Runs one call playing `tone_hz` into aiortc; returns aiortc's result JSON.
 fn play_into_aiortc(chat: i64, tone_hz: f32) -> serde_json::Value {
@@ -37,49 +22,12 @@ fn play_into_aiortc(chat: i64, tone_hz: f32) -> serde_json::Value {
     let join = engine.create_call(chat).unwrap();
     let engine_addr = engine.call_info(chat).unwrap().local_addr;
 
-    let mut cmd = Command::new("python3");
-    cmd.arg(script());
-    if let Some(addr) = engine_addr {
-        cmd.arg(addr.to_string());
-    }
-    let child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run python3 (install it and run scripts/setup.sh for aiortc): {e}")
-        });
-    let mut peer = Peer(child);
-    let mut stdin = peer.0.stdin.take().unwrap();
-    writeln!(stdin, "{join}").unwrap();
-    drop(stdin);
+    let args: Vec<String> = engine_addr.iter().map(ToString::to_string).collect();
+    let mut peer = PythonPeer::spawn("aiortc_sfu.py", &args);
+    peer.send(&join);
+    peer.close_stdin();
 
-    // One reader thread: lines arrive through a channel so every wait is bounded.
-    let stdout = peer.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next_line = |what: &str, limit: Duration| -> serde_json::Value {
-        let line = rx
-            .recv_timeout(limit)
-            .unwrap_or_else(|_| panic!("aiortc_sfu.py gave no {what} line within {limit:?}"));
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("aiortc_sfu.py {what} line is not JSON ({e}): {line}"));
-        if let Some(err) = v.get("error") {
-            panic!(
-                "aiortc_sfu.py failed before its {what}: {err} (is aiortc installed? run scripts/setup.sh)"
-            );
-        }
-        v
-    };
-
-    let answer = next_line("answer", Duration::from_secs(15));
+    let answer = peer.next("answer", Duration::from_secs(15));
     engine.connect(chat, &answer.to_string()).unwrap();
     engine
         .set_stream_sources(
@@ -108,9 +56,8 @@ fn play_into_aiortc(chat: i64, tone_hz: f32) -> serde_json::Value {
     }
     assert!(connected, "ringcast never reached Connected with aiortc");
 
-    let result = next_line("result", Duration::from_secs(15));
-    let status = peer.0.wait().unwrap();
-    assert!(status.success(), "aiortc_sfu.py exited with {status}");
+    let result = peer.next("result", Duration::from_secs(15));
+    peer.finish(Duration::from_secs(15));
     engine.shutdown();
     result
 }

@@ -9,18 +9,13 @@ use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{join_all, verify, wait_connected};
+use common::{join_all, silent_sfu, verify, wait_connected};
 use ringcast::{CallState, EndReason, Engine, EventKind, IceTimings};
 use sfu_mock::Misbehaviour;
-use sfu_mock::server::{Server, ServerOptions};
 
 #[test]
 fn bad_peers_end_with_typed_reasons_and_disturb_no_one_else() {
-    let sfu = Server::start(ServerOptions {
-        forward_audio: false,
-        ..ServerOptions::default()
-    })
-    .unwrap();
+    let sfu = silent_sfu();
     let engine = Engine::builder()
         .shards(2)
         .ice_timings(IceTimings {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{participant, wait_connected};
+use common::{participant, silent_sfu, wait_connected};
 use ringcast::{
     Engine, EngineError, EventKind, PcmPushError, PcmSinkConfig, PcmSourceConfig, StreamSource,
 };
@@ -25,11 +25,7 @@ fn sine_frame(hz: f64, index: usize) -> Vec<i16> {
 
 #[test]
 fn pushed_pcm_reaches_the_sfu_as_523_hz() {
-    let sfu = Server::start(ServerOptions {
-        forward_audio: false,
-        ..ServerOptions::default()
-    })
-    .unwrap();
+    let sfu = silent_sfu();
     let engine = Engine::builder().shards(1).build().unwrap();
     let payload = engine.create_call(1).unwrap();
     let response = sfu.join(11, payload.as_bytes()).unwrap();

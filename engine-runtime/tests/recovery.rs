@@ -9,7 +9,7 @@ mod relay;
 
 use std::time::{Duration, Instant};
 
-use common::participant;
+use common::{participant, silent_sfu};
 use relay::Relay;
 use ringcast::{CallState, EndReason, Engine, EngineError, EventKind, IceTimings, StreamSource};
 use sfu_mock::server::{Server, ServerOptions};
@@ -122,11 +122,7 @@ fn a_break_shorter_than_the_grace_heals_without_any_api_call() {
 
 #[test]
 fn a_break_past_the_grace_fails_the_call_and_spares_the_others() {
-    let sfu = Server::start(ServerOptions {
-        forward_audio: false,
-        ..ServerOptions::default()
-    })
-    .unwrap();
+    let sfu = silent_sfu();
     let relay = Relay::start(sfu.udp_addr());
     let engine = engine();
     join(&engine, &sfu, Some(&relay), 1, 21, 440.0);

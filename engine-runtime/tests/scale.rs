@@ -5,17 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{join_all, participant, verify, wait_connected};
+use common::{join_all, participant, silent_sfu, verify, wait_connected};
 use ringcast::Engine;
-use sfu_mock::server::{Server, ServerOptions};
+use sfu_mock::server::Server;
 
 #[test]
 fn five_hundred_calls_fifty_chats_one_sfu_port_two_shards() {
-    let sfu = Server::start(ServerOptions {
-        forward_audio: false,
-        ..ServerOptions::default()
-    })
-    .unwrap();
+    let sfu = silent_sfu();
     let engine = Engine::builder()
         .shards(2)
         .event_queue(16_384)
@@ -68,15 +64,7 @@ fn five_hundred_calls_fifty_chats_one_sfu_port_two_shards() {
 /// one local socket, whichever shard they live on.
 #[test]
 fn calls_to_different_sfus_share_sockets_across_shards() {
-    let sfus: Vec<Server> = (0..3)
-        .map(|_| {
-            Server::start(ServerOptions {
-                forward_audio: false,
-                ..ServerOptions::default()
-            })
-            .unwrap()
-        })
-        .collect();
+    let sfus: Vec<Server> = (0..3).map(|_| silent_sfu()).collect();
     let engine = Engine::builder().shards(2).build().unwrap();
     let mut ssrcs = Vec::new();
     for key in 0..30i64 {

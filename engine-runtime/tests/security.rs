@@ -16,45 +16,13 @@ mod relay;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::participant;
+use common::{
+    forged_stun, join_with, no_edit, participant, silent_sfu, wait_calls_connected, wait_event,
+};
 use relay::Relay;
-use ringcast::{CallState, EndReason, Engine, EngineEvent, EventKind, IceTimings, StreamSource};
+use ringcast::{CallState, EndReason, Engine, EventKind, IceTimings};
 use serde_json::Value;
 use sfu_mock::server::{Server, ServerOptions};
-
-/// Waits for the first event matching `pred`; `None` on timeout.
-fn wait_event(
-    engine: &Engine,
-    limit: Duration,
-    mut pred: impl FnMut(&EngineEvent) -> bool,
-) -> Option<EngineEvent> {
-    let end = Instant::now() + limit;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match engine.events().recv_timeout(left) {
-            Ok(e) if pred(&e) => return Some(e),
-            Ok(_) => {}
-            Err(_) => return None,
-        }
-    }
-    None
-}
-
-fn wait_connected(engine: &Engine, keys: &[i64]) {
-    let mut left: Vec<i64> = keys.to_vec();
-    while !left.is_empty() {
-        let e = wait_event(engine, Duration::from_secs(10), |e| {
-            matches!(e.kind, EventKind::ConnectionChanged(_))
-        })
-        .expect("calls connect");
-        match e.kind {
-            EventKind::ConnectionChanged(CallState::Connected) => left.retain(|k| *k != e.chat_id),
-            EventKind::ConnectionChanged(CallState::Ended(r)) => {
-                panic!("call {} ended: {r:?}", e.chat_id)
-            }
-            _ => {}
-        }
-    }
-}
 
 /// Changes the first byte of a colon-separated hex fingerprint.
 fn alter_fingerprint(fp: &mut Value) {
@@ -62,32 +30,6 @@ fn alter_fingerprint(fp: &mut Value) {
     let first = if s.starts_with("00") { "01" } else { "00" };
     *fp = Value::String(format!("{first}{}", &s[2..]));
 }
-
-/// A tone on `key`, joined to `chat`, the response passed through `edit`.
-fn join_with(
-    engine: &Engine,
-    sfu: &Server,
-    key: i64,
-    chat: i64,
-    hz: f32,
-    edit_payload: impl FnOnce(&mut Value),
-    edit_response: impl FnOnce(String) -> String,
-) -> (Value, Value, u32) {
-    let payload = engine.create_call(key).unwrap();
-    // The source is set before connecting: media would flow the moment DTLS-SRTP is up.
-    engine
-        .set_stream_sources(key, StreamSource::Tone { frequency_hz: hz })
-        .unwrap();
-    let ssrc = engine.audio_ssrc(key).unwrap();
-    let mut payload: Value = serde_json::from_str(&payload).unwrap();
-    edit_payload(&mut payload);
-    let response = sfu.join(chat, payload.to_string().as_bytes()).unwrap();
-    let response = edit_response(response);
-    engine.connect(key, &response).unwrap();
-    (payload, serde_json::from_str(&response).unwrap(), ssrc)
-}
-
-fn no_edit(_: &mut Value) {}
 
 #[test]
 fn a_dtls_fingerprint_mismatch_fails_the_call_typed_and_sends_no_media() {
@@ -161,7 +103,7 @@ fn replayed_srtp_is_dropped_and_counted_by_the_engine_and_the_sfu() {
         relay.rewrite_response(&r)
     });
     join_with(&engine, &sfu, 2, 41, 880.0, no_edit, |r| r);
-    wait_connected(&engine, &[1, 2]);
+    wait_calls_connected(&engine, &[1, 2]);
     std::thread::sleep(Duration::from_millis(1500));
 
     // SFU -> engine: replay what the SFU sent call 1 (call 2's forwarded audio).
@@ -209,50 +151,6 @@ fn replayed_srtp_is_dropped_and_counted_by_the_engine_and_the_sfu() {
     assert!(got as f64 >= sent as f64 * 0.9, "sfu got {got} of {sent}");
 }
 
-/// A STUN binding request for `username` with a MESSAGE-INTEGRITY that is not computed with
-/// any real password, and a correct FINGERPRINT (so it parses as STUN and fails only on
-/// credentials).
-fn forged_stun(username: &str, txid: [u8; 12]) -> Vec<u8> {
-    let mut attrs = Vec::new();
-    attrs.extend_from_slice(&0x0006u16.to_be_bytes()); // USERNAME
-    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-    attrs.extend_from_slice(username.as_bytes());
-    while attrs.len() % 4 != 0 {
-        attrs.push(0);
-    }
-    attrs.extend_from_slice(&0x0024u16.to_be_bytes()); // PRIORITY (required by the parser)
-    attrs.extend_from_slice(&4u16.to_be_bytes());
-    attrs.extend_from_slice(&0x6E00_1EFFu32.to_be_bytes());
-    attrs.extend_from_slice(&0x0008u16.to_be_bytes()); // MESSAGE-INTEGRITY
-    attrs.extend_from_slice(&20u16.to_be_bytes());
-    attrs.extend_from_slice(&[0x5A; 20]);
-    let mut msg = vec![0x00, 0x01];
-    msg.extend_from_slice(&((attrs.len() + 8) as u16).to_be_bytes());
-    msg.extend_from_slice(&0x2112_A442u32.to_be_bytes());
-    msg.extend_from_slice(&txid);
-    msg.extend_from_slice(&attrs);
-    let crc = crc32(&msg) ^ 0x5354_554E;
-    msg.extend_from_slice(&0x8028u16.to_be_bytes()); // FINGERPRINT
-    msg.extend_from_slice(&4u16.to_be_bytes());
-    msg.extend_from_slice(&crc.to_be_bytes());
-    msg
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for b in data {
-        crc ^= u32::from(*b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// An RTP header with our Opus PT and a random SSRC, and 100 bytes that are not SRTP.
 fn forged_rtp(rng: &mut fastrand::Rng) -> Vec<u8> {
     let mut d = vec![0x90, 111];
@@ -277,7 +175,7 @@ fn datagrams_from_unknown_sources_never_reach_a_call() {
     let sfu = Server::start(ServerOptions::default()).unwrap();
     let engine = Engine::builder().build().unwrap();
     let (payload, response, ssrc) = join_with(&engine, &sfu, 1, 51, 440.0, no_edit, |r| r);
-    wait_connected(&engine, &[1]);
+    wait_calls_connected(&engine, &[1]);
     std::thread::sleep(Duration::from_millis(500));
     let engine_addr = engine.call_info(1).unwrap().local_addr.unwrap();
     let user = username(&payload, &response);
@@ -401,11 +299,7 @@ fn datagrams_from_unknown_sources_never_reach_a_call() {
 
 #[test]
 fn forged_datagrams_from_the_sfu_address_do_not_keep_a_dead_call_alive() {
-    let sfu = Server::start(ServerOptions {
-        forward_audio: false,
-        ..ServerOptions::default()
-    })
-    .unwrap();
+    let sfu = silent_sfu();
     let relay = Relay::start(sfu.udp_addr());
     let failed_after = Duration::from_secs(2);
     let engine = Engine::builder()
@@ -419,7 +313,7 @@ fn forged_datagrams_from_the_sfu_address_do_not_keep_a_dead_call_alive() {
     let (payload, response, _) = join_with(&engine, &sfu, 1, 61, 440.0, no_edit, |r| {
         relay.rewrite_response(&r)
     });
-    wait_connected(&engine, &[1]);
+    wait_calls_connected(&engine, &[1]);
     std::thread::sleep(Duration::from_millis(500));
 
     // The SFU is gone; an on-path attacker keeps sending from its address: STUN with the

@@ -6,18 +6,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{participant, tone_for, wait_connected};
+use common::{participant, silent_sfu, tone_for, wait_connected};
 use ringcast::{Engine, SharedSource, StreamSource};
 use ringcast_core::media::ToneSource;
-use sfu_mock::server::{Server, ServerOptions};
 
 #[test]
 fn shared_source_feeds_200_calls_with_one_encoder() {
-    let sfu = Server::start(ServerOptions {
-        forward_audio: false,
-        ..ServerOptions::default()
-    })
-    .unwrap();
+    let sfu = silent_sfu();
     let engine = Engine::builder().shards(2).build().unwrap();
     let radio = SharedSource::new(Box::new(ToneSource::new(tone_for(7), None).unwrap()));
     let mut plan = HashMap::new();

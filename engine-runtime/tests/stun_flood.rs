@@ -10,114 +10,8 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::participant;
-use ringcast::{CallState, Engine, EngineEvent, EventKind, StreamSource};
-use serde_json::Value;
-use sfu_mock::server::{Server, ServerOptions};
-
-/// Waits for the first event matching `pred`; `None` on timeout.
-fn wait_event(
-    engine: &Engine,
-    limit: Duration,
-    mut pred: impl FnMut(&EngineEvent) -> bool,
-) -> Option<EngineEvent> {
-    let end = Instant::now() + limit;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match engine.events().recv_timeout(left) {
-            Ok(e) if pred(&e) => return Some(e),
-            Ok(_) => {}
-            Err(_) => return None,
-        }
-    }
-    None
-}
-
-fn wait_connected(engine: &Engine, keys: &[i64]) {
-    let mut left: Vec<i64> = keys.to_vec();
-    while !left.is_empty() {
-        let e = wait_event(engine, Duration::from_secs(10), |e| {
-            matches!(e.kind, EventKind::ConnectionChanged(_))
-        })
-        .expect("calls connect");
-        match e.kind {
-            EventKind::ConnectionChanged(CallState::Connected) => left.retain(|k| *k != e.chat_id),
-            EventKind::ConnectionChanged(CallState::Ended(r)) => {
-                panic!("call {} ended: {r:?}", e.chat_id)
-            }
-            _ => {}
-        }
-    }
-}
-
-/// A tone on `key`, joined to `chat`, the response passed through `edit`.
-fn join_with(
-    engine: &Engine,
-    sfu: &Server,
-    key: i64,
-    chat: i64,
-    hz: f32,
-    edit_payload: impl FnOnce(&mut Value),
-    edit_response: impl FnOnce(String) -> String,
-) -> (Value, Value, u32) {
-    let payload = engine.create_call(key).unwrap();
-    // The source is set before connecting: media would flow the moment DTLS-SRTP is up.
-    engine
-        .set_stream_sources(key, StreamSource::Tone { frequency_hz: hz })
-        .unwrap();
-    let ssrc = engine.audio_ssrc(key).unwrap();
-    let mut payload: Value = serde_json::from_str(&payload).unwrap();
-    edit_payload(&mut payload);
-    let response = sfu.join(chat, payload.to_string().as_bytes()).unwrap();
-    let response = edit_response(response);
-    engine.connect(key, &response).unwrap();
-    (payload, serde_json::from_str(&response).unwrap(), ssrc)
-}
-
-fn no_edit(_: &mut Value) {}
-
-/// A STUN binding request for `username` with a MESSAGE-INTEGRITY that is not computed with
-/// any real password, and a correct FINGERPRINT (so it parses as STUN and fails only on
-/// credentials).
-fn forged_stun(username: &str, txid: [u8; 12]) -> Vec<u8> {
-    let mut attrs = Vec::new();
-    attrs.extend_from_slice(&0x0006u16.to_be_bytes()); // USERNAME
-    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-    attrs.extend_from_slice(username.as_bytes());
-    while attrs.len() % 4 != 0 {
-        attrs.push(0);
-    }
-    attrs.extend_from_slice(&0x0024u16.to_be_bytes()); // PRIORITY (required by the parser)
-    attrs.extend_from_slice(&4u16.to_be_bytes());
-    attrs.extend_from_slice(&0x6E00_1EFFu32.to_be_bytes());
-    attrs.extend_from_slice(&0x0008u16.to_be_bytes()); // MESSAGE-INTEGRITY
-    attrs.extend_from_slice(&20u16.to_be_bytes());
-    attrs.extend_from_slice(&[0x5A; 20]);
-    let mut msg = vec![0x00, 0x01];
-    msg.extend_from_slice(&((attrs.len() + 8) as u16).to_be_bytes());
-    msg.extend_from_slice(&0x2112_A442u32.to_be_bytes());
-    msg.extend_from_slice(&txid);
-    msg.extend_from_slice(&attrs);
-    let crc = crc32(&msg) ^ 0x5354_554E;
-    msg.extend_from_slice(&0x8028u16.to_be_bytes()); // FINGERPRINT
-    msg.extend_from_slice(&4u16.to_be_bytes());
-    msg.extend_from_slice(&crc.to_be_bytes());
-    msg
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for b in data {
-        crc ^= u32::from(*b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+use common::{forged_stun, join_with, no_edit, participant, silent_sfu, wait_calls_connected};
+use ringcast::{CallState, Engine};
 
 /// The resident set size of this process (engine and sfu-mock included), in KiB.
 fn rss_kib() -> u64 {
@@ -156,11 +50,7 @@ fn stun_flood(targets: &[SocketAddr], sockets: &[UdpSocket], n: usize, rng: &mut
 
 #[test]
 fn a_stun_flood_with_random_usernames_is_dropped_in_bounded_memory() {
-    let sfu = Server::start(ServerOptions {
-        forward_audio: false,
-        ..ServerOptions::default()
-    })
-    .unwrap();
+    let sfu = silent_sfu();
     let engine = Engine::builder().build().unwrap();
     let mut ssrcs = Vec::new();
     for key in 0..4 {
@@ -175,7 +65,7 @@ fn a_stun_flood_with_random_usernames_is_dropped_in_bounded_memory() {
         );
         ssrcs.push(ssrc);
     }
-    wait_connected(&engine, &[0, 1, 2, 3]);
+    wait_calls_connected(&engine, &[0, 1, 2, 3]);
     let targets: Vec<SocketAddr> = engine
         .calls()
         .unwrap()

@@ -15,32 +15,24 @@
 //! it does not skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use opus::{Channels, Decoder};
-use ringcast_core::Datagram;
-use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
-use ringcast_core::media::ToneSource;
-use ringcast_core::p2p_call::{
-    Command as CallCommand, Event, Input, Output, P2pCall, P2pConfig, P2pState,
-};
+use ringcast_core::p2p_call::{Command as CallCommand, Input};
 use ringcast_core::signaling::Ssrc;
 use ringcast_core::signaling::p2p::messages::{
     Candidates, DtlsFingerprint, DtlsSetup, InitialSetup, MediaContent, MediaKind,
     NegotiateChannels, PayloadType, RtpExtension,
 };
 use ringcast_core::signaling::p2p::{CallKey, EncryptedChannel, Framing, Role, SignalingMessage};
-use sfu_mock::analysis::{ToneMeter, dominant_frequency_hz};
+use sfu_mock::analysis::dominant_frequency_hz;
 
 mod common;
+#[path = "../../interop/python_peer.rs"]
+mod python_peer;
 
-use common::p2p::dh_exchange;
+use common::p2p::{End, dh_exchange, set_tone};
+use python_peer::PythonPeer;
 
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// Our tone, and the one aiortc plays back.
@@ -52,116 +44,9 @@ const MIN_PACKETS: u64 = 100;
 const MIN_AIORTC_FRAMES: u64 = 100;
 const TOLERANCE_HZ: f32 = 5.0;
 
-/// The Python side; killed if the test panics before it exits.
-struct Aiortc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Aiortc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Aiortc {
-    fn spawn(ice_role: &str, tone_hz: f32) -> Self {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../interop/aiortc_p2p.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(ice_role)
-            .arg(tone_hz.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run python3 (install it and run scripts/setup.sh for aiortc): {e}")
-            });
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().unwrap();
-        // One reader thread: lines arrive through a channel so every wait is bounded.
-        let (tx, lines) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn parse(what: &str, line: &str) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("aiortc_p2p.py {what} line is not JSON ({e}): {line}"));
-        if let Some(err) = v.get("error") {
-            panic!(
-                "aiortc_p2p.py failed before its {what}: {err} (is aiortc installed? run scripts/setup.sh)"
-            );
-        }
-        v
-    }
-
-    fn next(&self, what: &str, limit: Duration) -> serde_json::Value {
-        let line = self
-            .lines
-            .recv_timeout(limit)
-            .unwrap_or_else(|_| panic!("aiortc_p2p.py gave no {what} line within {limit:?}"));
-        Self::parse(what, &line)
-    }
-
-    fn try_next(&self, what: &str) -> Option<serde_json::Value> {
-        match self.lines.try_recv() {
-            Ok(line) => Some(Self::parse(what, &line)),
-            Err(mpsc::TryRecvError::Empty) => None,
-            Err(mpsc::TryRecvError::Disconnected) => {
-                panic!("aiortc_p2p.py exited before its {what}")
-            }
-        }
-    }
-
-    fn send(&mut self, v: &serde_json::Value) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{v}").expect("write to aiortc_p2p.py");
-        stdin.flush().expect("flush");
-    }
-
-    /// Closes stdin (aiortc stops sending and exits) and waits for a clean exit.
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "aiortc_p2p.py exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < end, "aiortc_p2p.py did not exit");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Our end: the call on its socket, what it decoded, and the peer's signaling layer.
+/// Our end (the call on its socket and what it decoded) and the peer's signaling layer.
 struct Ours {
-    call: P2pCall,
-    socket: UdpSocket,
-    addr: SocketAddr,
-    decoder: Decoder,
-    meter: ToneMeter,
-    timeout: Instant,
-    connected_at: Option<Instant>,
-    ended: Option<P2pState>,
-    audio_packets: u64,
-    /// Packets from aiortc that carried the RFC 6464 audio level.
-    level_packets: u64,
-    remote_ssrcs: Vec<Ssrc>,
+    end: End,
     /// The test as the peer's signaling layer: the other role's channel.
     peer_channel: EncryptedChannel,
     /// Messages our call sent, decrypted by `peer_channel`.
@@ -170,95 +55,38 @@ struct Ours {
 
 impl Ours {
     fn new(role: Role, key: CallKey, peer_key: &CallKey, now: Instant) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_nonblocking(true).expect("nonblocking");
-        let addr = socket.local_addr().expect("local addr");
-        let crypto = CallCrypto::new(CryptoOptions::default())
-            .expect("crypto")
-            .provider();
-        let mut config = P2pConfig::new(
-            role,
-            key,
-            0xA10,
-            generate_certificate().expect("certificate"),
-            addr,
-        );
-        config.crypto = Some(crypto);
-        config.connect_timeout = Duration::from_secs(20);
-        let call = P2pCall::new(now, config).expect("p2p call");
+        let end = End::configured(role, key, 0xA10, now, |c| {
+            c.connect_timeout = Duration::from_secs(20);
+        });
         let peer_role = match role {
             Role::Caller => Role::Callee,
             Role::Callee => Role::Caller,
         };
         Self {
-            call,
-            socket,
-            addr,
-            decoder: Decoder::new(48_000, Channels::Mono).expect("decoder"),
-            meter: ToneMeter::new(),
-            timeout: now,
-            connected_at: None,
-            ended: None,
-            audio_packets: 0,
-            level_packets: 0,
-            remote_ssrcs: Vec::new(),
+            end,
             peer_channel: EncryptedChannel::new(peer_key.as_bytes(), peer_role, Framing::Reliable),
             received: Vec::new(),
         }
     }
 
-    /// Drains outputs: datagrams out the socket, signaling decrypted by the peer's channel.
-    fn drain(&mut self, now: Instant) {
-        let mut pcm = vec![0i16; 5760];
-        loop {
-            match self.call.poll_output() {
-                Output::Transmit(t) => {
-                    assert_eq!(t.source, self.addr);
-                    let _ = self.socket.send_to(&t.contents, t.destination);
-                }
-                Output::Signaling(bytes) => {
-                    let got = self
-                        .peer_channel
-                        .receive(&bytes, now)
-                        .expect("our signaling decrypts with the peer's key");
-                    for body in got.messages {
-                        let msg = SignalingMessage::parse(&body).expect("our message parses");
-                        self.received.push(msg);
-                    }
-                }
-                Output::Event(Event::StateChanged(P2pState::Connected)) => {
-                    self.connected_at = Some(now);
-                }
-                Output::Event(Event::StateChanged(s @ P2pState::Ended(_))) => {
-                    self.ended = Some(s);
-                }
-                Output::Event(Event::AudioReceived {
-                    ssrc,
-                    payload,
-                    audio_level,
-                    ..
-                }) => {
-                    self.audio_packets += 1;
-                    if audio_level.is_some() {
-                        self.level_packets += 1;
-                    }
-                    if !self.remote_ssrcs.contains(&ssrc) {
-                        self.remote_ssrcs.push(ssrc);
-                    }
-                    let n = self
-                        .decoder
-                        .decode(&payload, &mut pcm, false)
-                        .expect("decode aiortc's opus");
-                    self.meter.push(&pcm[..n]);
-                }
-                Output::Event(_) => {}
-                Output::Timeout(t) => {
-                    self.timeout = t;
-                    return;
-                }
-                _ => {}
+    /// Decrypts what our call signaled (the end's outbox) with the peer's channel.
+    fn take_signaling(&mut self, now: Instant) {
+        for bytes in std::mem::take(&mut self.end.outbox) {
+            let got = self
+                .peer_channel
+                .receive(&bytes, now)
+                .expect("our signaling decrypts with the peer's key");
+            for body in got.messages {
+                let msg = SignalingMessage::parse(&body).expect("our message parses");
+                self.received.push(msg);
             }
         }
+    }
+
+    /// Drains outputs: datagrams out the socket, signaling decrypted by the peer's channel.
+    fn drain(&mut self, now: Instant) {
+        self.end.drain(now);
+        self.take_signaling(now);
     }
 
     /// Encrypts `msg` as the peer and hands it to our call.
@@ -267,7 +95,8 @@ impl Ours {
             .peer_channel
             .send(msg.to_json().as_bytes(), now)
             .expect("peer channel send");
-        self.call
+        self.end
+            .call
             .handle_input(now, Input::Signaling(&packet))
             .expect("our call accepts the peer's message");
         self.drain(now);
@@ -276,37 +105,19 @@ impl Ours {
     /// The peer channel's acks and resends.
     fn pump_peer_channel(&mut self, now: Instant) {
         while let Some(packet) = self.peer_channel.poll_transmit(now) {
-            let _ = self.call.handle_input(now, Input::Signaling(&packet));
+            let _ = self.end.call.handle_input(now, Input::Signaling(&packet));
             self.drain(now);
         }
     }
 
     fn read_socket(&mut self, now: Instant) {
-        let mut buf = [0u8; 2048];
-        loop {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, source)) => {
-                    // Early checks and stray packets are counted by the call, not fatal.
-                    let _ = self.call.handle_input(
-                        now,
-                        Input::Datagram(Datagram::new(source, self.addr, &buf[..n])),
-                    );
-                    self.drain(now);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
+        self.end.read_socket(now);
+        self.take_signaling(now);
     }
 
     fn tick(&mut self, now: Instant) {
-        if now >= self.timeout {
-            self.call
-                .handle_input(now, Input::Timeout)
-                .expect("timeout input");
-        }
-        self.drain(now);
+        self.end.tick(now);
+        self.take_signaling(now);
     }
 }
 
@@ -341,14 +152,13 @@ fn call_aiortc(role: Role) -> Outcome {
         Role::Caller => "controlled",
         Role::Callee => "controlling",
     };
-    let mut aiortc = Aiortc::spawn(aiortc_ice_role, AIORTC_HZ);
+    let mut aiortc = PythonPeer::spawn(
+        "aiortc_p2p.py",
+        &[aiortc_ice_role.to_owned(), AIORTC_HZ.to_string()],
+    );
     let mut ours = Ours::new(role, key, &peer_key, Instant::now());
-    let tone = ToneSource::new(RINGCAST_HZ, None).expect("tone");
-    let now = Instant::now();
-    ours.call
-        .handle_input(now, Input::Command(CallCommand::SetSource(Box::new(tone))))
-        .expect("set source");
-    ours.drain(now);
+    set_tone(&mut ours.end, RINGCAST_HZ);
+    ours.take_signaling(Instant::now());
 
     let params = aiortc.next("parameters", Duration::from_secs(20));
     eprintln!("aiortc parameters: {params}");
@@ -453,7 +263,7 @@ fn call_aiortc(role: Role) -> Outcome {
         .iter()
         .find(|f| f.hash == "sha-256")
         .expect("sha-256 fingerprint");
-    aiortc.send(&serde_json::json!({
+    aiortc.send(serde_json::json!({
         "ufrag": setup.ufrag,
         "pwd": setup.pwd,
         "fingerprint": fingerprint.fingerprint,
@@ -471,31 +281,36 @@ fn call_aiortc(role: Role) -> Outcome {
         ours.read_socket(now);
         ours.tick(now);
         ours.pump_peer_channel(now);
-        assert!(ours.ended.is_none(), "our call ended: {:?}", ours.ended);
+        assert!(
+            ours.end.ended.is_none(),
+            "our call ended: {:?}",
+            ours.end.ended
+        );
         if aiortc_result.is_none() {
             aiortc_result = aiortc.try_next("result");
         }
-        if aiortc_result.is_some() && ours.audio_packets >= MIN_PACKETS {
+        if aiortc_result.is_some() && ours.end.audio_packets >= MIN_PACKETS {
             break;
         }
         assert!(
             start.elapsed() < limit,
             "not done within {limit:?}: {:?}, {} packets from aiortc, aiortc result {}, stats {:?}",
-            ours.call.state(),
-            ours.audio_packets,
+            ours.end.call.state(),
+            ours.end.audio_packets,
             aiortc_result.is_some(),
-            ours.call.stats()
+            ours.end.call.stats()
         );
         thread::sleep(Duration::from_millis(1));
     }
     let result = aiortc_result.expect("result");
-    let connect = ours.connected_at.expect("connected") - start;
+    let connect = ours.end.connected_at.expect("connected") - start;
     let now = Instant::now();
-    ours.call
+    ours.end
+        .call
         .handle_input(now, Input::Command(CallCommand::Hangup))
         .expect("hangup");
     ours.drain(now);
-    aiortc.finish();
+    aiortc.finish(Duration::from_secs(10));
 
     let pcm: Vec<f32> = result["pcm"]
         .as_array()
@@ -505,25 +320,29 @@ fn call_aiortc(role: Role) -> Outcome {
         .collect();
     let rate = result["sample_rate"].as_u64().expect("sample_rate") as u32;
     let aiortc_hz = dominant_frequency_hz(&pcm, rate).expect("aiortc decoded audible audio");
-    let stats = ours.call.stats().clone();
+    let stats = ours.end.call.stats().clone();
     eprintln!("our stats: {stats:?}");
     assert_eq!(stats.signaling_rejected, 0);
     assert_eq!(stats.signaling_invalid, 0);
     assert_eq!(
-        ours.remote_ssrcs,
+        ours.end.remote_ssrcs,
         vec![Ssrc(aiortc_ssrc)],
         "audio only from aiortc's signaled SSRC"
     );
-    assert_eq!(ours.call.remote_ssrc(), Some(Ssrc(aiortc_ssrc)));
+    assert_eq!(ours.end.call.remote_ssrc(), Some(Ssrc(aiortc_ssrc)));
     Outcome {
         aiortc_frames: result["frames"].as_u64().expect("frames"),
         aiortc_hz,
         aiortc_zero_crossing_hz: result["zero_crossing_hz"]
             .as_f64()
             .expect("zero_crossing_hz"),
-        our_packets: ours.audio_packets,
-        our_level_packets: ours.level_packets,
-        our_hz: ours.meter.dominant_hz().expect("we decoded audible audio"),
+        our_packets: ours.end.audio_packets,
+        our_level_packets: ours.end.level_packets,
+        our_hz: ours
+            .end
+            .meter
+            .dominant_hz()
+            .expect("we decoded audible audio"),
         connect,
         total: start.elapsed(),
     }

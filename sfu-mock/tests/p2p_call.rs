@@ -13,7 +13,10 @@ use ringcast_core::signaling::p2p::messages::DtlsSetup;
 
 mod common;
 
-use common::p2p::{CALLEE_HZ, CALLER_HZ, End, assert_tone, dh_exchange, run, set_tone};
+use common::p2p::{
+    CALLEE_HZ, CALLER_HZ, End, assert_tones, dh_exchange, print_connected, run, run_faithful,
+    set_tone,
+};
 
 fn pair() -> (End, End) {
     let (caller_key, callee_key) = dh_exchange();
@@ -45,12 +48,11 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
     assert!(callee_setup.local_is_dtls_client(Role::Caller));
     assert!(!caller_setup.local_is_dtls_client(Role::Callee));
     let start = Instant::now();
-    run(
+    run_faithful(
         &mut caller,
         &mut callee,
         Duration::from_secs(5),
         Duration::ZERO,
-        &mut |_, b| vec![b],
         |a, b| a.connected_at.is_some() && b.connected_at.is_some(),
     );
     let connect_ms = |e: &End| e.connected_at.map(|t| (t - start).as_millis());
@@ -62,16 +64,14 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
     assert_eq!(caller.call.state(), &P2pState::Connected);
     assert_eq!(callee.call.state(), &P2pState::Connected);
     // One second of audio each way (50 frames), then measure the tones.
-    run(
+    run_faithful(
         &mut caller,
         &mut callee,
         Duration::from_secs(5),
         Duration::ZERO,
-        &mut |_, b| vec![b],
         |a, b| a.audio_packets >= 50 && b.audio_packets >= 50,
     );
-    assert_tone(&caller, CALLEE_HZ, "caller");
-    assert_tone(&callee, CALLER_HZ, "callee");
+    assert_tones(&caller, &callee);
     // NegotiateChannels offer (caller) and answer (callee) carried each side's SSRC.
     assert_eq!(caller.call.remote_ssrc(), Some(callee.call.audio_ssrc()));
     assert_eq!(callee.call.remote_ssrc(), Some(caller.call.audio_ssrc()));
@@ -92,12 +92,11 @@ fn caller_and_callee_connect_and_hear_each_others_tone() {
         .expect("mute");
     caller.drain(now);
     let heard = callee.audio_packets;
-    run(
+    run_faithful(
         &mut caller,
         &mut callee,
         Duration::from_secs(5),
         Duration::ZERO,
-        &mut |_, b| vec![b],
         |_, b| b.audio_packets >= heard + 25,
     );
     println!("callee while caller muted: rms {}", callee.meter.rms());
@@ -159,8 +158,7 @@ fn tampered_and_replayed_signaling_is_rejected_and_counted() {
     assert_eq!(ch.rejected_replay, 1);
     assert_eq!(caller.call.stats().signaling_rejected, 0);
     assert_eq!(callee.call.state(), &P2pState::Connected);
-    assert_tone(&caller, CALLEE_HZ, "caller");
-    assert_tone(&callee, CALLER_HZ, "callee");
+    assert_tones(&caller, &callee);
 
     // A rejected packet is an error the application can log, nothing more.
     let now = Instant::now();
@@ -185,11 +183,7 @@ fn caller_without_an_answer_times_out() {
     assert!(caller.timeout <= start + Duration::from_secs(10));
     // Nothing is ever delivered: no datagrams go out before the answer, and the connect timer
     // ends the call (sans-IO: the clock is ours).
-    let mut now = start;
-    while caller.ended.is_none() && now < start + Duration::from_secs(11) {
-        now = caller.timeout.max(now + Duration::from_millis(1));
-        caller.tick(now);
-    }
+    let now = caller.run_clock_until_ended(start, Duration::from_secs(11));
     assert_eq!(
         caller.ended,
         Some(P2pState::Ended(P2pEndReason::ConnectTimeout))
@@ -211,21 +205,15 @@ fn connects_with_messenger_latency_and_notices_a_vanished_peer() {
     let start = Instant::now();
     // The messenger is far slower than UDP: the callee's checks reach the caller before the
     // callee's InitialSetup does, and are dropped until it arrives.
-    run(
+    run_faithful(
         &mut caller,
         &mut callee,
         Duration::from_secs(8),
         Duration::from_millis(300),
-        &mut |_, b| vec![b],
         |a, b| a.audio_packets >= 25 && b.audio_packets >= 25,
     );
-    println!(
-        "with 300 ms signaling latency: caller connected after {:?}, callee after {:?}",
-        caller.connected_at.map(|t| t - start),
-        callee.connected_at.map(|t| t - start)
-    );
-    assert_tone(&caller, CALLEE_HZ, "caller");
-    assert_tone(&callee, CALLER_HZ, "callee");
+    print_connected("with 300 ms signaling latency", &caller, &callee, start);
+    assert_tones(&caller, &callee);
     // The callee's first checks arrive before its InitialSetup (at 600 ms): kept and answered
     // once it is applied, so connecting does not wait for a STUN retransmission.
     assert!(
@@ -242,11 +230,7 @@ fn connects_with_messenger_latency_and_notices_a_vanished_peer() {
     // (sans-IO: we drive its clock forward).
     drop(callee);
     let gone = Instant::now();
-    let mut now = gone;
-    while caller.ended.is_none() && now < gone + Duration::from_secs(12) {
-        now = caller.timeout.max(now + Duration::from_millis(1));
-        caller.tick(now);
-    }
+    let now = caller.run_clock_until_ended(gone, Duration::from_secs(12));
     assert_eq!(
         caller.ended,
         Some(P2pState::Ended(P2pEndReason::IceDisconnected))

@@ -15,7 +15,7 @@ use ringcast_core::stun::STUN_MAX_REQUESTS;
 
 mod common;
 
-use common::p2p::{CALLEE_HZ, CALLER_HZ, End, assert_tone, dh_exchange, run_with, tone_end};
+use common::p2p::{End, assert_tones, dh_exchange, print_connected, run_with, tone_pair};
 
 /// Where the pretend NAT maps our sockets: another loopback address nothing listens on.
 const NAT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -114,14 +114,10 @@ fn run(
 fn stun_server_reflexive_candidates_are_gathered_signaled_and_the_call_connects() {
     let mut mirror = StunServer::new(Mapping::Mirror);
     let mut nat = StunServer::new(Mapping::Nat);
-    let (caller_key, callee_key) = dh_exchange();
-    let servers = vec![mirror.addr, nat.addr];
-    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
-        c.stun_servers = servers.clone();
-    });
-    let mut callee = tone_end(Role::Callee, callee_key, 22, |c| {
-        c.stun_servers = vec![nat.addr];
-    });
+    let (mut caller, mut callee) = tone_pair(
+        |c| c.stun_servers = vec![mirror.addr, nat.addr],
+        |c| c.stun_servers = vec![nat.addr],
+    );
     let start = Instant::now();
     // 300 ms messenger latency: the caller's srflx candidate is trickled after its
     // InitialSetup (sent at creation); the callee's is gathered before the caller's setup
@@ -134,13 +130,8 @@ fn stun_server_reflexive_candidates_are_gathered_signaled_and_the_call_connects(
         Duration::from_secs(8),
         |a, b| a.audio_packets >= 50 && b.audio_packets >= 50,
     );
-    println!(
-        "connected: caller after {:?}, callee after {:?}",
-        caller.connected_at.map(|t| t - start),
-        callee.connected_at.map(|t| t - start)
-    );
-    assert_tone(&caller, CALLEE_HZ, "caller");
-    assert_tone(&callee, CALLER_HZ, "callee");
+    print_connected("with stun servers", &caller, &callee, start);
+    assert_tones(&caller, &callee);
     let (cs, es) = (caller.call.stats().clone(), callee.call.stats().clone());
     println!("caller: {cs:?}\ncallee: {es:?}");
     println!(
@@ -182,18 +173,19 @@ fn stun_server_reflexive_candidates_are_gathered_signaled_and_the_call_connects(
 #[test]
 fn an_unanswered_stun_server_is_counted_and_the_call_connects_on_host_candidates() {
     let mut silent = StunServer::new(Mapping::Silent);
-    let (caller_key, callee_key) = dh_exchange();
     let stun_timeout = Duration::from_secs(1);
     let v6: SocketAddr = "[::1]:3478".parse().expect("addr");
-    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
-        // An IPv6 server cannot be asked from an IPv4 socket: skipped and counted.
-        c.stun_servers = vec![silent.addr, v6];
-        c.stun_timeout = stun_timeout;
-    });
-    let mut callee = tone_end(Role::Callee, callee_key, 22, |c| {
-        c.stun_servers = vec![silent.addr];
-        c.stun_timeout = stun_timeout;
-    });
+    let (mut caller, mut callee) = tone_pair(
+        |c| {
+            // An IPv6 server cannot be asked from an IPv4 socket: skipped and counted.
+            c.stun_servers = vec![silent.addr, v6];
+            c.stun_timeout = stun_timeout;
+        },
+        |c| {
+            c.stun_servers = vec![silent.addr];
+            c.stun_timeout = stun_timeout;
+        },
+    );
     let start = Instant::now();
     run(
         &mut caller,
@@ -213,8 +205,7 @@ fn an_unanswered_stun_server_is_counted_and_the_call_connects_on_host_candidates
         "connected after {connected:?}; gathering given up after {:?}",
         start.elapsed()
     );
-    assert_tone(&caller, CALLEE_HZ, "caller");
-    assert_tone(&callee, CALLER_HZ, "callee");
+    assert_tones(&caller, &callee);
     // Connecting did not wait for the STUN server.
     assert!(
         connected < stun_timeout,

@@ -20,7 +20,7 @@ use sfu_mock::coturn::Coturn;
 
 mod common;
 
-use common::p2p::{CALLEE_HZ, CALLER_HZ, assert_tone, dh_exchange, run, tone_end};
+use common::p2p::{assert_tones, dh_exchange, print_connected, run_faithful, tone_pair};
 
 const USER: &str = "ringcast-user";
 const PASSWORD: &str = "ringcast-pass";
@@ -43,29 +43,24 @@ fn server(coturn: &Coturn, password: &str) -> TurnServer {
 #[test]
 fn a_relay_only_call_goes_through_coturn_both_ways() {
     let coturn = coturn();
-    let (caller_key, callee_key) = dh_exchange();
-    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
-        c.turn_servers = vec![server(&coturn, PASSWORD)];
-        c.relay_only = true;
-    });
-    let mut callee = tone_end(Role::Callee, callee_key, 22, |_| {});
+    let (mut caller, mut callee) = tone_pair(
+        |c| {
+            c.turn_servers = vec![server(&coturn, PASSWORD)];
+            c.relay_only = true;
+        },
+        |_| {},
+    );
     let caller_host = caller.addr;
     let start = Instant::now();
-    run(
+    run_faithful(
         &mut caller,
         &mut callee,
         Duration::from_secs(10),
         Duration::from_millis(100),
-        &mut |_, bytes| vec![bytes],
         |a, b| a.audio_packets >= 50 && b.audio_packets >= 50,
     );
-    println!(
-        "connected: caller after {:?}, callee after {:?}",
-        caller.connected_at.map(|t| t - start),
-        callee.connected_at.map(|t| t - start)
-    );
-    assert_tone(&caller, CALLEE_HZ, "caller");
-    assert_tone(&callee, CALLER_HZ, "callee");
+    print_connected("relay only", &caller, &callee, start);
+    assert_tones(&caller, &callee);
     let (cs, es) = (caller.call.stats().clone(), callee.call.stats().clone());
     println!("caller {cs:?}\ncallee {es:?}");
     assert_eq!(cs.turn_allocations, 1);
@@ -103,21 +98,16 @@ fn a_relay_only_call_goes_through_coturn_both_ways() {
 #[test]
 fn a_wrong_turn_password_fails_the_allocation_and_the_call_connects_on_host_candidates() {
     let coturn = coturn();
-    let (caller_key, callee_key) = dh_exchange();
-    let mut caller = tone_end(Role::Caller, caller_key, 11, |c| {
-        c.turn_servers = vec![server(&coturn, "wrong")];
-    });
-    let mut callee = tone_end(Role::Callee, callee_key, 22, |_| {});
-    run(
+    let (mut caller, mut callee) =
+        tone_pair(|c| c.turn_servers = vec![server(&coturn, "wrong")], |_| {});
+    run_faithful(
         &mut caller,
         &mut callee,
         Duration::from_secs(10),
         Duration::from_millis(100),
-        &mut |_, bytes| vec![bytes],
         |a, b| a.audio_packets >= 50 && b.audio_packets >= 50 && a.call.stats().turn_failed > 0,
     );
-    assert_tone(&caller, CALLEE_HZ, "caller");
-    assert_tone(&callee, CALLER_HZ, "callee");
+    assert_tones(&caller, &callee);
     let cs = caller.call.stats().clone();
     println!("caller {cs:?}");
     assert_eq!(cs.turn_failed, 1);

@@ -53,71 +53,73 @@ fn record(list: &Mutex<Vec<Vec<u8>>>, d: &[u8]) {
     l.push(d.to_vec());
 }
 
+/// One direction of the relay, on its own thread: each datagram read from `rx` goes out `tx`
+/// to `dest(shared, source)` (`None`: not sent), its RTP recorded in `capture`, unless the
+/// relay is blocked (then it is dropped and counted).
+fn forward(
+    rx: &UdpSocket,
+    tx: &UdpSocket,
+    shared: &Arc<Shared>,
+    capture: fn(&Shared) -> &Mutex<Vec<Vec<u8>>>,
+    dest: impl Fn(&Shared, SocketAddr) -> Option<SocketAddr> + Send + 'static,
+) -> JoinHandle<()> {
+    let (rx, tx, shared) = (
+        rx.try_clone().unwrap(),
+        tx.try_clone().unwrap(),
+        shared.clone(),
+    );
+    std::thread::spawn(move || {
+        rx.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut buf = vec![0u8; 2048];
+        while !shared.stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = rx.recv_from(&mut buf) else {
+                continue;
+            };
+            let d = &buf[..n];
+            let to = dest(&shared, from);
+            if shared.blocked.load(Ordering::Relaxed) {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(to) = to else {
+                continue;
+            };
+            if is_rtp(d) {
+                record(capture(&shared), d);
+            }
+            let _ = tx.send_to(d, to);
+        }
+    })
+}
+
 impl Relay {
     /// Starts a relay in front of `sfu`.
     pub(crate) fn start(sfu: SocketAddr) -> Self {
         let front = UdpSocket::bind("127.0.0.1:0").unwrap();
         let back = UdpSocket::bind("127.0.0.1:0").unwrap();
         let shared = Arc::new(Shared::default());
-        let mut threads = Vec::new();
-        {
-            // engine -> sfu
-            let (rx, tx, shared) = (
-                front.try_clone().unwrap(),
-                back.try_clone().unwrap(),
-                shared.clone(),
-            );
-            threads.push(std::thread::spawn(move || {
-                rx.set_read_timeout(Some(Duration::from_millis(20)))
-                    .unwrap();
-                let mut buf = vec![0u8; 2048];
-                while !shared.stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = rx.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    let d = &buf[..n];
-                    *shared.engine.lock().unwrap() = Some(from);
-                    if shared.blocked.load(Ordering::Relaxed) {
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if is_rtp(d) {
-                        record(&shared.to_sfu_rtp, d);
-                    }
-                    let _ = tx.send_to(d, sfu);
-                }
-            }));
-        }
-        {
-            // sfu -> engine
-            let (rx, tx, shared) = (
-                back.try_clone().unwrap(),
-                front.try_clone().unwrap(),
-                shared.clone(),
-            );
-            threads.push(std::thread::spawn(move || {
-                rx.set_read_timeout(Some(Duration::from_millis(20)))
-                    .unwrap();
-                let mut buf = vec![0u8; 2048];
-                while !shared.stop.load(Ordering::Relaxed) {
-                    let Ok((n, _)) = rx.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    let d = &buf[..n];
-                    if shared.blocked.load(Ordering::Relaxed) {
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let Some(engine) = *shared.engine.lock().unwrap() else {
-                        continue;
-                    };
-                    if is_rtp(d) {
-                        record(&shared.to_engine_rtp, d);
-                    }
-                    let _ = tx.send_to(d, engine);
-                }
-            }));
-        }
+        let threads = vec![
+            // engine -> sfu: the engine's address is learnt from what it sends.
+            forward(
+                &front,
+                &back,
+                &shared,
+                |s| &s.to_sfu_rtp,
+                move |s, from| {
+                    *s.engine.lock().unwrap() = Some(from);
+                    Some(sfu)
+                },
+            ),
+            // sfu -> engine, once the engine's address is known.
+            forward(
+                &back,
+                &front,
+                &shared,
+                |s| &s.to_engine_rtp,
+                |s, _| *s.engine.lock().unwrap(),
+            ),
+        ];
         Self {
             front,
             back,

@@ -1,5 +1,6 @@
 //! Two `P2pCall` ends over real loopback UDP, driven by a test that plays the messenger:
-//! shared by `p2p_call.rs`, `p2p_stun.rs` and (for the key exchange) `aiortc_p2p.rs`.
+//! shared by `p2p_call.rs`, `p2p_stun.rs`, `p2p_turn.rs` and `aiortc_p2p.rs` (our end of its
+//! call).
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -11,6 +12,7 @@ use ringcast_core::Datagram;
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::media::ToneSource;
 use ringcast_core::p2p_call::{Command, Event, Input, Output, P2pCall, P2pConfig, P2pState};
+use ringcast_core::signaling::Ssrc;
 use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
 use ringcast_core::signaling::p2p::{CallKey, CalleeExchange, CallerExchange, DhParams, Role};
 use sfu_mock::analysis::ToneMeter;
@@ -55,6 +57,10 @@ pub struct End {
     pub connected_at: Option<Instant>,
     pub ended: Option<P2pState>,
     pub audio_packets: u64,
+    /// Audio packets that carried the RFC 6464 audio level.
+    pub level_packets: u64,
+    /// The SSRCs audio came from, in order of appearance.
+    pub remote_ssrcs: Vec<Ssrc>,
     pub decoded_frames: u64,
     /// Signaling bytes produced for the other end (the messenger's queue).
     pub outbox: Vec<Vec<u8>>,
@@ -113,6 +119,8 @@ impl End {
             connected_at: None,
             ended: None,
             audio_packets: 0,
+            level_packets: 0,
+            remote_ssrcs: Vec::new(),
             decoded_frames: 0,
             outbox: Vec::new(),
         }
@@ -135,8 +143,19 @@ impl End {
                 Output::Event(Event::StateChanged(s @ P2pState::Ended(_))) => {
                     self.ended = Some(s);
                 }
-                Output::Event(Event::AudioReceived { payload, .. }) => {
+                Output::Event(Event::AudioReceived {
+                    ssrc,
+                    payload,
+                    audio_level,
+                    ..
+                }) => {
                     self.audio_packets += 1;
+                    if audio_level.is_some() {
+                        self.level_packets += 1;
+                    }
+                    if !self.remote_ssrcs.contains(&ssrc) {
+                        self.remote_ssrcs.push(ssrc);
+                    }
                     let n = self
                         .decoder
                         .decode(&payload, &mut pcm, false)
@@ -184,6 +203,17 @@ impl End {
         }
         self.drain(now);
     }
+
+    /// Drives the call on its own clock (sans-IO, nothing read from the socket) from `from`,
+    /// timeout after timeout, until it ends or `limit` has passed; returns the time reached.
+    pub fn run_clock_until_ended(&mut self, from: Instant, limit: Duration) -> Instant {
+        let mut now = from;
+        while self.ended.is_none() && now < from + limit {
+            now = self.timeout.max(now + Duration::from_millis(1));
+            self.tick(now);
+        }
+        now
+    }
 }
 
 /// What the messenger does with signaling bytes in flight; lets a test tamper with them.
@@ -207,6 +237,19 @@ pub fn tone_end(
     end
 }
 
+/// Both ends of a fresh key exchange (seeds 11 and 22), each playing its role's tone;
+/// `caller` and `callee` adjust their calls.
+pub fn tone_pair(
+    caller: impl FnOnce(&mut P2pConfig),
+    callee: impl FnOnce(&mut P2pConfig),
+) -> (End, End) {
+    let (caller_key, callee_key) = dh_exchange();
+    (
+        tone_end(Role::Caller, caller_key, 11, caller),
+        tone_end(Role::Callee, callee_key, 22, callee),
+    )
+}
+
 /// Plays a libopus tone of `hz`.
 pub fn set_tone(end: &mut End, hz: f32) {
     let now = Instant::now();
@@ -227,6 +270,39 @@ pub fn assert_tone(end: &End, expected: f32, who: &str) {
     assert!(
         (hz - expected).abs() < expected * 0.03,
         "{who} heard {hz} Hz, expected {expected} Hz"
+    );
+}
+
+/// Checks that each end heard the other's tone ([`CALLER_HZ`], [`CALLEE_HZ`]).
+pub fn assert_tones(caller: &End, callee: &End) {
+    assert_tone(caller, CALLEE_HZ, "caller");
+    assert_tone(callee, CALLER_HZ, "callee");
+}
+
+/// Prints when each end connected, counted from `start`, after `what`.
+pub fn print_connected(what: &str, caller: &End, callee: &End, start: Instant) {
+    println!(
+        "{what}: caller connected after {:?}, callee after {:?}",
+        caller.connected_at.map(|t| t - start),
+        callee.connected_at.map(|t| t - start)
+    );
+}
+
+/// [`run`] with a messenger that delivers every signaling packet as sent.
+pub fn run_faithful(
+    caller: &mut End,
+    callee: &mut End,
+    limit: Duration,
+    signaling_delay: Duration,
+    done: impl FnMut(&End, &End) -> bool,
+) {
+    run(
+        caller,
+        callee,
+        limit,
+        signaling_delay,
+        &mut |_, bytes| vec![bytes],
+        done,
     );
 }
 
