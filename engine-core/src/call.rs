@@ -22,7 +22,9 @@ use str0m::rtp::Ssrc as StrSsrc;
 use str0m::{Candidate, IceCreds};
 
 use crate::demux::{DatagramKind, classify};
-use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd, TrackStats};
+use crate::media::track::{
+    AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackStats,
+};
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::{
@@ -242,18 +244,7 @@ pub enum Event {
     /// Pause/mute changed.
     MediaStateChanged(MediaState),
     /// An Opus packet from another participant, forwarded by the SFU.
-    AudioReceived {
-        /// The speaker's SSRC.
-        ssrc: Ssrc,
-        /// RTP sequence number.
-        seq: u16,
-        /// RTP timestamp.
-        rtp_time: u32,
-        /// RFC 6464 level if the packet carried the extension.
-        audio_level: Option<i8>,
-        /// The Opus packet.
-        payload: Arc<[u8]>,
-    },
+    AudioReceived(ReceivedAudio),
 }
 
 /// Output of [`Call::poll_output`].
@@ -763,14 +754,7 @@ impl Call {
                 // and as a sign of life.
                 self.last_heard = Some(self.last_now);
                 self.confirmed();
-                let (ssrc, seq, rtp_time, audio_level) = self.incoming.on_rtp(&p.header);
-                Some(Event::AudioReceived {
-                    ssrc,
-                    seq,
-                    rtp_time,
-                    audio_level,
-                    payload: p.payload,
-                })
+                Some(Event::AudioReceived(self.incoming.on_rtp(p)))
             }
             _ => None,
         }

@@ -70,7 +70,9 @@ use str0m::{Candidate, IceCreds};
 
 use crate::call::Transmit;
 use crate::demux::stun_local_ufrag;
-use crate::media::track::{AudioTrack, IncomingStreams, RtpSender, SourceEnd, TrackStats};
+use crate::media::track::{
+    AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackStats,
+};
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::URI_AUDIO_LEVEL;
@@ -316,18 +318,7 @@ pub enum Event {
         error: Option<String>,
     },
     /// An Opus packet from the peer, authenticated and decrypted.
-    AudioReceived {
-        /// The peer's SSRC.
-        ssrc: Ssrc,
-        /// RTP sequence number.
-        seq: u16,
-        /// RTP timestamp.
-        rtp_time: u32,
-        /// RFC 6464 level if the packet carried it.
-        audio_level: Option<i8>,
-        /// The Opus packet.
-        payload: Arc<[u8]>,
-    },
+    AudioReceived(ReceivedAudio),
 }
 
 /// Output of [`P2pCall::poll_output`].
@@ -1494,16 +1485,9 @@ impl P2pCall {
             }
             str0m::Event::RtpPacket(p) => {
                 self.transport.on_confirmed();
-                let (ssrc, seq, rtp_time, audio_level) = self.incoming.on_rtp(&p.header);
                 self.stats.packets_received += 1;
                 self.stats.payload_bytes_received += p.payload.len() as u64;
-                Some(Event::AudioReceived {
-                    ssrc,
-                    seq,
-                    rtp_time,
-                    audio_level,
-                    payload: p.payload,
-                })
+                Some(Event::AudioReceived(self.incoming.on_rtp(p)))
             }
             _ => None,
         }

@@ -25,6 +25,7 @@ use ringcast_core::call::{self, CallConfig};
 use ringcast_core::endpoint::{
     CallId, CallSnapshot, Endpoint, EndpointEvent, EndpointStats, P2pSnapshot, Socket,
 };
+use ringcast_core::media::track::ReceivedAudio;
 use ringcast_core::p2p_call::{self, P2pConfig};
 use ringcast_core::signaling::group::JoinResponse;
 use tokio::sync::Notify;
@@ -593,12 +594,12 @@ impl Shard {
                 }
                 Group(call::Event::MediaStateChanged(m)) => Some(EventKind::MediaStateChanged(m)),
                 EndpointEvent::Signaling(bytes) => Some(EventKind::SignalingData(bytes)),
-                Group(call::Event::AudioReceived {
+                Group(call::Event::AudioReceived(ReceivedAudio {
                     ssrc, seq, payload, ..
-                })
-                | P2p(p2p_call::Event::AudioReceived {
+                }))
+                | P2p(p2p_call::Event::AudioReceived(ReceivedAudio {
                     ssrc, seq, payload, ..
-                }) => {
+                })) => {
                     self.pcm_sinks.on_audio(id.0, ssrc.0, seq, &payload);
                     self.config
                         .receive_audio

@@ -117,7 +117,7 @@ fn forwarded_audio_reaches_the_other_participant() {
         let received = sim
             .events
             .iter()
-            .filter(|e| matches!(e, ringcast_core::Event::AudioReceived { .. }))
+            .filter(|e| matches!(e, ringcast_core::Event::AudioReceived(_)))
             .count();
         assert!(received > 100, "only {received} forwarded packets arrived");
     }

@@ -276,7 +276,7 @@ mod tests {
         while let Some((_, e)) = from.poll_event() {
             match e {
                 EndpointEvent::Signaling(b) => signaling.push(b),
-                EndpointEvent::P2p(Event::AudioReceived { .. }) => audio += 1,
+                EndpointEvent::P2p(Event::AudioReceived(_)) => audio += 1,
                 EndpointEvent::P2p(Event::StateChanged(P2pState::Connected)) => {
                     connected = true;
                 }

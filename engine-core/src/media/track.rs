@@ -544,6 +544,21 @@ pub struct Replayed {
     pub seq: u16,
 }
 
+/// One authenticated, decrypted audio packet from another participant (or the 1:1 peer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedAudio {
+    /// The speaker's SSRC.
+    pub ssrc: Ssrc,
+    /// RTP sequence number.
+    pub seq: u16,
+    /// RTP timestamp.
+    pub rtp_time: u32,
+    /// RFC 6464 level if the packet carried the extension.
+    pub audio_level: Option<i8>,
+    /// The Opus packet.
+    pub payload: Arc<[u8]>,
+}
+
 /// Counters of the receive side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IncomingCounters {
@@ -636,17 +651,18 @@ impl IncomingStreams {
         Ok(())
     }
 
-    /// str0m authenticated and decrypted this packet: record it in its SSRC's window. Returns
-    /// what an application event carries of the header: SSRC, sequence number, RTP time and
-    /// RFC 6464 level.
-    pub fn on_rtp(&mut self, header: &str0m::rtp::RtpHeader) -> (Ssrc, u16, u32, Option<i8>) {
+    /// str0m authenticated and decrypted this packet: record it in its SSRC's window and hand
+    /// it on as the application sees it.
+    pub fn on_rtp(&mut self, packet: str0m::rtp::RtpPacket) -> ReceivedAudio {
+        let header = &packet.header;
         self.on_authenticated(*header.ssrc, header.sequence_number);
-        (
-            Ssrc(*header.ssrc),
-            header.sequence_number,
-            header.timestamp,
-            header.ext_vals.audio_level,
-        )
+        ReceivedAudio {
+            ssrc: Ssrc(*header.ssrc),
+            seq: header.sequence_number,
+            rtp_time: header.timestamp,
+            audio_level: header.ext_vals.audio_level,
+            payload: packet.payload,
+        }
     }
 
     /// str0m authenticated and decrypted packet `seq` of `ssrc`: record it in the window.

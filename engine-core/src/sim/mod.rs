@@ -719,7 +719,7 @@ impl<S: SimSfu> World<S> {
                 sim.log.push((elapsed, state.clone()));
             }
             self.wire.record_event(self.now, sim.chat_id, sim.key, &e);
-            if matches!(e, Event::AudioReceived { .. }) {
+            if matches!(e, Event::AudioReceived(_)) {
                 sim.audio_received += 1;
                 if !self.keep_audio_events {
                     continue;
@@ -774,6 +774,6 @@ fn event_tag(e: &Event) -> String {
         Event::ConnectionChanged(s) => format!("conn:{s:?}"),
         Event::StreamEnded { error } => format!("end:{error:?}"),
         Event::MediaStateChanged(m) => format!("media:{}:{}", m.paused, m.muted),
-        Event::AudioReceived { ssrc, seq, .. } => format!("audio:{}:{seq}", ssrc.0),
+        Event::AudioReceived(a) => format!("audio:{}:{}", a.ssrc.0, a.seq),
     }
 }

@@ -339,8 +339,8 @@ impl GroupPair {
             match self.call.poll_output() {
                 Output::Transmit(t) => self.to_sfu.push(t),
                 Output::Event(e) => {
-                    if let Event::AudioReceived { payload, .. } = &e {
-                        self.heard.push(payload);
+                    if let Event::AudioReceived(a) = &e {
+                        self.heard.push(&a.payload);
                     }
                     self.events.push(e);
                 }
@@ -398,8 +398,8 @@ impl P2pEnd {
                 p2p_call::Output::Transmit(t) => self.datagrams.push(t),
                 p2p_call::Output::Signaling(bytes) => self.signaling.push(bytes),
                 p2p_call::Output::Event(e) => {
-                    if let p2p_call::Event::AudioReceived { payload, .. } = &e {
-                        self.heard.push(payload);
+                    if let p2p_call::Event::AudioReceived(a) = &e {
+                        self.heard.push(&a.payload);
                     }
                     self.events.push(e);
                 }

@@ -11,6 +11,7 @@ use opus::{Channels, Decoder};
 use ringcast_core::Datagram;
 use ringcast_core::crypto::{CallCrypto, CryptoOptions, generate_certificate};
 use ringcast_core::media::ToneSource;
+use ringcast_core::media::track::ReceivedAudio;
 use ringcast_core::p2p_call::{Command, Event, Input, Output, P2pCall, P2pConfig, P2pState};
 use ringcast_core::signaling::Ssrc;
 use ringcast_core::signaling::p2p::dh::TELEGRAM_DH_PRIME;
@@ -143,12 +144,12 @@ impl End {
                 Output::Event(Event::StateChanged(s @ P2pState::Ended(_))) => {
                     self.ended = Some(s);
                 }
-                Output::Event(Event::AudioReceived {
+                Output::Event(Event::AudioReceived(ReceivedAudio {
                     ssrc,
                     payload,
                     audio_level,
                     ..
-                }) => {
+                })) => {
                     self.audio_packets += 1;
                     if audio_level.is_some() {
                         self.level_packets += 1;
