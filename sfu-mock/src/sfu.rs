@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ringcast_core::demux::{DatagramKind, classify, rtp_header, stun_local_ufrag};
+use ringcast_core::signaling::Ssrc;
 use ringcast_core::signaling::group::{
     DtlsFingerprint, HeaderExtension, IceCandidate, JoinPayload, JoinResponse, MediaDescription,
-    OPUS_DEFAULT_PT, PayloadType, RtcpFeedback, Transport, URI_AUDIO_LEVEL, URI_TRANSPORT_CC,
-    fingerprint_hex, parse_fingerprint_hex,
+    OPUS_DEFAULT_PT, PayloadType, RtcpFeedback, Transport, URI_ABS_SEND_TIME, URI_AUDIO_LEVEL,
+    URI_TRANSPORT_CC, VideoDescription, fingerprint_hex, parse_fingerprint_hex,
 };
 use ringcast_core::str0m::config::{DtlsCert, Fingerprint};
 use ringcast_core::str0m::crypto::CryptoProvider;
@@ -39,6 +40,18 @@ use crate::analysis::ToneMeter;
 const AUDIO_LEVEL_ID: u8 = 1;
 /// transport-cc id, announced like Telegram does; the mock does not use it.
 const TRANSPORT_CC_ID: u8 = 3;
+/// abs-send-time id of Telegram's video section.
+const ABS_SEND_TIME_ID: u8 = 2;
+/// video-orientation id of Telegram's video section.
+const VIDEO_ORIENTATION_ID: u8 = 13;
+/// URI of the video-orientation extension (3GPP TS 26.114 §7.4.5).
+const URI_VIDEO_ORIENTATION: &str = "urn:3gpp:video-orientation";
+/// VP8 and its RTX payload types in Telegram's video section.
+const VP8_PT: u8 = 100;
+const VP8_RTX_PT: u8 = 101;
+/// The SSRC the answer names for bandwidth probing (`server_sources`), -1017713629 as a signed
+/// int32, as in telegram-signaling.md §2's example.
+const PROBING_SSRC: u32 = 3_277_253_667;
 /// The single audio media section of each participant's Rtc.
 const AUDIO_MID: &str = "0";
 /// Upper bound on participants across all chats; a join beyond it is refused.
@@ -570,7 +583,7 @@ impl Sfu {
                     },
                 ],
             }),
-            video: None,
+            video: Some(telegram_video_section(ufrag)),
         };
         response.to_json()
     }
@@ -1024,6 +1037,56 @@ impl ringcast_core::sim::SimSfu for Sfu {
 
     fn poll_timeout(&self) -> Option<Instant> {
         Self::poll_timeout(self)
+    }
+}
+
+/// The `video` section Telegram's SFU always sends, even to a client that sends no video:
+/// VP8 with its RTX payload type, abs-send-time, transport-cc and video-orientation, and the
+/// bandwidth-probing SSRC (telegram-signaling.md §2). The real ntgcalls refuses an answer
+/// without it ("Invalid JSON: Not iterable") and aborts on one with empty lists.
+fn telegram_video_section(endpoint: &str) -> VideoDescription {
+    let fb = |kind: &str, subtype: Option<&str>| RtcpFeedback {
+        kind: kind.to_owned(),
+        subtype: subtype.map(str::to_owned),
+    };
+    let ext = |id: u8, uri: &str| HeaderExtension {
+        id,
+        uri: uri.to_owned(),
+    };
+    VideoDescription {
+        endpoint: Some(endpoint.to_owned()),
+        server_sources: vec![Ssrc(PROBING_SSRC)],
+        media: MediaDescription {
+            payload_types: vec![
+                PayloadType {
+                    id: VP8_PT,
+                    name: "VP8".to_owned(),
+                    clockrate: 90_000,
+                    channels: 1,
+                    parameters: Vec::new(),
+                    rtcp_fbs: vec![
+                        fb("goog-remb", None),
+                        fb("transport-cc", None),
+                        fb("ccm", Some("fir")),
+                        fb("nack", None),
+                        fb("nack", Some("pli")),
+                    ],
+                },
+                PayloadType {
+                    id: VP8_RTX_PT,
+                    name: "rtx".to_owned(),
+                    clockrate: 90_000,
+                    channels: 1,
+                    parameters: vec![("apt".to_owned(), VP8_PT.to_string())],
+                    rtcp_fbs: Vec::new(),
+                },
+            ],
+            rtp_hdrexts: vec![
+                ext(ABS_SEND_TIME_ID, URI_ABS_SEND_TIME),
+                ext(TRANSPORT_CC_ID, URI_TRANSPORT_CC),
+                ext(VIDEO_ORIENTATION_ID, URI_VIDEO_ORIENTATION),
+            ],
+        },
     }
 }
 

@@ -52,6 +52,25 @@ fn join_answers_with_telegram_json_and_stats_list_the_participant() {
         parsed.audio_extension_id("urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
         Some(1)
     );
+    // Telegram always answers with a video section, even to an audio-only join (ntgcalls
+    // refuses an answer without one and aborts on empty lists): VP8 + RTX, abs-send-time,
+    // transport-cc, video-orientation, and a signed int32 probing SSRC.
+    let video = &answer["video"];
+    let pts = video["payload-types"].as_array().unwrap();
+    assert_eq!(pts[0]["name"], "VP8");
+    assert_eq!(pts[0]["id"], 100);
+    assert_eq!(pts[1]["name"], "rtx");
+    assert_eq!(pts[1]["parameters"]["apt"], 100);
+    let ext_ids: Vec<u64> = video["rtp-hdrexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ext_ids, [2, 3, 13]);
+    assert_eq!(video["server_sources"][0], -1_017_713_629);
+    let parsed_video = parsed.video.as_ref().unwrap();
+    assert_eq!(parsed_video.server_sources, vec![Ssrc(3_277_253_667)]);
     let stats: Value = serde_json::from_str(
         &ureq::get(&format!("http://{http}/v1/stats"))
             .call()
