@@ -37,17 +37,13 @@ fn join(engine: &Engine, sfu: &Server, key: i64, chat: i64, hz: f32) -> u32 {
     engine.audio_ssrc(key).unwrap()
 }
 
-#[test]
-fn second_participant_decodes_the_first_ones_tone() {
-    let sfu = Server::start(ServerOptions::default()).unwrap();
-    let engine = Engine::builder().receive_audio(true).build().unwrap();
-    let ssrc_a = join(&engine, &sfu, 1, 7, 440.0);
-    let ssrc_b = join(&engine, &sfu, 2, 7, 1000.0);
+/// Call 2 hears call 1 (forwarded with call 1's SSRC) and call 1 hears call 2: returns the
+/// dominant frequency call 2 decoded from up to 4 s of events.
+fn call_two_hears(engine: &Engine, ssrc_a: u32, ssrc_b: u32) -> f32 {
     let mut pcm = Vec::new();
     let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
     let mut buf = vec![0i16; 5760];
     let end = Instant::now() + Duration::from_secs(4);
-    // Call 2 (1000 Hz) must hear call 1 (440 Hz), forwarded with call 1's SSRC.
     while Instant::now() < end && pcm.len() < 48_000 {
         let Ok(e) = engine.events().recv_timeout(Duration::from_millis(100)) else {
             continue;
@@ -63,7 +59,49 @@ fn second_participant_decodes_the_first_ones_tone() {
         }
     }
     assert!(pcm.len() >= 48_000, "received only {} samples", pcm.len());
-    let hz = dominant_frequency_hz(&pcm[pcm.len() - 16_384..], 48_000).unwrap();
+    dominant_frequency_hz(&pcm[pcm.len() - 16_384..], 48_000).unwrap()
+}
+
+#[test]
+fn second_participant_decodes_the_first_ones_tone() {
+    let sfu = Server::start(ServerOptions::default()).unwrap();
+    let engine = Engine::builder().receive_audio(true).build().unwrap();
+    let ssrc_a = join(&engine, &sfu, 1, 7, 440.0);
+    let ssrc_b = join(&engine, &sfu, 2, 7, 1000.0);
+    let hz = call_two_hears(&engine, ssrc_a, ssrc_b);
+    assert!((hz - 440.0).abs() <= 5.0, "call 2 decoded {hz} Hz");
+}
+
+/// sfu-mock's `latency` holds back everything it sends, as a real network does: the handshake
+/// (SFU check -> our answer -> nomination and ClientHello -> our flight -> its Finished) takes at
+/// least three of its one-way delays, and media still flows both ways.
+#[test]
+fn an_sfu_with_latency_connects_no_faster_than_its_round_trips() {
+    let latency = Duration::from_millis(100);
+    let sfu = Server::start(ServerOptions {
+        latency,
+        jitter: Duration::from_millis(5),
+        ..ServerOptions::default()
+    })
+    .unwrap();
+    let engine = Engine::builder().receive_audio(true).build().unwrap();
+    let started = Instant::now();
+    let ssrc_a = join(&engine, &sfu, 1, 7, 440.0);
+    assert!(
+        wait_for(&engine, Duration::from_secs(5), |e| e.chat_id == 1
+            && matches!(
+                e.kind,
+                EventKind::ConnectionChanged(CallState::Connected)
+            )),
+        "call 1 did not connect"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= latency * 2,
+        "connected after {took:?}, below two delays"
+    );
+    let ssrc_b = join(&engine, &sfu, 2, 7, 1000.0);
+    let hz = call_two_hears(&engine, ssrc_a, ssrc_b);
     assert!((hz - 440.0).abs() <= 5.0, "call 2 decoded {hz} Hz");
 }
 

@@ -56,6 +56,14 @@ pub struct ServerOptions {
     pub forward_audio: bool,
     /// See [`SfuConfig::header_only`].
     pub header_only: bool,
+    /// Every datagram the SFU sends leaves this much later (zero: at once). Loopback answers
+    /// within microseconds, faster than any real network; Telegram's SFU is tens of
+    /// milliseconds away, and some clients (ntgcalls) miss their own Connected event when the
+    /// handshake finishes too fast.
+    pub latency: Duration,
+    /// Up to this much more, drawn per datagram from the seed; datagrams may then leave out of
+    /// order, as on a real network.
+    pub jitter: Duration,
 }
 
 impl Default for ServerOptions {
@@ -69,6 +77,8 @@ impl Default for ServerOptions {
             analyse_audio: true,
             forward_audio: true,
             header_only: false,
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
         }
     }
 }
@@ -156,6 +166,7 @@ impl Server {
         config.analyse_audio = options.analyse_audio;
         config.forward_audio = options.forward_audio;
         config.header_only = options.header_only;
+        let delay = DelayLine::new(options.latency, options.jitter, options.seed);
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -164,7 +175,7 @@ impl Server {
         threads.push(
             std::thread::Builder::new()
                 .name("sfu-udp".to_owned())
-                .spawn(move || udp_loop(socket, config, rx, udp_stop))?,
+                .spawn(move || udp_loop(socket, config, delay, rx, udp_stop))?,
         );
 
         let mut http_addr = None;
@@ -295,9 +306,78 @@ pub fn generate_cert() -> io::Result<DtlsCert> {
         .ok_or_else(|| io::Error::other("dtls certificate generation failed"))
 }
 
+/// Datagrams held back by [`ServerOptions::latency`], at most this many; beyond it a datagram is
+/// dropped and counted (`delay_dropped` in the log at debug level).
+const MAX_DELAYED: usize = 65_536;
+
+/// A held-back datagram: when it may leave, its send order, where it goes, its bytes.
+type Delayed = std::cmp::Reverse<(Instant, u64, SocketAddr, Vec<u8>)>;
+
+/// The delay line of [`ServerOptions::latency`] and [`ServerOptions::jitter`]: datagrams by the
+/// instant they may leave.
+struct DelayLine {
+    latency: Duration,
+    jitter: Duration,
+    rng: fastrand::Rng,
+    queue: std::collections::BinaryHeap<Delayed>,
+    /// Insertion counter: equal due times leave in the order they were sent.
+    order: u64,
+    dropped: u64,
+}
+
+impl DelayLine {
+    fn new(latency: Duration, jitter: Duration, seed: u64) -> Self {
+        Self {
+            latency,
+            jitter,
+            rng: fastrand::Rng::with_seed(seed),
+            queue: std::collections::BinaryHeap::new(),
+            order: 0,
+            dropped: 0,
+        }
+    }
+
+    fn is_off(&self) -> bool {
+        self.latency.is_zero() && self.jitter.is_zero()
+    }
+
+    fn push(&mut self, now: Instant, destination: SocketAddr, contents: Vec<u8>) {
+        if self.queue.len() >= MAX_DELAYED {
+            self.dropped += 1;
+            tracing::debug!(dropped = self.dropped, "sfu delay line full");
+            return;
+        }
+        let extra = if self.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.jitter.mul_f64(self.rng.f64())
+        };
+        self.order += 1;
+        self.queue.push(std::cmp::Reverse((
+            now + self.latency + extra,
+            self.order,
+            destination,
+            contents,
+        )));
+    }
+
+    /// The next datagram due at `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        if self.queue.peek().is_some_and(|e| e.0.0 <= now) {
+            return self.queue.pop().map(|e| (e.0.2, e.0.3));
+        }
+        None
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.peek().map(|e| e.0.0)
+    }
+}
+
 fn udp_loop(
     socket: UdpSocket,
     config: SfuConfig,
+    mut delay: DelayLine,
     commands: Receiver<Command>,
     stop: Arc<AtomicBool>,
 ) {
@@ -306,8 +386,11 @@ fn udp_loop(
     let mut buf = vec![0u8; RECV_BUF];
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let wait = sfu
-            .poll_timeout()
+        let next = [sfu.poll_timeout(), delay.next_due()]
+            .into_iter()
+            .flatten()
+            .min();
+        let wait = next
             .map_or(MAX_POLL, |t| t.saturating_duration_since(now).min(MAX_POLL))
             .max(Duration::from_micros(100));
         if socket.set_read_timeout(Some(wait)).is_err() {
@@ -342,11 +425,23 @@ fn udp_loop(
         while let Ok(cmd) = commands.try_recv() {
             handle_command(&mut sfu, cmd);
         }
+        let now = Instant::now();
         while let Some(t) = sfu.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.contents, t.destination) {
-                tracing::debug!(dest = %t.destination, "sfu send: {e}");
+            if delay.is_off() {
+                send_datagram(&socket, t.destination, &t.contents);
+            } else {
+                delay.push(now, t.destination, t.contents);
             }
         }
+        while let Some((destination, contents)) = delay.pop_due(now) {
+            send_datagram(&socket, destination, &contents);
+        }
+    }
+}
+
+fn send_datagram(socket: &UdpSocket, destination: SocketAddr, contents: &[u8]) {
+    if let Err(e) = socket.send_to(contents, destination) {
+        tracing::debug!(dest = %destination, "sfu send: {e}");
     }
 }
 

@@ -47,6 +47,13 @@ struct Args {
     /// --no-analyse).
     #[arg(long)]
     header_only: bool,
+    /// Delay every datagram the SFU sends by this many milliseconds, as a real network would
+    /// (loopback answers in microseconds).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    latency_ms: u64,
+    /// Up to this many milliseconds more per datagram, at random (datagrams may reorder).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    jitter_ms: u64,
 }
 
 impl Args {
@@ -61,6 +68,8 @@ impl Args {
             analyse_audio: defaults.analyse_audio && !self.no_analyse && !self.header_only,
             forward_audio: defaults.forward_audio && !self.no_forward && !self.header_only,
             header_only: self.header_only,
+            latency: std::time::Duration::from_millis(self.latency_ms),
+            jitter: std::time::Duration::from_millis(self.jitter_ms),
         };
         if let Some(http) = options.http
             && !http.ip().is_loopback()
