@@ -307,7 +307,7 @@ pub fn generate_cert() -> io::Result<DtlsCert> {
 }
 
 /// Datagrams held back by [`ServerOptions::latency`], at most this many; beyond it a datagram is
-/// dropped and counted (`delay_dropped` in the log at debug level).
+/// dropped and counted (`delay_dropped` in the stats).
 const MAX_DELAYED: usize = 65_536;
 
 /// A held-back datagram: when it may leave, its send order, where it goes, its bytes.
@@ -423,7 +423,7 @@ fn udp_loop(
             sfu.handle_timeout(now);
         }
         while let Ok(cmd) = commands.try_recv() {
-            handle_command(&mut sfu, cmd);
+            handle_command(&mut sfu, cmd, delay.dropped);
         }
         let now = Instant::now();
         while let Some(t) = sfu.poll_transmit() {
@@ -445,7 +445,8 @@ fn send_datagram(socket: &UdpSocket, destination: SocketAddr, contents: &[u8]) {
     }
 }
 
-fn handle_command(sfu: &mut Sfu, cmd: Command) {
+/// `delay_dropped`: datagrams the delay line dropped when full, reported with the stats.
+fn handle_command(sfu: &mut Sfu, cmd: Command, delay_dropped: u64) {
     // A requester that gave up waiting is not an error for the SFU.
     match cmd {
         Command::Join {
@@ -470,7 +471,11 @@ fn handle_command(sfu: &mut Sfu, cmd: Command) {
             );
         }
         Command::Stats { reply } => {
-            let _ = reply.send(sfu.stats_json());
+            let mut stats = sfu.stats_json();
+            if let Some(map) = stats.as_object_mut() {
+                map.insert("delay_dropped".to_owned(), delay_dropped.into());
+            }
+            let _ = reply.send(stats);
         }
         Command::Misbehave {
             chat_id,

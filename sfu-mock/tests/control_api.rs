@@ -80,6 +80,10 @@ fn join_answers_with_telegram_json_and_stats_list_the_participant() {
             .unwrap(),
     )
     .unwrap();
+    assert_eq!(
+        stats["delay_dropped"], 0,
+        "no latency, nothing held back or dropped"
+    );
     let list = stats["chats"]["-1001"].as_array().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["ssrc"], 4242);
