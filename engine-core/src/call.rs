@@ -331,8 +331,6 @@ pub struct CallStats {
 struct Session {
     /// The str0m instance and what we keep around it (final flight, close handshake).
     transport: Transport,
-    /// The Opus payload type of the SFU's answer.
-    pt: Pt,
     /// The local address (the socket's concrete bound address).
     local_addr: SocketAddr,
     /// The SFU candidates' addresses.
@@ -603,7 +601,6 @@ impl Call {
         self.session = Some(Session {
             // Telegram's clients are the DTLS server toward the SFU.
             transport: Transport::new(rtc, true),
-            pt: pt.into(),
             local_addr,
             remotes,
             remote_creds: IceCreds {
@@ -772,7 +769,8 @@ impl Call {
             self.stats.dropped_not_live += 1;
             return Err(CallError::Ended);
         }
-        let pt = *session.pt;
+        // The SFU's Opus payload type (from its answer, set on our track in `connect`).
+        let pt = *self.track.rtp().pt();
         let incoming = &mut self.incoming;
         let result = session.transport.receive(now, datagram, |rtc| {
             // The SFU forwards other speakers with their own SSRCs and no MID extension,

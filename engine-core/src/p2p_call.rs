@@ -848,10 +848,9 @@ impl P2pCall {
         if matches!(self.state, P2pState::Ended(_)) {
             return idle;
         }
+        // The transport's deadline includes str0m's, which exists only once str0m has been
+        // polled: after the remote setup is applied (see `poll_output`).
         let candidates = [
-            self.transport
-                .rtc_deadline()
-                .filter(|_| self.remote_setup.is_some()),
             self.track.deadline(),
             self.connect_deadline,
             self.disconnect_deadline(),
@@ -1203,11 +1202,11 @@ impl P2pCall {
                 Ok(())
             }
             Err(ReceiveError::Refused(e)) => {
-                match e {
-                    DatagramError::Malformed(_) => self.stats.dropped_malformed += 1,
-                    DatagramError::Rejected(_) => self.stats.dropped_rejected += 1,
-                    _ => {}
-                }
+                // Counted by the transport (malformed, rejected) and the incoming streams
+                // (replayed, above).
+                let counters = self.transport.counters();
+                self.stats.dropped_malformed = counters.dropped_malformed;
+                self.stats.dropped_rejected = counters.dropped_rejected;
                 Err(e.into())
             }
         }

@@ -5,13 +5,11 @@
 //! - [`Transport`]: the `Rtc` with what we keep around it: our final DTLS flight and its
 //!   resends ([`FinalFlight`]), str0m's next deadline, the close handshake after a stop, and the
 //!   transport counters. A call owns one and drives it from its own `handle_input` /
-//!   `poll_output`.
+//!   `poll_output`. [`Transport::receive`] takes one datagram into str0m, refused with a typed
+//!   [`DatagramError`] or ending the call with a typed [`TransportEnd`]; [`Transport::poll`]
+//!   gives one step of str0m's output, with our final DTLS flight kept for resending.
 //! - [`opus_rtc_config`]: the str0m configuration both kinds build (RTP mode, one Opus payload
 //!   type, the audio-level extension, our ICE credentials and DTLS certificate).
-//! - [`parse`] and [`receive`]: one datagram into str0m, refused with a typed [`RejectReason`]
-//!   or ending the call with a typed [`TransportEnd`].
-//! - [`poll`]: one step of str0m's output, with the DTLS final flight kept for resending
-//!   ([`FinalFlight`]).
 //! - [`TransportEnd::from_rtc_error`]: the one place that reads str0m's error text (str0m 0.25
 //!   reports a certificate mismatch only as text); `tests` pin its actual message.
 //!
@@ -203,8 +201,6 @@ impl From<DatagramError> for ReceiveError {
 pub struct TransportCounters {
     /// Datagrams str0m accepted.
     pub datagrams_received: u64,
-    /// Bytes of those datagrams.
-    pub bytes_received: u64,
     /// Datagrams that did not parse.
     pub dropped_malformed: u64,
     /// Datagrams refused ([`RejectReason`]).
@@ -267,11 +263,6 @@ impl Transport {
             .into_iter()
             .flatten()
             .min()
-    }
-
-    /// str0m's own deadline, once it has given one.
-    pub fn rtc_deadline(&self) -> Option<Instant> {
-        self.rtc_timeout
     }
 
     /// DTLS-SRTP came up at `now`: as DTLS server our final flight is out, and resent until
@@ -337,7 +328,6 @@ impl Transport {
         match &result {
             Ok(()) => {
                 self.counters.datagrams_received += 1;
-                self.counters.bytes_received += contents.len() as u64;
                 if classify(contents) == DatagramKind::Dtls {
                     self.final_flight.on_received();
                 }
@@ -433,7 +423,7 @@ pub fn opus_rtc_config(
 ///
 /// # Errors
 /// [`ReceiveError::Malformed`] if it is not STUN, DTLS, RTP or RTCP.
-pub fn parse(datagram: Datagram<'_>) -> Result<Receive<'_>, ReceiveError> {
+fn parse(datagram: Datagram<'_>) -> Result<Receive<'_>, ReceiveError> {
     Receive::new(
         Protocol::Udp,
         datagram.source,
@@ -448,7 +438,7 @@ pub fn parse(datagram: Datagram<'_>) -> Result<Receive<'_>, ReceiveError> {
 /// # Errors
 /// [`ReceiveError::Rejected`] if a live `rtc` refused it, [`ReceiveError::Fatal`] if the
 /// error left `rtc` dead.
-pub fn receive(rtc: &mut Rtc, now: Instant, datagram: Receive<'_>) -> Result<(), ReceiveError> {
+fn receive(rtc: &mut Rtc, now: Instant, datagram: Receive<'_>) -> Result<(), ReceiveError> {
     match rtc.handle_input(str0m::Input::Receive(now, datagram)) {
         Ok(()) => Ok(()),
         Err(e) if rtc.is_alive() => {
@@ -476,7 +466,7 @@ pub enum Polled {
 }
 
 /// Polls `rtc` once. `flight` is the call's final-flight keeper when it is the DTLS server.
-pub fn poll(rtc: &mut Rtc, flight: Option<&mut FinalFlight>) -> Polled {
+fn poll(rtc: &mut Rtc, flight: Option<&mut FinalFlight>) -> Polled {
     match rtc.poll_output() {
         Ok(str0m::Output::Timeout(t)) => Polled::Timeout(t),
         Ok(str0m::Output::Transmit(t)) => {

@@ -2,7 +2,7 @@
 //!
 //! Two halves, each split into the part the call side owns and the part the application holds:
 //!
-//! - **Outgoing**: [`pcm_source`] returns a [`PcmSource`] (a [`FrameSource`], played by a call
+//! - **Outgoing**: [`pcm_source`] returns a [`PcmSource`] (a [`FrameSource`](crate::media::FrameSource), played by a call
 //!   like any other source) and a [`PcmWriter`] (`Send`, for the application's audio thread).
 //!   The application pushes 20 ms frames of 16-bit 48 kHz PCM into a bounded queue with
 //!   [`PcmWriter::try_push`]; at each frame time the source encodes the next queued frame with
