@@ -6,6 +6,10 @@
 //! - `ringcast_rtp_mode`: what `Call::write_frame` does. RTP mode, `RtpWrite` with the
 //!   ssrc-audio-level extension, `StreamTx::write_rtp`, then `handle_input(Timeout)` and
 //!   `poll_output` until the `Transmit`.
+//! - `ringcast_fast_path`: what `Call` does now, on our str0m patch (third_party/README.md):
+//!   `DirectApi::write_rtp_into` returns the protected datagram at once, into the buffer of
+//!   the previous one; `handle_input(Timeout)` + `poll_output` run only when str0m's own
+//!   deadline is due (RTCP, consent), as `Transport` drives it (`Drive::WhenDue`).
 //! - `str0m_frame_api`: the obvious alternative, str0m's frame-level `Writer::write` (str0m's
 //!   Opus packetizer assigns seq/timestamp) with `.audio_level(..)`, on an otherwise identical
 //!   `Rtc`, polled the same way.
@@ -89,6 +93,9 @@ enum Api {
     Rtp,
     /// `Writer::write` in frame mode (str0m's packetizer).
     Frame,
+    /// The send fast path (our str0m patch): `DirectApi::write_rtp_into` into a recycled
+    /// buffer, str0m's timeout only when its own deadline is due (what `Transport` does).
+    Fast,
 }
 
 /// A sender `Rtc` connected to an in-memory peer, plus the sender's RTP counters.
@@ -104,6 +111,10 @@ struct Link {
     to_peer: Vec<Transmit>,
     /// Length of the last protected RTP datagram.
     last_len: usize,
+    /// The fast path's recycled buffer.
+    spare: Vec<u8>,
+    /// str0m's last deadline (the fast path drives it only then).
+    deadline: Instant,
 }
 
 fn rtc_config(rtp_mode: bool, cert: &DtlsCert) -> RtcConfig {
@@ -144,7 +155,7 @@ impl Link {
         let mut now = Instant::now();
         let sender_addr: SocketAddr = "10.0.0.1:40000".parse().expect("address");
         let peer_addr: SocketAddr = "10.0.0.2:32001".parse().expect("address");
-        let mut sender = rtc_config(api == Api::Rtp, cert_a).build(now);
+        let mut sender = rtc_config(api != Api::Frame, cert_a).build(now);
         let mut peer = rtc_config(true, cert_b).build(now);
         sender.add_local_candidate(Candidate::host(sender_addr, "udp").expect("candidate"));
         sender.add_remote_candidate(Candidate::host(peer_addr, "udp").expect("candidate"));
@@ -199,6 +210,8 @@ impl Link {
             rtp_time: 0,
             to_peer: Vec::with_capacity(64),
             last_len: 0,
+            spare: Vec::new(),
+            deadline: now,
         }
     }
 
@@ -207,7 +220,32 @@ impl Link {
     fn send_frame(&mut self, payload: &Arc<[u8]>) -> usize {
         self.now += FRAME;
         let now = self.now;
+        let mut fast = None;
         match self.api {
+            Api::Fast => {
+                let ext = ExtensionValues {
+                    audio_level: Some(-30),
+                    voice_activity: Some(true),
+                    ..Default::default()
+                };
+                let write = RtpWrite::new(
+                    Pt::from(PT_OPUS),
+                    SeqNo::from(self.seq),
+                    self.rtp_time,
+                    now,
+                    payload.clone(),
+                )
+                .ext_vals(ext);
+                let mut buf = std::mem::take(&mut self.spare);
+                let t = self
+                    .sender
+                    .direct_api()
+                    .write_rtp_into(Ssrc::from(SSRC), write, now, &mut buf)
+                    .ok()
+                    .flatten()
+                    .expect("a connected link takes the fast path");
+                fast = Some(Vec::<u8>::from(t.contents));
+            }
             Api::Rtp => {
                 let ext = ExtensionValues {
                     audio_level: Some(-30),
@@ -238,13 +276,24 @@ impl Link {
         }
         self.seq += 1;
         self.rtp_time = self.rtp_time.wrapping_add(SAMPLES_PER_FRAME);
+        let mut rtp = 0;
+        if let Some(datagram) = fast {
+            self.last_len = black_box(datagram.len());
+            self.spare = datagram;
+            rtp += 1;
+            if now < self.deadline {
+                return rtp;
+            }
+        }
         self.sender
             .handle_input(Input::Timeout(now))
             .expect("timeout");
-        let mut rtp = 0;
         loop {
             match self.sender.poll_output().expect("poll_output") {
-                Output::Timeout(_) => return rtp,
+                Output::Timeout(t) => {
+                    self.deadline = t;
+                    return rtp;
+                }
                 Output::Transmit(t) if is_rtp(&t.contents) => {
                     // What `Call::poll_rtc` does with it: take the Vec without a copy.
                     let datagram: Vec<u8> = t.contents.into();
@@ -386,6 +435,7 @@ fn rtp_srtp(c: &mut Criterion) {
         for (name, api) in [
             ("ringcast_rtp_mode", Api::Rtp),
             ("str0m_frame_api", Api::Frame),
+            ("ringcast_fast_path", Api::Fast),
         ] {
             let mut link = Link::connect(api, &cert_a, &cert_b);
             allocations_per_packet(&mut link, &data, 500);
@@ -416,6 +466,7 @@ fn rtp_srtp(c: &mut Criterion) {
         for (name, api) in [
             ("ringcast_rtp_mode", Api::Rtp),
             ("str0m_frame_api", Api::Frame),
+            ("ringcast_fast_path", Api::Fast),
         ] {
             // One connected link per benchmark: criterion calls the closure once per sample.
             let mut link = Link::connect(api, &cert_a, &cert_b);

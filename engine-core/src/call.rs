@@ -33,7 +33,8 @@ use crate::signaling::group::{
 };
 use crate::signaling::{SignalingError, Ssrc};
 use crate::transport::{
-    Datagram, Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config, random_ice_creds,
+    Datagram, Drive, Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config,
+    random_ice_creds,
 };
 pub use crate::transport::{DatagramError, DtlsEnd, RejectReason, RtcErrorKind};
 
@@ -614,6 +615,22 @@ impl Call {
         Ok(())
     }
 
+    /// Whether the send fast path would like a buffer ([`Call::give_buffer`]).
+    pub fn wants_buffer(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.transport.wants_buffer())
+    }
+
+    /// Offers the buffer of a datagram already sent, to be reused for a packet of the send fast
+    /// path (no allocation per packet). Gives it back if the call has no use for it.
+    pub fn give_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        match self.session.as_mut() {
+            Some(s) => s.transport.give_buffer(buf),
+            None => Some(buf),
+        }
+    }
+
     /// Feeds one input. Drain [`Call::poll_output`] afterwards.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), CallError> {
         self.last_now = self.last_now.max(now);
@@ -886,8 +903,16 @@ impl Call {
         };
         let (track, lateness) = (&mut self.track, &mut self.stats.lateness);
         let mut source_end = None;
-        let result = session.transport.handle_timeout(now, true, |rtc| {
-            source_end = track.send_due(now, rtc, lateness);
+        // Connected: the send fast path, str0m driven only when its own deadline is due. Until
+        // then every turn drives it, as the handshake (and the first timeout that starts ICE
+        // after a pre-connect delay) needs.
+        let drive = if self.state == CallState::Connected {
+            Drive::WhenDue
+        } else {
+            Drive::Always
+        };
+        let result = session.transport.handle_timeout(now, drive, |out| {
+            source_end = track.send_due(now, out, lateness);
         });
         self.sync_receive_stats();
         self.after_frames(source_end);

@@ -40,6 +40,10 @@ pub use p2p::P2pSnapshot;
 /// Upper bound on queued events; beyond it events are dropped and counted.
 pub const MAX_QUEUED_EVENTS: usize = 65_536;
 
+/// Recycled send buffers an [`Endpoint`] keeps for its calls' fast path (a pacer tick of this
+/// many packets costs no allocation; ~200 bytes each for audio).
+pub const MAX_SPARE_BUFFERS: usize = 4096;
+
 /// A call in an endpoint: a group call's chat id or a 1:1 call's peer user id. The two kinds
 /// share one id space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -210,9 +214,9 @@ impl CallKind {
         }
     }
 
-    fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant, spare: &mut Vec<Vec<u8>>) {
         match self {
-            Self::Group(g) => g.handle_timeout(now),
+            Self::Group(g) => g.handle_timeout(now, spare),
             Self::P2p(p) => p.handle_timeout(now),
         }
     }
@@ -266,6 +270,8 @@ pub struct Endpoint {
     wheel: TimerWheel<CallId>,
     due: Vec<(Instant, CallId)>,
     transmits: VecDeque<EndpointTransmit>,
+    /// Sent datagrams' buffers, for the calls' send fast path ([`Endpoint::recycle`]).
+    spare: Vec<Vec<u8>>,
     events: VecDeque<(CallId, EndpointEvent)>,
     reaped: VecDeque<ReapedCall>,
     stats: EndpointStats,
@@ -293,6 +299,7 @@ impl Endpoint {
             wheel: TimerWheel::new(now),
             due: Vec::new(),
             transmits: VecDeque::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
             reaped: VecDeque::new(),
             stats: EndpointStats::default(),
@@ -382,6 +389,7 @@ impl Endpoint {
         let mut due = std::mem::take(&mut self.due);
         due.clear();
         self.wheel.pop_due(now, &mut due);
+        let mut spare = std::mem::take(&mut self.spare);
         for (at, id) in due.drain(..) {
             let Ok((idx, slot)) = self.slot_mut(id) else {
                 continue;
@@ -392,11 +400,22 @@ impl Endpoint {
             slot.scheduled = None;
             {
                 let _enter = slot.span.clone().entered();
-                slot.kind.handle_timeout(now);
+                slot.kind.handle_timeout(now, &mut spare);
             }
             self.drain(idx);
         }
+        self.spare = spare;
         self.due = due;
+    }
+
+    /// Gives back the buffer of a datagram the runtime has sent, for a later packet of the send
+    /// fast path ([`crate::transport::MediaOut`]): with every buffer recycled, sending costs no
+    /// allocation. At most [`MAX_SPARE_BUFFERS`] are kept; the rest are freed.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     /// The earliest instant [`Endpoint::handle_timeout`] has work.

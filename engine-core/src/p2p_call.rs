@@ -86,8 +86,8 @@ use crate::signaling::p2p::{
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
 use crate::transport::{
-    Datagram, DatagramError, DtlsEnd, Polled, ReceiveError, RtcErrorKind, Transport, TransportEnd,
-    opus_rtc_config, random_ice_creds,
+    Datagram, DatagramError, Drive, DtlsEnd, Polled, ReceiveError, RtcErrorKind, Transport,
+    TransportEnd, opus_rtc_config, random_ice_creds,
 };
 use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
 
@@ -1384,13 +1384,17 @@ impl P2pCall {
             self.end(P2pEndReason::IceDisconnected);
             return;
         }
+        // 1:1 datagrams may go through a TURN relay: they keep the regular path.
+        let drive = if self.remote_setup.is_some() {
+            Drive::Always
+        } else {
+            Drive::No
+        };
         let (track, lateness) = (&mut self.track, &mut self.stats.lateness);
         let mut source_end = None;
-        let result = self
-            .transport
-            .handle_timeout(now, self.remote_setup.is_some(), |rtc| {
-                source_end = track.send_due(now, rtc, lateness);
-            });
+        let result = self.transport.handle_timeout(now, drive, |out| {
+            source_end = track.send_due(now, out, lateness);
+        });
         self.stats.dtls_flight_resent = self.transport.counters().dtls_flight_resent;
         self.after_frames(source_end);
         if let Err(end) = result {

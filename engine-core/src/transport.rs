@@ -13,6 +13,13 @@
 //! - [`TransportEnd::from_rtc_error`]: the one place that reads str0m's error text (str0m 0.25
 //!   reports a certificate mismatch only as text); `tests` pin its actual message.
 //!
+//! - [`MediaOut`]: where the tracks write their packets during [`Transport::handle_timeout`].
+//!   A connected group call takes str0m's send fast path (`DirectApi::write_rtp_into`, our
+//!   str0m patch in `third_party/str0m`): each packet comes back protected at once, into a
+//!   buffer recycled from an earlier send, so a frame costs no str0m timeout, no `poll_output`
+//!   round and no allocation. str0m itself is then driven only when its own deadline is due or
+//!   something was fed to it (a datagram, a packet on the regular path, a setup change).
+//!
 //! Refusing a datagram allocates nothing: reasons are enums, not strings.
 
 use std::collections::VecDeque;
@@ -26,7 +33,7 @@ use str0m::crypto::CryptoProvider;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::Frequency;
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::Extension;
+use str0m::rtp::{Extension, RtpWrite, Ssrc as StrSsrc};
 use str0m::{IceCreds, Rtc, RtcConfig, RtcError};
 
 use crate::call::Transmit;
@@ -217,10 +224,16 @@ pub struct Transport {
     /// the keys.
     dtls_server: bool,
     final_flight: FinalFlight,
-    /// Final-flight resends, sent before str0m's own datagrams.
+    /// Datagrams ready before str0m's own: final-flight resends and fast-path media.
     resends: VecDeque<Transmit>,
+    /// Buffers for the send fast path (at most [`SPARE_BUFFERS`]), recycled by the runtime
+    /// through [`Transport::give_buffer`].
+    spare: Vec<Vec<u8>>,
     /// The deadline str0m last asked for.
     rtc_timeout: Option<Instant>,
+    /// Something was fed to str0m since it last said "nothing until `rtc_timeout`": it must be
+    /// polled (and, at a timeout, driven) before that answer holds again.
+    rtc_dirty: bool,
     /// After [`Transport::close`], until str0m's closing datagrams are out.
     closing: bool,
     counters: TransportCounters,
@@ -235,7 +248,9 @@ impl Transport {
             dtls_server,
             final_flight: FinalFlight::default(),
             resends: VecDeque::new(),
+            spare: Vec::new(),
             rtc_timeout: None,
+            rtc_dirty: true,
             closing: false,
             counters: TransportCounters::default(),
         }
@@ -243,7 +258,23 @@ impl Transport {
 
     /// The str0m instance, for setup and media writes.
     pub fn rtc(&mut self) -> &mut Rtc {
+        self.rtc_dirty = true;
         &mut self.rtc
+    }
+
+    /// Offers a send buffer to the fast path (any capacity; it is cleared before use). Gives it
+    /// back if the transport already holds [`SPARE_BUFFERS`].
+    pub fn give_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        if self.spare.len() >= SPARE_BUFFERS {
+            return Some(buf);
+        }
+        self.spare.push(buf);
+        None
+    }
+
+    /// Whether the fast path would like a buffer.
+    pub fn wants_buffer(&self) -> bool {
+        self.spare.is_empty()
     }
 
     /// True once ICE and DTLS-SRTP are up.
@@ -276,18 +307,17 @@ impl Transport {
         self.final_flight.on_confirmed();
     }
 
-    /// Queues the final-flight resends due at `now`, then, unless `drive_rtc` is false (the
-    /// remote parameters are not applied yet), gives str0m its timeout. `before_rtc` runs in
-    /// between with the `Rtc` (the tracks write their due frames there, so str0m sends them in
-    /// this turn).
+    /// Queues the final-flight resends due at `now`, runs `before_rtc` (the tracks write their
+    /// due frames into the [`MediaOut`]), then gives str0m its timeout as `drive_rtc` says
+    /// ([`Drive`]).
     ///
     /// # Errors
     /// [`TransportEnd`] if str0m failed; the call must end.
     pub fn handle_timeout(
         &mut self,
         now: Instant,
-        drive_rtc: bool,
-        before_rtc: impl FnOnce(&mut Rtc),
+        drive_rtc: Drive,
+        before_rtc: impl FnOnce(&mut MediaOut<'_>),
     ) -> Result<(), TransportEnd> {
         let resends = &mut self.resends;
         self.final_flight
@@ -299,8 +329,25 @@ impl Transport {
                 });
             });
         self.counters.dtls_flight_resent = self.final_flight.resent();
-        before_rtc(&mut self.rtc);
-        if drive_rtc {
+        let fast = drive_rtc == Drive::WhenDue && self.rtc.is_connected();
+        let mut out = MediaOut {
+            rtc: &mut self.rtc,
+            now,
+            fast: fast.then_some(FastPath {
+                sent: &mut self.resends,
+                spare: &mut self.spare,
+            }),
+            queued: false,
+        };
+        before_rtc(&mut out);
+        let queued = out.queued;
+        let due = match drive_rtc {
+            Drive::No => false,
+            Drive::Always => true,
+            Drive::WhenDue => queued || self.rtc_dirty || self.rtc_timeout.is_none_or(|t| now >= t),
+        };
+        if due {
+            self.rtc_dirty = true;
             self.rtc
                 .handle_input(str0m::Input::Timeout(now))
                 .map_err(|e| TransportEnd::from_rtc_error(&e))?;
@@ -321,6 +368,7 @@ impl Transport {
         gate: impl FnOnce(&mut Rtc) -> Result<(), ReceiveError>,
     ) -> Result<(), ReceiveError> {
         let contents = datagram.contents;
+        self.rtc_dirty = true;
         let result = parse(datagram).and_then(|datagram| {
             gate(&mut self.rtc)?;
             receive(&mut self.rtc, now, datagram)
@@ -348,10 +396,17 @@ impl Transport {
         if let Some(t) = self.resends.pop_front() {
             return Polled::Transmit(t);
         }
+        if !self.rtc_dirty
+            && let Some(t) = self.rtc_timeout
+        {
+            // Nothing fed to str0m since it last had nothing to say.
+            return Polled::Timeout(t);
+        }
         let flight = self.dtls_server.then_some(&mut self.final_flight);
         let polled = poll(&mut self.rtc, flight);
         if let Polled::Timeout(t) = polled {
             self.rtc_timeout = Some(t);
+            self.rtc_dirty = false;
         }
         polled
     }
@@ -361,6 +416,7 @@ impl Transport {
     /// remote parameters were never applied) just drops the association.
     pub fn close(&mut self, handshake_done: bool) {
         self.resends.clear();
+        self.rtc_dirty = true;
         if handshake_done && self.rtc.close().is_ok() {
             self.closing = true;
         } else {
@@ -381,6 +437,108 @@ impl Transport {
             }
         }
         None
+    }
+}
+
+/// Fast-path buffers a [`Transport`] keeps between frames (one frame of one track needs one).
+pub const SPARE_BUFFERS: usize = 2;
+
+/// How [`Transport::handle_timeout`] drives str0m.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Not at all (the remote parameters are not applied yet).
+    No,
+    /// At every call (the regular path: packets wait in str0m's queue for its timeout).
+    Always,
+    /// Only when str0m's own deadline is due or something was fed to it; packets of a
+    /// connected call take the send fast path ([`MediaOut`]).
+    WhenDue,
+}
+
+/// The fast path's share of a [`Transport`]: where its datagrams go and its buffers.
+struct FastPath<'a> {
+    sent: &'a mut VecDeque<Transmit>,
+    spare: &'a mut Vec<Vec<u8>>,
+}
+
+/// Where a track writes its packets during [`Transport::handle_timeout`]: straight out as
+/// protected datagrams (the send fast path of a connected call), or into str0m's send queue,
+/// which the timeout that follows drains.
+pub struct MediaOut<'a> {
+    rtc: &'a mut Rtc,
+    now: Instant,
+    fast: Option<FastPath<'a>>,
+    /// A packet went into str0m's queue: str0m must be driven to send it.
+    queued: bool,
+}
+
+impl fmt::Debug for MediaOut<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaOut")
+            .field("now", &self.now)
+            .field("fast", &self.fast.is_some())
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> MediaOut<'a> {
+    /// Regular-path output into `rtc` (the packets wait in its queue for the next timeout);
+    /// for tests and callers that drive str0m themselves.
+    pub fn regular(rtc: &'a mut Rtc, now: Instant) -> Self {
+        Self {
+            rtc,
+            now,
+            fast: None,
+            queued: false,
+        }
+    }
+
+    /// The `Rtc`, for anything other than sending a packet.
+    pub fn rtc(&mut self) -> &mut Rtc {
+        self.queued = true;
+        self.rtc
+    }
+
+    /// Sends one RTP packet on the declared send stream `ssrc`. Returns false, sending
+    /// nothing, if `rtc` has no such stream.
+    pub fn write_rtp(&mut self, ssrc: StrSsrc, write: RtpWrite) -> bool {
+        let write = match &mut self.fast {
+            Some(fast) => {
+                let mut buf = fast.spare.pop().unwrap_or_default();
+                match self
+                    .rtc
+                    .direct_api()
+                    .write_rtp_into(ssrc, write, self.now, &mut buf)
+                {
+                    Ok(Some(t)) => {
+                        fast.sent.push_back(Transmit {
+                            source: t.source,
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        });
+                        return true;
+                    }
+                    Ok(None) => {
+                        fast.spare.push(buf);
+                        self.queued = true;
+                        return true;
+                    }
+                    Err(write) => {
+                        fast.spare.push(buf);
+                        write
+                    }
+                }
+            }
+            None => write,
+        };
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx(&ssrc) else {
+            return false;
+        };
+        stream.write_rtp(write);
+        self.queued = true;
+        true
     }
 }
 

@@ -636,10 +636,19 @@ impl Shard {
     async fn flush(&mut self) {
         if let Some(sender) = &mut self.sender {
             while let Some(t) = self.endpoint.poll_transmit() {
-                match self.sockets.get(t.socket).map(|s| s.ring) {
+                let spent = match self.sockets.get(t.socket).map(|s| s.ring) {
                     Some(RingSocket::Registered(i)) => sender.push(i, t.destination, t.contents),
                     Some(RingSocket::Fd(fd)) => sender.push_fd(fd, t.destination, t.contents),
-                    None => self.send_errors += 1,
+                    None => {
+                        self.send_errors += 1;
+                        Some(t.contents)
+                    }
+                };
+                // A sent datagram's buffer carries a later packet: no allocation per send.
+                if let Some(buf) = spent
+                    && buf.capacity() > 0
+                {
+                    self.endpoint.recycle(buf);
                 }
             }
             sender.submit();

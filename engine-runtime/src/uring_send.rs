@@ -77,9 +77,10 @@ impl Slot {
         }
     }
 
-    /// Fills the slot and points its `msghdr` at its own fields.
-    fn fill(&mut self, destination: SocketAddr, buf: Vec<u8>) -> *const libc::msghdr {
-        self.buf = buf;
+    /// Fills the slot and points its `msghdr` at its own fields. Returns the buffer of the
+    /// datagram the slot carried before (already sent), for reuse.
+    fn fill(&mut self, destination: SocketAddr, buf: Vec<u8>) -> (*const libc::msghdr, Vec<u8>) {
+        let previous = std::mem::replace(&mut self.buf, buf);
         self.addr = CAddr::new(destination);
         self.iov = libc::iovec {
             iov_base: self.buf.as_mut_ptr().cast(),
@@ -99,7 +100,7 @@ impl Slot {
         self.msg.msg_namelen = len as libc::socklen_t;
         self.msg.msg_iov = &mut self.iov;
         self.msg.msg_iovlen = 1;
-        &self.msg
+        (&self.msg, previous)
     }
 }
 
@@ -169,24 +170,41 @@ impl UringSender {
     }
 
     /// Queues one datagram; it goes out at the next [`UringSender::submit`] (or sooner, when
-    /// the submission queue fills up).
-    pub(crate) fn push(&mut self, socket: usize, destination: SocketAddr, buf: Vec<u8>) {
+    /// the submission queue fills up). Returns a buffer to reuse: the one of the datagram the
+    /// slot sent before (or `buf` itself if it could not be queued).
+    pub(crate) fn push(
+        &mut self,
+        socket: usize,
+        destination: SocketAddr,
+        buf: Vec<u8>,
+    ) -> Option<Vec<u8>> {
         let Some(&fd) = self.fds.get(socket) else {
             self.counters.errors += 1;
-            return;
+            return Some(buf);
         };
         let fixed = (socket as u32) < self.registered;
-        self.push_to(fixed.then_some(socket as u32), fd, destination, buf);
+        self.push_to(fixed.then_some(socket as u32), fd, destination, buf)
     }
 
     /// Queues one datagram on a socket that is not in the id table (a 1:1 call's own
     /// socket), sent by plain descriptor. The descriptor must stay open until [`Self::submit`]
     /// has run (the kernel resolves it at submission).
-    pub(crate) fn push_fd(&mut self, fd: RawFd, destination: SocketAddr, buf: Vec<u8>) {
-        self.push_to(None, fd, destination, buf);
+    pub(crate) fn push_fd(
+        &mut self,
+        fd: RawFd,
+        destination: SocketAddr,
+        buf: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        self.push_to(None, fd, destination, buf)
     }
 
-    fn push_to(&mut self, fixed: Option<u32>, fd: RawFd, destination: SocketAddr, buf: Vec<u8>) {
+    fn push_to(
+        &mut self,
+        fixed: Option<u32>,
+        fd: RawFd,
+        destination: SocketAddr,
+        buf: Vec<u8>,
+    ) -> Option<Vec<u8>> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -196,16 +214,16 @@ impl UringSender {
                     Some(i) => i,
                     None => {
                         self.counters.errors += 1;
-                        return;
+                        return Some(buf);
                     }
                 }
             }
         };
         let Some(slot) = self.slots.get_mut(index as usize) else {
             self.counters.errors += 1;
-            return;
+            return Some(buf);
         };
-        let msg = slot.fill(destination, buf);
+        let (msg, previous) = slot.fill(destination, buf);
         let entry = if let Some(index) = fixed {
             opcode::SendMsg::new(types::Fixed(index), msg).build()
         } else {
@@ -222,9 +240,10 @@ impl UringSender {
             // Cannot happen after the is_full check; give the slot back all the same.
             slot_release(&mut self.slots, &mut self.free, index);
             self.counters.errors += 1;
-            return;
+            return Some(previous);
         }
         self.queued += 1;
+        Some(previous)
     }
 
     /// Submits everything queued with one system call and reaps what has completed.
@@ -271,9 +290,10 @@ impl UringSender {
 }
 
 /// Frees a slot whose completion was reaped: drops its buffer and makes it available again.
+/// Frees a slot whose completion arrived. Its buffer stays until the slot's next
+/// [`UringSender::push`] hands it back for reuse.
 fn slot_release(slots: &mut [Slot], free: &mut Vec<u32>, index: u32) {
-    if let Some(slot) = slots.get_mut(index as usize) {
-        slot.buf = Vec::new();
+    if slots.get(index as usize).is_some() {
         free.push(index);
     }
 }

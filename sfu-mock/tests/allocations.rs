@@ -1,10 +1,12 @@
-//! Steady-state sending allocates nothing in ringcast's own code.
+//! Steady-state sending allocates nothing per packet.
 //!
 //! A counting global allocator counts allocations made inside the endpoint's pacer ticks
-//! (frame fetch, RTP write, str0m's SRTP, queueing the datagrams), while 20 calls stream
-//! pre-encoded frames (a looping source that only clones `Arc`s). str0m 0.25 allocates one
-//! buffer per packet for the SRTP output (`SrtpContext::protect_rtp -> Vec<u8>`,
-//! str0m-notes.md §2), which ringcast hands to the socket as is; anything above that is ours.
+//! (frame fetch, RTP write, SRTP, queueing the datagrams), while 20 calls stream pre-encoded
+//! frames (a looping source that only clones `Arc`s). Packets take the send fast path
+//! (`DirectApi::write_rtp_into`, our str0m patch in third_party/): str0m protects each one into
+//! a buffer the simulator handed back after delivering an earlier datagram, as the runtime does
+//! with the buffers its sockets sent. What is left is str0m's periodic work per call (RTCP
+//! sender reports, consent checks, stats), measured against the same calls paused.
 #![allow(clippy::unwrap_used)]
 // A counting allocator is the one place a test needs `unsafe`: it forwards to `System`.
 #![allow(unsafe_code)]
@@ -76,7 +78,7 @@ impl FrameSource for Looping {
 }
 
 #[test]
-fn steady_state_sending_adds_no_allocation_beyond_str0ms_srtp_buffer() {
+fn steady_state_sending_allocates_nothing_per_packet() {
     let mut tone = ToneSource::new(440.0, None).unwrap();
     let frames: Vec<OpusFrame> = (0..50)
         .map(|_| tone.next_frame().unwrap().unwrap())
@@ -137,10 +139,18 @@ fn steady_state_sending_adds_no_allocation_beyond_str0ms_srtp_buffer() {
         "{allocations} allocations in ticks for {packets} packets ({per_packet:.3} per packet); \
          {idle} in the same ticks with media paused; {media_per_packet:.3} per packet for media"
     );
-    // str0m: exactly one SRTP output buffer per packet. Ours: none. A single extra
-    // allocation per packet anywhere in ringcast's send path would push this to 2.
+    // Per packet: nothing. What sending adds over the paused baseline is str0m's periodic
+    // work of a sending stream, which runs in the same ticks: RTCP sender reports with SDES,
+    // egress stats and feedback (sampled backtraces show only `create_sdes`,
+    // `StreamTxStats::fill`, `poll_feedback` and `protect_rtcp`). It comes to ~0.3 per packet
+    // here (~15 per call per second); a single allocation per packet anywhere in the send path
+    // (as str0m's own `protect_rtp` made before our patch) would add 1.0 on top.
+    let per_call_second = allocations.saturating_sub(idle) as f64 / (20.0 * 4.0);
+    eprintln!(
+        "{per_call_second:.2} allocations per call per second of sending (str0m's RTCP/stats)"
+    );
     assert!(
-        media_per_packet <= 1.02,
+        media_per_packet < 0.6,
         "{media_per_packet:.3} allocations per packet"
     );
     // Keep the Arc import honest: frames share their payload.

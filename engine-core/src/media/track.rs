@@ -32,6 +32,7 @@ use crate::media::{FRAME_DURATION, FrameSource, OPUS_CLOCK_RATE_HZ, OpusFrame, S
 use crate::pacer::LatenessHistogram;
 use crate::replay::ReplayWindow;
 use crate::signaling::Ssrc;
+use crate::transport::MediaOut;
 
 /// How early a frame may be sent. Timers in the runtimes have ~1 ms resolution (tokio's
 /// timer wheel); sending up to this much ahead keeps frames from going out late because of it.
@@ -113,11 +114,11 @@ impl RtpSender {
         self.seq
     }
 
-    /// Writes one packet of the current frame into `rtc` (RTP time unchanged). Returns false,
-    /// sending nothing, if `rtc` has no send stream for this SSRC (declare it first).
+    /// Writes one packet of the current frame into `out` (RTP time unchanged). Returns false,
+    /// sending nothing, if the `Rtc` has no send stream for this SSRC (declare it first).
     pub fn write(
         &mut self,
-        rtc: &mut Rtc,
+        out: &mut MediaOut<'_>,
         wallclock: Instant,
         payload: Arc<[u8]>,
         marker: bool,
@@ -132,11 +133,9 @@ impl RtpSender {
         )
         .marker(marker)
         .ext_vals(ext);
-        let mut api = rtc.direct_api();
-        let Some(stream) = api.stream_tx(&StrSsrc::from(self.ssrc.0)) else {
+        if !out.write_rtp(StrSsrc::from(self.ssrc.0), write) {
             return false;
-        };
-        stream.write_rtp(write);
+        }
         self.seq += 1;
         true
     }
@@ -167,26 +166,47 @@ pub struct FramePacer {
     next_due: Option<Instant>,
     /// Frame length assumed for skipping (the track's usual frame).
     frame: Duration,
+    /// How long after [`FramePacer::start`] the first frame is due (less than a frame).
+    phase: Duration,
     frames_skipped_late: u64,
     /// Lateness of the frames sent since the last drain (bounded, allocated once).
     recent: Vec<Duration>,
 }
 
 impl FramePacer {
-    /// A stopped pacer for frames of `frame` length.
+    /// A stopped pacer for frames of `frame` length whose first frame is due at the start.
     pub fn new(frame: Duration) -> Self {
+        Self::with_phase(frame, Duration::ZERO)
+    }
+
+    /// A stopped pacer whose first frame is due `phase` after each start (`phase` is taken
+    /// modulo `frame`).
+    ///
+    /// Calls that connect in the same turn of a runtime would otherwise send in lockstep: their
+    /// frames all come due in the same tick, which then takes as long as all of them together,
+    /// and the frames of the next tick wait behind it. A phase spread over the frame (from the
+    /// SSRC, which is random) keeps each tick's share of the work small. Delaying a stream's
+    /// first frame by less than one frame costs nothing a listener could hear.
+    pub fn with_phase(frame: Duration, phase: Duration) -> Self {
+        let phase = if frame.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos((phase.as_nanos() % frame.as_nanos()) as u64)
+        };
         Self {
             next_due: None,
             frame,
+            phase,
             frames_skipped_late: 0,
             recent: Vec::with_capacity(MAX_CATCH_UP_FRAMES as usize + 2),
         }
     }
 
-    /// Starts the clock at `now` unless it is running.
+    /// Starts the clock at `now` (the first frame due after the pacer's phase) unless it is
+    /// running.
     pub fn start(&mut self, now: Instant) {
         if self.next_due.is_none() {
-            self.next_due = Some(now);
+            self.next_due = Some(now + self.phase);
         }
     }
 
@@ -346,9 +366,11 @@ impl fmt::Debug for AudioTrack {
 impl AudioTrack {
     /// An audio track that sends as `rtp` once the transport is live and a source is set.
     pub fn new(rtp: RtpSender) -> Self {
+        // The SSRC is random: its low bits spread the tracks' phases over the frame.
+        let phase = FRAME_DURATION * (rtp.ssrc().0 % 1024) / 1024;
         Self {
+            pacer: FramePacer::with_phase(FRAME_DURATION, phase),
             rtp,
-            pacer: FramePacer::new(FRAME_DURATION),
             source: None,
             media: MediaState::default(),
             live: false,
@@ -464,7 +486,7 @@ impl AudioTrack {
     pub fn send_due(
         &mut self,
         now: Instant,
-        rtc: &mut Rtc,
+        out: &mut MediaOut<'_>,
         lateness: &mut LatenessHistogram,
     ) -> Option<SourceEnd> {
         let mut due = self.pacer.begin(now)?;
@@ -479,7 +501,7 @@ impl AudioTrack {
                 }
             };
             self.pacer.record(now, due, lateness);
-            self.write_frame(rtc, due, &frame);
+            self.write_frame(out, due, &frame);
             due += Duration::from_micros(
                 u64::from(frame.duration_samples) * 1_000_000 / u64::from(OPUS_CLOCK_RATE_HZ),
             );
@@ -511,7 +533,7 @@ impl AudioTrack {
         }
     }
 
-    fn write_frame(&mut self, rtc: &mut Rtc, wallclock: Instant, frame: &OpusFrame) {
+    fn write_frame(&mut self, out: &mut MediaOut<'_>, wallclock: Instant, frame: &OpusFrame) {
         // Arc clones: no allocation or copy per packet.
         let (payload, level, vad): (Arc<[u8]>, u8, bool) = if self.media.muted {
             (self.silence.clone(), AUDIO_LEVEL_SILENCE, false)
@@ -524,7 +546,7 @@ impl AudioTrack {
             ..Default::default()
         };
         let payload_len = payload.len() as u64;
-        if !self.rtp.write(rtc, wallclock, payload, false, ext) {
+        if !self.rtp.write(out, wallclock, payload, false, ext) {
             return;
         }
         self.rtp.advance(frame.duration_samples);

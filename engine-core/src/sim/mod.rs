@@ -687,6 +687,9 @@ impl<S: SimSfu> World<S> {
                     contents: &p.contents,
                 },
             );
+            // The delivered datagram's buffer goes back to the endpoint, as a runtime hands
+            // back what its socket sent (the send fast path then allocates nothing).
+            self.endpoint.recycle(p.contents);
             self.drain_sfu();
             return;
         }
