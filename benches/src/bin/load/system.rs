@@ -1,15 +1,19 @@
 //! What the ramp and the soak drive: a [`System`] under test and the tones every system plays.
 
 use ringcast::SharedSource;
-use ringcast_core::media::ToneSource;
+use ringcast_core::media::{FrameSource, OpusFrame, SourceError, ToneSource};
 use ringcast_core::pacer::LatenessHistogram;
 
 use crate::sfu::Sfu;
 
-/// Chats the calls are spread over; each chat plays one shared tone. Each tone is one Opus
-/// encoder (about 60 µs per 20 ms frame): a fixed cost of ~3 % of a core for 10 chats, which
-/// every system under test pays alike.
+/// Chats the calls are spread over; each chat plays one shared source.
 pub(crate) const CHATS: usize = 10;
+
+/// Frames of each chat's tone encoded before the ramp and played in a loop: what a file, a
+/// cached track or any source shared by many calls looks like once its frames exist. No
+/// encoder runs during the measurement (ten live encoders cost ~3 % of a core, which is not
+/// the engine's cost per stream); every system under test plays the same frames.
+const LOOP_FRAMES: usize = 50;
 
 /// What a system under test reports at a moment.
 #[derive(Debug, Clone, Default)]
@@ -50,13 +54,34 @@ pub(crate) fn tone_for(chat: usize) -> f32 {
     300.0 + 20.0 * chat as f32
 }
 
-/// One shared tone per chat: both systems play exactly the same sources.
+/// Pre-encoded frames played in a loop, cloning `Arc`s only.
+struct Looping {
+    frames: Vec<OpusFrame>,
+    next: usize,
+}
+
+impl FrameSource for Looping {
+    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
+        let frame = self.frames.get(self.next % self.frames.len().max(1)).cloned();
+        self.next = self.next.wrapping_add(1);
+        Ok(frame)
+    }
+}
+
+/// One shared source per chat, a second of its tone pre-encoded and looped (a whole number of
+/// cycles, so the loop is seamless): every system plays exactly the same frames.
 pub(crate) fn chat_tones() -> Result<Vec<SharedSource>, String> {
     (0..CHATS)
         .map(|c| {
-            ToneSource::new(tone_for(c), None)
-                .map(|t| SharedSource::new(Box::new(t)))
-                .map_err(|e| e.to_string())
+            let mut tone = ToneSource::new(tone_for(c), None).map_err(|e| e.to_string())?;
+            let frames = (0..LOOP_FRAMES)
+                .map(|_| match tone.next_frame() {
+                    Ok(Some(f)) => Ok(f),
+                    Ok(None) => Err("tone ended".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(SharedSource::new(Box::new(Looping { frames, next: 0 })))
         })
         .collect()
 }
