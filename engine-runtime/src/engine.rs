@@ -117,6 +117,36 @@ pub struct EngineStats {
     pub dropped_forward_full: u64,
     /// Pacer lateness (send time minus due time) of every packet, all shards.
     pub lateness: LatenessHistogram,
+    /// What that lateness is made of, per pacer tick of every shard: how late the shard woke
+    /// for its timer, the work it did before the tick, the tick itself and the send that
+    /// follows. A frame's lateness is the time its shard woke late plus the work before its
+    /// tick; a long tick or send delays the next tick.
+    pub lateness_causes: LatenessCauses,
+}
+
+/// Where a pacer tick's lateness comes from, per tick of a shard (see
+/// [`EngineStats::lateness_causes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatenessCauses {
+    /// How late the shard woke for a timer it slept on: the runtime's timer resolution and
+    /// the OS scheduler.
+    pub timer: LatenessHistogram,
+    /// From waking to the tick: commands and received datagrams handled first.
+    pub before_tick: LatenessHistogram,
+    /// The pacer tick itself (every due call's frames), which the next tick may wait behind.
+    pub tick: LatenessHistogram,
+    /// Sending the tick's datagrams (the system call).
+    pub flush: LatenessHistogram,
+}
+
+impl LatenessCauses {
+    /// Adds `other`'s samples.
+    pub fn merge(&mut self, other: &Self) {
+        self.timer.merge(&other.timer);
+        self.before_tick.merge(&other.before_tick);
+        self.tick.merge(&other.tick);
+        self.flush.merge(&other.flush);
+    }
 }
 
 /// Builder for [`Engine`].
@@ -531,6 +561,7 @@ impl Engine {
             total.dropped_events += e.dropped_events;
             total.calls_reaped += e.calls_reaped;
             total.lateness.merge(&e.lateness);
+            total.lateness_causes.merge(&s.causes);
             total.dropped_rx_queue_full += s.dropped_rx_queue_full;
             total.send_errors += s.send_errors;
             total.forwarded_between_shards += s.forwarded_out;

@@ -42,8 +42,8 @@ mod source;
 mod uring_send;
 
 pub use engine::{
-    AuthParams, CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind, P2pCallInfo,
-    P2pKeyInfo, RtcServer, SendPath,
+    AuthParams, CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind,
+    LatenessCauses, P2pCallInfo, P2pKeyInfo, RtcServer, SendPath,
 };
 pub use error::EngineError;
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};

@@ -31,7 +31,7 @@ use ringcast_core::signaling::group::JoinResponse;
 use tokio::sync::Notify;
 use tokio_uring::net::UdpSocket;
 
-use crate::engine::{EngineEvent, EventKind, SendPath};
+use crate::engine::{EngineEvent, EventKind, LatenessCauses, SendPath};
 use crate::error::EngineError;
 use crate::pcm::PcmSinks;
 use crate::pool::{Owner, SocketPool};
@@ -118,6 +118,7 @@ pub(crate) struct ShardStats {
     pub(crate) send_errors: u64,
     pub(crate) forwarded_out: u64,
     pub(crate) dropped_forward_full: u64,
+    pub(crate) causes: LatenessCauses,
 }
 
 /// Shard settings.
@@ -206,6 +207,7 @@ struct Shard {
     dropped_events: u64,
     forwarded_out: u64,
     dropped_forward_full: u64,
+    causes: LatenessCauses,
     /// Calls whose received audio is decoded to PCM for the application.
     pcm_sinks: PcmSinks,
 }
@@ -241,6 +243,7 @@ pub(crate) fn run(
             dropped_events: 0,
             forwarded_out: 0,
             dropped_forward_full: 0,
+            causes: LatenessCauses::default(),
             pcm_sinks: PcmSinks::default(),
         };
         if let Err(e) = shard.sync_sockets() {
@@ -270,7 +273,15 @@ pub(crate) fn run(
 
 impl Shard {
     async fn run(&mut self, commands: Receiver<Request>) {
+        // The pacer deadline the shard last slept for.
+        let mut slept_for: Option<Instant> = None;
         loop {
+            let woke = Instant::now();
+            if let Some(deadline) = slept_for.take()
+                && woke >= deadline
+            {
+                self.causes.timer.record(woke - deadline);
+            }
             for _ in 0..COMMANDS_PER_TURN {
                 match commands.try_recv() {
                     Ok(Request::Shutdown) => return,
@@ -283,9 +294,17 @@ impl Shard {
                 tracing::warn!("registering a pool socket: {e}");
             }
             self.handle_received();
-            self.endpoint.handle_timeout(Instant::now());
+            let tick = Instant::now();
+            let ticking = self.endpoint.poll_timeout().is_some_and(|t| t <= tick);
+            self.endpoint.handle_timeout(tick);
             self.after_work();
+            let ticked = Instant::now();
             self.flush().await;
+            if ticking {
+                self.causes.before_tick.record(tick - woke);
+                self.causes.tick.record(ticked - tick);
+                self.causes.flush.record(ticked.elapsed());
+            }
             for id in std::mem::take(&mut self.closing) {
                 if let Some(s) = self.sockets.own.remove(&id) {
                     close_own_socket(&s);
@@ -293,15 +312,14 @@ impl Shard {
             }
 
             let now = Instant::now();
-            let next = self
-                .endpoint
-                .poll_timeout()
-                .map_or(now + COMMAND_POLL, |t| t.min(now + COMMAND_POLL));
+            let pacer = self.endpoint.poll_timeout();
+            let next = pacer.map_or(now + COMMAND_POLL, |t| t.min(now + COMMAND_POLL));
             if next > now
                 && self.inbox.queue.borrow().is_empty()
                 && self.config.forwarded.is_empty()
                 && commands.is_empty()
             {
+                slept_for = pacer.filter(|t| *t == next);
                 let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(next));
                 let wake = self.config.wakes.get(self.config.index).cloned();
                 let woken = async {
@@ -556,6 +574,7 @@ impl Shard {
                         + self.sender.as_ref().map_or(0, |s| s.counters().errors),
                     forwarded_out: self.forwarded_out,
                     dropped_forward_full: self.dropped_forward_full,
+                    causes: self.causes.clone(),
                 });
             }
             Request::SetPcmSink {

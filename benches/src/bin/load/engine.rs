@@ -151,6 +151,7 @@ impl System for Ringcast {
             packets_sent: s.packets_sent,
             connected: self.connected - self.stopped,
             lateness: s.lateness,
+            causes: s.lateness_causes,
         }
     }
 }

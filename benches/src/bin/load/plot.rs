@@ -166,6 +166,7 @@ mod tests {
             rss_kb_per_call: 1.0,
             heap_kb_per_call: 1.0,
             allocs_per_packet: 0.0,
+            causes_p99_ms: None,
         }
     }
 

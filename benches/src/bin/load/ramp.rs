@@ -11,6 +11,8 @@ use crate::host::{cpu_ns, rss_kb, sfu_cpus};
 use crate::sfu::Sfu;
 use crate::system::System;
 use crate::{ALLOCATIONS, LIVE_BYTES};
+use ringcast::LatenessCauses;
+use ringcast_core::pacer::LatenessHistogram;
 
 /// p99 lateness at or above this breaks a step (architecture.md target).
 pub(crate) const MAX_P99: Duration = Duration::from_millis(2);
@@ -30,6 +32,9 @@ pub(crate) struct Step {
     pub(crate) rss_kb_per_call: f64,
     pub(crate) heap_kb_per_call: f64,
     pub(crate) allocs_per_packet: f64,
+    /// p99 of each lateness cause in the window, ms (ringcast only; see
+    /// `ringcast::LatenessCauses`): timer, before_tick, tick, flush.
+    pub(crate) causes_p99_ms: Option<[f64; 4]>,
 }
 
 impl Step {
@@ -46,6 +51,9 @@ impl Step {
             "lost": self.lost, "p50_lateness_ms": self.p50_ms, "p99_lateness_ms": self.p99_ms,
             "max_lateness_ms": self.max_ms, "cpu_ns_per_packet": self.cpu_ns_per_packet,
             "rss_kb_per_call": self.rss_kb_per_call, "heap_kb_per_call": self.heap_kb_per_call, "allocs_per_packet": self.allocs_per_packet,
+            "lateness_causes_p99_ms": self.causes_p99_ms.map(|[timer, before_tick, tick, flush]| json!({
+                "timer": timer, "before_tick": before_tick, "tick": tick, "flush": flush,
+            })),
             "good": self.good(),
         })
     }
@@ -86,6 +94,7 @@ pub(crate) fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, St
                 rss_kb_per_call: f64::NAN,
                 heap_kb_per_call: f64::NAN,
                 allocs_per_packet: f64::NAN,
+                causes_p99_ms: None,
             });
             break;
         }
@@ -104,6 +113,17 @@ pub(crate) fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, St
         let (sfu1, lost1) = sfu.totals()?;
         let sent = b.packets_sent.saturating_sub(a.packets_sent).max(1);
         let window = b.lateness.since(&a.lateness);
+        let cause = |f: fn(&LatenessCauses) -> &LatenessHistogram| {
+            ms(f(&b.causes).since(f(&a.causes)).percentile(0.99))
+        };
+        let causes_p99_ms = (b.causes.tick.count() > a.causes.tick.count()).then(|| {
+            [
+                cause(|c| &c.timer),
+                cause(|c| &c.before_tick),
+                cause(|c| &c.tick),
+                cause(|c| &c.flush),
+            ]
+        });
         let step = Step {
             calls: n,
             connected: b.connected,
@@ -119,9 +139,13 @@ pub(crate) fn ramp(system: &mut dyn System, args: &Args) -> Result<Vec<Step>, St
                 / 1024.0
                 / n as f64,
             allocs_per_packet: (alloc1.saturating_sub(alloc0)) as f64 / sent as f64,
+            causes_p99_ms,
         };
+        let causes = step.causes_p99_ms.map_or(String::new(), |[t, b, k, f]| {
+            format!(" [p99 causes: timer {t:.2}, before tick {b:.2}, tick {k:.2}, flush {f:.2} ms]")
+        });
         eprintln!(
-            "p99 {:.2} ms, lost {}, {:.0} ns CPU/packet, {:.1} KB RSS/call ({:.1} KB heap), {:.2} allocs/packet{}",
+            "p99 {:.2} ms{causes}, lost {}, {:.0} ns CPU/packet, {:.1} KB RSS/call ({:.1} KB heap), {:.2} allocs/packet{}",
             step.p99_ms,
             step.lost,
             step.cpu_ns_per_packet,

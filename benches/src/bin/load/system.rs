@@ -1,6 +1,6 @@
 //! What the ramp and the soak drive: a [`System`] under test and the tones every system plays.
 
-use ringcast::SharedSource;
+use ringcast::{LatenessCauses, SharedSource};
 use ringcast_core::media::{FrameSource, OpusFrame, SourceError, ToneSource};
 use ringcast_core::pacer::LatenessHistogram;
 
@@ -21,6 +21,8 @@ pub(crate) struct Sample {
     pub(crate) packets_sent: u64,
     pub(crate) connected: usize,
     pub(crate) lateness: LatenessHistogram,
+    /// Where ringcast's lateness comes from (empty for the baselines).
+    pub(crate) causes: LatenessCauses,
 }
 
 impl Sample {
@@ -62,7 +64,10 @@ struct Looping {
 
 impl FrameSource for Looping {
     fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
-        let frame = self.frames.get(self.next % self.frames.len().max(1)).cloned();
+        let frame = self
+            .frames
+            .get(self.next % self.frames.len().max(1))
+            .cloned();
         self.next = self.next.wrapping_add(1);
         Ok(frame)
     }
