@@ -104,7 +104,8 @@ class Driver:
     async def call(self, chat_id, hz):
         path = self.pcm_for(hz)
         # keep_open=False as py-tgcalls passes it; the shell loop keeps the tone going.
-        command = "sh -c " + shlex.quote(f"while cat {shlex.quote(path)}; do :; done")
+        # cat's "Broken pipe" when ntgcalls closes the pipe at stop ends the loop quietly.
+        command = "sh -c " + shlex.quote(f"while cat {shlex.quote(path)} 2>/dev/null; do :; done")
         payload = await self.tg.create_call(chat_id)
         self.calls.add(chat_id)
         media = ntgcalls.MediaDescription(

@@ -291,11 +291,13 @@ pub(crate) struct ProcSample {
     pub(crate) rss_kb: u64,
     /// Threads.
     pub(crate) threads: u64,
+    /// Open file descriptors (sockets included).
+    pub(crate) fds: u64,
     /// When it was read.
     pub(crate) at: Option<Instant>,
 }
 
-/// Reads /proc/<pid>/stat and /proc/<pid>/status.
+/// Reads /proc/<pid>/stat, /proc/<pid>/status and /proc/<pid>/fd.
 pub(crate) fn proc_sample(pid: u32) -> Result<ProcSample, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
@@ -321,6 +323,7 @@ pub(crate) fn proc_sample(pid: u32) -> Result<ProcSample, String> {
         cpu_ns: ticks * 10_000_000,
         rss_kb: field("VmRSS:"),
         threads: field("Threads:"),
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
         at: Some(Instant::now()),
     })
 }

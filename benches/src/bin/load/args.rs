@@ -53,8 +53,9 @@ struct Cli {
     /// ntgcalls].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SYSTEM,...")]
     systems: Option<Vec<SystemName>>,
-    /// Calls at each step of the ntgcalls ramp, comma-separated (ntgcalls opens ~4·N² sockets
-    /// in one process and hits the open-file limit near 75 calls) [default: 10,20,40,60].
+    /// Calls at each step of the ntgcalls ramp, comma-separated (one ntgcalls process holds
+    /// open files growing with N²: ~11,600 at 100 calls; connects slow down past ~100)
+    /// [default: 10,20,40,60].
     #[arg(long, value_name = "N,N,...", value_parser = parse_steps)]
     ntgcalls_steps: Option<Counts>,
     /// Soak instead of ramp: hold `--soak-calls` streaming calls for this many seconds.

@@ -15,7 +15,8 @@
 //! no loss and at least 95 % of the packets 16.7/s per call should give. Streams per core is
 //! the highest good step's calls divided by the cores the Python process used there (its CPU
 //! seconds per wall second, from /proc/<pid>/stat): an extrapolation from measured CPU, since
-//! one ntgcalls process cannot hold many more calls than the steps (open-file limit).
+//! one ntgcalls process cannot hold many more calls than the steps (its open files grow with
+//! N², ~11,600 at 100 calls, and connects slowed past 100 calls on the 2-core test machine).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -53,6 +54,7 @@ pub(crate) struct NtgStep {
     rss_kb: u64,
     rss_kb_per_call: f64,
     threads: u64,
+    fds: u64,
     /// The previous step's (calls, cores used, RSS KiB, threads): the cost of each added call.
     previous: Option<(usize, f64, u64, u64)>,
 }
@@ -111,6 +113,7 @@ impl NtgStep {
             "rss_kb": self.rss_kb,
             "rss_kb_per_call": self.rss_kb_per_call,
             "threads": self.threads,
+            "open_fds": self.fds,
             "cpu_pct_of_core_per_added_call": added.map(|a| a.0),
             "rss_kb_per_added_call": added.map(|a| a.1),
             "threads_per_added_call": added.map(|a| a.2),
@@ -258,6 +261,7 @@ impl Ntgcalls {
             rss_kb_per_call: p1.rss_kb.saturating_sub(self.idle.rss_kb) as f64
                 / self.calls.max(1) as f64,
             threads: p1.threads,
+            fds: p1.fds,
             previous: previous.map(|p| (p.calls, p.cores_used, p.rss_kb, p.threads)),
         })
     }
@@ -303,7 +307,7 @@ pub(crate) fn ramp(args: &Args) -> Result<(Vec<NtgStep>, String), String> {
             });
         eprintln!(
             "{}/{} connected, {:.1} packets/s/call, lost {}, {:.2} cores ({:.2} % of a core per \
-             call, {:.0} ns CPU/packet), {:.0} KB RSS/call, {} threads{added}{}",
+             call, {:.0} ns CPU/packet), {:.0} KB RSS/call, {} threads, {} fds{added}{}",
             step.connected,
             step.calls,
             step.packets_per_second() / n as f64,
@@ -313,6 +317,7 @@ pub(crate) fn ramp(args: &Args) -> Result<(Vec<NtgStep>, String), String> {
             step.cpu_ns_per_packet,
             step.rss_kb_per_call,
             step.threads,
+            step.fds,
             match &grown {
                 Err(e) => format!("  <- breaks the target: {e}"),
                 Ok(()) if !step.good() => "  <- breaks the target".to_owned(),
