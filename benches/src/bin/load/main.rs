@@ -181,7 +181,15 @@ fn run(args: &Args) -> Result<(), String> {
         let (steps, version) = ntgcalls::ramp(args)?;
         baselines.insert(
             "ntgcalls".to_owned(),
-            ntgcalls::report(&steps, &version, if ours.is_empty() { 0 } else { ours_spc }),
+            ntgcalls::report(
+                &steps,
+                &version,
+                ours_spc,
+                ours.iter()
+                    .rev()
+                    .find(|s| s.good())
+                    .map(|s| s.cpu_ns_per_packet),
+            ),
         );
     } else {
         baselines.insert(
