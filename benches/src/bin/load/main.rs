@@ -185,9 +185,11 @@ fn run(args: &Args) -> Result<(), String> {
                 &steps,
                 &version,
                 ours_spc,
+                // Its highest good step, else its last (CPU is measured either way).
                 ours.iter()
                     .rev()
                     .find(|s| s.good())
+                    .or(ours.last())
                     .map(|s| s.cpu_ns_per_packet),
             ),
         );

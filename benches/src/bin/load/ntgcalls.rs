@@ -338,7 +338,8 @@ pub(crate) fn ramp(args: &Args) -> Result<(Vec<NtgStep>, String), String> {
 const RINGCAST_PACKETS_PER_SECOND: f64 = 50.0;
 
 /// `baselines.ntgcalls` of the report. `ours_spc` is ringcast's streams per core and
-/// `ours_cpu_ns_per_packet` its CPU per packet at its highest good step (if it ran).
+/// `ours_cpu_ns_per_packet` its CPU per packet at its highest good step, else its last (if it
+/// ran).
 pub(crate) fn report(
     steps: &[NtgStep],
     version: &str,
