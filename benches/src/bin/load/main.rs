@@ -129,7 +129,12 @@ fn run(args: &Args) -> Result<(), String> {
     let want_ntgcalls = args.baseline && args.wants(SystemName::Ntgcalls);
     if want_ntgcalls {
         // Minutes of other ramps are not lost to a missing wheel or missing root at the end.
-        ntgcalls::preflight(args)?;
+        ntgcalls::preflight(args).map_err(|e| {
+            format!(
+                "the ntgcalls baseline cannot run: {e} (or leave it out: --systems \
+                 ringcast,tokio_per_call,webrtc_rs)"
+            )
+        })?;
     }
     let ours = if args.wants(SystemName::Ringcast) {
         let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
