@@ -195,7 +195,7 @@ fn run(args: &Args) -> Result<(), String> {
                     .rev()
                     .find(|s| s.good())
                     .or(ours.last())
-                    .map(|s| s.cpu_ns_per_packet),
+                    .map(|s| (s.calls, s.cpu_ns_per_packet)),
             ),
         );
     } else {
