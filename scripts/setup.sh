@@ -4,8 +4,10 @@
 # (scripts/demo.sh) needs.
 #
 #   scripts/setup.sh                    # build and demo prerequisites only
-#   scripts/setup.sh --with-test-peers  # plus the test peers: chromium and aiortc (interop
-#                                       # tests) and coturn (TURN tests); scripts/test.sh
+#   scripts/setup.sh --with-test-peers  # plus the test peers: chromium, aiortc and the real
+#                                       # ntgcalls wheel (interop tests; ntgcalls also needs
+#                                       # iproute2's `ip` and root for its network namespace)
+#                                       # and coturn (TURN tests); scripts/test.sh
 #
 # Installs only what is missing: safe to run repeatedly.
 set -euo pipefail
@@ -15,7 +17,7 @@ for arg in "$@"; do
     case "$arg" in
         --with-test-peers) test_peers=true ;;
         -h | --help)
-            sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -38,6 +40,9 @@ if $test_peers; then
     # coturn's turnserver is the TURN server of sfu-mock/tests/p2p_turn.rs and
     # engine-runtime/tests/p2p_engine.rs (relay-only 1:1 calls).
     command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+    # `ip` makes the network namespace and veth pair of sfu-mock/tests/ntgcalls_interop.rs and
+    # of the load tool's ntgcalls baseline (libwebrtc gathers no loopback candidates).
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -71,4 +76,13 @@ if $test_peers && ! python3 -c "import aiortc" >/dev/null 2>&1; then
     # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
     python3 -m pip install --quiet --only-binary=:all: aiortc==1.16.0 ||
         python3 -m pip install --quiet --break-system-packages --only-binary=:all: aiortc==1.16.0
+fi
+
+# The real ntgcalls 3.0.5 (py-tgcalls' engine, libwebrtc inside) joins sfu-mock in
+# sfu-mock/tests/ntgcalls_interop.rs and is a baseline of the load tool (`--systems ntgcalls`).
+# Wheels only, as for aiortc.
+if $test_peers && ! python3 -c "import ntgcalls; assert ntgcalls.__version__ == '3.0.5'" >/dev/null 2>&1; then
+    echo "setup: installing ntgcalls for the interop test" >&2
+    python3 -m pip install --quiet --only-binary=:all: ntgcalls==3.0.5 ||
+        python3 -m pip install --quiet --break-system-packages --only-binary=:all: ntgcalls==3.0.5
 fi

@@ -7,7 +7,8 @@ use clap::{Parser, ValueEnum};
 use ringcast::SendPath;
 
 /// How many streaming audio calls per core ringcast carries, against a tokio-task-per-call
-/// design and webrtc-rs, through sfu-mock on loopback.
+/// design, webrtc-rs and the real ntgcalls 3.0.5 wheel, through sfu-mock on loopback (ntgcalls:
+/// on a veth pair into a network namespace, with 20 ms of SFU latency).
 ///
 /// A ramp adds calls step by step and stops at the first step with p99 pacer lateness >= 2 ms,
 /// any loss or calls that do not connect; the highest good step divided by the engine's cores
@@ -48,9 +49,15 @@ struct Cli {
     /// Connect-burst sizes, comma-separated; an empty list measures no burst [default: 100,1000].
     #[arg(long, value_name = "N,N,...", value_parser = parse_bursts)]
     bursts: Option<Counts>,
-    /// Which systems to ramp, comma-separated [default: all three].
+    /// Which systems to ramp, comma-separated [default: all four; with --quick, all but
+    /// ntgcalls].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SYSTEM,...")]
     systems: Option<Vec<SystemName>>,
+    /// Calls at each step of the ntgcalls ramp, comma-separated (one ntgcalls process holds
+    /// open files growing with N²: ~11,600 at 100 calls; connects slow down past ~100)
+    /// [default: 10,20,40,60].
+    #[arg(long, value_name = "N,N,...", value_parser = parse_steps)]
+    ntgcalls_steps: Option<Counts>,
     /// Soak instead of ramp: hold `--soak-calls` streaming calls for this many seconds.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     soak: Option<f64>,
@@ -92,6 +99,10 @@ pub(crate) enum SystemName {
     /// webrtc-rs, one `RTCPeerConnection` per call.
     #[value(name = "webrtc_rs")]
     WebrtcRs,
+    /// The real ntgcalls 3.0.5 wheel (py-tgcalls' engine), driven from Python in a network
+    /// namespace (needs root and `scripts/setup.sh --with-test-peers`).
+    #[value(name = "ntgcalls")]
+    Ntgcalls,
 }
 
 /// A comma-separated list of call counts (one clap value, unlike a multi-valued `Vec`).
@@ -156,8 +167,10 @@ pub(crate) struct Args {
     pub(crate) bursts: Vec<usize>,
     /// Cores of the machine, read before this process pins itself.
     pub(crate) cores: usize,
-    /// Which systems to ramp (`--systems`); all three by default.
+    /// Which systems to ramp (`--systems`); all four by default, all but ntgcalls with `--quick`.
     pub(crate) systems: Vec<SystemName>,
+    /// Calls at each step of the ntgcalls ramp.
+    pub(crate) ntgcalls_steps: Vec<usize>,
     /// Soak instead of ramp: run this long (seconds).
     pub(crate) soak: Option<f64>,
     /// Calls in the soak.
@@ -198,9 +211,17 @@ impl Args {
             pin: !cli.no_pin,
             bursts: cli.bursts.map_or(bursts, |c| c.0),
             cores,
-            systems: cli
-                .systems
-                .unwrap_or_else(|| SystemName::value_variants().to_vec()),
+            // A quick run (CI) needs no root, network namespace or Python wheel.
+            systems: cli.systems.unwrap_or_else(|| {
+                SystemName::value_variants()
+                    .iter()
+                    .copied()
+                    .filter(|s| !cli.quick || *s != SystemName::Ntgcalls)
+                    .collect()
+            }),
+            ntgcalls_steps: cli
+                .ntgcalls_steps
+                .map_or_else(|| vec![10, 20, 40, 60], |c| c.0),
             soak: cli.soak,
             soak_calls: cli.soak_calls,
             churn_pct: cli.churn_pct,
@@ -246,16 +267,32 @@ mod tests {
         assert!(a.baseline && a.pin && !a.quick);
         assert_eq!(a.send_path, SendPath::IoUringBatch);
         assert!(a.wants(SystemName::WebrtcRs) && a.wants(SystemName::TokioPerCall));
+        assert!(a.wants(SystemName::Ntgcalls));
+        assert_eq!(a.ntgcalls_steps, [10, 20, 40, 60]);
     }
 
     #[test]
     fn the_ci_and_docs_command_lines_parse() {
         let q = parse(&["--quick", "--report", "q.json", "--plot", "q.svg"]).unwrap();
+        assert!(
+            q.wants(SystemName::TokioPerCall) && !q.wants(SystemName::Ntgcalls),
+            "CI's quick run needs no ntgcalls"
+        );
         assert_eq!(
             (q.steps, q.step_seconds, q.bursts),
             (vec![20, 50], 2.0, vec![20])
         );
         assert_eq!(q.plot, Some(PathBuf::from("q.svg")));
+        let n = parse(&[
+            "--quick",
+            "--systems",
+            "ntgcalls",
+            "--ntgcalls-steps",
+            "2,4",
+        ])
+        .unwrap();
+        assert_eq!(n.systems, [SystemName::Ntgcalls], "explicitly selected");
+        assert_eq!(n.ntgcalls_steps, [2, 4]);
         let s = parse(&["--soak", "30", "--soak-calls", "200", "--report", "z.json"]).unwrap();
         assert_eq!((s.soak, s.soak_calls), (Some(30.0), 200));
         let r = parse(&[
@@ -296,6 +333,7 @@ mod tests {
             (&["--send-path", "carrier-pigeon"][..], "--send-path"),
             (&["--systems", "ringcast,nope"][..], "--systems"),
             (&["--shards", "0"][..], "--shards"),
+            (&["--ntgcalls-steps", "0"][..], "--ntgcalls-steps"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.to_string().contains(flag), "{args:?}: {err}");

@@ -7,12 +7,17 @@
 //! step with p99 lateness >= 2 ms or any loss; the highest good step divided by the cores used is
 //! **streams per core**. The same harness drives the baseline: one tokio task, one socket and one
 //! str0m `Rtc` (through the same `ringcast_core::Call`) per call, with a timer per call; and
-//! webrtc-rs, one `RTCPeerConnection` per call (module `webrtc_rs`).
+//! webrtc-rs, one `RTCPeerConnection` per call (module `webrtc_rs`). The real ntgcalls 3.0.5
+//! wheel (py-tgcalls' engine) is measured at its own steps (`--ntgcalls-steps`, default
+//! 10,20,40,60) in a network namespace, CPU and memory read from its Python process, per packet
+//! and per call (it sends 60 ms frames: 16.7 packets/s; module `ntgcalls`). `--quick` leaves it
+//! out unless `--systems` names it.
 //!
 //! ```text
 //! load [--quick] [--report PATH] [--plot PATH.svg] [--steps 250,500,...] [--step-seconds S]
 //!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring] [--no-pin]
-//!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs]
+//!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs,ntgcalls]
+//!      [--ntgcalls-steps 10,20,40,60]
 //! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--report PATH]
 //! ```
 //!
@@ -29,7 +34,9 @@
 //! (the first quarter) by more than 5 % + 4 MB.
 //!
 //! Modules: `args` (command line), `sfu` (the sfu-mock process), `system` (what a system under
-//! test offers), `engine` (ringcast), `tokio_per_call` and `webrtc_rs` (the baselines), `ramp`,
+//! test offers), `engine` (ringcast), `tokio_per_call`, `webrtc_rs` and `ntgcalls` (the
+//! baselines; `ntgcalls_peer` is the namespace and driver it shares with sfu-mock's
+//! `ntgcalls_interop` test), `ramp`,
 //! `burst`, `soak`, `plot` (the SVG), `host` (CPU, RSS, pinning); `run` below ties them into
 //! the report.
 
@@ -44,6 +51,9 @@ mod args;
 mod burst;
 mod engine;
 mod host;
+mod ntgcalls;
+#[path = "../../../../interop/ntgcalls_peer.rs"]
+mod ntgcalls_peer;
 mod plot;
 mod ramp;
 mod sfu;
@@ -116,6 +126,16 @@ fn run(args: &Args) -> Result<(), String> {
             Err("soak failed: loss or RSS growth (see the report)".to_owned())
         };
     }
+    let want_ntgcalls = args.baseline && args.wants(SystemName::Ntgcalls);
+    if want_ntgcalls {
+        // Minutes of other ramps are not lost to a missing wheel or missing root at the end.
+        ntgcalls::preflight(args).map_err(|e| {
+            format!(
+                "the ntgcalls baseline cannot run: {e} (or leave it out: --systems \
+                 ringcast,tokio_per_call,webrtc_rs)"
+            )
+        })?;
+    }
     let ours = if args.wants(SystemName::Ringcast) {
         let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
         ramp(&mut ringcast, args)?
@@ -159,6 +179,28 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         baselines.insert(
             "webrtc_rs".to_owned(),
+            json!({ "streams_per_core": Value::Null, "measured": false }),
+        );
+    }
+    if want_ntgcalls {
+        let (steps, version) = ntgcalls::ramp(args)?;
+        baselines.insert(
+            "ntgcalls".to_owned(),
+            ntgcalls::report(
+                &steps,
+                &version,
+                ours_spc,
+                // Its highest good step, else its last (CPU is measured either way).
+                ours.iter()
+                    .rev()
+                    .find(|s| s.good())
+                    .or(ours.last())
+                    .map(|s| (s.calls, s.cpu_ns_per_packet)),
+            ),
+        );
+    } else {
+        baselines.insert(
+            "ntgcalls".to_owned(),
             json!({ "streams_per_core": Value::Null, "measured": false }),
         );
     }

@@ -1,7 +1,9 @@
-//! The sfu-mock process the calls connect to: started per ramp, burst or soak on loopback,
-//! asked over HTTP for joins and for what it counted.
+//! The sfu-mock process the calls connect to: started per ramp, burst or soak on loopback (the
+//! ntgcalls baseline: on a veth address, with latency), asked over HTTP for joins and for what
+//! it counted.
 
 use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -13,7 +15,19 @@ pub(crate) struct Sfu {
 }
 
 impl Sfu {
+    /// On loopback, without added latency.
     pub(crate) fn start(pin: Option<String>) -> Result<Self, String> {
+        Self::start_on(pin, IpAddr::from([127, 0, 0, 1]), 0)
+    }
+
+    /// UDP on `udp_ip` (any port), every datagram it sends held back `latency_ms`
+    /// (`--latency-ms`; the real ntgcalls misses its own Connected event without it). The HTTP
+    /// control API stays on loopback.
+    pub(crate) fn start_on(
+        pin: Option<String>,
+        udp_ip: IpAddr,
+        latency_ms: u64,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let bin = exe.with_file_name("sfu-mock");
         if !bin.exists() {
@@ -31,13 +45,9 @@ impl Sfu {
             None => Command::new(&bin),
         };
         let mut child = command
-            .args([
-                "--header-only",
-                "--udp",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ])
+            .args(["--header-only", "--http", "127.0.0.1:0", "--udp"])
+            .arg(SocketAddr::new(udp_ip, 0).to_string())
+            .args(["--latency-ms", &latency_ms.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
