@@ -14,6 +14,7 @@
 //!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring] [--no-pin]
 //!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs]
 //! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--report PATH]
+//! load --hold N [--hold-sfus K] [--report PATH]
 //! ```
 //!
 //! `load --help` lists every flag with its default (module `args`).
@@ -27,6 +28,10 @@
 //! percent of them at every sample (about 20 samples per run), and reports RSS and live heap
 //! over time, loss and lateness. It fails (exit 1) on any loss or if RSS grows after warm-up
 //! (the first quarter) by more than 5 % + 4 MB.
+//!
+//! `--hold N` connects N calls with their sources paused (joins concurrent, several sfu-mock
+//! processes with `--hold-sfus`) and reports RSS, live heap and descriptors per call, and the
+//! connect time (module `hold`).
 //!
 //! Modules: `args` (command line), `sfu` (the sfu-mock process), `system` (what a system under
 //! test offers), `engine` (ringcast), `tokio_per_call` and `webrtc_rs` (the baselines), `ramp`,
@@ -43,6 +48,7 @@ use serde_json::{Value, json};
 mod args;
 mod burst;
 mod engine;
+mod hold;
 mod host;
 mod plot;
 mod ramp;
@@ -115,6 +121,12 @@ fn run(args: &Args) -> Result<(), String> {
         } else {
             Err("soak failed: loss or RSS growth (see the report)".to_owned())
         };
+    }
+    if let Some(n) = args.hold {
+        let report = hold::hold(n, args)?;
+        std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
+        println!("{report}");
+        return Ok(());
     }
     let ours = if args.wants(SystemName::Ringcast) {
         let mut ringcast = Ringcast::new(args.shards, args.send_path)?;
