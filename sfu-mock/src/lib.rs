@@ -19,6 +19,7 @@ pub mod control;
 pub mod coturn;
 pub mod server;
 mod sfu;
+mod wake;
 
 pub use sfu::{
     MAX_PARTICIPANTS, Misbehaviour, ParticipantStats, Sfu, SfuConfig, SfuCounters, SfuError,

@@ -1,6 +1,9 @@
-//! The SFU on real sockets: one UDP thread running [`Sfu`], one HTTP thread serving the
-//! loopback control API. The HTTP thread never touches SFU state; it sends commands to the
-//! UDP thread over a bounded channel and waits for the answer.
+//! The SFU on real sockets: one UDP thread running [`Sfu`], a few HTTP threads serving the
+//! loopback control API. The HTTP threads never touch SFU state; they send commands to the
+//! UDP thread over a bounded channel, wake it (an eventfd it polls beside its socket) and wait
+//! for the answer. Joins are therefore answered concurrently, as Telegram answers parallel
+//! `phone.joinGroupCall` requests: while one request waits, the others are read and queued, and
+//! the UDP thread handles every queued command each time it wakes.
 //!
 //! Control API:
 //! - `POST /v1/chats/{chat_id}/join`, body = join payload JSON → 200 + response JSON, or 400
@@ -10,7 +13,7 @@
 //!   "lost", "dominant_hz", ...}]}, "dropped": {...}}`.
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -21,6 +24,7 @@ use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::str0m::config::DtlsCert;
 
 use crate::control::parse_leave;
+use crate::wake::{Waker, try_recv_from, wait};
 use crate::{Misbehaviour, Sfu, SfuConfig};
 
 /// Largest body the control API reads (a join payload is well under 1 KiB).
@@ -29,8 +33,19 @@ const MAX_BODY_BYTES: u64 = 64 * 1024;
 const COMMAND_QUEUE: usize = 1024;
 /// How long a control request waits for the UDP thread.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest the UDP thread sleeps in `recv` before checking timers and commands.
-const MAX_POLL: Duration = Duration::from_millis(5);
+/// Longest the UDP thread sleeps before checking its stop flag; datagrams, commands and the
+/// stop itself wake it earlier.
+const MAX_POLL: Duration = Duration::from_millis(50);
+/// Shortest sleep when a participant's timer is already due (as before: a timer str0m keeps in
+/// the past must not turn the loop into a busy spin).
+const MIN_POLL: Duration = Duration::from_micros(100);
+/// Datagrams read per wake-up before timers, commands and sends get their turn.
+const RECV_BATCH: usize = 256;
+/// Threads serving the control API. Each serves one request at a time and spends most of it
+/// waiting for the UDP thread, so a few are enough to keep the command queue full: the UDP
+/// thread then handles a batch of joins per wake-up. A slow client (a body that trickles in)
+/// holds only its own thread.
+const HTTP_WORKERS: usize = 8;
 /// Requested SO_RCVBUF/SO_SNDBUF.
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Receive buffer: larger than any datagram str0m produces (its MTU is 1150-1400).
@@ -123,6 +138,8 @@ pub struct Server {
     udp_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     commands: SyncSender<Command>,
+    /// Wakes the UDP thread after a command is queued (and to stop it).
+    waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -168,37 +185,64 @@ impl Server {
         config.header_only = options.header_only;
         let delay = DelayLine::new(options.latency, options.jitter, options.seed);
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
+        let waker = Arc::new(Waker::new()?);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
 
         let udp_stop = stop.clone();
+        let udp_waker = waker.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("sfu-udp".to_owned())
-                .spawn(move || udp_loop(socket, config, delay, rx, udp_stop))?,
+                .spawn(move || udp_loop(socket, config, delay, rx, &udp_waker, &udp_stop))?,
         );
 
         let mut http_addr = None;
         if let Some(addr) = options.http {
-            let http = tiny_http::Server::http(addr)
-                .map_err(|e| io::Error::other(format!("http bind {addr}: {e}")))?;
+            let listener = TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("http bind {addr}: {e}")))?;
+            // Accepted connections inherit TCP_NODELAY from the listener. Without it, an
+            // answer longer than tiny_http's 1 KiB write buffer leaves as two segments and the
+            // second waits for the client's delayed ACK: ~40 ms per join on a kept-alive
+            // connection, several ms on a fresh one.
+            socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+            let http = tiny_http::Server::from_listener(listener, None)
+                .map_err(|e| io::Error::other(format!("http server on {addr}: {e}")))?;
             let bound = http
                 .server_addr()
                 .to_ip()
                 .ok_or_else(|| io::Error::other("http server has no ip address"))?;
             http_addr = Some(bound);
-            let http_stop = stop.clone();
-            let commands = tx.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("sfu-http".to_owned())
-                    .spawn(move || http_loop(http, commands, http_stop))?,
-            );
+            let http = Arc::new(http);
+            for i in 0..HTTP_WORKERS {
+                let http = http.clone();
+                let http_stop = stop.clone();
+                let control = Control {
+                    commands: tx.clone(),
+                    waker: waker.clone(),
+                };
+                let spawned = std::thread::Builder::new()
+                    .name(format!("sfu-http-{i}"))
+                    .spawn(move || http_loop(&http, &control, &http_stop));
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => {
+                        // Stop what already runs before reporting.
+                        stop.store(true, Ordering::Relaxed);
+                        waker.wake();
+                        for t in threads {
+                            let _ = t.join();
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         }
         Ok(Self {
             udp_addr,
             http_addr,
             commands: tx,
+            waker,
             stop,
             threads,
         })
@@ -223,7 +267,7 @@ impl Server {
     /// Sends a command to the UDP thread and waits for its answer.
     fn request<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, ControlError> {
         let (reply, rx) = mpsc::channel();
-        send(&self.commands, make(reply))?;
+        send(&self.commands, &self.waker, make(reply))?;
         rx.recv_timeout(COMMAND_TIMEOUT)
             .map_err(|_| ControlError::Unavailable)
     }
@@ -278,6 +322,7 @@ impl Server {
 
     fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.waker.wake();
         for t in self.threads.drain(..) {
             // A panicked thread has nothing left to clean up.
             let _ = t.join();
@@ -291,9 +336,19 @@ impl Drop for Server {
     }
 }
 
-fn send(commands: &SyncSender<Command>, cmd: Command) -> Result<(), ControlError> {
+/// What an HTTP thread needs to reach the UDP thread.
+struct Control {
+    commands: SyncSender<Command>,
+    waker: Arc<Waker>,
+}
+
+/// Queues a command for the UDP thread and wakes it.
+fn send(commands: &SyncSender<Command>, waker: &Waker, cmd: Command) -> Result<(), ControlError> {
     match commands.try_send(cmd) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            waker.wake();
+            Ok(())
+        }
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             Err(ControlError::Unavailable)
         }
@@ -379,7 +434,8 @@ fn udp_loop(
     config: SfuConfig,
     mut delay: DelayLine,
     commands: Receiver<Command>,
-    stop: Arc<AtomicBool>,
+    waker: &Waker,
+    stop: &AtomicBool,
 ) {
     let local = config.udp_addr;
     let mut sfu = Sfu::new(Instant::now(), config);
@@ -390,33 +446,28 @@ fn udp_loop(
             .into_iter()
             .flatten()
             .min();
-        let wait = next
+        let timeout = next
             .map_or(MAX_POLL, |t| t.saturating_duration_since(now).min(MAX_POLL))
-            .max(Duration::from_micros(100));
-        if socket.set_read_timeout(Some(wait)).is_err() {
-            break;
-        }
-        match socket.recv_from(&mut buf) {
-            Ok((n, source)) => {
-                let data = buf.get(..n).unwrap_or(&[]);
-                sfu.handle_datagram(Instant::now(), source, local, data);
-                // Drain whatever else is queued without sleeping.
-                let _ = socket.set_nonblocking(true);
-                for _ in 0..256 {
-                    match socket.recv_from(&mut buf) {
-                        Ok((n, source)) => {
-                            let data = buf.get(..n).unwrap_or(&[]);
-                            sfu.handle_datagram(Instant::now(), source, local, data);
-                        }
-                        Err(_) => break,
+            .max(MIN_POLL);
+        let ready = match wait(&socket, waker, timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("sfu poll: {e}");
+                break;
+            }
+        };
+        if ready.readable {
+            // Level-triggered: whatever is left after one batch wakes the next wait at once.
+            for _ in 0..RECV_BATCH {
+                match try_recv_from(&socket, &mut buf) {
+                    Ok(Some((n, source))) => {
+                        let data = buf.get(..n).unwrap_or(&[]);
+                        sfu.handle_datagram(Instant::now(), source, local, data);
                     }
+                    Ok(None) => break,
+                    Err(e) => tracing::debug!("sfu recv: {e}"),
                 }
-                let _ = socket.set_nonblocking(false);
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
-            }
-            Err(e) => tracing::debug!("sfu recv: {e}"),
         }
         let now = Instant::now();
         if sfu.poll_timeout().is_some_and(|t| t <= now) {
@@ -492,7 +543,7 @@ fn handle_command(sfu: &mut Sfu, cmd: Command, delay_dropped: u64) {
     }
 }
 
-fn http_loop(http: tiny_http::Server, commands: SyncSender<Command>, stop: Arc<AtomicBool>) {
+fn http_loop(http: &tiny_http::Server, control: &Control, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let request = match http.recv_timeout(Duration::from_millis(50)) {
             Ok(Some(r)) => r,
@@ -502,11 +553,11 @@ fn http_loop(http: tiny_http::Server, commands: SyncSender<Command>, stop: Arc<A
                 continue;
             }
         };
-        serve(request, &commands);
+        serve(request, control);
     }
 }
 
-fn serve(mut request: tiny_http::Request, commands: &SyncSender<Command>) {
+fn serve(mut request: tiny_http::Request, control: &Control) {
     let mut body = Vec::new();
     let read = request
         .as_reader()
@@ -517,7 +568,7 @@ fn serve(mut request: tiny_http::Request, commands: &SyncSender<Command>) {
     } else if body.len() as u64 > MAX_BODY_BYTES {
         (413, error_json("body too large"))
     } else {
-        route(request.method(), request.url(), body, commands)
+        route(request.method(), request.url(), body, control)
     };
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
     let mut response = tiny_http::Response::from_string(json).with_status_code(status);
@@ -533,18 +584,13 @@ fn error_json(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
 }
 
-fn route(
-    method: &tiny_http::Method,
-    url: &str,
-    body: Vec<u8>,
-    commands: &SyncSender<Command>,
-) -> (u16, String) {
+fn route(method: &tiny_http::Method, url: &str, body: Vec<u8>, control: &Control) -> (u16, String) {
     let path = url.split('?').next().unwrap_or(url);
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         (tiny_http::Method::Get, ["v1", "stats"]) => {
             let (reply, rx) = mpsc::channel();
-            if send(commands, Command::Stats { reply }).is_err() {
+            if send(&control.commands, &control.waker, Command::Stats { reply }).is_err() {
                 return (503, error_json("sfu busy"));
             }
             match rx.recv_timeout(COMMAND_TIMEOUT) {
@@ -575,7 +621,7 @@ fn route(
                 },
                 _ => return (404, error_json("no such action")),
             };
-            if send(commands, cmd).is_err() {
+            if send(&control.commands, &control.waker, cmd).is_err() {
                 return (503, error_json("sfu busy"));
             }
             match rx.recv_timeout(COMMAND_TIMEOUT) {

@@ -293,6 +293,9 @@ pub struct Sfu {
     by_check_addr: HashMap<SocketAddr, usize>,
     /// Live participants per chat.
     chats: HashMap<i64, Vec<usize>>,
+    /// Participants that have joined and not left (a count, not a scan of `participants`,
+    /// which keeps the ones that left for their stats: a scan per join made a burst quadratic).
+    live: usize,
     outbox: VecDeque<SfuTransmit>,
     /// One entry per participant deadline (lazy deletion, see `ringcast_core::pacer`).
     wheel: TimerWheel<usize>,
@@ -330,6 +333,7 @@ impl Sfu {
             by_ufrag: HashMap::new(),
             by_check_addr: HashMap::new(),
             chats: HashMap::new(),
+            live: 0,
             outbox: VecDeque::new(),
             wheel: TimerWheel::new(now),
             due: Vec::new(),
@@ -361,14 +365,8 @@ impl Sfu {
                 return Err(e.into());
             }
         };
-        let live = self
-            .participants
-            .iter()
-            .flatten()
-            .filter(|p| !p.left)
-            .count();
-        if live >= MAX_PARTICIPANTS {
-            return Err(SfuError::Full(live));
+        if self.live >= MAX_PARTICIPANTS {
+            return Err(SfuError::Full(self.live));
         }
         if let Some(old) = self.find(chat_id, join.ssrc.0) {
             self.remove(old);
@@ -459,6 +457,7 @@ impl Sfu {
         self.participants.push(Some(participant));
         self.by_ufrag.insert(ufrag.clone(), idx);
         self.chats.entry(chat_id).or_default().push(idx);
+        self.live += 1;
         self.drain(idx);
         Ok(self.response_json(&ufrag, &pwd))
     }
@@ -516,6 +515,9 @@ impl Sfu {
         let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
+        if !p.left {
+            self.live -= 1;
+        }
         p.left = true;
         p.connected = false;
         p.timeout = None;
@@ -1005,11 +1007,7 @@ impl Sfu {
 
     /// Number of participants that have joined and not left.
     pub fn participants(&self) -> usize {
-        self.participants
-            .iter()
-            .flatten()
-            .filter(|p| !p.left)
-            .count()
+        self.live
     }
 }
 

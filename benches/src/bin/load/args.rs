@@ -67,6 +67,13 @@ struct Cli {
     /// Percent of the soak's calls stopped and replaced at every sample (0-100).
     #[arg(long = "churn", value_name = "PERCENT", default_value_t = 2, value_parser = parse_percent)]
     churn_pct: usize,
+    /// Hold instead of ramp: connect this many calls with their sources paused and report
+    /// RSS, live heap and descriptors per call (module `hold`).
+    #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
+    hold: Option<usize>,
+    /// sfu-mock processes (SFU addresses) the held calls are spread over.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_at_least_one)]
+    hold_sfus: usize,
 }
 
 /// `--send-path`: the engine's [`SendPath`].
@@ -177,6 +184,10 @@ pub(crate) struct Args {
     pub(crate) soak_calls: usize,
     /// Percent of the soak's calls stopped and replaced at every sample.
     pub(crate) churn_pct: usize,
+    /// Hold this many paused calls instead of ramping.
+    pub(crate) hold: Option<usize>,
+    /// sfu-mock processes the held calls are spread over.
+    pub(crate) hold_sfus: usize,
 }
 
 impl Args {
@@ -225,6 +236,8 @@ impl Args {
             soak: cli.soak,
             soak_calls: cli.soak_calls,
             churn_pct: cli.churn_pct,
+            hold: cli.hold,
+            hold_sfus: cli.hold_sfus,
         }
     }
 
@@ -295,6 +308,9 @@ mod tests {
         assert_eq!(n.ntgcalls_steps, [2, 4]);
         let s = parse(&["--soak", "30", "--soak-calls", "200", "--report", "z.json"]).unwrap();
         assert_eq!((s.soak, s.soak_calls), (Some(30.0), 200));
+        let h = parse(&["--hold", "10000", "--hold-sfus", "4"]).unwrap();
+        assert_eq!((h.hold, h.hold_sfus), (Some(10_000), 4));
+        assert_eq!(parse(&[]).unwrap().hold, None);
         let r = parse(&[
             "--steps",
             "500,1000, 2000",
@@ -334,6 +350,7 @@ mod tests {
             (&["--systems", "ringcast,nope"][..], "--systems"),
             (&["--shards", "0"][..], "--shards"),
             (&["--ntgcalls-steps", "0"][..], "--ntgcalls-steps"),
+            (&["--hold", "0"][..], "--hold"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.to_string().contains(flag), "{args:?}: {err}");

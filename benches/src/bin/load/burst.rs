@@ -32,12 +32,14 @@ pub(crate) fn burst(n: usize, pool: usize, args: &Args) -> Result<Value, String>
         .map(|i| engine.create_call(i as i64).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let created = t0.elapsed();
-    // On Telegram these are n phone.joinGroupCall requests; here sequential HTTP posts.
-    let answers = joins
-        .iter()
+    // On Telegram these are n phone.joinGroupCall requests sent in parallel; here HTTP posts
+    // from a few client threads at once.
+    let joins: Vec<(usize, String)> = joins
+        .into_iter()
         .enumerate()
-        .map(|(i, j)| sfu.join(i % CHATS, j))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, j)| (i % CHATS, j))
+        .collect();
+    let answers = sfu.join_all(&joins)?;
     let answered = t0.elapsed();
     for (i, a) in answers.iter().enumerate() {
         engine.connect(i as i64, a).map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@
 //!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs,ntgcalls]
 //!      [--ntgcalls-steps 10,20,40,60]
 //! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--report PATH]
+//! load --hold N [--hold-sfus K] [--report PATH]
 //! ```
 //!
 //! `load --help` lists every flag with its default (module `args`).
@@ -32,6 +33,10 @@
 //! percent of them at every sample (about 20 samples per run), and reports RSS and live heap
 //! over time, loss and lateness. It fails (exit 1) on any loss or if RSS grows after warm-up
 //! (the first quarter) by more than 5 % + 4 MB.
+//!
+//! `--hold N` connects N calls with their sources paused (joins concurrent, several sfu-mock
+//! processes with `--hold-sfus`) and reports RSS, live heap and descriptors per call, and the
+//! connect time (module `hold`).
 //!
 //! Modules: `args` (command line), `sfu` (the sfu-mock process), `system` (what a system under
 //! test offers), `engine` (ringcast), `tokio_per_call`, `webrtc_rs` and `ntgcalls` (the
@@ -50,6 +55,7 @@ use serde_json::{Value, json};
 mod args;
 mod burst;
 mod engine;
+mod hold;
 mod host;
 mod ntgcalls;
 #[path = "../../../../interop/ntgcalls_peer.rs"]
@@ -125,6 +131,12 @@ fn run(args: &Args) -> Result<(), String> {
         } else {
             Err("soak failed: loss or RSS growth (see the report)".to_owned())
         };
+    }
+    if let Some(n) = args.hold {
+        let report = hold::hold(n, args)?;
+        std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
+        println!("{report}");
+        return Ok(());
     }
     let want_ntgcalls = args.baseline && args.wants(SystemName::Ntgcalls);
     if want_ntgcalls {

@@ -64,18 +64,49 @@ impl Sfu {
     }
 
     pub(crate) fn join(&self, chat: usize, payload: &str) -> Result<String, String> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let url = format!("http://{}/v1/chats/{chat}/join", self.http);
-        let mut r = agent.post(&url).send(payload).map_err(|e| e.to_string())?;
-        let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-        if r.status().as_u16() == 200 {
-            Ok(body)
-        } else {
-            Err(format!("join: HTTP {}: {body}", r.status()))
-        }
+        post_join(&join_agent(), &self.http, chat, payload)
+    }
+
+    /// Joins every `(chat, payload)` from [`JOIN_CLIENTS`] threads at once, each with its own
+    /// kept-alive connection, as Telegram clients send parallel `phone.joinGroupCall`
+    /// requests; the answers come back in the order of `joins`.
+    pub(crate) fn join_all(&self, joins: &[(usize, String)]) -> Result<Vec<String>, String> {
+        let clients = JOIN_CLIENTS.min(joins.len()).max(1);
+        let http = self.http.as_str();
+        let mut answers: Vec<Option<String>> = vec![None; joins.len()];
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..clients)
+                .map(|k| {
+                    s.spawn(move || {
+                        let agent = join_agent();
+                        joins
+                            .iter()
+                            .enumerate()
+                            .skip(k)
+                            .step_by(clients)
+                            .map(|(i, (chat, payload))| {
+                                post_join(&agent, http, *chat, payload).map(|a| (i, a))
+                            })
+                            .collect::<Result<Vec<_>, String>>()
+                    })
+                })
+                .collect();
+            for t in threads {
+                let done = t
+                    .join()
+                    .map_err(|_| "a join thread panicked".to_owned())??;
+                for (i, answer) in done {
+                    if let Some(slot) = answers.get_mut(i) {
+                        *slot = Some(answer);
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        })?;
+        answers
+            .into_iter()
+            .map(|a| a.ok_or_else(|| "a join got no answer".to_owned()))
+            .collect()
     }
 
     /// The SFU's whole stats document (for diagnostics).
@@ -112,6 +143,33 @@ impl Sfu {
             }
         }
         Ok((packets, lost))
+    }
+}
+
+/// Threads that send a burst's joins at once ([`Sfu::join_all`]). sfu-mock serves 8 requests
+/// at a time; as many clients keep all of them busy.
+pub(crate) const JOIN_CLIENTS: usize = 8;
+
+fn join_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn post_join(
+    agent: &ureq::Agent,
+    http: &str,
+    chat: usize,
+    payload: &str,
+) -> Result<String, String> {
+    let url = format!("http://{http}/v1/chats/{chat}/join");
+    let mut r = agent.post(&url).send(payload).map_err(|e| e.to_string())?;
+    let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if r.status().as_u16() == 200 {
+        Ok(body)
+    } else {
+        Err(format!("join: HTTP {}: {body}", r.status()))
     }
 }
 
