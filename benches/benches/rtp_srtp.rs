@@ -215,6 +215,23 @@ impl Link {
         }
     }
 
+    /// The next packet as `Call::write_frame` builds it (with the ssrc-audio-level extension).
+    fn rtp_write(&self, now: Instant, payload: &Arc<[u8]>) -> RtpWrite {
+        let ext = ExtensionValues {
+            audio_level: Some(-30),
+            voice_activity: Some(true),
+            ..Default::default()
+        };
+        RtpWrite::new(
+            Pt::from(PT_OPUS),
+            SeqNo::from(self.seq),
+            self.rtp_time,
+            now,
+            payload.clone(),
+        )
+        .ext_vals(ext)
+    }
+
     /// One 20 ms frame in, its protected datagram out (dropped after reading its length, as a
     /// socket send would consume it). Returns the number of RTP datagrams that came out.
     fn send_frame(&mut self, payload: &Arc<[u8]>) -> usize {
@@ -223,19 +240,7 @@ impl Link {
         let mut fast = None;
         match self.api {
             Api::Fast => {
-                let ext = ExtensionValues {
-                    audio_level: Some(-30),
-                    voice_activity: Some(true),
-                    ..Default::default()
-                };
-                let write = RtpWrite::new(
-                    Pt::from(PT_OPUS),
-                    SeqNo::from(self.seq),
-                    self.rtp_time,
-                    now,
-                    payload.clone(),
-                )
-                .ext_vals(ext);
+                let write = self.rtp_write(now, payload);
                 let mut buf = std::mem::take(&mut self.spare);
                 let t = self
                     .sender
@@ -247,19 +252,7 @@ impl Link {
                 fast = Some(Vec::<u8>::from(t.contents));
             }
             Api::Rtp => {
-                let ext = ExtensionValues {
-                    audio_level: Some(-30),
-                    voice_activity: Some(true),
-                    ..Default::default()
-                };
-                let write = RtpWrite::new(
-                    Pt::from(PT_OPUS),
-                    SeqNo::from(self.seq),
-                    self.rtp_time,
-                    now,
-                    payload.clone(),
-                )
-                .ext_vals(ext);
+                let write = self.rtp_write(now, payload);
                 let mut api = self.sender.direct_api();
                 let stream = api.stream_tx(&Ssrc::from(SSRC)).expect("declared stream");
                 stream.write_rtp(write);
