@@ -263,7 +263,9 @@ struct Slot {
 /// Many calls and their sockets. See the [module docs](self).
 pub struct Endpoint {
     shard: usize,
-    calls: Vec<Option<Slot>>,
+    /// Boxed: a slot inline would be as large as the largest kind of call (~14 KB, a 1:1 call
+    /// with its str0m `Rtc`), for every call and for the vector's spare capacity.
+    calls: Vec<Option<Box<Slot>>>,
     free: Vec<usize>,
     by_id: HashMap<CallId, usize>,
     placement: Placement<CallId>,
@@ -453,7 +455,7 @@ impl Endpoint {
 
     fn slot(&self, id: CallId) -> Option<&Slot> {
         let idx = self.by_id.get(&id)?;
-        self.calls.get(*idx)?.as_ref()
+        self.calls.get(*idx)?.as_deref()
     }
 
     fn slot_mut(&mut self, id: CallId) -> Result<(usize, &mut Slot), EndpointError> {
@@ -462,7 +464,7 @@ impl Endpoint {
             .get(&id)
             .ok_or(EndpointError::ConnectionNotFound(id))?;
         match self.calls.get_mut(idx) {
-            Some(Some(slot)) => Ok((idx, slot)),
+            Some(Some(slot)) => Ok((idx, &mut **slot)),
             _ => Err(EndpointError::ConnectionNotFound(id)),
         }
     }
@@ -491,12 +493,12 @@ impl Endpoint {
         let idx = match self.free.pop() {
             Some(i) => {
                 if let Some(s) = self.calls.get_mut(i) {
-                    *s = Some(slot);
+                    *s = Some(Box::new(slot));
                 }
                 i
             }
             None => {
-                self.calls.push(Some(slot));
+                self.calls.push(Some(Box::new(slot)));
                 self.calls.len() - 1
             }
         };

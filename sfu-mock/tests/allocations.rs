@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ringcast_core::media::{FrameSource, OpusFrame, SourceError, ToneSource};
+use ringcast_core::media::{FrameSource, LoopedFrames, OpusFrame, ToneSource};
 use ringcast_core::sim::{NetConfig, World, sim_crypto};
 use sfu_mock::server::generate_cert;
 use sfu_mock::{Sfu, SfuConfig};
@@ -62,21 +62,6 @@ fn counting(on: bool) {
     COUNTING.with(|c| c.set(on));
 }
 
-/// Pre-encoded frames played in a loop: what a file or shared source looks like once its
-/// frames exist, with no encoder in the measurement.
-struct Looping {
-    frames: Vec<OpusFrame>,
-    next: usize,
-}
-
-impl FrameSource for Looping {
-    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
-        let frame = self.frames[self.next % self.frames.len()].clone();
-        self.next += 1;
-        Ok(Some(frame))
-    }
-}
-
 #[test]
 fn steady_state_sending_allocates_nothing_per_packet() {
     let mut tone = ToneSource::new(440.0, None).unwrap();
@@ -98,10 +83,11 @@ fn steady_state_sending_allocates_nothing_per_packet() {
         generate_cert().unwrap(),
     );
     for i in 0..20 {
-        let source = Looping {
-            frames: frames.clone(),
-            next: i,
-        };
+        // Each call starts at another frame of the loop.
+        let mut source = LoopedFrames::new(frames.clone());
+        for _ in 0..i {
+            source.next_frame().unwrap();
+        }
         w.add_call(i as i64, Box::new(source)).unwrap();
     }
     // Connect and warm up: buffers, queues and maps reach their steady size.

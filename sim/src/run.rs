@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ringcast_core::CallState;
+use ringcast_core::media::LoopedFrames;
 use ringcast_core::sim::{SimCallId, World, sim_crypto};
 use sfu_mock::server::generate_cert;
 use sfu_mock::{ParticipantStats, Sfu, SfuConfig};
@@ -13,7 +14,7 @@ use sfu_mock::{ParticipantStats, Sfu, SfuConfig};
 use crate::net;
 use crate::report::{Outcomes, RunReport, ms};
 use crate::scenario::{self, EndKind, Expect, Scenario};
-use crate::tone::{FRAME, LoopedTone, tone_frames, tone_hz};
+use crate::tone::{FRAME, tone_frames, tone_hz};
 
 /// The simulated SFU's address (198.18.0.0/15 is reserved for benchmarking, RFC 2544).
 const SFU_ADDR: SocketAddr = SocketAddr::new(
@@ -90,7 +91,7 @@ impl Run {
                     continue;
                 }
             };
-            let tone = LoopedTone::new(frames);
+            let tone = LoopedFrames::new(frames);
             match self.world.add_call(chat, Box::new(tone)) {
                 Ok(id) => self.tracked.push(Tracked {
                     id,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ringcast_core::media::{FrameSource, OpusFrame, SourceError, ToneSource};
+use ringcast_core::media::{FrameSource, OpusFrame, ToneSource};
 
 /// One Opus frame.
 pub(crate) const FRAME: Duration = Duration::from_millis(20);
@@ -49,27 +49,3 @@ pub(crate) fn tone_frames(hz: f32) -> Result<Arc<[OpusFrame]>, String> {
 const LOOP_SKIP: usize = 10;
 /// Frames in a looped tone: one second.
 const LOOP_FRAMES: usize = 50;
-
-/// Plays [`tone_frames`] round and round.
-pub(crate) struct LoopedTone {
-    frames: Arc<[OpusFrame]>,
-    next: usize,
-}
-
-impl LoopedTone {
-    /// Plays `frames` from the first.
-    pub(crate) fn new(frames: Arc<[OpusFrame]>) -> Self {
-        Self { frames, next: 0 }
-    }
-}
-
-impl FrameSource for LoopedTone {
-    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
-        let frame = self
-            .frames
-            .get(self.next % self.frames.len().max(1))
-            .cloned();
-        self.next = self.next.wrapping_add(1);
-        Ok(frame)
-    }
-}

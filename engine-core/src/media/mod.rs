@@ -20,12 +20,14 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+pub mod looped;
 pub mod ogg;
 pub mod pcm;
 pub mod shared;
 pub mod tone;
 pub mod track;
 
+pub use looped::LoopedFrames;
 pub use ogg::{OggOpusReader, OggOpusWriter};
 pub use pcm::{
     PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSink, PcmSinkConfig, PcmSinkStats,

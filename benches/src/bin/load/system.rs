@@ -1,7 +1,7 @@
 //! What the ramp and the soak drive: a [`System`] under test and the tones every system plays.
 
 use ringcast::{LatenessCauses, SharedSource};
-use ringcast_core::media::{FrameSource, OpusFrame, SourceError, ToneSource};
+use ringcast_core::media::{FrameSource, LoopedFrames, ToneSource};
 use ringcast_core::pacer::LatenessHistogram;
 
 use crate::sfu::Sfu;
@@ -56,23 +56,6 @@ pub(crate) fn tone_for(chat: usize) -> f32 {
     300.0 + 20.0 * chat as f32
 }
 
-/// Pre-encoded frames played in a loop, cloning `Arc`s only.
-struct Looping {
-    frames: Vec<OpusFrame>,
-    next: usize,
-}
-
-impl FrameSource for Looping {
-    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
-        let frame = self
-            .frames
-            .get(self.next % self.frames.len().max(1))
-            .cloned();
-        self.next = self.next.wrapping_add(1);
-        Ok(frame)
-    }
-}
-
 /// One shared source per chat, a second of its tone pre-encoded and looped (a whole number of
 /// cycles, so the loop is seamless): every system plays exactly the same frames.
 pub(crate) fn chat_tones() -> Result<Vec<SharedSource>, String> {
@@ -86,7 +69,7 @@ pub(crate) fn chat_tones() -> Result<Vec<SharedSource>, String> {
                     Err(e) => Err(e.to_string()),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(SharedSource::new(Box::new(Looping { frames, next: 0 })))
+            Ok(SharedSource::new(Box::new(LoopedFrames::new(frames))))
         })
         .collect()
 }
