@@ -585,7 +585,10 @@ impl Call {
                 reason: format!("start dtls: {e}"),
             })?;
             api.declare_media(mid, MediaKind::Audio);
-            api.declare_stream_tx(StrSsrc::from(self.audio_ssrc().0), None, mid, None);
+            // No RTX for Telegram's audio (no NACKs are answered): no retransmission cache,
+            // which str0m would otherwise allocate per send stream (~4 KB per call).
+            api.declare_stream_tx(StrSsrc::from(self.audio_ssrc().0), None, mid, None)
+                .set_rtx_cache(0, Duration::ZERO, None);
         }
         // str0m schedules nothing until it has seen a first timeout: start ICE now, or after
         // the pre-connect delay.

@@ -53,7 +53,10 @@ impl<T> EvictingBuffer<T> {
     /// Creates a new buffer with an initial size.
     pub fn new(initial_size: usize, max_age: Duration, max_size: usize) -> Self {
         Self {
-            buf: prepare_buf(initial_size),
+            // ringcast patch: a buffer that keeps nothing (max_age zero: inert, see
+            // `is_inert`) allocates nothing, instead of `initial_size` empty slots of a few
+            // hundred bytes each.
+            buf: prepare_buf(if max_age.is_zero() { 0 } else { initial_size }),
             max_age,
             max_size,
             last_position: None,
