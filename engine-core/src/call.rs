@@ -618,19 +618,11 @@ impl Call {
         Ok(())
     }
 
-    /// Whether the send fast path would like a buffer ([`Call::give_buffer`]).
-    pub fn wants_buffer(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| s.transport.wants_buffer())
-    }
-
-    /// Offers the buffer of a datagram already sent, to be reused for a packet of the send fast
-    /// path (no allocation per packet). Gives it back if the call has no use for it.
-    pub fn give_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
-        match self.session.as_mut() {
-            Some(s) => s.transport.give_buffer(buf),
-            None => Some(buf),
+    /// Takes a buffer from `pool` (buffers of datagrams already sent) for the next packet of the
+    /// send fast path, unless the call still holds one: sending then allocates nothing.
+    pub fn stock_buffer(&mut self, pool: &mut Vec<Vec<u8>>) {
+        if let Some(s) = self.session.as_mut() {
+            s.transport.stock_buffer(pool);
         }
     }
 

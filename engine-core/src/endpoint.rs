@@ -413,9 +413,9 @@ impl Endpoint {
     /// Gives back the buffer of a datagram the runtime has sent, for a later packet of the send
     /// fast path ([`crate::transport::MediaOut`]): with every buffer recycled, sending costs no
     /// allocation. At most [`MAX_SPARE_BUFFERS`] are kept; the rest are freed.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        // Not cleared here: the fast path clears a buffer when it writes into it.
         if self.spare.len() < MAX_SPARE_BUFFERS {
-            buf.clear();
             self.spare.push(buf);
         }
     }

@@ -226,8 +226,8 @@ pub struct Transport {
     final_flight: FinalFlight,
     /// Datagrams ready before str0m's own: final-flight resends and fast-path media.
     resends: VecDeque<Transmit>,
-    /// Buffers for the send fast path (at most [`SPARE_BUFFERS`]), recycled by the runtime
-    /// through [`Transport::give_buffer`].
+    /// Buffers for the send fast path ([`Transport::stock_buffer`]); a frame takes one and
+    /// gives it back if the fast path could not use it.
     spare: Vec<Vec<u8>>,
     /// The deadline str0m last asked for.
     rtc_timeout: Option<Instant>,
@@ -262,19 +262,14 @@ impl Transport {
         &mut self.rtc
     }
 
-    /// Offers a send buffer to the fast path (any capacity; it is cleared before use). Gives it
-    /// back if the transport already holds [`SPARE_BUFFERS`].
-    pub fn give_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
-        if self.spare.len() >= SPARE_BUFFERS {
-            return Some(buf);
+    /// Takes a buffer from `pool` (buffers of datagrams already sent) unless the fast path still
+    /// holds one: the next packet is protected into it, so sending allocates nothing.
+    pub fn stock_buffer(&mut self, pool: &mut Vec<Vec<u8>>) {
+        if self.spare.is_empty()
+            && let Some(buf) = pool.pop()
+        {
+            self.spare.push(buf);
         }
-        self.spare.push(buf);
-        None
-    }
-
-    /// Whether the fast path would like a buffer.
-    pub fn wants_buffer(&self) -> bool {
-        self.spare.is_empty()
     }
 
     /// True once ICE and DTLS-SRTP are up.
@@ -440,9 +435,6 @@ impl Transport {
     }
 }
 
-/// Fast-path buffers a [`Transport`] keeps between frames (one frame of one track needs one).
-pub const SPARE_BUFFERS: usize = 2;
-
 /// How [`Transport::handle_timeout`] drives str0m.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drive {
@@ -483,23 +475,6 @@ impl fmt::Debug for MediaOut<'_> {
 }
 
 impl<'a> MediaOut<'a> {
-    /// Regular-path output into `rtc` (the packets wait in its queue for the next timeout);
-    /// for tests and callers that drive str0m themselves.
-    pub fn regular(rtc: &'a mut Rtc, now: Instant) -> Self {
-        Self {
-            rtc,
-            now,
-            fast: None,
-            queued: false,
-        }
-    }
-
-    /// The `Rtc`, for anything other than sending a packet.
-    pub fn rtc(&mut self) -> &mut Rtc {
-        self.queued = true;
-        self.rtc
-    }
-
     /// Sends one RTP packet on the declared send stream `ssrc`. Returns false, sending
     /// nothing, if `rtc` has no such stream.
     pub fn write_rtp(&mut self, ssrc: StrSsrc, write: RtpWrite) -> bool {

@@ -79,12 +79,7 @@ impl GroupEntry {
     }
 
     pub(super) fn handle_timeout(&mut self, now: Instant, spare: &mut Vec<Vec<u8>>) {
-        if self.call.wants_buffer()
-            && let Some(buf) = spare.pop()
-            && let Some(buf) = self.call.give_buffer(buf)
-        {
-            spare.push(buf);
-        }
+        self.call.stock_buffer(spare);
         // Timeouts never fail.
         let _ = self.call.handle_input(now, Input::Timeout);
     }
