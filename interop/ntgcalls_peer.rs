@@ -297,18 +297,23 @@ pub(crate) struct ProcSample {
     pub(crate) at: Option<Instant>,
 }
 
-/// Reads /proc/<pid>/stat, /proc/<pid>/status and /proc/<pid>/fd.
-pub(crate) fn proc_sample(pid: u32) -> Result<ProcSample, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+/// User + system CPU time in clock ticks (USER_HZ) from the text of a `/proc/<pid>/stat`.
+pub(crate) fn stat_cpu_ticks(stat: &str) -> u64 {
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat(5): 11 and 12 after the name.
-    let ticks: u64 = [11, 12]
+    [11, 12]
         .iter()
         .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
+        .sum()
+}
+
+/// Reads /proc/<pid>/stat, /proc/<pid>/status and /proc/<pid>/fd.
+pub(crate) fn proc_sample(pid: u32) -> Result<ProcSample, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    let ticks = stat_cpu_ticks(&stat);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
     let field = |name: &str| {

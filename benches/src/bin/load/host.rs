@@ -7,13 +7,7 @@ use crate::args::Args;
 /// CPU time (user + system) of this process, from /proc/self/stat, in nanoseconds.
 pub(crate) fn cpu_ns() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
+    let ticks = crate::ntgcalls_peer::stat_cpu_ticks(&stat);
     // USER_HZ is 100 on Linux.
     ticks * 10_000_000
 }
