@@ -1,8 +1,10 @@
 //! The loopback control API of sfu-mock: join, leave, stats, and bad requests.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use ringcast_core::signaling::Ssrc;
-use ringcast_core::signaling::group::{DtlsFingerprint, JoinPayload, JoinResponse};
+use ringcast_core::signaling::group::JoinResponse;
 use serde_json::Value;
 use sfu_mock::server::{Server, ServerOptions};
 
@@ -17,28 +19,13 @@ fn post(url: &str, body: &str) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap())
 }
 
-fn payload(ssrc: u32) -> String {
-    JoinPayload {
-        ufrag: "abcdEFGH1234".to_owned(),
-        pwd: "0123456789abcdefghijklmn".to_owned(),
-        fingerprints: vec![DtlsFingerprint {
-            hash: "sha-256".to_owned(),
-            setup: "passive".to_owned(),
-            fingerprint: vec!["AB"; 32].join(":"),
-        }],
-        ssrc: Ssrc(ssrc),
-        ssrc_groups: Vec::new(),
-    }
-    .to_json()
-}
-
 #[test]
 fn join_answers_with_telegram_json_and_stats_list_the_participant() {
     let server = Server::start(ServerOptions::default()).unwrap();
     let http = server.http_addr().unwrap();
     let (status, answer) = post(
         &format!("http://{http}/v1/chats/-1001/join"),
-        &payload(4242),
+        &common::join_payload("abcdEFGH1234", 4242),
     );
     assert_eq!(status, 200, "{answer}");
     let parsed = JoinResponse::parse(answer.to_string().as_bytes()).unwrap();
@@ -108,7 +95,7 @@ fn join_answers_with_telegram_json_and_stats_list_the_participant() {
 fn bad_join_payloads_get_400_with_the_field_named() {
     let server = Server::start(ServerOptions::default()).unwrap();
     let url = format!("http://{}/v1/chats/1/join", server.http_addr().unwrap());
-    let good = payload(1);
+    let good = common::join_payload("abcdEFGH1234", 1);
     let cases: Vec<(String, &str)> = vec![
         (String::new(), "json"),
         (good[..good.len() / 2].to_owned(), "json"),

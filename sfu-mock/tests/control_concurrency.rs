@@ -13,8 +13,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use ringcast_core::signaling::Ssrc;
-use ringcast_core::signaling::group::{DtlsFingerprint, JoinPayload, JoinResponse};
+mod common;
+
+use ringcast_core::signaling::group::JoinResponse;
 use serde_json::Value;
 use sfu_mock::server::{Server, ServerOptions};
 
@@ -24,21 +25,6 @@ const JOINS_PER_CLIENT: usize = 16;
 /// A client gives up on an answer after this long (a sequential server never answers).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 const CHAT: i64 = -1_001;
-
-fn payload(ssrc: u32) -> String {
-    JoinPayload {
-        ufrag: format!("ufrag{ssrc}"),
-        pwd: "0123456789abcdefghijklmn".to_owned(),
-        fingerprints: vec![DtlsFingerprint {
-            hash: "sha-256".to_owned(),
-            setup: "passive".to_owned(),
-            fingerprint: vec!["AB"; 32].join(":"),
-        }],
-        ssrc: Ssrc(ssrc),
-        ssrc_groups: Vec::new(),
-    }
-    .to_json()
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -53,7 +39,7 @@ fn join(agent: &ureq::Agent, http: SocketAddr, ssrc: u32) -> Result<String, Stri
     let url = format!("http://{http}/v1/chats/{CHAT}/join");
     let mut r = agent
         .post(&url)
-        .send(payload(ssrc).as_str())
+        .send(common::join_payload(&format!("ufrag{ssrc}"), ssrc).as_str())
         .map_err(|e| format!("join {ssrc}: {e}"))?;
     let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
     if r.status().as_u16() != 200 {
@@ -72,7 +58,7 @@ struct StalledJoin {
 
 impl StalledJoin {
     fn start(http: SocketAddr, ssrc: u32) -> Self {
-        let mut body = payload(ssrc).into_bytes();
+        let mut body = common::join_payload(&format!("ufrag{ssrc}"), ssrc).into_bytes();
         body.resize(body.len() + 2048, b' ');
         let mut stream = TcpStream::connect(http).unwrap();
         stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
