@@ -127,7 +127,7 @@ pub(crate) fn play(o: &PlayArgs) -> Result<(), String> {
                 EventKind::ConnectionChanged(CallState::Ended(reason)) => {
                     return Err(format!("call ended while streaming: {reason:?}"));
                 }
-                EventKind::StreamEnded { error } => {
+                EventKind::StreamEnded { error, .. } => {
                     eprintln!(
                         "stream ended{}",
                         error.map(|e| format!(": {e}")).unwrap_or_default()
@@ -142,7 +142,7 @@ pub(crate) fn play(o: &PlayArgs) -> Result<(), String> {
             if let Ok(info) = engine.call_info(chat_id) {
                 eprintln!(
                     "  {:>5.1} s  packets {:>6}  bytes {:>8}",
-                    info.stats.played_samples as f64 / 48_000.0,
+                    info.stats.position_samples as f64 / 48_000.0,
                     info.stats.packets_sent,
                     info.stats.bytes_sent
                 );

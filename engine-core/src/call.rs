@@ -23,9 +23,9 @@ use str0m::{Candidate, IceCreds};
 
 use crate::demux::{DatagramKind, classify};
 use crate::media::track::{
-    AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackStats,
+    AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackKind, TrackStats,
 };
-use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
+use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ, SourceError};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::{
     AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, URI_AUDIO_LEVEL,
@@ -164,8 +164,6 @@ pub enum EndReason {
     FingerprintMismatch,
     /// str0m reported an unrecoverable error (which part of it; the text is logged at debug).
     Transport(RtcErrorKind),
-    /// The media source failed (not: ran out, which emits [`Event::StreamEnded`] only).
-    SourceFailed(String),
 }
 
 impl EndReason {
@@ -237,10 +235,13 @@ pub enum Event {
     /// The connection state changed. A failure is `ConnectionChanged(CallState::Ended(r))` with
     /// `r.is_failure()`.
     ConnectionChanged(CallState),
-    /// The source ran out of frames (`error: None`) or failed (`Some`). The call stays up.
+    /// The source ran out of frames (`error: None`) or failed (`Some`). The call stays up,
+    /// ready for the next source.
     StreamEnded {
+        /// Which track's stream ended.
+        track: TrackKind,
         /// The source error, if the stream ended because of one.
-        error: Option<String>,
+        error: Option<SourceError>,
     },
     /// Pause/mute changed.
     MediaStateChanged(MediaState),
@@ -317,8 +318,11 @@ pub struct CallStats {
     /// older than the replay window (see [`crate::replay`]). str0m drops these too, silently;
     /// these are counted here instead of in `datagrams_received`.
     pub dropped_replayed: u64,
-    /// 48 kHz samples of media played (stops while paused).
+    /// 48 kHz samples of media played (stops while paused), all sources together.
     pub played_samples: u64,
+    /// Position in the current source in 48 kHz samples: its start offset plus what was
+    /// played of it (ntgcalls' `time`).
+    pub position_samples: u64,
     /// How late each frame was handed to str0m (`now` minus its due time).
     pub lateness: LatenessHistogram,
     /// Round-trip time to the SFU, from RTCP (str0m's peer/egress stats).
@@ -953,14 +957,15 @@ impl Call {
         let Some(end) = source_end else {
             return;
         };
-        self.events
-            .push_back(Event::StreamEnded { error: end.error() });
-        // A dead source (broken file, failed encoder) ends the call, so the runtime reaps it
-        // and the chat can be created again at once. A source that simply ran out leaves the
-        // call up for the next track, as in ntgcalls.
-        if let SourceEnd::Failed(e) = end {
-            self.end(EndReason::SourceFailed(e.to_string()));
+        // Ran out or failed, the call stays up for the next track, as in ntgcalls: a broken
+        // file or a dead ffmpeg is the track's problem, not the connection's.
+        if let SourceEnd::Failed(e) = &end {
+            tracing::debug!(error = %e, "source failed");
         }
+        self.events.push_back(Event::StreamEnded {
+            track: TrackKind::Audio,
+            error: end.error(),
+        });
     }
 
     fn set_state(&mut self, state: CallState) {

@@ -72,6 +72,7 @@ mod tests;
 pub use call::{
     Call, CallConfig, CallError, CallState, Command, EndReason, Event, Input, Output, Transmit,
 };
+pub use media::track::TrackKind;
 pub use media::{FrameSource, OpusFrame, SourceError};
 pub use signaling::SignalingError;
 pub use transport::Datagram;

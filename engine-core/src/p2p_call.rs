@@ -71,9 +71,9 @@ use str0m::{Candidate, IceCreds};
 use crate::call::Transmit;
 use crate::demux::stun_local_ufrag;
 use crate::media::track::{
-    AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackStats,
+    AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackKind, TrackStats,
 };
-use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ};
+use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ, SourceError};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::URI_AUDIO_LEVEL;
 use crate::signaling::p2p::messages::{
@@ -241,8 +241,6 @@ pub enum P2pEndReason {
     Channel(String),
     /// str0m reported an unrecoverable error (which part of it; the text is logged at debug).
     Transport(RtcErrorKind),
-    /// The media source failed.
-    SourceFailed(String),
 }
 
 impl P2pEndReason {
@@ -312,10 +310,12 @@ pub enum Input<'a> {
 pub enum Event {
     /// The state changed; a failure is `StateChanged(P2pState::Ended(r))` with `r.is_failure()`.
     StateChanged(P2pState),
-    /// The source ran out (`error: None`) or failed (`Some`).
+    /// The source ran out (`error: None`) or failed (`Some`). The call stays up.
     StreamEnded {
+        /// Which track's stream ended.
+        track: TrackKind,
         /// The source error, if any.
-        error: Option<String>,
+        error: Option<SourceError>,
     },
     /// An Opus packet from the peer, authenticated and decrypted.
     AudioReceived(ReceivedAudio),
@@ -406,8 +406,10 @@ pub struct P2pStats {
     pub dropped_replayed: u64,
     /// Frames skipped because the call was driven late.
     pub frames_skipped_late: u64,
-    /// 48 kHz samples of media played (stops while paused).
+    /// 48 kHz samples of media played (stops while paused), all sources together.
     pub played_samples: u64,
+    /// Position in the current source in 48 kHz samples (start offset plus played).
+    pub position_samples: u64,
     /// How late each frame was handed to str0m (`now` minus its due time).
     pub lateness: LatenessHistogram,
     /// Signaling packets emitted ([`Output::Signaling`]).
@@ -1497,17 +1499,19 @@ impl P2pCall {
     }
 
     /// After the track sent its due frames: its counters into the stats, and a source that ran
-    /// out or failed reported (a failed one ends the call).
+    /// out or failed reported (the call stays up either way).
     fn after_frames(&mut self, source_end: Option<SourceEnd>) {
         self.stats.set_track_counters(self.track.counters());
         let Some(end) = source_end else {
             return;
         };
-        self.events
-            .push_back(Event::StreamEnded { error: end.error() });
-        if let SourceEnd::Failed(e) = end {
-            self.end(P2pEndReason::SourceFailed(e.to_string()));
+        if let SourceEnd::Failed(e) = &end {
+            tracing::debug!(error = %e, "source failed");
         }
+        self.events.push_back(Event::StreamEnded {
+            track: TrackKind::Audio,
+            error: end.error(),
+        });
     }
 
     fn set_state(&mut self, state: P2pState) {

@@ -13,6 +13,7 @@ use ringcast_core::crypto::{CallCrypto, CryptoOptions};
 use ringcast_core::pacer::LatenessHistogram;
 use ringcast_core::str0m::config::DtlsCert;
 use ringcast_core::str0m::crypto::CryptoProvider;
+use ringcast_core::{SourceError, TrackKind};
 use tokio::sync::Notify;
 
 use crate::error::EngineError;
@@ -54,10 +55,15 @@ pub enum EventKind {
     /// Connection state changed. `CallState::Ended(reason)` means the call is gone (reaped):
     /// the same chat can be created again at once.
     ConnectionChanged(CallState),
-    /// The source ended (`error: None`) or failed.
+    /// The source ended (`error: None`) or failed: a missing file, an unreachable URL, ffmpeg
+    /// exiting with an error ([`SourceError::Decoder`](ringcast_core::SourceError::Decoder)
+    /// carries the tail of its standard error). The call stays connected, ready for the next
+    /// [`Engine::set_stream_sources`]; no other call notices.
     StreamEnded {
+        /// Which track's stream ended (audio; video once calls send it).
+        track: TrackKind,
         /// The source's error, if any.
-        error: Option<String>,
+        error: Option<SourceError>,
     },
     /// Pause/mute changed (group calls).
     MediaStateChanged(MediaState),
@@ -490,11 +496,13 @@ impl Engine {
         })?
     }
 
-    /// Media played on the call so far (stops while paused).
+    /// Position in what the call plays (ntgcalls' `time`): where the source started (its
+    /// seek offset) plus what was played of it; stops while paused, starts again with each
+    /// new source.
     pub fn time(&self, chat_id: i64) -> Result<Duration, EngineError> {
         let info = self.call_info(chat_id)?;
         Ok(Duration::from_micros(
-            info.stats.played_samples * 1_000_000 / 48_000,
+            info.stats.position_samples * 1_000_000 / 48_000,
         ))
     }
 

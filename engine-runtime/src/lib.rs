@@ -35,6 +35,7 @@
 
 mod engine;
 mod error;
+pub mod ffmpeg;
 mod pcm;
 mod pool;
 mod shard;
@@ -54,4 +55,5 @@ pub use ringcast_core::media::pcm::{
 };
 pub use ringcast_core::p2p_call::{P2pEndReason, P2pLinkStats, P2pState, P2pStats};
 pub use ringcast_core::signaling::p2p::{DhConfig, LIBRARY_VERSIONS, P2pError, Role};
+pub use ringcast_core::{SourceError, TrackKind};
 pub use source::StreamSource;

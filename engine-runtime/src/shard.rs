@@ -607,9 +607,9 @@ impl Shard {
                 P2p(p2p_call::Event::StateChanged(state)) => {
                     Some(EventKind::P2pConnectionChanged(state))
                 }
-                Group(call::Event::StreamEnded { error })
-                | P2p(p2p_call::Event::StreamEnded { error }) => {
-                    Some(EventKind::StreamEnded { error })
+                Group(call::Event::StreamEnded { track, error })
+                | P2p(p2p_call::Event::StreamEnded { track, error }) => {
+                    Some(EventKind::StreamEnded { track, error })
                 }
                 Group(call::Event::MediaStateChanged(m)) => Some(EventKind::MediaStateChanged(m)),
                 EndpointEvent::Signaling(bytes) => Some(EventKind::SignalingData(bytes)),

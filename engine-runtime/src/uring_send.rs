@@ -12,7 +12,8 @@
 //! the kernel finishes it). The socket file descriptors are registered with the ring, which
 //! saves the kernel a file-table lookup per send.
 //!
-//! This is the only module of the runtime with `unsafe`: io_uring reads the `msghdr` and the
+//! This module and [`crate::ffmpeg`] (setting up a child between fork and exec) are the only
+//! ones of the runtime with `unsafe`. Here, io_uring reads the `msghdr` and the
 //! buffer after `push` returns, so both must stay where they are until the completion arrives.
 //! Slots live in a boxed slice that is never resized, and a slot is reused only after its
 //! completion has been reaped.

@@ -28,7 +28,7 @@ pub mod tone;
 pub mod track;
 
 pub use looped::LoopedFrames;
-pub use ogg::{OggOpusReader, OggOpusWriter};
+pub use ogg::{OggOpusReader, OggOpusStream, OggOpusWriter};
 pub use pcm::{
     PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSink, PcmSinkConfig, PcmSinkStats,
     PcmSource, PcmSourceConfig, PcmSourceStats, PcmWriter, pcm_sink, pcm_source,
@@ -87,6 +87,12 @@ pub trait FrameSource: Send {
     /// After `Ok(None)` or an error the source is finished; further calls may return `Ok(None)`
     /// or the same kind of error again, but never panic.
     fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError>;
+
+    /// Where in its media the source starts (a seek offset): the call's played position
+    /// (ntgcalls' `time`) counts from here. Zero unless the source starts mid-stream.
+    fn start_position(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Errors from media sources: decoding or parsing the audio failed.
@@ -132,6 +138,38 @@ pub enum SourceError {
         /// Which argument and why.
         reason: String,
     },
+    /// The process that decodes the input (ffmpeg, or the application's shell command) could
+    /// not open it, exited with an error or was killed: a missing file, an unreachable URL, a
+    /// format it cannot read, a command that failed. `stderr` is the tail of what the process
+    /// wrote to its standard error (the last lines, at most a few KiB), where ffmpeg says why.
+    #[error("{program} failed: {reason}{}", stderr_suffix(stderr))]
+    Decoder {
+        /// The program: `ffmpeg`, or the first word of a shell command.
+        program: String,
+        /// What went wrong: the exit status, the signal, or why it could not be started.
+        reason: String,
+        /// The tail of the process's standard error; empty if it wrote nothing.
+        stderr: String,
+    },
+    /// The `ffmpeg` binary could not be run from the configured path (not installed, not
+    /// executable). Install Debian's `ffmpeg` package or set the path on the engine builder.
+    #[error("ffmpeg not found at {path}: {reason}")]
+    FfmpegNotFound {
+        /// The path that was tried.
+        path: String,
+        /// Why it did not run.
+        reason: String,
+    },
+}
+
+/// `": <stderr>"` for a non-empty stderr tail, for [`SourceError::Decoder`]'s message.
+fn stderr_suffix(stderr: &str) -> String {
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
 }
 
 impl SourceError {

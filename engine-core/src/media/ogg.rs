@@ -608,6 +608,214 @@ impl FrameSource for OggOpusReader {
     }
 }
 
+/// Opus packets of an Ogg/Opus stream that arrives in pieces, such as ffmpeg's output on a pipe
+/// (`-c:a copy -f ogg pipe:1` for an input that is already Opus): a push parser.
+///
+/// [`push`](Self::push) takes bytes as they come and parses every page they complete;
+/// [`pop`](Self::pop) hands out the audio packets of the first Opus stream, in order, as
+/// [`OpusFrame`]s with [`PASSTHROUGH_AUDIO_LEVEL`]; [`finish`](Self::finish) says whether the
+/// input ended cleanly. Pages are checked as [`OggOpusReader`] checks them (capture pattern,
+/// version, flags, CRC), the `OpusHead` and `OpusTags` headers too; a page is held in memory
+/// only until it is complete. Errors are sticky.
+#[derive(Debug, Default)]
+pub struct OggOpusStream {
+    /// Bytes received and not parsed yet: at most the start of one page.
+    buf: Vec<u8>,
+    /// Bytes of input before `buf[0]`, for error offsets.
+    consumed: u64,
+    /// The Opus stream's serial, once its `OpusHead` was seen.
+    serial: Option<u32>,
+    /// Whether `OpusTags` was seen (audio packets follow it).
+    tags_seen: bool,
+    /// The start of a packet that continues on the next page.
+    partial: Vec<u8>,
+    /// Audio packets parsed and not popped yet.
+    frames: std::collections::VecDeque<OpusFrame>,
+    /// The first error; returned again by every later call.
+    failed: Option<SourceError>,
+}
+
+impl OggOpusStream {
+    /// A parser waiting for the first page.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes of the stream and parses the pages they complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), SourceError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        let result = loop {
+            match self.next_page_len(start) {
+                None => break Ok(()),
+                Some(len) => {
+                    if let Err(err) = self.parse_page(start) {
+                        break Err(err);
+                    }
+                    start += len;
+                }
+            }
+        };
+        self.buf.drain(..start);
+        self.consumed += start as u64;
+        if let Err(err) = &result {
+            self.failed = Some(err.clone());
+        }
+        result
+    }
+
+    /// The next audio packet parsed so far.
+    pub fn pop(&mut self) -> Option<OpusFrame> {
+        self.frames.pop_front()
+    }
+
+    /// Audio packets parsed and not popped yet.
+    pub fn pending(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The input ended: an error if it ended inside a page or a packet, or before any Opus
+    /// stream began.
+    pub fn finish(&mut self) -> Result<(), SourceError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        let offset = self.consumed;
+        let err = if !self.buf.is_empty() {
+            Some(ogg_error_at(offset, "input ends inside a page"))
+        } else if !self.partial.is_empty() {
+            Some(ogg_error_at(offset, "input ends inside a packet"))
+        } else if self.serial.is_none() {
+            Some(not_opus("no Opus stream in the input"))
+        } else {
+            None
+        };
+        match err {
+            Some(err) => {
+                self.failed = Some(err.clone());
+                Err(err)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Length of the complete page at `buf[start..]`, or `None` if it is not all there yet.
+    fn next_page_len(&self, start: usize) -> Option<usize> {
+        let rest = self.buf.get(start..)?;
+        let segments = usize::from(*rest.get(PAGE_HEADER_LEN - 1)?);
+        let lacing = rest.get(PAGE_HEADER_LEN..PAGE_HEADER_LEN + segments)?;
+        let body: usize = lacing.iter().map(|&l| usize::from(l)).sum();
+        let len = PAGE_HEADER_LEN + segments + body;
+        (rest.len() >= len).then_some(len)
+    }
+
+    /// Parses the complete page at `buf[start..]`.
+    fn parse_page(&mut self, start: usize) -> Result<(), SourceError> {
+        let at = self.consumed + start as u64;
+        let page = Page::parse(&self.buf, start)
+            .map_err(|e| reoffset(e, at))?
+            .ok_or_else(|| ogg_error_at(at, "empty page"))?;
+        let Some(serial) = self.serial else {
+            // Before the Opus stream: look for a beginning-of-stream page holding OpusHead.
+            if page.has(FLAG_BOS) {
+                let first = page_packets(&self.buf, &page).next();
+                if let Some(Ok(packet)) = first {
+                    if packet.starts_with(OPUS_HEAD_MAGIC) {
+                        OpusHead::parse(packet)?;
+                        self.serial = Some(page.serial);
+                    }
+                }
+            }
+            return Ok(());
+        };
+        if page.serial != serial {
+            return Ok(());
+        }
+        if page.has(FLAG_CONTINUED) != !self.partial.is_empty() {
+            return Err(ogg_error_at(
+                at,
+                "page continuation flag does not match the open packet",
+            ));
+        }
+        for piece in page_packets(&self.buf, &page) {
+            let (bytes, complete) = match piece {
+                Ok(packet) => (packet, true),
+                Err(open) => (open, false),
+            };
+            self.partial.extend_from_slice(bytes);
+            if !complete {
+                break;
+            }
+            let packet = std::mem::take(&mut self.partial);
+            if !self.tags_seen {
+                if !packet.starts_with(OPUS_TAGS_MAGIC) {
+                    return Err(not_opus("second packet is not an OpusTags header"));
+                }
+                self.tags_seen = true;
+                continue;
+            }
+            let duration_samples =
+                toc_duration_samples(&packet).map_err(|reason| ogg_error_at(at, reason))?;
+            self.frames.push_back(OpusFrame {
+                data: Arc::from(packet),
+                duration_samples,
+                audio_level: PASSTHROUGH_AUDIO_LEVEL,
+                voice_activity: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The packets of one page: `Ok` for a packet that ends on it, `Err` for a last piece that
+/// continues on the next page. The page was checked by [`Page::parse`], so the ranges hold;
+/// a range that did not would end the iteration rather than panic.
+fn page_packets<'a>(
+    data: &'a [u8],
+    page: &Page,
+) -> impl Iterator<Item = Result<&'a [u8], &'a [u8]>> + 'a {
+    let page = *page;
+    let mut segment = 0;
+    let mut cursor = page.body_start;
+    std::iter::from_fn(move || {
+        if segment >= page.segments {
+            return None;
+        }
+        let start = cursor;
+        let mut complete = false;
+        while let Some(lacing) = page.lacing(data, segment) {
+            segment += 1;
+            cursor += usize::from(lacing);
+            if lacing != LACING_CONTINUES {
+                complete = true;
+                break;
+            }
+        }
+        let piece = data.get(start..cursor.min(page.end))?;
+        Some(if complete { Ok(piece) } else { Err(piece) })
+    })
+}
+
+/// [`SourceError::Ogg`] at an absolute stream offset.
+fn ogg_error_at(offset: u64, reason: impl Into<String>) -> SourceError {
+    SourceError::Ogg {
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// An error from [`Page::parse`], whose offset is relative to the parser's buffer, with the
+/// page's absolute offset `at` in the stream instead.
+fn reoffset(err: SourceError, at: u64) -> SourceError {
+    match err {
+        SourceError::Ogg { reason, .. } => SourceError::Ogg { offset: at, reason },
+        other => other,
+    }
+}
+
 /// Finds the first beginning-of-stream page whose single packet is an `OpusHead`.
 ///
 /// RFC 3533 §4 puts the beginning-of-stream pages of all multiplexed streams first, and RFC 7845 §3
@@ -889,6 +1097,68 @@ mod tests {
         let mut packet = vec![fill; len];
         packet[0] = TOC_CELT_FB_20MS;
         packet
+    }
+
+    /// Feeds `file` to an [`OggOpusStream`] in `chunk`-byte pieces.
+    fn stream_all(file: &[u8], chunk: usize) -> Result<Vec<OpusFrame>, SourceError> {
+        let mut stream = OggOpusStream::new();
+        let mut frames = Vec::new();
+        for piece in file.chunks(chunk) {
+            stream.push(piece)?;
+            while let Some(frame) = stream.pop() {
+                frames.push(frame);
+            }
+        }
+        stream.finish()?;
+        Ok(frames)
+    }
+
+    #[test]
+    fn stream_parser_matches_the_file_reader_whatever_the_chunking() {
+        // Packets of 300 and 600 bytes span lacing runs; 70 of them span pages.
+        let packets: Vec<Vec<u8>> = (0..70)
+            .map(|i| celt_packet(if i % 3 == 0 { 600 } else { 300 }, i as u8))
+            .collect();
+        let file = write(&packets);
+        let expected =
+            read_all(&mut OggOpusReader::new(Bytes::from(file.clone())).unwrap()).unwrap();
+        assert_eq!(expected.len(), 70);
+        for chunk in [1, 7, 27, 4096, file.len()] {
+            let got = stream_all(&file, chunk).unwrap();
+            assert_eq!(got, expected, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn stream_parser_reports_truncation_garbage_and_non_opus() {
+        let file = write(&[celt_packet(100, 1), celt_packet(100, 2)]);
+        let cut = &file[..file.len() - 5];
+        assert!(matches!(
+            stream_all(cut, 64),
+            Err(SourceError::Ogg { reason, .. }) if reason.contains("inside a page")
+        ));
+        let mut garbage = file.clone();
+        let last = garbage.len() - 1;
+        garbage[last] ^= 0xff;
+        assert!(matches!(
+            stream_all(&garbage, 64),
+            Err(SourceError::Ogg { reason, .. }) if reason.contains("crc")
+        ));
+        assert!(matches!(
+            stream_all(b"", 64),
+            Err(SourceError::NotOpus { .. })
+        ));
+        // Errors are sticky.
+        let mut stream = OggOpusStream::new();
+        assert!(stream.push(&[0_u8; 64]).is_err());
+        assert!(stream.push(&file).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn stream_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048), chunk in 1_usize..300) {
+            let _ = stream_all(&bytes, chunk);
+        }
     }
 
     fn assert_ogg_error(result: Result<impl std::fmt::Debug, SourceError>, at: usize) {

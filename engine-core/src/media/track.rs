@@ -295,25 +295,37 @@ pub struct TrackCounters {
     pub played_samples: u64,
     /// Frames skipped because the call was driven late.
     pub frames_skipped_late: u64,
+    /// Position in the current source, in ticks of the track's clock: where it started
+    /// ([`FrameSource::start_position`]) plus what was played of it. ntgcalls' `time`.
+    pub position_samples: u64,
 }
 
-/// Why a track stopped sending on its own.
+/// Why a track stopped sending on its own. Either way the call stays up, ready for the next
+/// source (as in ntgcalls).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEnd {
-    /// The source ran out of frames. The call stays up for the next source.
+    /// The source ran out of frames.
     Finished,
-    /// The source failed (broken file, failed encoder). Calls end with this.
+    /// The source failed (broken file, ffmpeg exited with an error, failed encoder).
     Failed(SourceError),
 }
 
 impl SourceEnd {
     /// The error a `StreamEnded` event carries: `None` when the source ran out.
-    pub fn error(&self) -> Option<String> {
+    pub fn error(self) -> Option<SourceError> {
         match self {
             Self::Finished => None,
-            Self::Failed(e) => Some(e.to_string()),
+            Self::Failed(e) => Some(e),
         }
     }
+}
+
+/// Which kind of track a stream-end event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TrackKind {
+    /// The outgoing audio track (the microphone, in ntgcalls' words).
+    Audio,
 }
 
 /// Stats of a call that carry an outgoing track's counters under the same names.
@@ -330,6 +342,7 @@ macro_rules! impl_track_stats {
                 self.payload_bytes_sent = c.payload_bytes_sent;
                 self.played_samples = c.played_samples;
                 self.frames_skipped_late = c.frames_skipped_late;
+                self.position_samples = c.position_samples;
             }
         }
     )*};
@@ -433,6 +446,9 @@ impl AudioTrack {
 
     /// Plays `source` from `now`, replacing any current one.
     pub fn set_source(&mut self, now: Instant, source: Box<dyn FrameSource>) {
+        let start = source.start_position();
+        self.counters.position_samples =
+            (start.as_micros() * u128::from(OPUS_CLOCK_RATE_HZ) / 1_000_000) as u64;
         self.source = Some(source);
         self.schedule(now);
     }
@@ -553,6 +569,7 @@ impl AudioTrack {
         self.counters.packets_sent += 1;
         self.counters.payload_bytes_sent += payload_len;
         self.counters.played_samples += u64::from(frame.duration_samples);
+        self.counters.position_samples += u64::from(frame.duration_samples);
     }
 }
 

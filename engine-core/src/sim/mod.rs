@@ -775,7 +775,9 @@ fn hash_datagram(digest: &mut Digest, contents: &[u8]) {
 fn event_tag(e: &Event) -> String {
     match e {
         Event::ConnectionChanged(s) => format!("conn:{s:?}"),
-        Event::StreamEnded { error } => format!("end:{error:?}"),
+        Event::StreamEnded { error, .. } => {
+            format!("end:{:?}", error.as_ref().map(ToString::to_string))
+        }
         Event::MediaStateChanged(m) => format!("media:{}:{}", m.paused, m.muted),
         Event::AudioReceived(a) => format!("audio:{}:{}", a.ssrc.0, a.seq),
     }

@@ -125,7 +125,7 @@ fn replayed_srtp_is_refused_and_counted() {
 }
 
 #[test]
-fn a_failing_source_ends_the_call_with_a_typed_reason() {
+fn a_failing_source_ends_the_track_with_a_typed_error_and_the_call_stays() {
     struct Broken;
     impl crate::FrameSource for Broken {
         fn next_frame(&mut self) -> Result<Option<crate::OpusFrame>, crate::SourceError> {
@@ -143,15 +143,18 @@ fn a_failing_source_ends_the_call_with_a_typed_reason() {
         )
         .expect("set source");
     pair.drive(Duration::from_millis(50));
-    assert!(matches!(
+    assert_eq!(
         pair.call.state(),
-        CallState::Ended(EndReason::SourceFailed(_))
-    ));
-    assert!(
-        pair.events
-            .iter()
-            .any(|e| matches!(e, Event::StreamEnded { error: Some(_) }))
+        &CallState::Connected,
+        "a failed source ends the track, not the call"
     );
+    assert!(pair.events.iter().any(|e| matches!(
+        e,
+        Event::StreamEnded {
+            track: crate::TrackKind::Audio,
+            error: Some(crate::SourceError::Opus { .. })
+        }
+    )));
 }
 
 /// str0m reports a certificate that does not match the signaled fingerprint only as text;
