@@ -426,6 +426,18 @@ mod tests {
     }
 
     #[test]
+    fn resampler_is_send_and_debug() {
+        fn send<T: Send + fmt::Debug>(_: &T) {}
+        let r = Resampler::new(44_100, 2, 1).unwrap();
+        send(&r);
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("in_rate: 44100") && shown.contains("delay: 480"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn bad_arguments_are_typed_errors() {
         for (rate, cin, cout) in [
             (7_999, 1, 1),
