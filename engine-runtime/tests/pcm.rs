@@ -113,6 +113,90 @@ fn pushed_pcm_reaches_the_sfu_as_523_hz() {
 }
 
 #[test]
+fn pushed_44_1_khz_pcm_is_resampled_and_reaches_the_sfu_as_659_hz() {
+    let sfu = silent_sfu();
+    let engine = Engine::builder().shards(1).build().unwrap();
+    let payload = engine.create_call(1).unwrap();
+    let response = sfu.join(11, payload.as_bytes()).unwrap();
+    engine.connect(1, &response).unwrap();
+    let config = PcmSourceConfig {
+        sample_rate: 44_100,
+        ..PcmSourceConfig::default()
+    };
+    let (source, writer) = StreamSource::pcm(&config).unwrap();
+    assert_eq!(writer.frame_len(), 882);
+    engine.set_stream_sources(1, source).unwrap();
+    let ssrc = engine.audio_ssrc(1).unwrap();
+
+    // 20 ms frames at 44.1 kHz (882 samples), phase-continuous.
+    let frame = |index: usize| -> Vec<i16> {
+        (index * 882..(index + 1) * 882)
+            .map(|i| ((i as f64 * TAU * 659.0 / 44_100.0).sin() * 16_384.0).round() as i16)
+            .collect()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut index = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match writer.try_push(&frame(index)) {
+                    Ok(()) => index += 1,
+                    Err(PcmPushError::Full) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) => panic!("push: {e}"),
+                }
+            }
+            let stats = writer.stats();
+            drop(writer);
+            (index, stats)
+        })
+    };
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut heard = None;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = sfu.stats().unwrap();
+        let p = participant(&stats, 11, ssrc);
+        if p["packets"].as_u64().unwrap_or(0) >= 100 {
+            heard = Some(p);
+            break;
+        }
+    }
+    let p = heard.expect("the sfu got fewer than 100 packets in 20 s");
+    let hz = p["dominant_hz"].as_f64().unwrap_or(0.0);
+    assert!((hz - 659.0).abs() <= 5.0, "sfu heard {hz} Hz");
+    eprintln!("sfu: {hz:.1} Hz over {} packets", p["packets"]);
+
+    stop.store(true, Ordering::Relaxed);
+    let (pushed, stats) = pusher.join().unwrap();
+    // One 48 kHz frame per 44.1 kHz frame, but for the first (the resampler's delay).
+    assert_eq!(stats.frames_pushed + 1, pushed as u64, "{stats:?}");
+    assert!(stats.frames_encoded >= 100, "{stats:?}");
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut ended = false;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match engine.events().recv_timeout(left) {
+            Ok(e) if e.chat_id == 1 && e.kind == EventKind::StreamEnded { error: None } => {
+                ended = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(ended, "no StreamEnded after the writer was dropped");
+    // Every queued frame was sent, plus the tail the dropped writer flushed (one frame, if
+    // the queue had room) and the silence of underruns.
+    let sent = engine.call_info(1).unwrap().stats.packets_sent;
+    let queued = stats.frames_pushed + stats.underruns;
+    assert!(
+        (queued..=queued + 1).contains(&sent),
+        "{sent} packets sent vs {stats:?}"
+    );
+}
+
+#[test]
 fn pcm_sink_decodes_the_other_participants_tone() {
     let sfu = Server::start(ServerOptions::default()).unwrap();
     let engine = Engine::builder().shards(2).build().unwrap();

@@ -11,6 +11,8 @@
 //! - [`OggOpusReader`] passes the packets of an Ogg/Opus file (RFC 7845) through without decoding
 //!   or re-encoding them, so one file can feed thousands of calls for the price of a parse.
 //!
+//! [`Resampler`] converts PCM of any rate and channel count to the 48 kHz the encoders take.
+//!
 //! [`OggOpusWriter`] is the inverse of the reader, for fixtures, tests and tools.
 //!
 //! Opus in RTP always runs on a 48 kHz clock (RFC 7587 §4.1) whatever the audio bandwidth, so every
@@ -23,6 +25,7 @@ use std::sync::Arc;
 pub mod looped;
 pub mod ogg;
 pub mod pcm;
+pub mod resample;
 pub mod shared;
 pub mod tone;
 pub mod track;
@@ -33,6 +36,7 @@ pub use pcm::{
     PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSink, PcmSinkConfig, PcmSinkStats,
     PcmSource, PcmSourceConfig, PcmSourceStats, PcmWriter, pcm_sink, pcm_source,
 };
+pub use resample::Resampler;
 pub use shared::{SharedReader, SharedSource};
 pub use tone::ToneSource;
 

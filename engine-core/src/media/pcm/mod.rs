@@ -4,7 +4,9 @@
 //!
 //! - **Outgoing**: [`pcm_source`] returns a [`PcmSource`] (a [`FrameSource`](crate::media::FrameSource), played by a call
 //!   like any other source) and a [`PcmWriter`] (`Send`, for the application's audio thread).
-//!   The application pushes 20 ms frames of 16-bit 48 kHz PCM into a bounded queue with
+//!   The application pushes 20 ms frames of 16-bit PCM (48 kHz, or any rate that is a multiple
+//!   of 50 Hz, resampled to 48 kHz on the application's thread by a
+//!   [`Resampler`](crate::media::Resampler)) into a bounded queue with
 //!   [`PcmWriter::try_push`]; at each frame time the source encodes the next queued frame with
 //!   libopus, or silence when the queue is empty (an *underrun*, counted). Once the writer is
 //!   dropped and the queue drained, the source ends, so the call reports the end of the stream.
@@ -55,9 +57,16 @@ impl PcmChannels {
         }
     }
 
-    /// Samples in one 20 ms frame, all channels: 960 or 1920.
+    /// Samples in one 20 ms frame at 48 kHz, all channels: 960 or 1920.
     pub fn frame_len(self) -> usize {
         PCM_FRAME_SAMPLES * self.count()
+    }
+
+    /// Samples in one 20 ms frame at `sample_rate_hz`, all channels: `sample_rate_hz / 50` per
+    /// channel (882 per channel at 44.1 kHz). Rounds down for a rate that is not a multiple of
+    /// 50 Hz, which [`pcm_source`] refuses.
+    pub fn frame_len_at(self, sample_rate_hz: u32) -> usize {
+        (sample_rate_hz / 50) as usize * self.count()
     }
 
     fn opus(self) -> Channels {
@@ -134,6 +143,63 @@ mod tests {
         let hz = dominant_hz(steady, 300..=600);
         assert!(hz.abs_diff(440) <= 5, "decoded {hz} Hz");
         assert!(power(steady, 440.0) > 1000.0 * power(steady, 1000.0));
+    }
+
+    #[test]
+    fn pushed_44_1_khz_sine_is_resampled_and_encodes_to_1000_hz() {
+        let config = PcmSourceConfig {
+            sample_rate: 44_100,
+            ..PcmSourceConfig::default()
+        };
+        let (mut source, writer) = pcm_source(&config).unwrap();
+        assert_eq!((writer.frame_len(), writer.sample_rate()), (882, 44_100));
+        assert_eq!(
+            writer.try_push(&[0; 960]),
+            Err(PcmPushError::WrongLength {
+                expected: 882,
+                got: 960
+            })
+        );
+        let samples: Vec<i16> = (0..50 * 882)
+            .map(|i| ((i as f64 * TAU * 1000.0 / 44_100.0).sin() * 16_384.0).round() as i16)
+            .collect();
+        let mut frames = Vec::new();
+        for pcm in samples.chunks(882) {
+            writer.try_push(pcm).unwrap();
+            if let Some(frame) = source
+                .next_frame()
+                .unwrap()
+                .filter(|_| writer.queued() == 0)
+            {
+                frames.push(frame);
+            }
+        }
+        // The first push queued nothing (the resampler's delay holds half a frame back); the
+        // first frame time was an underrun.
+        let stats = writer.stats();
+        assert_eq!((stats.frames_pushed, stats.frames_encoded), (49, 49));
+        assert_eq!(stats.underruns, 1);
+        // Dropping the writer queues the held tail: half a frame, padded to one.
+        drop(writer);
+        frames.push(source.next_frame().unwrap().unwrap());
+        assert_eq!(source.next_frame().unwrap(), None);
+        assert_eq!(source.stats().frames_pushed, 50);
+        let pcm = decode_mono(&frames[1..]);
+        let steady = &pcm[4800..40_000];
+        let hz = dominant_hz(steady, 800..=1200);
+        assert!(hz.abs_diff(1000) <= 5, "decoded {hz} Hz");
+        assert!(power(steady, 1000.0) > 1000.0 * power(steady, 1500.0));
+
+        for rate in [44_101, 7_950, 384_050] {
+            let bad = PcmSourceConfig {
+                sample_rate: rate,
+                ..PcmSourceConfig::default()
+            };
+            assert!(
+                matches!(pcm_source(&bad), Err(SourceError::InvalidArgument { .. })),
+                "{rate} Hz"
+            );
+        }
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! The outgoing half: PCM the application pushes, encoded to Opus frames a call plays.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use opus::{Application, Bitrate, Encoder};
 
 use super::PcmChannels;
 use crate::media::{
-    FrameSource, OPUS_CLOCK_RATE_HZ, OpusFrame, SAMPLES_PER_FRAME, SourceError, audio_level_dbov,
+    FrameSource, OPUS_CLOCK_RATE_HZ, OpusFrame, Resampler, SAMPLES_PER_FRAME, SourceError,
+    audio_level_dbov,
 };
 
 /// Lowest Opus bitrate libopus accepts, in bit/s.
@@ -25,10 +26,10 @@ const MAX_PACKET_BYTES: usize = 1275;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PcmPushError {
-    /// The frame is not 20 ms long for the writer's channel count.
+    /// The frame is not 20 ms long for the writer's sample rate and channel count.
     #[error("pcm frame has {got} samples, expected {expected}")]
     WrongLength {
-        /// Samples a frame must have: [`PcmChannels::frame_len`].
+        /// Samples a frame must have: [`PcmWriter::frame_len`].
         expected: usize,
         /// Samples given.
         got: usize,
@@ -47,6 +48,11 @@ pub enum PcmPushError {
 pub struct PcmSourceConfig {
     /// Mono (default) or interleaved stereo.
     pub channels: PcmChannels,
+    /// Sample rate of the pushed PCM, in Hz: 48 000 (default, encoded as is) or any multiple of
+    /// 50 Hz in 8 000..=384 000 (so that 20 ms is a whole number of samples: 882 per channel at
+    /// 44 100 Hz), resampled to 48 kHz inside [`PcmWriter::try_push`]; see
+    /// [`media::resample`](crate::media::resample) for the method and its 10 ms of latency.
+    pub sample_rate: u32,
     /// Frames the queue holds; at least 1. Default 50 (one second).
     pub capacity: usize,
     /// Opus encoder bitrate in bit/s, [`MIN_BITRATE_BPS`]..=[`MAX_BITRATE_BPS`]. Default 32 000
@@ -58,6 +64,7 @@ impl Default for PcmSourceConfig {
     fn default() -> Self {
         Self {
             channels: PcmChannels::Mono,
+            sample_rate: OPUS_CLOCK_RATE_HZ,
             capacity: 50,
             bitrate_bps: 32_000,
         }
@@ -67,7 +74,10 @@ impl Default for PcmSourceConfig {
 /// Counters of one PCM source, shared by the [`PcmSource`] and its [`PcmWriter`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PcmSourceStats {
-    /// Frames accepted by [`PcmWriter::try_push`].
+    /// 48 kHz frames queued for the encoder by [`PcmWriter::try_push`]: one per accepted frame at
+    /// 48 kHz. At other rates the first frame pushed queues none (the resampler's 10 ms delay
+    /// holds half a frame back), each later one queues one, and dropping the writer queues
+    /// what the resampler still held.
     pub frames_pushed: u64,
     /// Frames refused because the queue was full.
     pub frames_dropped_full: u64,
@@ -115,8 +125,9 @@ fn check_bitrate(bps: i32) -> Result<(), SourceError> {
 
 /// A PCM source and the writer that feeds it.
 ///
-/// Fails with [`SourceError::InvalidArgument`] for a zero capacity or a bitrate out of range,
-/// or [`SourceError::Opus`] if libopus cannot create the encoder.
+/// Fails with [`SourceError::InvalidArgument`] for a zero capacity, a bitrate out of range or a
+/// sample rate out of range or not a multiple of 50 Hz, or [`SourceError::Opus`] if libopus
+/// cannot create the encoder.
 pub fn pcm_source(config: &PcmSourceConfig) -> Result<(PcmSource, PcmWriter), SourceError> {
     if config.capacity == 0 {
         return Err(SourceError::InvalidArgument {
@@ -124,6 +135,23 @@ pub fn pcm_source(config: &PcmSourceConfig) -> Result<(PcmSource, PcmWriter), So
         });
     }
     check_bitrate(config.bitrate_bps)?;
+    if !config.sample_rate.is_multiple_of(50) {
+        return Err(SourceError::InvalidArgument {
+            reason: format!(
+                "pcm sample rate must be a multiple of 50 Hz (20 ms frames), got {}",
+                config.sample_rate
+            ),
+        });
+    }
+    let resampling = if config.sample_rate == OPUS_CLOCK_RATE_HZ {
+        None
+    } else {
+        let channels = config.channels.count() as u8;
+        Some(Mutex::new(Resampling {
+            resampler: Resampler::new(config.sample_rate, channels, channels)?,
+            pending: Vec::with_capacity(2 * config.channels.frame_len()),
+        }))
+    };
     let mut encoder = Encoder::new(
         OPUS_CLOCK_RATE_HZ,
         config.channels.opus(),
@@ -151,36 +179,55 @@ pub fn pcm_source(config: &PcmSourceConfig) -> Result<(PcmSource, PcmWriter), So
         frames: tx,
         counters,
         channels: config.channels,
+        sample_rate: config.sample_rate,
+        resampling,
     };
     Ok((source, writer))
 }
 
 /// The application's end of a [`PcmSource`]: pushes 20 ms PCM frames. `Send` and `Sync`.
 ///
-/// Dropping it ends the stream once the queued frames have been sent.
+/// Dropping it ends the stream once the queued frames have been sent (when resampling, it first
+/// queues what the resampler still holds, padded with silence to whole frames, if there is room).
 pub struct PcmWriter {
     frames: Sender<Vec<i16>>,
     counters: Arc<SourceCounters>,
     channels: PcmChannels,
+    sample_rate: u32,
+    /// `None` at 48 kHz. A mutex because [`PcmWriter::try_push`] takes `&self`; it is only ever
+    /// contended by an application pushing from several threads at once.
+    resampling: Option<Mutex<Resampling>>,
+}
+
+/// The writer's resampling state.
+#[derive(Debug)]
+struct Resampling {
+    resampler: Resampler,
+    /// Resampled 48 kHz samples short of a whole frame.
+    pending: Vec<i16>,
 }
 
 impl fmt::Debug for PcmWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PcmWriter")
             .field("channels", &self.channels)
+            .field("sample_rate", &self.sample_rate)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
 impl PcmWriter {
-    /// Queues one 20 ms frame: [`PcmChannels::frame_len`] samples of 16-bit 48 kHz PCM,
-    /// interleaved when stereo. Never blocks.
+    /// Queues one 20 ms frame: [`frame_len`](Self::frame_len) samples of 16-bit PCM at the
+    /// configured sample rate, interleaved when stereo. Never blocks. At a rate other than
+    /// 48 kHz the frame is resampled here, on the caller's thread, and the 48 kHz frames it
+    /// completes are queued (see [`PcmSourceStats::frames_pushed`]).
     ///
     /// Errors: [`PcmPushError::WrongLength`], [`PcmPushError::Full`] (counted) or
-    /// [`PcmPushError::Disconnected`]. Nothing is queued on error.
+    /// [`PcmPushError::Disconnected`]. Nothing is queued on error, and a refused frame is not
+    /// resampled either.
     pub fn try_push(&self, frame: &[i16]) -> Result<(), PcmPushError> {
-        let expected = self.channels.frame_len();
+        let expected = self.frame_len();
         if frame.len() != expected {
             return Err(PcmPushError::WrongLength {
                 expected,
@@ -192,7 +239,44 @@ impl PcmWriter {
             self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
             return Err(PcmPushError::Full);
         }
-        match self.frames.try_send(frame.to_vec()) {
+        let Some(resampling) = &self.resampling else {
+            return self.send(frame.to_vec());
+        };
+        let mut state = resampling.lock().unwrap_or_else(PoisonError::into_inner);
+        let Resampling { resampler, pending } = &mut *state;
+        // The length was checked: the resampler cannot refuse it.
+        if resampler.process(frame, pending).is_err() {
+            return Err(PcmPushError::WrongLength {
+                expected,
+                got: frame.len(),
+            });
+        }
+        // One frame after the first push (the delay holds half a frame back), so the fullness
+        // check above covers it unless another thread pushes at the same time.
+        self.send_whole_frames(pending, false)
+    }
+
+    /// Queues the whole 48 kHz frames at the front of `pending` (all of it, padded with
+    /// silence, when `pad`), keeping the rest.
+    fn send_whole_frames(&self, pending: &mut Vec<i16>, pad: bool) -> Result<(), PcmPushError> {
+        let len = self.channels.frame_len();
+        if pad && !pending.len().is_multiple_of(len) {
+            pending.resize(pending.len().next_multiple_of(len), 0);
+        }
+        let mut result = Ok(());
+        let whole = pending.len() / len * len;
+        for chunk in pending[..whole].chunks_exact(len) {
+            result = self.send(chunk.to_vec());
+            if result.is_err() {
+                break;
+            }
+        }
+        pending.drain(..whole);
+        result
+    }
+
+    fn send(&self, frame: Vec<i16>) -> Result<(), PcmPushError> {
+        match self.frames.try_send(frame) {
             Ok(()) => {
                 self.counters.pushed.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -220,9 +304,15 @@ impl PcmWriter {
         self.channels
     }
 
-    /// Samples one frame must have: [`PcmChannels::frame_len`].
+    /// The sample rate frames must have, in Hz.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// Samples one frame must have: 20 ms at the configured rate,
+    /// [`PcmChannels::frame_len_at`] (960 or 1920 at 48 kHz).
     pub fn frame_len(&self) -> usize {
-        self.channels.frame_len()
+        self.channels.frame_len_at(self.sample_rate)
     }
 
     /// Frames waiting in the queue.
@@ -238,6 +328,22 @@ impl PcmWriter {
     /// The source's counters.
     pub fn stats(&self) -> PcmSourceStats {
         self.counters.snapshot(self.frames.len())
+    }
+}
+
+impl Drop for PcmWriter {
+    fn drop(&mut self) {
+        let Some(resampling) = self.resampling.take() else {
+            return;
+        };
+        let mut state = resampling
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Resampling { resampler, pending } = &mut state;
+        // Best effort: the stream ends either way.
+        if resampler.flush(pending).is_ok() {
+            let _ = self.send_whole_frames(pending, true);
+        }
     }
 }
 
