@@ -144,11 +144,40 @@ impl StderrTail {
     }
 }
 
+/// Signals a [`Process`]'s group from any thread, safely against pid reuse: the group id is
+/// cleared, under the same lock, before the child is reaped, so a signal never reaches a
+/// process that merely inherited the number. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Killer {
+    pgid: Arc<Mutex<Option<libc::pid_t>>>,
+}
+
+impl Killer {
+    /// Sends `signal` to the group, if the child was not reaped yet.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        let guard = lock(&self.pgid);
+        if let Some(pgid) = *guard {
+            // SAFETY: kill(2) with a negative pid signals the process group we created for
+            // the child (process_group(0) makes its pid the group id). The child is not
+            // reaped while `pgid` is set (see `Process::reap`), so the id is still ours.
+            unsafe {
+                libc::kill(-pgid, signal);
+            }
+        }
+    }
+
+    /// Kills the group.
+    pub(crate) fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
 /// A running child process: killed (with its process group) and reaped on drop.
 #[derive(Debug)]
 pub(crate) struct Process {
     program: String,
     child: Child,
+    killer: Killer,
     stderr: Arc<Mutex<StderrTail>>,
     stderr_thread: Option<JoinHandle<()>>,
     /// Set once the child was reaped.
@@ -158,6 +187,10 @@ pub(crate) struct Process {
 impl Process {
     /// Spawns `cmd` in a process group of its own, with `SIGKILL` on the death of the calling
     /// thread, its standard error read into a tail and `pipes` connected.
+    ///
+    /// The death signal follows the *thread* that spawns (prctl(2)): spawn from the thread
+    /// that owns the process for its whole life (a decoder's own thread), never from a
+    /// short-lived one.
     ///
     /// A program that cannot be started is [`SourceError::FfmpegNotFound`] when `ffmpeg` is
     /// `Some` (the command is that ffmpeg) and [`SourceError::Decoder`] otherwise.
@@ -222,9 +255,13 @@ impl Process {
                 })
                 .ok()
         });
+        let killer = Killer {
+            pgid: Arc::new(Mutex::new(libc::pid_t::try_from(child.id()).ok())),
+        };
         Ok(Self {
             program,
             child,
+            killer,
             stderr,
             stderr_thread,
             status: None,
@@ -246,25 +283,39 @@ impl Process {
         self.child.stdin.take()
     }
 
-    /// Sends `signal` to the child's process group.
-    pub(crate) fn signal(&self, signal: libc::c_int) {
-        if self.status.is_some() {
-            return;
-        }
-        let Ok(pgid) = libc::pid_t::try_from(self.child.id()) else {
-            return;
-        };
-        // SAFETY: kill(2) with a negative pid signals the process group we created for the
-        // child (process_group(0) makes its pid the group id); it has not been reaped yet, so
-        // the id is still ours.
-        unsafe {
-            libc::kill(-pgid, signal);
-        }
+    /// A handle that signals the process group from other threads.
+    pub(crate) fn killer(&self) -> Killer {
+        self.killer.clone()
     }
 
     /// Kills the process group (no effect once reaped).
     pub(crate) fn kill(&self) {
-        self.signal(libc::SIGKILL);
+        self.killer.kill();
+    }
+
+    /// Waits for the child to exit, then reaps it: first without reaping (`WNOWAIT`), so that
+    /// the [`Killer`] can forget the group id before the id is free for reuse.
+    fn reap(&mut self) -> std::io::Result<ExitStatus> {
+        if let Ok(pid) = libc::id_t::try_from(self.child.id()) {
+            loop {
+                // SAFETY: waitid(2) with WNOWAIT only reads the child's state into `info`, a
+                // zeroed siginfo_t we own; it does not reap, so std's Child stays valid.
+                let r = unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PID,
+                        pid,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
+        }
+        *lock(&self.killer.pgid) = None;
+        self.child.wait()
     }
 
     /// Waits for the child to exit and turns a failure into [`SourceError::Decoder`] with the
@@ -274,7 +325,7 @@ impl Process {
         let status = match self.status {
             Some(status) => status,
             None => {
-                let status = self.child.wait().map_err(|e| SourceError::Decoder {
+                let status = self.reap().map_err(|e| SourceError::Decoder {
                     program: self.program.clone(),
                     reason: format!("wait failed: {e}"),
                     stderr: String::new(),
@@ -307,7 +358,7 @@ impl Drop for Process {
     fn drop(&mut self) {
         if self.status.is_none() {
             self.kill();
-            let _ = self.child.wait();
+            let _ = self.reap();
         }
         if let Some(thread) = self.stderr_thread.take() {
             let _ = thread.join();
