@@ -26,6 +26,8 @@ pub use p2p::{AuthParams, P2pCallInfo, P2pKeyInfo, RtcServer};
 /// A call's state, media state and counters, as [`Engine::call_info`] and [`Engine::calls`]
 /// return them.
 pub type CallInfo = ringcast_core::endpoint::CallSnapshot;
+use crate::ffmpeg::Ffmpeg;
+use crate::play::{MediaCacheConfig, MediaHub, MediaStats};
 use crate::source::StreamSource;
 
 /// Capacity of each shard's queue of datagrams handed over by other shards.
@@ -169,6 +171,9 @@ pub struct EngineBuilder {
     pre_connect_delay: Duration,
     cert_pool: usize,
     send_path: SendPath,
+    ffmpeg: Ffmpeg,
+    check_ffmpeg: bool,
+    media_cache: MediaCacheConfig,
 }
 
 /// How a shard puts its datagrams on the wire; see [`EngineBuilder::send_path`].
@@ -199,6 +204,9 @@ impl Default for EngineBuilder {
             pre_connect_delay: Duration::ZERO,
             cert_pool: DEFAULT_CERT_POOL,
             send_path: SendPath::default(),
+            ffmpeg: Ffmpeg::default(),
+            check_ffmpeg: false,
+            media_cache: MediaCacheConfig::default(),
         }
     }
 }
@@ -276,8 +284,27 @@ impl EngineBuilder {
         self
     }
 
+    /// The ffmpeg binary that decodes [`MediaSource`](crate::MediaSource)s (default: `ffmpeg` on `PATH`, with
+    /// `ffprobe` beside it). Setting it turns the check on: [`build`](Self::build) runs it
+    /// and fails with [`SourceError::FfmpegNotFound`] if it does not. Without it, a missing
+    /// ffmpeg is that same error at the first play.
+    pub fn ffmpeg(mut self, ffmpeg: Ffmpeg) -> Self {
+        self.ffmpeg = ffmpeg;
+        self.check_ffmpeg = true;
+        self
+    }
+
+    /// Bounds of the on-demand track cache (see [`MediaCacheConfig`]).
+    pub fn media_cache(mut self, config: MediaCacheConfig) -> Self {
+        self.media_cache = config;
+        self
+    }
+
     /// Starts the shard thread.
     pub fn build(self) -> Result<Engine, EngineError> {
+        if self.check_ffmpeg {
+            self.ffmpeg.check()?;
+        }
         if self.bind.ip().is_unspecified() {
             return Err(EngineError::InvalidConfig(
                 "bind address must be a concrete ip (str0m matches STUN destinations against it)",
@@ -338,6 +365,7 @@ impl EngineBuilder {
             certs,
             crypto,
             next_seed: AtomicU64::new(seed),
+            media: MediaHub::new(self.ffmpeg, self.media_cache),
         })
     }
 }
@@ -366,6 +394,8 @@ pub struct Engine {
     next_seed: AtomicU64,
     /// 1:1 calls' key exchanges and pre-connect settings, tone bitrate knobs.
     p2p: p2p::P2pSetups,
+    /// Decodes of files, URLs and commands, shared by the calls that play them.
+    media: MediaHub,
 }
 
 impl Engine {
@@ -441,12 +471,17 @@ impl Engine {
 
     /// Plays `source` on the call (group or 1:1), replacing what it played. A 1:1 call that
     /// is not connected yet keeps it and starts it when it connects.
+    ///
+    /// A [`MediaSource`](crate::MediaSource) (file, URL, shell command) is opened here: this waits for its first
+    /// frame, and an input that cannot be played is an error here
+    /// ([`SourceError::Decoder`] with ffmpeg's words); one that fails later ends the track
+    /// with [`EventKind::StreamEnded`]. The call stays connected either way.
     pub fn set_stream_sources(
         &self,
         chat_id: i64,
-        source: StreamSource,
+        source: impl Into<StreamSource>,
     ) -> Result<(), EngineError> {
-        let source = self.open_source(chat_id, source)?;
+        let source = self.open_source(chat_id, source.into())?;
         self.command(chat_id, ringcast_core::Command::SetSource(source))
     }
 
@@ -504,6 +539,16 @@ impl Engine {
         Ok(Duration::from_micros(
             info.stats.position_samples * 1_000_000 / 48_000,
         ))
+    }
+
+    /// Counters of the decodes of files, URLs and commands and of the on-demand cache.
+    pub fn media_stats(&self) -> MediaStats {
+        self.media.stats()
+    }
+
+    /// The ffmpeg this engine decodes with.
+    pub fn ffmpeg(&self) -> &Ffmpeg {
+        self.media.ffmpeg()
     }
 
     /// Certificates waiting in the pool (see [`EngineBuilder::cert_pool`]).

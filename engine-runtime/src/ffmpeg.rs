@@ -87,6 +87,15 @@ impl Ffmpeg {
         cmd
     }
 
+    /// The `ffprobe` beside this ffmpeg (same directory; on `PATH` for a bare name). Debian's
+    /// `ffmpeg` package installs both.
+    pub fn ffprobe(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("ffprobe"),
+            _ => PathBuf::from("ffprobe"),
+        }
+    }
+
     /// The program name of [`SourceError::Decoder`] for this binary.
     pub(crate) fn program(&self) -> String {
         "ffmpeg".to_owned()
@@ -296,20 +305,18 @@ impl Process {
     /// Waits for the child to exit, then reaps it: first without reaping (`WNOWAIT`), so that
     /// the [`Killer`] can forget the group id before the id is free for reuse.
     fn reap(&mut self) -> std::io::Result<ExitStatus> {
-        if let Ok(pid) = libc::id_t::try_from(self.child.id()) {
+        {
+            let pid: libc::id_t = self.child.id();
             loop {
                 // SAFETY: waitid(2) with WNOWAIT only reads the child's state into `info`, a
                 // zeroed siginfo_t we own; it does not reap, so std's Child stays valid.
                 let r = unsafe {
                     let mut info: libc::siginfo_t = std::mem::zeroed();
-                    libc::waitid(
-                        libc::P_PID,
-                        pid,
-                        &mut info,
-                        libc::WEXITED | libc::WNOWAIT,
-                    )
+                    libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
                 };
-                if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                if r == 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
                     break;
                 }
             }

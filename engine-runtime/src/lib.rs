@@ -37,6 +37,7 @@ mod engine;
 mod error;
 pub mod ffmpeg;
 mod pcm;
+pub mod play;
 mod pool;
 mod shard;
 mod source;
@@ -47,6 +48,8 @@ pub use engine::{
     LatenessCauses, P2pCallInfo, P2pKeyInfo, RtcServer, SendPath,
 };
 pub use error::EngineError;
+pub use ffmpeg::Ffmpeg;
+pub use play::{MediaCacheConfig, MediaInput, MediaSource, MediaStats, PlayMode};
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;
 pub use ringcast_core::media::pcm::{

@@ -9,6 +9,8 @@ use ringcast_core::media::{
 };
 use ringcast_core::{FrameSource, SourceError};
 
+use crate::play::{MediaHub, MediaSource};
+
 /// A media source for [`Engine::set_stream_sources`](crate::Engine::set_stream_sources).
 #[non_exhaustive]
 pub enum StreamSource {
@@ -28,6 +30,15 @@ pub enum StreamSource {
     Pcm(PcmSource),
     /// Any frame source.
     Custom(Box<dyn FrameSource>),
+    /// A file in any format, a URL or a shell command, decoded by ffmpeg once per distinct
+    /// input (see [`crate::play`]).
+    Media(MediaSource),
+}
+
+impl From<MediaSource> for StreamSource {
+    fn from(source: MediaSource) -> Self {
+        Self::Media(source)
+    }
 }
 
 impl fmt::Debug for StreamSource {
@@ -39,6 +50,7 @@ impl fmt::Debug for StreamSource {
             Self::Shared(s) => write!(f, "Shared({s:?})"),
             Self::Pcm(s) => write!(f, "Pcm({s:?})"),
             Self::Custom(_) => f.write_str("Custom"),
+            Self::Media(m) => write!(f, "Media({m:?})"),
         }
     }
 }
@@ -57,7 +69,7 @@ impl StreamSource {
     }
 
     /// Opens the source. Runs on the API thread so file I/O never blocks a shard.
-    pub(crate) fn open(self) -> Result<Box<dyn FrameSource>, SourceError> {
+    pub(crate) fn open(self, media: &MediaHub) -> Result<Box<dyn FrameSource>, SourceError> {
         Ok(match self {
             Self::Tone { frequency_hz } => Box::new(ToneSource::new(frequency_hz, None)?),
             Self::OggFile(path) => {
@@ -70,6 +82,7 @@ impl StreamSource {
             Self::Shared(shared) => Box::new(shared.reader()),
             Self::Pcm(source) => Box::new(source),
             Self::Custom(source) => source,
+            Self::Media(source) => media.open(source)?,
         })
     }
 }

@@ -177,7 +177,10 @@ fn pushed_44_1_khz_pcm_is_resampled_and_reaches_the_sfu_as_659_hz() {
     let mut ended = false;
     while let Some(left) = end.checked_duration_since(Instant::now()) {
         match engine.events().recv_timeout(left) {
-            Ok(e) if e.chat_id == 1 && matches!(e.kind, EventKind::StreamEnded { error: None, .. }) => {
+            Ok(e)
+                if e.chat_id == 1
+                    && matches!(e.kind, EventKind::StreamEnded { error: None, .. }) =>
+            {
                 ended = true;
                 break;
             }

@@ -46,7 +46,7 @@ pub const MAX_CATCH_UP_FRAMES: u32 = 3;
 /// A 20 ms Opus packet that decodes to silence: TOC 0xF8 (CELT-only fullband 20 ms, code 0)
 /// followed by the "silence" frame libopus itself emits in DTX (RFC 6716 §3.1). Sent while a
 /// track is muted, so the far end keeps seeing a live stream with the audio-level extension.
-const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
+pub const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
 
 /// RFC 6464 level meaning "silence" (-127 dBov).
 const AUDIO_LEVEL_SILENCE: u8 = 127;

@@ -253,7 +253,7 @@ impl Engine {
             return Ok(Box::new(tone));
         }
         lock(&self.p2p.bitrates).remove(&id);
-        Ok(source.open()?)
+        Ok(source.open(&self.media)?)
     }
 
     /// Changes the Opus bitrate of what call `chat_id` (group or 1:1) plays, from the next
