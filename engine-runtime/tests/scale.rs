@@ -15,6 +15,9 @@ fn five_hundred_calls_fifty_chats_one_sfu_port_two_shards() {
     let engine = Engine::builder()
         .shards(2)
         .event_queue(16_384)
+        // As long as the test waits: 500 handshakes on a busy 2-core machine can take more
+        // than the default 10 s (one ConnectTimeout seen in CI with a build running beside).
+        .connect_timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let (plan, _sources) = join_all(&engine, &sfu, 500, 50);
