@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build needs beyond the Rust toolchain: libopus (linked by the `opus`
-# crate through pkg-config), pkg-config itself and a C/C++ compiler. That is all the demo
-# (scripts/demo.sh) needs.
+# crate through pkg-config), pkg-config itself, a C/C++ compiler, and ffmpeg (the decoder of
+# the files, URLs and commands calls play). That is all the demo (scripts/demo.sh) needs.
 #
 #   scripts/setup.sh                    # build and demo prerequisites only
 #   scripts/setup.sh --with-test-peers  # plus the test peers: chromium, aiortc and the real
@@ -31,6 +31,10 @@ need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+# ffmpeg (with ffprobe) decodes the files, URLs and commands calls play (engine-runtime's
+# play module, `ringcast play --file`), as gotgcall and py-tgcalls do; tests make their media
+# with it.
+command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 if $test_peers; then
     # python3 + pip for the aiortc interop test (below).
     command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -1,12 +1,13 @@
 //! `ringcast play`: joins a voice chat through any server speaking sfu-mock's control API,
-//! streams a tone or an Ogg/Opus file, and prints a JSON summary as the last stdout line.
+//! streams a tone, a file in any format ffmpeg reads or a URL, and prints a JSON summary as the
+//! last stdout line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ringcast::{CallState, Engine, EventKind, StreamSource};
+use ringcast::{CallState, Engine, EventKind, MediaSource, StreamSource};
 
 use crate::seconds;
 
@@ -21,9 +22,16 @@ pub(crate) struct PlayArgs {
     /// Stream a sine tone of this frequency.
     #[arg(long, value_name = "HZ")]
     tone: Option<f32>,
-    /// Stream this Ogg/Opus file.
-    #[arg(long, value_name = "F.ogg")]
-    file: Option<PathBuf>,
+    /// Stream this file (any format ffmpeg reads: mp3, m4a, flac, wav, ogg, webm, a video's
+    /// audio...) or URL (http, https...), decoded by ffmpeg. Opus is passed through as is.
+    #[arg(long, value_name = "PATH|URL")]
+    file: Option<String>,
+    /// Start this far into the file (seconds).
+    #[arg(long, value_name = "S", value_parser = seconds, default_value = "0")]
+    seek: f64,
+    /// Play the file again each time it ends.
+    #[arg(long = "loop")]
+    looped: bool,
     /// How long to stream once connected.
     #[arg(long, value_name = "S", value_parser = seconds, allow_negative_numbers = true)]
     seconds: f64,
@@ -102,7 +110,17 @@ pub(crate) fn play(o: &PlayArgs) -> Result<(), String> {
         .map_err(|e| format!("connect: {e}"))?;
     let source = match (&o.tone, &o.file) {
         (Some(hz), _) => StreamSource::Tone { frequency_hz: *hz },
-        (None, Some(p)) => StreamSource::OggFile(p.clone()),
+        (None, Some(input)) => {
+            let media = if input.contains("://") {
+                MediaSource::url(input.clone())
+            } else {
+                MediaSource::file(PathBuf::from(input))
+            };
+            media
+                .seek(Duration::from_secs_f64(o.seek))
+                .looped(o.looped)
+                .into()
+        }
         (None, None) => return Err("--tone or --file is required".to_owned()),
     };
     engine

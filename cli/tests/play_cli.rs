@@ -123,6 +123,31 @@ fn verify(stats: &Value, chat: &str, summary: &Value, tone_hz: f64) {
 }
 
 #[test]
+fn play_an_mp3_file_is_verified_by_the_sfu() {
+    let dir = std::env::temp_dir().join(format!("ringcast-cli-mp3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mp3 = dir.join("song.mp3");
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("sine=frequency=523:duration=5")
+        .args(["-c:a", "libmp3lame"])
+        .arg(&mp3)
+        .status()
+        .expect("ffmpeg is installed (scripts/setup.sh)");
+    assert!(made.success());
+    let sfu = Sfu::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["play", "--join-url", &sfu.join_url("3"), "--file"])
+        .arg(&mp3)
+        .args(["--seconds", "3"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = summary(&out);
+    verify(&sfu.stats(), "3", &summary, 523.0);
+}
+
+#[test]
 fn play_tone_is_verified_by_the_sfu() {
     let sfu = Sfu::start();
     let out = play(&sfu.join_url("1"), "440", "3")
