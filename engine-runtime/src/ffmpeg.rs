@@ -128,6 +128,7 @@ pub(crate) enum Pipes {
     /// Its standard input is written (recorders).
     Stdin,
     /// Neither (RTMP push: ffmpeg reads and writes by itself).
+    #[allow(dead_code)] // The RTMP push (being merged) is its user.
     None,
 }
 
@@ -278,6 +279,7 @@ impl Process {
     }
 
     /// The child's process id.
+    #[allow(dead_code)] // The RTMP push and recording (being merged) are its users.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -288,6 +290,7 @@ impl Process {
     }
 
     /// The child's standard input (once; [`Pipes::Stdin`] only).
+    #[allow(dead_code)] // Recording (being merged) is its user.
     pub(crate) fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.child.stdin.take()
     }

@@ -722,11 +722,11 @@ impl OggOpusStream {
             // Before the Opus stream: look for a beginning-of-stream page holding OpusHead.
             if page.has(FLAG_BOS) {
                 let first = page_packets(&self.buf, &page).next();
-                if let Some(Ok(packet)) = first {
-                    if packet.starts_with(OPUS_HEAD_MAGIC) {
-                        OpusHead::parse(packet)?;
-                        self.serial = Some(page.serial);
-                    }
+                if let Some(Ok(packet)) = first
+                    && packet.starts_with(OPUS_HEAD_MAGIC)
+                {
+                    OpusHead::parse(packet)?;
+                    self.serial = Some(page.serial);
                 }
             }
             return Ok(());
@@ -734,7 +734,8 @@ impl OggOpusStream {
         if page.serial != serial {
             return Ok(());
         }
-        if page.has(FLAG_CONTINUED) != !self.partial.is_empty() {
+        let open_packet = !self.partial.is_empty();
+        if page.has(FLAG_CONTINUED) != open_packet {
             return Err(ogg_error_at(
                 at,
                 "page continuation flag does not match the open packet",

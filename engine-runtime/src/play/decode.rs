@@ -108,10 +108,10 @@ impl Status {
     /// The process now running, or none; a cancel that came first kills it at once.
     fn set_killer(&self, killer: Option<Killer>) {
         let mut state = self.lock();
-        if state.cancelled {
-            if let Some(k) = &killer {
-                k.kill();
-            }
+        if state.cancelled
+            && let Some(k) = &killer
+        {
+            k.kill();
         }
         state.killer = killer;
     }
@@ -168,7 +168,7 @@ pub(crate) fn start(
     if passthrough {
         Counters::add(&counters.passthrough_decodes);
     }
-    let thread_status = status.clone();
+    let thread_status = status;
     std::thread::Builder::new()
         .name("ringcast-decode".into())
         .spawn(move || {
@@ -338,11 +338,11 @@ fn pump_pcm(
         };
         samples.clear();
         let mut bytes = buf.get(..n).unwrap_or_default();
-        if let Some(low) = odd.take() {
-            if let Some((&high, rest)) = bytes.split_first() {
-                samples.push(i16::from_le_bytes([low, high]));
-                bytes = rest;
-            }
+        if let Some(low) = odd.take()
+            && let Some((&high, rest)) = bytes.split_first()
+        {
+            samples.push(i16::from_le_bytes([low, high]));
+            bytes = rest;
         }
         let mut pairs = bytes.chunks_exact(2);
         samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));

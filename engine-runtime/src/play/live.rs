@@ -43,11 +43,11 @@ impl LiveInputs {
     ) -> Result<Box<dyn FrameSource>, SourceError> {
         let mut inputs = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
         inputs.retain(|_, w| w.strong_count() > 0);
-        if let Some(input) = inputs.get(&spec.source).and_then(Weak::upgrade) {
-            if input.status.end().is_none() {
-                Counters::add(&counters.shared_plays);
-                return Ok(Box::new(LiveReader::new(input)));
-            }
+        if let Some(input) = inputs.get(&spec.source).and_then(Weak::upgrade)
+            && input.status.end().is_none()
+        {
+            Counters::add(&counters.shared_plays);
+            return Ok(Box::new(LiveReader::new(input)));
         }
         let (tx, rx) = bounded(LIVE_QUEUE_FRAMES);
         let status = Arc::new(Status::default());
