@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use ringcast_core::FrameSource;
 use ringcast_core::SourceError;
-use ringcast_core::media::OggOpusReader;
+use ringcast_core::media::{OggOpusReader, OggOpusStream};
 
 /// What reading a whole input gave.
 #[derive(Debug)]
@@ -70,9 +70,50 @@ pub fn read_all(data: &[u8]) -> Read {
             }
         }
     };
+    let streamed = stream_all(data);
+    if end.is_ok() {
+        // What the file reader accepts whole, the stream parser (which checks less: no page
+        // sequence numbers) accepts too, with at least the same packets.
+        let streamed = streamed.unwrap_or_else(|e| panic!("stream parser refused: {e:?}"));
+        assert!(streamed >= frames, "stream parser lost packets");
+    }
     Read {
         frames,
         samples,
         end,
     }
+}
+
+/// Feeds `data` to the push parser ([`OggOpusStream`]) in pieces whose size comes from the
+/// first byte, as a pipe would deliver it. Panics if it breaks a promise: more packets than
+/// input bytes, or an error that is not sticky. Returns the packets, or the error.
+pub fn stream_all(data: &[u8]) -> Result<usize, SourceError> {
+    let chunk = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let mut stream = OggOpusStream::new();
+    let mut packets = 0_usize;
+    let mut result = Ok(());
+    for piece in data.chunks(chunk) {
+        if let Err(e) = stream.push(piece) {
+            result = Err(e);
+            break;
+        }
+        while let Some(frame) = stream.pop() {
+            packets += 1;
+            assert!(!frame.data.is_empty());
+            assert!(packets <= data.len(), "more packets than input bytes");
+        }
+    }
+    let result = result.and_then(|()| stream.finish());
+    if let Err(e) = &result {
+        assert!(
+            matches!(e, SourceError::Ogg { .. } | SourceError::NotOpus { .. }),
+            "stream errors are Ogg or NotOpus: {e:?}"
+        );
+        let again = stream.push(&[]);
+        assert!(
+            matches!(&again, Err(e2) if e2 == e),
+            "errors must be sticky: {e:?} then {again:?}"
+        );
+    }
+    result.map(|()| packets)
 }

@@ -633,6 +633,9 @@ pub struct OggOpusStream {
     frames: std::collections::VecDeque<OpusFrame>,
     /// The first error; returned again by every later call.
     failed: Option<SourceError>,
+    /// The Opus stream's end-of-stream page was parsed: what follows is ignored, as
+    /// [`OggOpusReader`] ignores it.
+    ended: bool,
 }
 
 impl OggOpusStream {
@@ -646,9 +649,16 @@ impl OggOpusStream {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
+        if self.ended {
+            return Ok(());
+        }
         self.buf.extend_from_slice(bytes);
         let mut start = 0;
         let result = loop {
+            if self.ended {
+                start = self.buf.len();
+                break Ok(());
+            }
             match self.next_page_len(start) {
                 None => break Ok(()),
                 Some(len) => {
@@ -684,7 +694,9 @@ impl OggOpusStream {
             return Err(err.clone());
         }
         let offset = self.consumed;
-        let err = if !self.buf.is_empty() {
+        let err = if self.ended {
+            None
+        } else if !self.buf.is_empty() {
             Some(ogg_error_at(offset, "input ends inside a page"))
         } else if !self.partial.is_empty() {
             Some(ogg_error_at(offset, "input ends inside a packet"))
@@ -766,6 +778,15 @@ impl OggOpusStream {
                 audio_level: PASSTHROUGH_AUDIO_LEVEL,
                 voice_activity: true,
             });
+        }
+        if page.has(FLAG_EOS) {
+            if !self.partial.is_empty() {
+                return Err(ogg_error_at(
+                    at,
+                    "end-of-stream page leaves a packet unfinished",
+                ));
+            }
+            self.ended = true;
         }
         Ok(())
     }
