@@ -927,6 +927,8 @@ impl Call {
         let changed = match cmd {
             Command::SetSource(source) => {
                 self.track.set_source(now, source);
+                // The position starts at the source's offset at once, not at its first frame.
+                self.stats.set_track_counters(self.track.counters());
                 false
             }
             Command::Pause => self.track.pause(now),

@@ -1409,7 +1409,10 @@ impl P2pCall {
             return Err(P2pCallError::Ended);
         }
         match cmd {
-            Command::SetSource(source) => self.track.set_source(now, source),
+            Command::SetSource(source) => {
+                self.track.set_source(now, source);
+                self.stats.set_track_counters(self.track.counters());
+            }
             Command::Mute => {
                 self.track.mute();
             }

@@ -125,7 +125,8 @@ fn check_tone(engine: &Engine, sfu: &Server, key: i64, chat: i64, ssrc: u32, wan
     );
 }
 
-/// Children of this process whose command is `name` (ffmpeg, sh...).
+/// Children of this process whose command is `name` (ffmpeg, sh...), zombies included: a
+/// child counts until it was reaped.
 fn children_named(name: &str) -> usize {
     let me = std::process::id().to_string();
     std::fs::read_dir("/proc")
@@ -141,9 +142,9 @@ fn children_named(name: &str) -> usize {
                 .get(stat.find('(').unwrap_or(0) + 1..close)
                 .unwrap_or("");
             let mut rest = stat[close + 1..].split_whitespace();
-            let state = rest.next().unwrap_or("");
+            let _state = rest.next();
             let ppid = rest.next().unwrap_or("");
-            comm == name && ppid == me && state != "Z"
+            comm == name && ppid == me
         })
         .count()
 }
@@ -304,15 +305,28 @@ fn urls_and_shell_commands_play_their_tones() {
         "ffmpeg -nostdin -loglevel error -f lavfi -i {} -f s16le -ac 2 -ar 48000 pipe:1",
         sine(550, 5.0)
     );
-    let s1 = join_playing(&engine, &sfu, 1, 1, MediaSource::shell(cmd48, 48_000, 2));
+    let s1 = join_playing(
+        &engine,
+        &sfu,
+        1,
+        1,
+        MediaSource::shell(cmd48.clone(), 48_000, 2),
+    );
     // ... and one at 44.1 kHz mono, resampled.
     let cmd44 = format!(
         "ffmpeg -nostdin -loglevel error -f lavfi -i {} -f s16le -ac 1 -ar 44100 pipe:1",
         sine(650, 5.0)
     );
     let s2 = join_playing(&engine, &sfu, 2, 2, MediaSource::shell(cmd44, 44_100, 1));
-    wait_connected(&engine, 3, Duration::from_secs(20));
+    // The same command line again is the same input: read from the cache, no new process.
+    let spawned = engine.media_stats().processes_spawned;
+    let s4 = join_playing(&engine, &sfu, 4, 4, MediaSource::shell(cmd48, 48_000, 2));
+    let media = engine.media_stats();
+    assert_eq!(media.processes_spawned, spawned, "{media:?}");
+    assert_eq!(media.cache_hits, 1, "{media:?}");
+    wait_connected(&engine, 4, Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(2));
+    check_tone(&engine, &sfu, 4, 4, s4, 550.0);
     check_tone(&engine, &sfu, 0, 0, s0, 450.0);
     check_tone(&engine, &sfu, 1, 1, s1, 550.0);
     check_tone(&engine, &sfu, 2, 2, s2, 650.0);
@@ -449,6 +463,50 @@ fn on_demand_calls_each_hear_the_track_from_its_start_from_one_decode() {
         media.cache_bytes > 0 && media.cache_tracks == 1,
         "{media:?}"
     );
+
+    // Started 2 s in: the second tone at once, and time() counts from the seek.
+    let ssrc = join_idle(&engine, &sfu, 3, 3);
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    engine
+        .set_stream_sources(3, MediaSource::file(&track).seek(Duration::from_secs(2)))
+        .unwrap();
+    assert!(engine.time(3).unwrap() >= Duration::from_secs(2));
+    let hz = tone_at(&engine, &sfu, 3, 3, ssrc, Duration::from_millis(2600));
+    assert!((hz - 880.0).abs() <= 5.0, "seeked call heard {hz} Hz");
+    // A seek is another input: its own decode.
+    assert_eq!(engine.media_stats().processes_spawned, 2);
+}
+
+#[test]
+fn looped_tracks_play_on_live_and_on_demand() {
+    let _serial = serial();
+    let dir = MediaDir::new("loop");
+    let short = tone_file(&dir, "short.mp3", 540, 1.0, &["-c:a", "libmp3lame"]);
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let s0 = join_playing(&engine, &sfu, 0, 0, MediaSource::file(&short).looped(true));
+    let s1 = join_playing(
+        &engine,
+        &sfu,
+        1,
+        1,
+        MediaSource::file(&short).looped(true).live(),
+    );
+    wait_connected(&engine, 2, Duration::from_secs(10));
+    // Three and a half times the track: no end, every packet, the tone.
+    let ended = wait_event(&engine, Duration::from_millis(3500), |e| {
+        matches!(e.kind, EventKind::StreamEnded { .. })
+    });
+    assert!(ended.is_none(), "a looped track ended: {ended:?}");
+    for (key, ssrc) in [(0, s0), (1, s1)] {
+        let sent = engine.call_info(key).unwrap().stats.packets_sent;
+        assert!(sent >= 160, "call {key} sent {sent} packets in 3.5 s");
+        check_tone(&engine, &sfu, key, key, ssrc, 540.0);
+    }
+    let media = engine.media_stats();
+    // On demand loops over the cache (one decode); live runs ffmpeg again each time.
+    assert!(media.processes_spawned >= 3, "{media:?}");
+    assert!(media.underruns < 10, "{media:?}");
 }
 
 #[test]
