@@ -655,3 +655,34 @@ fn decoders_die_with_the_process() {
     }
     assert_eq!(survivors(&marker), 0, "an ffmpeg outlived its process");
 }
+
+#[test]
+fn a_paused_call_holds_its_decode_back() {
+    let _serial = serial();
+    let dir = MediaDir::new("pause");
+    let long = tone_file(&dir, "long.mp3", 620, 120.0, &["-c:a", "libmp3lame"]);
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let ssrc = join_playing(&engine, &sfu, 0, 0, MediaSource::file(&long));
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    engine.pause(0).unwrap();
+    // The decode runs at most DECODE_LEAD (10 s) ahead of the call, then waits on its pipe.
+    std::thread::sleep(Duration::from_secs(2));
+    let held = engine.media_stats().cache_bytes;
+    std::thread::sleep(Duration::from_secs(1));
+    let later = engine.media_stats().cache_bytes;
+    assert_eq!(
+        held, later,
+        "the decode went on while the only call was paused"
+    );
+    let frames = later / (ringcast::play::FRAME_OVERHEAD as u64 + 150);
+    assert!(
+        frames <= 600,
+        "{later} bytes cached: about {frames} frames, more than 10 s ahead"
+    );
+    // Resumed, it plays on from where it was.
+    engine.resume(0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    check_tone(&engine, &sfu, 0, 0, ssrc, 620.0);
+    assert!(engine.media_stats().cache_bytes > later);
+}

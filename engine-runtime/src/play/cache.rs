@@ -167,6 +167,7 @@ impl TrackCache {
             let out = Arc::new(TrackOut(track.track.clone()));
             if let Err(e) = decode::start(spec, out, status.clone(), self.counters.clone()) {
                 self.remove(&track.track);
+                status.fail(e.clone());
                 return Err(e);
             }
         }

@@ -124,6 +124,11 @@ impl Status {
         }
     }
 
+    /// The decode could not start: those waiting for it get `error`.
+    pub(crate) fn fail(&self, error: SourceError) {
+        self.finish(Err(error));
+    }
+
     fn finish(&self, result: Result<(), SourceError>) {
         let mut state = self.lock();
         state.end = Some(result);
@@ -551,7 +556,8 @@ fn probe_codec(spec: &Spec) -> Result<String, SourceError> {
         "csv=p=0",
     ]);
     cmd.args(input_args(&spec.source, false));
-    let mut process = Process::spawn(cmd, "ffprobe".to_owned(), Pipes::Stdout, Some(&spec.ffmpeg))?;
+    let prober = Ffmpeg::new(&ffprobe);
+    let mut process = Process::spawn(cmd, "ffprobe".to_owned(), Pipes::Stdout, Some(&prober))?;
     let mut text = String::new();
     if let Some(mut stdout) = process.take_stdout() {
         let _ = stdout.read_to_string(&mut text);

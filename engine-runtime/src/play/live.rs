@@ -12,7 +12,8 @@ use super::decode::{self, FrameOut, Spec, Status, silence_frame};
 use super::{Counters, LIVE_QUEUE_FRAMES, MediaSource, START_TIMEOUT};
 
 /// The running live decodes, by input. Entries are weak: the last call to stop playing an
-/// input drops it, which stops its decode.
+/// input drops it, which stops its decode. A decode that failed to start stays in the map
+/// (ended) until replaced by the next attempt.
 #[derive(Debug, Default)]
 pub(crate) struct LiveInputs {
     inputs: Mutex<HashMap<MediaSource, Weak<LiveInput>>>,
@@ -32,45 +33,46 @@ impl Drop for LiveInput {
 }
 
 impl LiveInputs {
-    /// A reader of `spec`'s live decode, started if none runs.
-    ///
-    /// The map stays locked while a new decode starts (probe and first frame), so two calls
-    /// asking for the same new input get one decode; other new live inputs wait meanwhile.
+    /// A reader of `spec`'s live decode, started if none runs. Waits for the decode's first
+    /// frame (or its failure); the map is not locked meanwhile, so a slow URL holds back only
+    /// the calls that asked for it.
     pub(crate) fn open(
         &self,
         spec: Spec,
         counters: &Arc<Counters>,
     ) -> Result<Box<dyn FrameSource>, SourceError> {
-        let mut inputs = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
-        inputs.retain(|_, w| w.strong_count() > 0);
-        if let Some(input) = inputs.get(&spec.source).and_then(Weak::upgrade)
-            && input.status.end().is_none()
-        {
-            Counters::add(&counters.shared_plays);
-            return Ok(Box::new(LiveReader::new(input)));
-        }
-        let (tx, rx) = bounded(LIVE_QUEUE_FRAMES);
-        let status = Arc::new(Status::default());
-        let source = ChannelSource {
-            rx,
-            status: status.clone(),
-            counters: counters.clone(),
-        };
-        let input = Arc::new(LiveInput {
-            shared: SharedSource::new(Box::new(source)),
-            status: status.clone(),
-            seek: spec.source.seek,
-        });
-        let key = spec.source.clone();
         let program = decode::program(&spec);
-        decode::start(
-            spec,
-            Arc::new(ChannelOut { tx }),
-            status.clone(),
-            counters.clone(),
-        )?;
-        status.wait_started(START_TIMEOUT, &program)?;
-        inputs.insert(key, Arc::downgrade(&input));
+        let (input, decode) = {
+            let mut inputs = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+            inputs.retain(|_, w| w.strong_count() > 0);
+            match inputs.get(&spec.source).and_then(Weak::upgrade) {
+                Some(input) if input.status.end().is_none() => {
+                    Counters::add(&counters.shared_plays);
+                    (input, None)
+                }
+                _ => {
+                    let (tx, rx) = bounded(LIVE_QUEUE_FRAMES);
+                    let status = Arc::new(Status::default());
+                    let source = ChannelSource {
+                        rx,
+                        status: status.clone(),
+                        counters: counters.clone(),
+                    };
+                    let input = Arc::new(LiveInput {
+                        shared: SharedSource::new(Box::new(source)),
+                        status,
+                        seek: spec.source.seek,
+                    });
+                    inputs.insert(spec.source.clone(), Arc::downgrade(&input));
+                    (input, Some((spec, ChannelOut { tx })))
+                }
+            }
+        };
+        if let Some((spec, out)) = decode {
+            decode::start(spec, Arc::new(out), input.status.clone(), counters.clone())
+                .inspect_err(|e| input.status.fail(e.clone()))?;
+        }
+        input.status.wait_started(START_TIMEOUT, &program)?;
         Ok(Box::new(LiveReader::new(input)))
     }
 }
