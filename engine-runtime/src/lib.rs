@@ -39,6 +39,7 @@ pub mod ffmpeg;
 mod pcm;
 pub mod play;
 mod pool;
+pub mod rtmp;
 mod shard;
 mod source;
 mod uring_send;
@@ -59,4 +60,5 @@ pub use ringcast_core::media::pcm::{
 pub use ringcast_core::p2p_call::{P2pEndReason, P2pLinkStats, P2pState, P2pStats};
 pub use ringcast_core::signaling::p2p::{DhConfig, LIBRARY_VERSIONS, P2pError, Role};
 pub use ringcast_core::{SourceError, TrackKind};
+pub use rtmp::RtmpPush;
 pub use source::StreamSource;
