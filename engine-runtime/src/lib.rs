@@ -39,6 +39,7 @@ pub mod ffmpeg;
 mod pcm;
 pub mod play;
 mod pool;
+pub mod record;
 pub mod rtmp;
 mod shard;
 mod source;
@@ -51,6 +52,9 @@ pub use engine::{
 pub use error::EngineError;
 pub use ffmpeg::Ffmpeg;
 pub use play::{MediaCacheConfig, MediaInput, MediaSource, MediaStats, PlayMode};
+pub use record::{
+    RecordConfig, RecordLayout, RecordOutput, RecordedOutput, Recording, RecordingSummary,
+};
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;
 pub use ringcast_core::media::pcm::{
