@@ -41,7 +41,7 @@ use ringcast_core::media::pcm::{PcmChannels, PcmReceiver, PcmSinkConfig};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::ffmpeg::{Ffmpeg, Pipes, Process, shell_command, shell_program};
+use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process, shell_command, shell_program};
 
 /// The recording's tick: one 20 ms frame per speaker.
 const TICK: Duration = Duration::from_millis(20);
@@ -54,6 +54,10 @@ pub const MAX_QUEUED_FRAMES: usize = 25;
 
 /// A recorder that falls this far behind its ticks skips ahead instead of writing the gap.
 const MAX_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// How long [`Recording::stop`] waits for its outputs to finish before it kills them (a
+/// command that stopped reading its input would otherwise hold the stop forever).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The placeholder a per-speaker output's path or command gets the speaker's SSRC in.
 pub const SSRC_PLACEHOLDER: &str = "{ssrc}";
@@ -245,13 +249,16 @@ pub struct RecordingSummary {
 #[derive(Debug)]
 pub struct Recording {
     stop: Arc<AtomicBool>,
+    /// The outputs' process groups, to kill those that do not finish by [`STOP_TIMEOUT`].
+    killers: Arc<Mutex<Vec<Killer>>>,
     thread: Option<JoinHandle<()>>,
     end: Arc<Mutex<Option<Result<RecordingSummary, SourceError>>>>,
 }
 
 impl Recording {
     /// Stops recording: what is queued is written, each output's standard input is closed and
-    /// its process waited for. Returns what was written, or the first failure of an output
+    /// its process waited for (killed, and reported as failed, if it has not finished after
+    /// [`STOP_TIMEOUT`]). Returns what was written, or the first failure of an output
     /// ([`SourceError::Decoder`] with its stderr).
     pub fn stop(mut self) -> Result<RecordingSummary, SourceError> {
         self.finish()
@@ -265,6 +272,15 @@ impl Recording {
     fn finish(&mut self) -> Result<RecordingSummary, SourceError> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !thread.is_finished() {
+                for k in lock(&self.killers).iter() {
+                    k.kill();
+                }
+            }
             let _ = thread.join();
         }
         lock(&self.end).clone().unwrap_or_else(|| {
@@ -305,6 +321,7 @@ impl Engine {
             },
         )?;
         let stop = Arc::new(AtomicBool::new(false));
+        let killers = Arc::new(Mutex::new(Vec::new()));
         let end = Arc::new(Mutex::new(None));
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
         let recorder = Recorder {
@@ -312,6 +329,7 @@ impl Engine {
             config,
             receiver,
             stop: stop.clone(),
+            killers: killers.clone(),
         };
         let thread_end = end.clone();
         let thread = std::thread::Builder::new()
@@ -323,6 +341,7 @@ impl Engine {
             .map_err(EngineError::Io)?;
         let mut recording = Recording {
             stop,
+            killers,
             thread: Some(thread),
             end,
         };
@@ -453,6 +472,7 @@ struct Recorder {
     config: RecordConfig,
     receiver: PcmReceiver,
     stop: Arc<AtomicBool>,
+    killers: Arc<Mutex<Vec<Killer>>>,
 }
 
 impl Recorder {
@@ -466,7 +486,10 @@ impl Recorder {
         let mut first_error: Option<SourceError> = None;
         if self.config.layout == RecordLayout::Mixed {
             match Output::start(&self.ffmpeg, self.config.target(None), None, channels) {
-                Ok(o) => outputs.push(o),
+                Ok(o) => {
+                    lock(&self.killers).push(o.process.killer());
+                    outputs.push(o);
+                }
                 Err(e) => {
                     let _ = started.send(Err(e.clone()));
                     return Err(e);
@@ -559,6 +582,7 @@ impl Recorder {
                 let target = self.config.target(Some(frame.ssrc));
                 match Output::start(&self.ffmpeg, target, Some(frame.ssrc), channels) {
                     Ok(o) => {
+                        lock(&self.killers).push(o.process.killer());
                         speaker.output = Some(outputs.len());
                         outputs.push(o);
                     }
@@ -613,4 +637,69 @@ impl Recorder {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_speaker_targets_get_the_ssrc() {
+        let pattern = RecordConfig::file("/rec/{ssrc}/talk.flac").per_speaker();
+        assert_eq!(
+            pattern.target(Some(42)),
+            RecordOutput::File("/rec/42/talk.flac".into())
+        );
+        assert_eq!(pattern.target(None), pattern.output().clone());
+        let plain = RecordConfig::file("/rec/talk.mp3").per_speaker();
+        assert_eq!(
+            plain.target(Some(7)),
+            RecordOutput::File("/rec/talk-7.mp3".into())
+        );
+        let shell = RecordConfig::shell("ffmpeg -i pipe:0 /rec/{ssrc}.wav").per_speaker();
+        assert_eq!(
+            shell.target(Some(9)),
+            RecordOutput::Shell("ffmpeg -i pipe:0 /rec/9.wav".into())
+        );
+    }
+
+    #[test]
+    fn the_extension_chooses_the_format() {
+        for (name, codec) in [
+            ("a.mp3", "libmp3lame"),
+            ("a.FLAC", "flac"),
+            ("a.wav", "pcm_s16le"),
+            ("a.ogg", "libopus"),
+            ("a.opus", "libopus"),
+            ("a.m4a", "aac"),
+        ] {
+            let args = format_args(Path::new(name)).unwrap();
+            assert_eq!(args.get(1), Some(&codec), "{name}");
+        }
+        for bad in ["a.txt", "noext"] {
+            assert!(matches!(
+                format_args(Path::new(bad)),
+                Err(SourceError::InvalidArgument { .. })
+            ));
+        }
+        assert!(
+            RecordConfig::file("a.mp3")
+                .max_speakers(0)
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_speaker_is_used_once_primed() {
+        let mut s = Speaker::default();
+        s.queue.push_back(vec![1]);
+        assert_eq!(s.next(), None, "one frame is not enough to start");
+        s.queue.push_back(vec![2]);
+        assert_eq!(s.next(), Some(vec![1]));
+        assert_eq!(s.next(), Some(vec![2]));
+        assert_eq!(s.next(), None);
+        s.queue.push_back(vec![3]);
+        assert_eq!(s.next(), Some(vec![3]), "primed once, used at once");
+    }
 }

@@ -206,6 +206,20 @@ fn records_the_mix_each_speaker_and_into_a_shell_command() {
             if reason == "exited with status 4" && stderr.contains("cannot write here")),
         "{err:?}"
     );
+    // A command that stops reading: the stop does not hang; it kills it after STOP_TIMEOUT.
+    let stalled = engine.record(5, RecordConfig::shell("sleep 60")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let err = stalled.stop().expect_err("killed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= ringcast::record::STOP_TIMEOUT && waited < ringcast::record::STOP_TIMEOUT * 2,
+        "{waited:?}"
+    );
+    assert!(
+        matches!(&err, SourceError::Decoder { reason, .. } if reason == "killed by signal 9"),
+        "{err:?}"
+    );
     let dropped = engine
         .record(4, RecordConfig::file(dir.0.join("dropped.wav")))
         .unwrap();

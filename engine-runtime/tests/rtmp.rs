@@ -340,3 +340,63 @@ fn a_push_to_nowhere_ends_with_ffmpegs_words_and_stop_leaves_nothing() {
     drop(_rx);
     assert_no_ffmpeg_left();
 }
+
+#[test]
+fn a_file_with_video_is_pushed_as_h264_and_aac() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("rtmp-video");
+    let mp4 = dir.0.join("clip.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25:duration=2",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=2",
+        "-c:v",
+        "mpeg4",
+        "-c:a",
+        "aac",
+        "-shortest",
+        mp4.to_str().unwrap(),
+    ]);
+    let port = free_port();
+    let out = dir.0.join("video.flv");
+    let mut rx = receiver(port, &out);
+    let push = RtmpPush::start(
+        &Ffmpeg::default(),
+        MediaSource::file(&mp4),
+        format!("rtmp://127.0.0.1:{port}/live/key"),
+    )
+    .unwrap();
+    let end = push
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the video push did not end in 30 s");
+    assert_eq!(end, Ok(()));
+    wait_exit(&mut rx);
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let streams = String::from_utf8_lossy(&probe.stdout);
+    assert!(streams.contains("h264,video"), "{streams}");
+    assert!(streams.contains("aac,audio"), "{streams}");
+    let hz = tone_of(&decode(&out));
+    assert!((hz - 440.0).abs() <= 5.0, "received {hz} Hz");
+    eprintln!(
+        "video push: {} at {hz:.1} Hz",
+        streams.trim().replace('\n', " + ")
+    );
+    drop(push);
+    assert_no_ffmpeg_left();
+}
