@@ -39,6 +39,8 @@ pub mod ffmpeg;
 mod pcm;
 pub mod play;
 mod pool;
+pub mod record;
+pub mod rtmp;
 mod shard;
 mod source;
 mod uring_send;
@@ -50,6 +52,9 @@ pub use engine::{
 pub use error::EngineError;
 pub use ffmpeg::Ffmpeg;
 pub use play::{MediaCacheConfig, MediaInput, MediaSource, MediaStats, PlayMode};
+pub use record::{
+    RecordConfig, RecordLayout, RecordOutput, RecordedOutput, Recording, RecordingSummary,
+};
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
 pub use ringcast_core::media::SharedSource;
 pub use ringcast_core::media::pcm::{
@@ -59,4 +64,5 @@ pub use ringcast_core::media::pcm::{
 pub use ringcast_core::p2p_call::{P2pEndReason, P2pLinkStats, P2pState, P2pStats};
 pub use ringcast_core::signaling::p2p::{DhConfig, LIBRARY_VERSIONS, P2pError, Role};
 pub use ringcast_core::{SourceError, TrackKind};
+pub use rtmp::RtmpPush;
 pub use source::StreamSource;

@@ -495,7 +495,7 @@ impl FrameEncoder {
 
 /// ffmpeg/ffprobe arguments that open the input: network options for http(s), request
 /// headers, the seek (decode only) and `-i`.
-fn input_args(source: &MediaSource, with_seek: bool) -> Vec<OsString> {
+pub(crate) fn input_args(source: &MediaSource, with_seek: bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     match &source.input {
         MediaInput::File(path) => {

@@ -48,6 +48,7 @@ use ringcast_core::{FrameSource, SourceError};
 use crate::ffmpeg::Ffmpeg;
 
 pub use cache::{FRAME_OVERHEAD, MediaCacheConfig};
+pub(crate) use decode::input_args;
 
 /// How far a decode may run ahead of the furthest call playing it (on demand): 10 s.
 pub const DECODE_LEAD: Duration = Duration::from_secs(10);
