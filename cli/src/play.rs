@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ringcast::{CallState, Engine, EventKind, MediaSource, StreamSource};
+use ringcast::{CallState, Engine, EventKind, MediaSource, RecordConfig, StreamSource};
 
 use crate::seconds;
 
@@ -32,6 +32,10 @@ pub(crate) struct PlayArgs {
     /// Play the file again each time it ends.
     #[arg(long = "loop")]
     looped: bool,
+    /// Record what the other participants say, mixed, to this file while streaming (format
+    /// by extension: mp3, flac, wav, ogg/opus, m4a; encoded by ffmpeg).
+    #[arg(long, value_name = "PATH")]
+    record: Option<PathBuf>,
     /// How long to stream once connected.
     #[arg(long, value_name = "S", value_parser = seconds, allow_negative_numbers = true)]
     seconds: f64,
@@ -130,6 +134,14 @@ pub(crate) fn play(o: &PlayArgs) -> Result<(), String> {
         return Err("could not connect: no ICE/DTLS path within the connect timeout".to_owned());
     }
     let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let recording = match &o.record {
+        Some(path) => Some(
+            engine
+                .record(chat_id, RecordConfig::file(path.clone()).mixed())
+                .map_err(|e| format!("record: {e}"))?,
+        ),
+        None => None,
+    };
     eprintln!(
         "connected in {connect_ms:.1} ms; streaming for {} s",
         o.seconds
@@ -170,6 +182,15 @@ pub(crate) fn play(o: &PlayArgs) -> Result<(), String> {
     let info = engine.call_info(chat_id).map_err(|e| e.to_string())?;
     // Let the last packets leave before the call goes away.
     std::thread::sleep(Duration::from_millis(100));
+    let recorded_frames = match recording {
+        Some(recording) => {
+            let summary = recording.stop().map_err(|e| format!("record: {e}"))?;
+            let frames: u64 = summary.outputs.iter().map(|o| o.frames).sum();
+            eprintln!("recorded {frames} frames of {} speakers", summary.speakers);
+            Some(frames)
+        }
+        None => None,
+    };
     let _ = engine.stop(chat_id);
     let summary = serde_json::json!({
         "connected": true,
@@ -177,6 +198,7 @@ pub(crate) fn play(o: &PlayArgs) -> Result<(), String> {
         "packets_sent": info.stats.packets_sent,
         "bytes_sent": info.stats.bytes_sent,
         "ssrc": info.ssrc,
+        "recorded_frames": recorded_frames,
     });
     println!("{summary}");
     Ok(())

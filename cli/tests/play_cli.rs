@@ -147,6 +147,71 @@ fn play_an_mp3_file_is_verified_by_the_sfu() {
     verify(&sfu.stats(), "3", &summary, 523.0);
 }
 
+/// Power of 48 kHz mono `pcm` at `hz` (Goertzel).
+fn power_at(pcm: &[i16], hz: f64) -> f64 {
+    let coeff = 2.0 * (std::f64::consts::TAU * hz / 48_000.0).cos();
+    let (mut s1, mut s2) = (0.0_f64, 0.0_f64);
+    for &x in pcm {
+        let s0 = f64::from(x) / 32_768.0 + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / pcm.len().max(1) as f64
+}
+
+#[test]
+fn play_record_writes_what_the_other_participant_says() {
+    let dir = std::env::temp_dir().join(format!("ringcast-cli-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("heard.wav");
+    let sfu = Sfu::start();
+    let url = sfu.join_url("5");
+    let speaker = play(&url, "440", "5");
+    let listener = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args([
+            "play",
+            "--join-url",
+            &url,
+            "--tone",
+            "880",
+            "--seconds",
+            "4",
+            "--record",
+        ])
+        .arg(&wav)
+        .output()
+        .unwrap();
+    let _ = speaker.wait_with_output();
+    let summary = summary(&listener);
+    assert!(
+        summary["recorded_frames"].as_u64().unwrap() >= 100,
+        "{summary}"
+    );
+    let decoded = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-i"])
+        .arg(&wav)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "pipe:1"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(decoded.status.success());
+    let pcm: Vec<i16> = decoded
+        .stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert!(pcm.len() >= 48_000 * 2, "{} samples recorded", pcm.len());
+    // The other participant's tone, not our own (the SFU does not send us back our audio).
+    let heard = power_at(&pcm, 440.0);
+    let own = power_at(&pcm, 880.0);
+    let control = power_at(&pcm, 660.0);
+    assert!(
+        heard > 100.0 * control.max(1e-12),
+        "440: {heard}, 660: {control}"
+    );
+    assert!(heard > 100.0 * own.max(1e-12), "440: {heard}, 880: {own}");
+}
+
 #[test]
 fn play_tone_is_verified_by_the_sfu() {
     let sfu = Sfu::start();

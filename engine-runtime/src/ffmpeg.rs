@@ -8,7 +8,7 @@
 //! - every child runs in its own process group and gets `SIGKILL` when the thread that spawned
 //!   it ends (`PR_SET_PDEATHSIG`), so neither a dropped engine nor an exiting process leaves an
 //!   ffmpeg behind; a shell command's own children share its group and are killed with it;
-//! - [`Process`]'s `Drop` kills the group and reaps the child;
+//! - a process's `Drop` kills the group and reaps the child;
 //! - standard error is read by a thread of its own into a bounded tail ([`STDERR_TAIL_BYTES`]),
 //!   which becomes the [`SourceError::Decoder`] of a process that failed.
 //!
@@ -128,7 +128,6 @@ pub(crate) enum Pipes {
     /// Its standard input is written (recorders).
     Stdin,
     /// Neither (RTMP push: ffmpeg reads and writes by itself).
-    #[allow(dead_code)] // The RTMP push (being merged) is its user.
     None,
 }
 
@@ -278,19 +277,12 @@ impl Process {
         })
     }
 
-    /// The child's process id.
-    #[allow(dead_code)] // The RTMP push and recording (being merged) are its users.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The child's standard output (once; [`Pipes::Stdout`] only).
     pub(crate) fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
     }
 
     /// The child's standard input (once; [`Pipes::Stdin`] only).
-    #[allow(dead_code)] // Recording (being merged) is its user.
     pub(crate) fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.child.stdin.take()
     }
