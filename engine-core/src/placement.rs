@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::demux::Demux;
 
@@ -148,11 +148,21 @@ impl<K: Copy + Eq + Hash> Placement<K> {
     /// socket's family) and none of them is taken by another call. `None`: open a socket,
     /// [`add_socket`](Self::add_socket) it and ask again.
     pub fn find(&self, call: K, remotes: &[SocketAddr]) -> Option<SocketId> {
+        self.find_on(call, remotes, None)
+    }
+
+    /// [`find`](Self::find) among the sockets bound to `local` only (any if `None`).
+    pub fn find_on(
+        &self,
+        call: K,
+        remotes: &[SocketAddr],
+        local: Option<IpAddr>,
+    ) -> Option<SocketId> {
         (0..self.sockets.len()).map(SocketId).find(|&id| {
-            self.sockets
-                .get(id.0)
-                .is_some_and(|s| remotes.iter().any(|r| same_family(&s.addr, r)))
-                && self.check(call, id, remotes).is_ok()
+            self.sockets.get(id.0).is_some_and(|s| {
+                remotes.iter().any(|r| same_family(&s.addr, r))
+                    && local.is_none_or(|ip| s.addr.ip() == ip)
+            }) && self.check(call, id, remotes).is_ok()
         })
     }
 
@@ -195,7 +205,19 @@ impl<K: Copy + Eq + Hash> Placement<K> {
     /// [`find`](Self::find) and [`claim`](Self::claim) in one: the socket `call` is now placed
     /// on, or `None` if no registered socket fits.
     pub fn place(&mut self, call: K, remotes: &[SocketAddr], ufrag: &str) -> Option<SocketId> {
-        let socket = self.find(call, remotes)?;
+        self.place_on(call, remotes, ufrag, None)
+    }
+
+    /// [`place`](Self::place) among the sockets bound to `local` only (any socket if `None`):
+    /// the address the host routes toward the SFU, when sockets are bound on several.
+    pub fn place_on(
+        &mut self,
+        call: K,
+        remotes: &[SocketAddr],
+        ufrag: &str,
+        local: Option<IpAddr>,
+    ) -> Option<SocketId> {
+        let socket = self.find_on(call, remotes, local)?;
         self.claim(call, socket, remotes, ufrag).ok()?;
         Some(socket)
     }

@@ -161,7 +161,7 @@ impl LatenessCauses {
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
     shards: usize,
-    bind: SocketAddr,
+    bind: Option<SocketAddr>,
     connect_timeout: Duration,
     event_queue: usize,
     command_queue: usize,
@@ -194,7 +194,7 @@ impl Default for EngineBuilder {
     fn default() -> Self {
         Self {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bind: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             event_queue: DEFAULT_EVENT_QUEUE,
             command_queue: DEFAULT_COMMAND_QUEUE,
@@ -219,10 +219,15 @@ impl EngineBuilder {
         self
     }
 
-    /// The local IP (and optionally port of the first socket) to bind. Must be a concrete IP
-    /// that the SFU can reach, not `0.0.0.0`. Default `127.0.0.1:0`.
+    /// Binds every socket to this local IP (and the first one to this port, 0 = any). Must be
+    /// a concrete IP the SFU can reach, not `0.0.0.0`.
+    ///
+    /// Without it (the default), a group call's socket is bound, per SFU address, to the local
+    /// address the kernel routes toward that SFU (IPv4 or IPv6; the pool keeps sockets per
+    /// local address), so an engine built with no configuration reaches an SFU on loopback,
+    /// on a LAN or across the internet alike; 1:1 calls bind the default route's address.
     pub fn bind(mut self, addr: SocketAddr) -> Self {
-        self.bind = addr;
+        self.bind = Some(addr);
         self
     }
 
@@ -305,7 +310,7 @@ impl EngineBuilder {
         if self.check_ffmpeg {
             self.ffmpeg.check()?;
         }
-        if self.bind.ip().is_unspecified() {
+        if self.bind.is_some_and(|b| b.ip().is_unspecified()) {
             return Err(EngineError::InvalidConfig(
                 "bind address must be a concrete ip (str0m matches STUN destinations against it)",
             ));

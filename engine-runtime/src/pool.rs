@@ -52,7 +52,9 @@ struct Inner {
 /// See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct SocketPool {
-    ip: IpAddr,
+    /// The IP every socket binds, if the application chose one; `None` binds, per SFU
+    /// address, the local address the kernel routes toward it.
+    fixed_ip: Option<IpAddr>,
     shards: usize,
     inner: Mutex<Inner>,
 }
@@ -74,15 +76,20 @@ impl Inner {
 }
 
 impl SocketPool {
-    /// A pool for `shards` shards whose first socket is bound to `bind` (port 0 = any).
-    pub(crate) fn new(bind: SocketAddr, shards: usize) -> io::Result<Self> {
+    /// A pool for `shards` shards whose first socket is bound to `bind` (port 0 = any). With
+    /// `None`, sockets are bound per SFU address on the local address the kernel routes
+    /// toward it ([`route_toward`]); the first socket is then a loopback one (for an SFU on
+    /// this host).
+    pub(crate) fn new(bind: Option<SocketAddr>, shards: usize) -> io::Result<Self> {
         let mut inner = Inner {
             sockets: Vec::new(),
             placement: Placement::new(),
         };
-        inner.push(bind_socket(bind)?);
+        inner.push(bind_socket(
+            bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        )?);
         Ok(Self {
-            ip: bind.ip(),
+            fixed_ip: bind.map(|b| b.ip()),
             shards: shards.max(1),
             inner: Mutex::new(inner),
         })
@@ -93,9 +100,10 @@ impl SocketPool {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The IP every socket binds (1:1 calls' own sockets too).
+    /// The IP 1:1 calls' own sockets bind: the chosen one, else the address of the default
+    /// route (IPv4, else IPv6), else loopback on a host with no route out.
     pub(crate) fn ip(&self) -> IpAddr {
-        self.ip
+        self.fixed_ip.unwrap_or_else(default_route_ip)
     }
 
     /// Number of sockets.
@@ -130,16 +138,20 @@ impl SocketPool {
         remotes: &[SocketAddr],
         ufrag: &str,
     ) -> io::Result<SocketId> {
+        // The local address toward the SFU: the chosen one, or the kernel's route (a route
+        // lookup, no packet sent; outside the lock).
+        let local = self.fixed_ip.or_else(|| route_toward(remotes));
         let mut inner = self.lock();
-        if let Some(id) = inner.placement.place(call, remotes, ufrag) {
+        if let Some(id) = inner.placement.place_on(call, remotes, ufrag, local) {
             return Ok(id);
         }
-        if !remotes.iter().any(|r| r.is_ipv4() == self.ip.is_ipv4()) {
+        let Some(ip) = local.filter(|ip| remotes.iter().any(|r| r.is_ipv4() == ip.is_ipv4()))
+        else {
             // No SFU address these sockets can reach: another socket would not help, and the
             // call refuses the answer ("no usable udp candidate") when it connects.
             return Ok(SocketId(0));
-        }
-        let id = inner.push(bind_socket(SocketAddr::new(self.ip, 0))?);
+        };
+        let id = inner.push(bind_socket(SocketAddr::new(ip, 0))?);
         inner
             .placement
             .claim(call, id, remotes, ufrag)
@@ -164,6 +176,32 @@ impl SocketPool {
             .route(socket, source, contents)
             .map(|o| o.shard)
     }
+}
+
+/// The local address the kernel would send from toward the first of `remotes` it has a route
+/// to: `connect(2)` on a UDP socket only looks the route up, nothing is sent.
+pub(crate) fn route_toward(remotes: &[SocketAddr]) -> Option<IpAddr> {
+    remotes.iter().find_map(|remote| {
+        let any: SocketAddr = if remote.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0_u16; 8], 0))
+        };
+        let probe = UdpSocket::bind(any).ok()?;
+        probe.connect(remote).ok()?;
+        let ip = probe.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    })
+}
+
+/// The address of the default route: toward documentation addresses (RFC 5737, RFC 3849),
+/// which only the default route covers; loopback when there is none.
+fn default_route_ip() -> IpAddr {
+    let out = [
+        SocketAddr::from(([192, 0, 2, 1], 9)),
+        SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9)),
+    ];
+    route_toward(&out).unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
 fn bind_socket(addr: SocketAddr) -> io::Result<PooledSocket> {
