@@ -15,7 +15,7 @@
 #![allow(dead_code)] // each includer uses part
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -58,6 +58,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 pub(crate) struct Netns {
     name: String,
     veth_host: String,
+    veth_ns: String,
     host_ip: Ipv4Addr,
     ns_ip: Ipv4Addr,
 }
@@ -74,13 +75,14 @@ impl Netns {
         let ns_ip = Ipv4Addr::from(base + 2);
         // Interface names: at most 15 bytes.
         let tag = format!("{:x}", (pid << 4) | (n & 0xf));
+        let veth_ns = format!("rcn{tag}n");
         let netns = Self {
             name: format!("ringcast-ntg-{pid}-{n}"),
             veth_host: format!("rcn{tag}h"),
+            veth_ns: veth_ns.clone(),
             host_ip,
             ns_ip,
         };
-        let veth_ns = format!("rcn{tag}n");
         // A namespace left by a killed run of a recycled pid would make `add` fail.
         let _ = Command::new("ip")
             .args(["netns", "del", &netns.name])
@@ -131,6 +133,39 @@ impl Netns {
     /// The namespace's end: the address ntgcalls' candidates carry.
     pub(crate) fn ns_ip(&self) -> Ipv4Addr {
         self.ns_ip
+    }
+
+    /// Adds unique-local IPv6 addresses to both ends (a /64 per namespace, no duplicate address
+    /// detection so they are usable at once); returns (root end, namespace end).
+    pub(crate) fn add_ipv6(&self) -> Result<(Ipv6Addr, Ipv6Addr), String> {
+        let block = u16::try_from(u32::from(self.host_ip) >> 2 & 0xffff).unwrap_or(0);
+        let host = Ipv6Addr::new(0xfd72, 0x1ca5, block, 0, 0, 0, 0, 1);
+        let ns = Ipv6Addr::new(0xfd72, 0x1ca5, block, 0, 0, 0, 0, 2);
+        let host_cidr = format!("{host}/64");
+        let ns_cidr = format!("{ns}/64");
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &host_cidr,
+            "dev",
+            &self.veth_host,
+            "nodad",
+        ])?;
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &ns_cidr,
+            "dev",
+            &self.veth_ns,
+            "nodad",
+        ])?;
+        Ok((host, ns))
     }
 }
 
