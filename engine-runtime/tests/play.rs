@@ -13,67 +13,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::media::{MediaDir, children_named, make, serial, sine, tone_file, wait_no_children};
 use common::{participant, silent_sfu, wait_connected, wait_event};
 use ringcast::{
     CallState, Engine, EngineError, EventKind, Ffmpeg, MediaSource, SourceError, StreamSource,
 };
 use sfu_mock::server::Server;
-
-/// The tests of this file count this process's ffmpeg children, so they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A directory for one test's media, removed when dropped.
-struct MediaDir(PathBuf);
-
-impl MediaDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ringcast-play-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for MediaDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs ffmpeg to make test media; `args` go between the global options and the output.
-fn make(out: &Path, args: &[&str]) {
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .arg(out)
-        .status()
-        .expect("ffmpeg is installed (scripts/setup.sh)");
-    assert!(status.success(), "ffmpeg could not make {}", out.display());
-}
-
-fn sine(hz: u32, seconds: f32) -> String {
-    format!("sine=frequency={hz}:duration={seconds}:sample_rate=48000")
-}
-
-/// Makes `name` holding a `hz` sine of `seconds`, encoded with `codec_args`.
-fn tone_file(dir: &MediaDir, name: &str, hz: u32, seconds: f32, codec_args: &[&str]) -> PathBuf {
-    let out = dir.path(name);
-    let input = sine(hz, seconds);
-    let mut args = vec!["-f", "lavfi", "-i", &input];
-    args.extend_from_slice(codec_args);
-    make(&out, &args);
-    out
-}
 
 /// Creates call `key` in `chat`, plays `source` on it and connects it; returns its SSRC.
 fn join_playing(
@@ -125,49 +70,10 @@ fn check_tone(engine: &Engine, sfu: &Server, key: i64, chat: i64, ssrc: u32, wan
     );
 }
 
-/// Children of this process whose command is `name` (ffmpeg, sh...), zombies included: a
-/// child counts until it was reaped.
-fn children_named(name: &str) -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            // pid (comm) state ppid ...
-            let Some(close) = stat.rfind(')') else {
-                return false;
-            };
-            let comm = stat
-                .get(stat.find('(').unwrap_or(0) + 1..close)
-                .unwrap_or("");
-            let mut rest = stat[close + 1..].split_whitespace();
-            let _state = rest.next();
-            let ppid = rest.next().unwrap_or("");
-            comm == name && ppid == me
-        })
-        .count()
-}
-
-/// Waits up to `limit` for no child named `name`.
-fn wait_no_children(name: &str, limit: Duration) -> usize {
-    let end = Instant::now() + limit;
-    loop {
-        let n = children_named(name);
-        if n == 0 || Instant::now() > end {
-            if n > 0 {
-                let _ = Command::new("ps").args(["-ef", "--forest"]).status();
-            }
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn every_format_plays_its_tone_and_opus_is_passed_through() {
     let _serial = serial();
-    let dir = MediaDir::new("formats");
+    let dir = MediaDir::new("play-formats");
     // (file, tone, ffmpeg codec arguments)
     let formats: Vec<(&str, u32, Vec<&str>)> = vec![
         ("tone.mp3", 400, vec!["-c:a", "libmp3lame", "-b:a", "128k"]),
@@ -291,7 +197,7 @@ fn serve(body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn urls_and_shell_commands_play_their_tones() {
     let _serial = serial();
-    let dir = MediaDir::new("url");
+    let dir = MediaDir::new("play-url");
     let mp3 = tone_file(&dir, "tone.mp3", 450, 5.0, &["-c:a", "libmp3lame"]);
     let (base, seen) = serve(std::fs::read(&mp3).unwrap());
 
@@ -355,7 +261,7 @@ fn urls_and_shell_commands_play_their_tones() {
 #[test]
 fn live_mode_runs_one_decode_for_a_hundred_calls() {
     let _serial = serial();
-    let dir = MediaDir::new("live");
+    let dir = MediaDir::new("play-live");
     let mp3 = tone_file(&dir, "radio.mp3", 480, 30.0, &["-c:a", "libmp3lame"]);
     let sfu = silent_sfu();
     let engine = Engine::builder()
@@ -402,7 +308,7 @@ fn tone_at(engine: &Engine, sfu: &Server, key: i64, chat: i64, ssrc: u32, at: Du
 #[test]
 fn on_demand_calls_each_hear_the_track_from_its_start_from_one_decode() {
     let _serial = serial();
-    let dir = MediaDir::new("ondemand");
+    let dir = MediaDir::new("play-ondemand");
     // 1.5 s of 440 Hz, then 3.5 s of 880 Hz.
     let track = dir.path("two-tones.mp3");
     let (a, b) = (sine(440, 1.5), sine(880, 3.5));
@@ -480,7 +386,7 @@ fn on_demand_calls_each_hear_the_track_from_its_start_from_one_decode() {
 #[test]
 fn looped_tracks_play_on_live_and_on_demand() {
     let _serial = serial();
-    let dir = MediaDir::new("loop");
+    let dir = MediaDir::new("play-loop");
     let short = tone_file(&dir, "short.mp3", 540, 1.0, &["-c:a", "libmp3lame"]);
     let sfu = silent_sfu();
     let engine = Engine::builder().build().unwrap();
@@ -512,7 +418,7 @@ fn looped_tracks_play_on_live_and_on_demand() {
 #[test]
 fn bad_inputs_end_their_track_typed_and_touch_nothing_else() {
     let _serial = serial();
-    let dir = MediaDir::new("bad");
+    let dir = MediaDir::new("play-bad");
     let sfu = silent_sfu();
     let engine = Engine::builder().build().unwrap();
     // A call that must not notice anything.
@@ -639,7 +545,7 @@ fn child_exits_while_playing() {
 #[test]
 fn decoders_die_with_the_process() {
     let _serial = serial();
-    let dir = MediaDir::new("exit");
+    let dir = MediaDir::new("play-exit");
     let marker = tone_file(&dir, "exit-marker.mp3", 500, 60.0, &["-c:a", "libmp3lame"]);
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_exits_while_playing", "--nocapture"])
@@ -659,7 +565,7 @@ fn decoders_die_with_the_process() {
 #[test]
 fn a_paused_call_holds_its_decode_back() {
     let _serial = serial();
-    let dir = MediaDir::new("pause");
+    let dir = MediaDir::new("play-pause");
     let long = tone_file(&dir, "long.mp3", 620, 120.0, &["-c:a", "libmp3lame"]);
     let sfu = silent_sfu();
     let engine = Engine::builder().build().unwrap();

@@ -6,71 +6,12 @@
 
 mod common;
 
-use std::f64::consts::TAU;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::media::{MediaDir, children_named, decode, power};
 use common::wait_connected;
 use ringcast::{Engine, EngineError, RecordConfig, RecordOutput, SourceError, StreamSource};
 use sfu_mock::server::{Server, ServerOptions};
-
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The file decoded to mono 48 kHz samples.
-fn decode(path: &Path) -> Vec<f32> {
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
-        .arg(path)
-        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "pipe:1"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "decoding {}", path.display());
-    out.stdout
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0)
-        .collect()
-}
-
-/// Goertzel power of `hz` in `pcm` (48 kHz), normalised by the length.
-fn power(pcm: &[f32], hz: f64) -> f64 {
-    let w = TAU * hz / 48_000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0_f64, 0.0_f64);
-    for &x in pcm {
-        let s = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (pcm.len() as f64).powi(2)
-}
-
-/// This process's children whose command is ffmpeg.
-fn ffmpeg_children() -> usize {
-    let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            let Some((head, tail)) = stat.rsplit_once(") ") else {
-                return false;
-            };
-            let comm = head.split_once(" (").map(|(_, c)| c).unwrap_or_default();
-            let ppid = tail.split_whitespace().nth(1).unwrap_or_default();
-            comm == "ffmpeg" && ppid == me
-        })
-        .count()
-}
 
 const SPEAKER_A: f64 = 440.0;
 const SPEAKER_B: f64 = 1000.0;
@@ -81,9 +22,7 @@ const CONTROL: f64 = 700.0;
 
 #[test]
 fn records_the_mix_each_speaker_and_into_a_shell_command() {
-    let dir = TempDir(std::env::temp_dir().join(format!("ringcast-record-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = MediaDir::new("record");
     let sfu = Server::start(ServerOptions::default()).unwrap();
     let engine = Engine::builder().shards(2).build().unwrap();
     assert!(matches!(
@@ -189,7 +128,11 @@ fn records_the_mix_each_speaker_and_into_a_shell_command() {
             "speaker {ssrc}: {p_own:.2e} vs {p_ctl:.2e}"
         );
     }
-    assert_eq!(ffmpeg_children(), 0, "an ffmpeg outlived its recording");
+    assert_eq!(
+        children_named("ffmpeg"),
+        0,
+        "an ffmpeg outlived its recording"
+    );
 
     // A command that fails: the recording reports it, typed, with its stderr; dropping a
     // recording that runs leaves nothing behind.
@@ -224,7 +167,7 @@ fn records_the_mix_each_speaker_and_into_a_shell_command() {
         .record(4, RecordConfig::file(dir.0.join("dropped.wav")))
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ffmpeg_children(), 1);
+    assert_eq!(children_named("ffmpeg"), 1);
     drop(dropped);
-    assert_eq!(ffmpeg_children(), 0);
+    assert_eq!(children_named("ffmpeg"), 0);
 }

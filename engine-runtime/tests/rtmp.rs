@@ -4,34 +4,16 @@
 //! error carrying ffmpeg's stderr; no ffmpeg is left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ringcast::{Ffmpeg, MediaSource, RtmpPush, SourceError};
 use sfu_mock::analysis::dominant_frequency_hz;
 
-/// The tests count this process's ffmpeg children: one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
 
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ringcast-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::media::{MediaDir, children_named, decode, make, serial, wait_no_children};
 
 /// A child process killed and reaped on drop (the RTMP receiver).
 struct ChildGuard(Child);
@@ -41,15 +23,6 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn ffmpeg(args: &[&str]) {
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "ffmpeg {args:?}: {status}");
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -105,49 +78,10 @@ fn wait_exit(guard: &mut ChildGuard) {
     }
 }
 
-/// The file decoded to mono 48 kHz samples.
-fn decode(path: &Path) -> Vec<f32> {
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
-        .arg(path)
-        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "pipe:1"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "decoding {}", path.display());
-    out.stdout
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0)
-        .collect()
-}
-
-/// This process's children whose command is ffmpeg.
-fn ffmpeg_children() -> usize {
-    let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            // pid (comm) state ppid ...
-            let Some((head, tail)) = stat.rsplit_once(") ") else {
-                return false;
-            };
-            let comm = head.split_once(" (").map(|(_, c)| c).unwrap_or_default();
-            let ppid = tail.split_whitespace().nth(1).unwrap_or_default();
-            comm == "ffmpeg" && ppid == me
-        })
-        .count()
-}
-
 fn assert_no_ffmpeg_left() {
     // A killed child is reaped by the thread that owns it; give it a moment.
-    let end = Instant::now() + Duration::from_secs(5);
-    while ffmpeg_children() > 0 {
-        assert!(Instant::now() < end, "{} ffmpeg left", ffmpeg_children());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let left = wait_no_children("ffmpeg", Duration::from_secs(5));
+    assert_eq!(left, 0, "{left} ffmpeg left");
 }
 
 fn tone_of(pcm: &[f32]) -> f32 {
@@ -160,18 +94,20 @@ fn tone_of(pcm: &[f32]) -> f32 {
 
 #[test]
 fn pushes_an_mp3_with_a_pause_and_a_shell_command_to_a_local_receiver() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = TempDir::new("rtmp");
+    let _serial = serial();
+    let dir = MediaDir::new("rtmp");
     let mp3 = dir.0.join("a440.mp3");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:duration=2",
-        "-c:a",
-        "libmp3lame",
-        mp3.to_str().unwrap(),
-    ]);
+    make(
+        &mp3,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=2",
+            "-c:a",
+            "libmp3lame",
+        ],
+    );
     let ffmpeg_bin = Ffmpeg::default();
 
     // 1. The mp3, paused for longer than the file lasts: the push holds, then ends Ok.
@@ -244,18 +180,20 @@ fn pushes_an_mp3_with_a_pause_and_a_shell_command_to_a_local_receiver() {
 
 #[test]
 fn a_push_to_nowhere_ends_with_ffmpegs_words_and_stop_leaves_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = TempDir::new("rtmp-err");
+    let _serial = serial();
+    let dir = MediaDir::new("rtmp-err");
     let mp3 = dir.0.join("a440.mp3");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:duration=30",
-        "-c:a",
-        "libmp3lame",
-        mp3.to_str().unwrap(),
-    ]);
+    make(
+        &mp3,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=30",
+            "-c:a",
+            "libmp3lame",
+        ],
+    );
     let ffmpeg_bin = Ffmpeg::default();
 
     // Nothing listens: a typed error with ffmpeg's stderr.
@@ -319,7 +257,7 @@ fn a_push_to_nowhere_ends_with_ffmpegs_words_and_stop_leaves_nothing() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(ffmpeg_children(), 2, "the receiver and the push");
+    assert_eq!(children_named("ffmpeg"), 2, "the receiver and the push");
     assert!(!push.is_finished());
     assert_eq!(push.stop(), Ok(()));
     assert!(push.is_finished());
@@ -343,25 +281,27 @@ fn a_push_to_nowhere_ends_with_ffmpegs_words_and_stop_leaves_nothing() {
 
 #[test]
 fn a_file_with_video_is_pushed_as_h264_and_aac() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = TempDir::new("rtmp-video");
+    let _serial = serial();
+    let dir = MediaDir::new("rtmp-video");
     let mp4 = dir.0.join("clip.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=320x240:rate=25:duration=2",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:duration=2",
-        "-c:v",
-        "mpeg4",
-        "-c:a",
-        "aac",
-        "-shortest",
-        mp4.to_str().unwrap(),
-    ]);
+    make(
+        &mp4,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25:duration=2",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=2",
+            "-c:v",
+            "mpeg4",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+    );
     let port = free_port();
     let out = dir.0.join("video.flv");
     let mut rx = receiver(port, &out);

@@ -1,6 +1,8 @@
 //! Helpers shared by the engine-runtime integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod media;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
