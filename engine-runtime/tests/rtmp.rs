@@ -13,7 +13,7 @@ use sfu_mock::analysis::dominant_frequency_hz;
 
 mod common;
 
-use common::media::{MediaDir, children_named, decode, make, serial, wait_no_children};
+use common::media::{MediaDir, children_named, decode, make, serial, tone_file, wait_no_children};
 
 /// A child process killed and reaped on drop (the RTMP receiver).
 struct ChildGuard(Child);
@@ -96,18 +96,7 @@ fn tone_of(pcm: &[f32]) -> f32 {
 fn pushes_an_mp3_with_a_pause_and_a_shell_command_to_a_local_receiver() {
     let _serial = serial();
     let dir = MediaDir::new("rtmp");
-    let mp3 = dir.0.join("a440.mp3");
-    make(
-        &mp3,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=2",
-            "-c:a",
-            "libmp3lame",
-        ],
-    );
+    let mp3 = tone_file(&dir, "a440.mp3", 440, 2.0, &["-c:a", "libmp3lame"]);
     let ffmpeg_bin = Ffmpeg::default();
 
     // 1. The mp3, paused for longer than the file lasts: the push holds, then ends Ok.
@@ -182,18 +171,7 @@ fn pushes_an_mp3_with_a_pause_and_a_shell_command_to_a_local_receiver() {
 fn a_push_to_nowhere_ends_with_ffmpegs_words_and_stop_leaves_nothing() {
     let _serial = serial();
     let dir = MediaDir::new("rtmp-err");
-    let mp3 = dir.0.join("a440.mp3");
-    make(
-        &mp3,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=30",
-            "-c:a",
-            "libmp3lame",
-        ],
-    );
+    let mp3 = tone_file(&dir, "a440.mp3", 440, 30.0, &["-c:a", "libmp3lame"]);
     let ffmpeg_bin = Ffmpeg::default();
 
     // Nothing listens: a typed error with ffmpeg's stderr.

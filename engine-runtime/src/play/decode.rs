@@ -297,13 +297,7 @@ fn pump_ogg(
 ) -> Result<Pump, SourceError> {
     let mut ogg = OggOpusStream::new();
     let mut buf = vec![0_u8; READ_CHUNK];
-    loop {
-        let n = match stdout.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
+    while let Some(n) = read_some(&mut stdout, &mut buf) {
         ogg.push(buf.get(..n).unwrap_or_default())?;
         while let Some(frame) = ogg.pop() {
             if !out.push(frame) {
@@ -322,6 +316,19 @@ fn pump_ogg(
     Ok(Pump::Eof)
 }
 
+/// The next read from a decoder's pipe: `None` at its end (or on a read error, which ends it
+/// the same way; the process's exit status says what happened).
+fn read_some(pipe: &mut impl Read, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        match pipe.read(buf) {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Reads s16le PCM from `stdout`, encodes 20 ms frames and hands them over.
 fn pump_pcm(
     mut stdout: impl Read,
@@ -334,13 +341,7 @@ fn pump_pcm(
     // A byte left over when a read ends mid-sample.
     let mut odd: Option<u8> = None;
     let mut samples: Vec<i16> = Vec::with_capacity(READ_CHUNK / 2 + 1);
-    loop {
-        let n = match stdout.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
+    while let Some(n) = read_some(&mut stdout, &mut buf) {
         samples.clear();
         let mut bytes = buf.get(..n).unwrap_or_default();
         if let Some(low) = odd.take()
