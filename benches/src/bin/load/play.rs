@@ -18,6 +18,7 @@
 //! spawned. CPU per call is µs of CPU per second per call; memory per call is the growth of
 //! this process's RSS since the engine was built plus the children's RSS, over N.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -329,15 +330,21 @@ fn phase(design: Design, n: usize, track: &Path, args: &Args) -> Result<Value, S
             .map_or(String::new(), |e| format!(" (first error: {e})"))
     );
     std::thread::sleep(WARMUP);
-    let mut ended = 0u64;
+    // Calls that ended and tracks that ended since the calls connected, by reason.
+    let mut ended: BTreeMap<String, u64> = BTreeMap::new();
     let mut drain = |engine: &Engine| {
         while let Ok(e) = engine.events().try_recv() {
-            if matches!(
-                e.kind,
-                EventKind::StreamEnded { .. } | EventKind::ConnectionChanged(CallState::Ended(_))
-            ) {
-                ended += 1;
-            }
+            let what = match e.kind {
+                EventKind::StreamEnded { error, .. } => format!(
+                    "track ended: {}",
+                    error.map_or_else(|| "end of input".to_owned(), |e| e.to_string())
+                ),
+                EventKind::ConnectionChanged(CallState::Ended(r)) => format!("call ended: {r:?}"),
+                _ => continue,
+            };
+            // Reasons may name a process or a time: keep the kinds countable.
+            let what: String = what.chars().take(80).collect();
+            *ended.entry(what).or_default() += 1;
         }
     };
     drain(&engine);
@@ -390,7 +397,7 @@ fn phase(design: Design, n: usize, track: &Path, args: &Args) -> Result<Value, S
         "{label} {cpu_us:.0} µs CPU per second per call ({:.2} % of a core: engine {:.0} + \
          ffmpeg {:.0} µs/s), memory {:.0} KB RSS / {:.0} KB PSS per call; SFU counted {counted} \
          of {expected} expected packets, lost {lost}; underruns {underruns}; {} ffmpeg spawned, \
-         {} encoders",
+         {} encoders; ended: {ended:?}",
         cpu_us / 1e4,
         per_call_us(self_cpu),
         per_call_us(children_cpu),
@@ -434,7 +441,7 @@ fn phase(design: Design, n: usize, track: &Path, args: &Args) -> Result<Value, S
         },
         "p99_lateness_ms": ms(lateness.percentile(0.99)),
         "underruns": underruns,
-        "tracks_or_calls_ended": ended,
+        "ended": ended,
         "media": {
             "processes_spawned": media1.processes_spawned,
             "processes_running": media1.processes_running,
