@@ -74,6 +74,23 @@ struct Cli {
     /// sfu-mock processes (SFU addresses) the held calls are spread over.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_at_least_one)]
     hold_sfus: usize,
+    /// Play benchmark instead of ramp (issue 13): N calls playing the same mp3 on demand,
+    /// decoded once through the shared cache, then one ffmpeg and encoder per call (module
+    /// `play`).
+    #[arg(long)]
+    play_bench: bool,
+    /// The file the play benchmark plays [default: a 600 s 440 Hz mp3 made with ffmpeg].
+    #[arg(long, value_name = "PATH")]
+    play_file: Option<PathBuf>,
+    /// Calls of the play benchmark, comma-separated; each N runs both designs.
+    #[arg(long, value_name = "N,N,...", default_value = "500", value_parser = parse_steps)]
+    play_calls: Counts,
+    /// Seconds each design of the play benchmark is measured.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20.0, value_parser = parse_seconds, allow_negative_numbers = true)]
+    play_seconds: f64,
+    /// Threads starting the play benchmark's tracks at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_at_least_one)]
+    play_threads: usize,
 }
 
 /// `--send-path`: the engine's [`SendPath`].
@@ -188,6 +205,16 @@ pub(crate) struct Args {
     pub(crate) hold: Option<usize>,
     /// sfu-mock processes the held calls are spread over.
     pub(crate) hold_sfus: usize,
+    /// Run the play benchmark instead of ramping.
+    pub(crate) play_bench: bool,
+    /// The play benchmark's file (None: generate one).
+    pub(crate) play_file: Option<PathBuf>,
+    /// Calls of the play benchmark (each N runs both designs).
+    pub(crate) play_calls: Vec<usize>,
+    /// Seconds each design is measured.
+    pub(crate) play_seconds: f64,
+    /// Threads starting the tracks.
+    pub(crate) play_threads: usize,
 }
 
 impl Args {
@@ -238,6 +265,11 @@ impl Args {
             churn_pct: cli.churn_pct,
             hold: cli.hold,
             hold_sfus: cli.hold_sfus,
+            play_bench: cli.play_bench,
+            play_file: cli.play_file,
+            play_calls: cli.play_calls.0,
+            play_seconds: cli.play_seconds,
+            play_threads: cli.play_threads,
         }
     }
 
@@ -311,6 +343,21 @@ mod tests {
         let h = parse(&["--hold", "10000", "--hold-sfus", "4"]).unwrap();
         assert_eq!((h.hold, h.hold_sfus), (Some(10_000), 4));
         assert_eq!(parse(&[]).unwrap().hold, None);
+        let p = parse(&[
+            "--play-bench",
+            "--play-calls",
+            "500,100",
+            "--play-seconds",
+            "3",
+        ])
+        .unwrap();
+        assert!(p.play_bench && p.play_file.is_none());
+        assert_eq!((p.play_calls, p.play_seconds), (vec![500, 100], 3.0));
+        let d = parse(&["--play-bench"]).unwrap();
+        assert_eq!(
+            (d.play_calls, d.play_seconds, d.play_threads),
+            (vec![500], 20.0, 8)
+        );
         let r = parse(&[
             "--steps",
             "500,1000, 2000",

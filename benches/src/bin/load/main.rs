@@ -20,6 +20,7 @@
 //!      [--ntgcalls-steps 10,20,40,60]
 //! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--report PATH]
 //! load --hold N [--hold-sfus K] [--report PATH]
+//! load --play-bench [--play-calls 500,100] [--play-seconds S] [--play-file PATH] [--report PATH]
 //! ```
 //!
 //! `load --help` lists every flag with its default (module `args`).
@@ -37,6 +38,10 @@
 //! `--hold N` connects N calls with their sources paused (joins concurrent, several sfu-mock
 //! processes with `--hold-sfus`) and reports RSS, live heap and descriptors per call, and the
 //! connect time (module `hold`).
+//!
+//! `--play-bench` plays the same mp3 on demand in N calls, decoded once through the engine's
+//! track cache, then with one ffmpeg and one encoder per call (the incumbents' design), and
+//! reports CPU and memory per call of each and their ratio (module `play`, issue 13).
 //!
 //! Modules: `args` (command line), `sfu` (the sfu-mock process), `system` (what a system under
 //! test offers), `engine` (ringcast), `tokio_per_call`, `webrtc_rs` and `ntgcalls` (the
@@ -60,6 +65,7 @@ mod host;
 mod ntgcalls;
 #[path = "../../../../interop/ntgcalls_peer.rs"]
 mod ntgcalls_peer;
+mod play;
 mod plot;
 mod ramp;
 mod sfu;
@@ -111,13 +117,15 @@ static GLOBAL: Counting = Counting;
 
 /// Ramps (or soaks), then writes the report and the plot.
 fn run(args: &Args) -> Result<(), String> {
-    eprintln!(
-        "load: steps {:?}, {} s each, {} shards{}",
-        args.steps,
-        args.step_seconds,
-        args.shards,
-        if args.quick { " (quick)" } else { "" }
-    );
+    if !args.play_bench {
+        eprintln!(
+            "load: steps {:?}, {} s each, {} shards{}",
+            args.steps,
+            args.step_seconds,
+            args.shards,
+            if args.quick { " (quick)" } else { "" }
+        );
+    }
     raise_nofile(1 << 18);
     if args.pin && args.cores > args.shards {
         pin_self(args.shards)?;
@@ -131,6 +139,12 @@ fn run(args: &Args) -> Result<(), String> {
         } else {
             Err("soak failed: loss or RSS growth (see the report)".to_owned())
         };
+    }
+    if args.play_bench {
+        let report = play::play_bench(args)?;
+        std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
+        println!("{report}");
+        return Ok(());
     }
     if let Some(n) = args.hold {
         let report = hold::hold(n, args)?;
