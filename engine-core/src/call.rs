@@ -164,6 +164,9 @@ pub enum EndReason {
     FingerprintMismatch,
     /// str0m reported an unrecoverable error (which part of it; the text is logged at debug).
     Transport(RtcErrorKind),
+    /// The call's processing panicked (a bug in ringcast or below): the call ended alone, the
+    /// shard and its other calls went on. The panic's message.
+    Panicked(String),
 }
 
 impl EndReason {

@@ -91,6 +91,10 @@ pub enum EndpointError {
     /// The 1:1 call refused.
     #[error(transparent)]
     P2pCall(#[from] crate::p2p_call::P2pCallError),
+    /// The call panicked while handling the request (a bug): it has ended, with its end event
+    /// carrying the panic's message; the other calls are untouched.
+    #[error("call {0} panicked and has ended")]
+    CallPanicked(CallId),
 }
 
 /// A datagram to send.
@@ -165,6 +169,11 @@ pub struct EndpointStats {
     pub dropped_events: u64,
     /// Calls reaped after they ended.
     pub calls_reaped: u64,
+    /// Calls ended because their processing panicked (a bug): each ended alone, with
+    /// [`EndReason::Panicked`](crate::EndReason::Panicked) or
+    /// [`P2pEndReason::Panicked`](crate::p2p_call::P2pEndReason::Panicked), and the endpoint
+    /// and its other calls went on.
+    pub calls_panicked: u64,
     /// Lateness of every frame sent (handed to str0m minus due), all calls, ended ones too.
     pub lateness: LatenessHistogram,
 }
@@ -258,6 +267,8 @@ struct Slot {
     /// The call's `packets_sent` already added to the endpoint's counter.
     packets_counted: u64,
     span: tracing::Span,
+    /// Test-only fault: the call's next processing panics ([`Endpoint::inject_panic`]).
+    fault: bool,
 }
 
 /// Many calls and their sockets. See the [module docs](self).
@@ -277,6 +288,9 @@ pub struct Endpoint {
     events: VecDeque<(CallId, EndpointEvent)>,
     reaped: VecDeque<ReapedCall>,
     stats: EndpointStats,
+    /// Whether each call's processing runs under `catch_unwind` (always, but for the
+    /// benchmark that measures what the guard costs).
+    panic_guard: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -305,6 +319,7 @@ impl Endpoint {
             events: VecDeque::new(),
             reaped: VecDeque::new(),
             stats: EndpointStats::default(),
+            panic_guard: true,
         }
     }
 
@@ -339,13 +354,92 @@ impl Endpoint {
         id: CallId,
         command: Command,
     ) -> Result<(), EndpointError> {
-        let (idx, slot) = self.slot_mut(id)?;
-        let result = {
-            let _enter = slot.span.clone().entered();
-            slot.kind.command(now, command)
+        let (idx, _) = self.slot_mut(id)?;
+        let Some(result) = self.guarded(idx, |kind| kind.command(now, command)) else {
+            return Err(EndpointError::CallPanicked(id));
         };
         self.drain(idx);
         result
+    }
+
+    /// Test-only fault hook: the next processing of call `id` (a command, a datagram, a timer,
+    /// a poll) panics inside the call's guard, as a bug in the call's code would. The call
+    /// ends with [`EndReason::Panicked`](crate::EndReason::Panicked) (1:1:
+    /// `P2pEndReason::Panicked`); nothing else is touched. For tests of that guarantee.
+    #[doc(hidden)]
+    pub fn inject_panic(&mut self, id: CallId) -> Result<(), EndpointError> {
+        let (_, slot) = self.slot_mut(id)?;
+        slot.fault = true;
+        Ok(())
+    }
+
+    /// Turns the per-call panic guard off (`false`) or on. Only for the benchmark that
+    /// measures what the guard costs (`benches/benches/panic_guard.rs`); a panic without it
+    /// unwinds through the endpoint and the runtime's thread.
+    #[doc(hidden)]
+    pub fn set_panic_guard(&mut self, on: bool) {
+        self.panic_guard = on;
+    }
+
+    /// Runs `f` on the call in slot `idx`, in its tracing span, under `catch_unwind`: a panic
+    /// in the call's processing (a bug) ends that call alone ([`Endpoint::fail`]) and returns
+    /// `None`. `None` too if the slot is empty.
+    fn guarded<T>(&mut self, idx: usize, f: impl FnOnce(&mut CallKind) -> T) -> Option<T> {
+        let guard = self.panic_guard;
+        let Some(Some(slot)) = self.calls.get_mut(idx) else {
+            return None;
+        };
+        let fault = std::mem::take(&mut slot.fault);
+        let span = slot.span.clone();
+        let kind = &mut slot.kind;
+        let run = move || {
+            let _enter = span.entered();
+            if fault {
+                panic!("injected fault (Endpoint::inject_panic)");
+            }
+            f(kind)
+        };
+        if !guard {
+            return Some(run());
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic with a non-string payload".to_owned());
+                self.fail(idx, message);
+                None
+            }
+        }
+    }
+
+    /// Ends the call in slot `idx` after its processing panicked: its end event with the
+    /// panic's message, counted, and the call reaped. Its state may be half-updated, so nothing
+    /// of it is used again.
+    fn fail(&mut self, idx: usize, message: String) {
+        let Some(Some(slot)) = self.calls.get(idx) else {
+            return;
+        };
+        tracing::error!(call = slot.id.0, %message, "call panicked; it ends, the others go on");
+        let event = match slot.kind {
+            CallKind::Group(_) => EndpointEvent::Group(crate::call::Event::ConnectionChanged(
+                CallState::Ended(crate::call::EndReason::Panicked(message)),
+            )),
+            CallKind::P2p(_) => EndpointEvent::P2p(crate::p2p_call::Event::StateChanged(
+                crate::p2p_call::P2pState::Ended(crate::p2p_call::P2pEndReason::Panicked(message)),
+            )),
+        };
+        let id = slot.id;
+        self.stats.calls_panicked += 1;
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.stats.dropped_events += 1;
+        } else {
+            self.events.push_back((id, event));
+        }
+        self.reap(idx);
     }
 
     /// A datagram that arrived on `socket` from `source`: routed to its call (by the shared
@@ -376,12 +470,14 @@ impl Endpoint {
             self.stats.dropped_unroutable += 1;
             return;
         }
-        let _enter = slot.span.clone().entered();
-        if let Err(e) = slot.kind.handle_datagram(now, source, contents) {
-            self.stats.dropped_by_call += 1;
-            tracing::trace!("datagram dropped: {e}");
+        match self.guarded(idx, |kind| kind.handle_datagram(now, source, contents)) {
+            Some(Err(e)) => {
+                self.stats.dropped_by_call += 1;
+                tracing::trace!("datagram dropped: {e}");
+            }
+            Some(Ok(())) => {}
+            None => return, // the call panicked and is gone
         }
-        drop(_enter);
         self.drain(idx);
     }
 
@@ -400,11 +496,12 @@ impl Endpoint {
                 continue; // stale entry
             }
             slot.scheduled = None;
+            if self
+                .guarded(idx, |kind| kind.handle_timeout(now, &mut spare))
+                .is_some()
             {
-                let _enter = slot.span.clone().entered();
-                slot.kind.handle_timeout(now, &mut spare);
+                self.drain(idx);
             }
-            self.drain(idx);
         }
         self.spare = spare;
         self.due = due;
@@ -488,6 +585,7 @@ impl Endpoint {
             kind,
             scheduled: None,
             packets_counted: 0,
+            fault: false,
             span,
         };
         let idx = match self.free.pop() {
@@ -510,10 +608,17 @@ impl Endpoint {
     fn drain(&mut self, idx: usize) {
         let mut ended = false;
         loop {
+            let Some(Some(slot)) = self.calls.get(idx) else {
+                return;
+            };
+            let id = slot.id;
+            let Some(polled) = self.guarded(idx, |kind| kind.poll(id)) else {
+                return; // the call panicked and is gone
+            };
             let Some(Some(slot)) = self.calls.get_mut(idx) else {
                 return;
             };
-            match slot.kind.poll(slot.id) {
+            match polled {
                 Polled::Timeout(at) => {
                     if !ended && slot.scheduled != Some(at) {
                         slot.scheduled = Some(at);

@@ -241,6 +241,8 @@ pub enum P2pEndReason {
     Channel(String),
     /// str0m reported an unrecoverable error (which part of it; the text is logged at debug).
     Transport(RtcErrorKind),
+    /// The call's processing panicked (a bug): the call ended alone. The panic's message.
+    Panicked(String),
 }
 
 impl P2pEndReason {

@@ -119,6 +119,11 @@ pub struct EngineStats {
     pub send_errors: u64,
     /// Calls reaped after they ended.
     pub calls_reaped: u64,
+    /// Calls ended because their processing panicked (a bug): each ended alone with
+    /// [`EndReason::Panicked`](crate::EndReason::Panicked) (1:1:
+    /// [`P2pEndReason::Panicked`](crate::P2pEndReason::Panicked)); the shards and the other
+    /// calls went on.
+    pub calls_panicked: u64,
     /// Datagrams received by one shard for a call on another and handed over.
     pub forwarded_between_shards: u64,
     /// Datagrams dropped because the owning shard's forward queue was full.
@@ -551,6 +556,19 @@ impl Engine {
         self.media.stats()
     }
 
+    /// Test-only fault hook: the next processing of call `chat_id` (group or 1:1) panics inside
+    /// the call's guard, as a bug in it would. The call ends with
+    /// [`EndReason::Panicked`](crate::EndReason::Panicked) and a
+    /// [`EventKind::ConnectionChanged`](crate::EventKind::ConnectionChanged) event; the shard
+    /// and its other calls go on. For tests of that guarantee; not part of the API.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.request(self.shard_of(chat_id), |reply| Request::InjectPanic {
+            chat_id,
+            reply,
+        })?
+    }
+
     /// The ffmpeg this engine decodes with.
     pub fn ffmpeg(&self) -> &Ffmpeg {
         self.media.ffmpeg()
@@ -618,6 +636,7 @@ impl Engine {
             total.dropped_by_call += e.dropped_by_call;
             total.dropped_events += e.dropped_events;
             total.calls_reaped += e.calls_reaped;
+            total.calls_panicked += e.calls_panicked;
             total.lateness.merge(&e.lateness);
             total.lateness_causes.merge(&s.causes);
             total.dropped_rx_queue_full += s.dropped_rx_queue_full;

@@ -107,6 +107,11 @@ pub(crate) enum Request {
         sink: Box<ringcast_core::media::PcmSink>,
         reply: Sender<Result<(), EngineError>>,
     },
+    /// Test-only fault hook ([`Engine::inject_panic`](crate::Engine::inject_panic)).
+    InjectPanic {
+        chat_id: i64,
+        reply: Sender<Result<(), EngineError>>,
+    },
     Shutdown,
 }
 
@@ -583,6 +588,13 @@ impl Shard {
                 reply,
             } => {
                 let _ = reply.send(self.pcm_sinks.attach(&self.endpoint, chat_id, *sink));
+            }
+            Request::InjectPanic { chat_id, reply } => {
+                let _ = reply.send(
+                    self.endpoint
+                        .inject_panic(CallId(chat_id))
+                        .map_err(EngineError::from),
+                );
             }
             Request::Shutdown => {}
         }

@@ -619,11 +619,23 @@ impl Sfu {
         } else {
             None
         };
-        let by_addr = self
-            .by_addr
-            .get(&source)
-            .copied()
-            .filter(|i| stun_owner.is_none_or(|o| o == *i));
+        // STUN without a USERNAME we know (the answers to our own checks) goes to whoever last
+        // sent authentic checks from this address: after a takeover that is the new
+        // participant, while the 5-tuple still names the old one until the new one is
+        // nominated. Routing those answers by the 5-tuple left a client that reused its
+        // socket after a call that ended without a DTLS close (a crash, a lost close_notify)
+        // unable to finish ICE: the churn ConnectTimeout of issue 16.
+        let check_owner = if kind == DatagramKind::Stun && stun_owner.is_none() {
+            self.by_check_addr.get(&source).copied()
+        } else {
+            None
+        };
+        let by_addr = check_owner.or_else(|| {
+            self.by_addr
+                .get(&source)
+                .copied()
+                .filter(|i| stun_owner.is_none_or(|o| o == *i))
+        });
         let idx = match by_addr {
             Some(i) => i,
             None => {
