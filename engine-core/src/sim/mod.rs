@@ -454,6 +454,12 @@ impl<S: SimSfu> World<S> {
         self.tick_hook = hook;
     }
 
+    /// Turns the endpoint's per-call panic guard off or on (for the benchmark of its cost,
+    /// `benches/benches/panic_guard.rs`).
+    pub fn set_panic_guard(&mut self, on: bool) {
+        self.endpoint.set_panic_guard(on);
+    }
+
     /// The endpoint's counters.
     pub fn endpoint_stats(&self) -> &EndpointStats {
         self.endpoint.stats()
