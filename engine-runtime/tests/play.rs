@@ -499,6 +499,30 @@ fn bad_inputs_end_their_track_typed_and_touch_nothing_else() {
         engine.media_stats()
     );
 
+    // On demand, a decode killed mid-track leaves the cache: the next play decodes afresh.
+    engine
+        .set_stream_sources(1, MediaSource::file(&long))
+        .unwrap();
+    let tracks = engine.media_stats().cache_tracks;
+    let pids = pids_reading(&long);
+    assert_eq!(pids.len(), 1, "one ffmpeg reads the file");
+    let killed = Command::new("/bin/sh")
+        .args(["-c", &format!("kill -9 {}", pids[0])])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let end = Instant::now() + Duration::from_secs(5);
+    while engine.media_stats().cache_tracks >= tracks {
+        assert!(Instant::now() < end, "the failed track stayed cached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spawned = engine.media_stats().processes_spawned;
+    engine
+        .set_stream_sources(1, MediaSource::file(&long))
+        .unwrap();
+    assert_eq!(engine.media_stats().processes_spawned, spawned + 1);
+    assert_eq!(engine.media_stats().cache_hits, 0);
+
     // No ffmpeg where the builder says: a typed error when the engine is built.
     let err = Engine::builder()
         .ffmpeg(Ffmpeg::new("/nonexistent/ffmpeg"))

@@ -268,6 +268,16 @@ impl FrameOut for TrackOut {
         }
         true
     }
+
+    fn ended(&self, result: &Result<(), SourceError>) {
+        // A track whose decode failed is incomplete: later calls must decode afresh, not
+        // play it to the same error.
+        if result.is_err()
+            && let Some(cache) = self.0.cache.upgrade()
+        {
+            cache.remove(&self.0);
+        }
+    }
 }
 
 impl Track {

@@ -37,6 +37,9 @@ pub(crate) trait FrameOut: Send + Sync + 'static {
     /// Hands over a frame, waiting while the consumer is full or far enough ahead; false when
     /// nobody listens any more (the decode then stops).
     fn push(&self, frame: OpusFrame) -> bool;
+
+    /// The decode ended, cleanly or not (called before those waiting on it learn it).
+    fn ended(&self, _result: &Result<(), SourceError>) {}
 }
 
 /// A decode's progress, shared by its thread and those that play it.
@@ -181,6 +184,7 @@ pub(crate) fn start(
             if result.is_err() {
                 Counters::add(&counters.decode_errors);
             }
+            out.ended(&result);
             thread_status.finish(result);
         })
         .map_err(|e| SourceError::Decoder {
