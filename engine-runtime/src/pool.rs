@@ -140,7 +140,10 @@ impl SocketPool {
     ) -> io::Result<SocketId> {
         // The local address toward the SFU: the chosen one, or the kernel's route (a route
         // lookup, no packet sent; outside the lock).
-        let local = self.fixed_ip.or_else(|| route_toward(remotes));
+        let local = match self.fixed_ip {
+            Some(ip) => Some(ip),
+            None => route_toward(remotes)?,
+        };
         let mut inner = self.lock();
         if let Some(id) = inner.placement.place_on(call, remotes, ufrag, local) {
             return Ok(id);
@@ -179,19 +182,32 @@ impl SocketPool {
 }
 
 /// The local address the kernel would send from toward the first of `remotes` it has a route
-/// to: `connect(2)` on a UDP socket only looks the route up, nothing is sent.
-pub(crate) fn route_toward(remotes: &[SocketAddr]) -> Option<IpAddr> {
-    remotes.iter().find_map(|remote| {
+/// to: `connect(2)` on a UDP socket only looks the route up, nothing is sent. `Ok(None)` if
+/// there is no route to any; an error if the probe socket cannot be made (the open-file limit,
+/// say), which must not pass for "no route".
+pub(crate) fn route_toward(remotes: &[SocketAddr]) -> io::Result<Option<IpAddr>> {
+    for remote in remotes {
         let any: SocketAddr = if remote.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
             SocketAddr::from(([0_u16; 8], 0))
         };
-        let probe = UdpSocket::bind(any).ok()?;
-        probe.connect(remote).ok()?;
-        let ip = probe.local_addr().ok()?.ip();
-        (!ip.is_unspecified()).then_some(ip)
-    })
+        let probe = match UdpSocket::bind(any) {
+            Ok(probe) => probe,
+            // No IPv6 (or IPv4) on this host: try the other addresses.
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => continue,
+            Err(e) => return Err(e),
+        };
+        if probe.connect(remote).is_err() {
+            continue;
+        }
+        let ip = probe.local_addr()?.ip();
+        if !ip.is_unspecified() {
+            return Ok(Some(ip));
+        }
+    }
+    Ok(None)
 }
 
 /// The address of the default route: toward documentation addresses (RFC 5737, RFC 3849),
@@ -201,7 +217,10 @@ fn default_route_ip() -> IpAddr {
         SocketAddr::from(([192, 0, 2, 1], 9)),
         SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9)),
     ];
-    route_toward(&out).unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    route_toward(&out)
+        .ok()
+        .flatten()
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
 fn bind_socket(addr: SocketAddr) -> io::Result<PooledSocket> {
