@@ -251,7 +251,7 @@ impl NtgcallsDriver {
         Ok(driver)
     }
 
-    /// The python process's id (for /proc/<pid>/...).
+    /// The python process's id (for `/proc/<pid>/...`).
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
@@ -344,7 +344,7 @@ pub(crate) fn stat_cpu_ticks(stat: &str) -> u64 {
         .sum()
 }
 
-/// Reads /proc/<pid>/stat, /proc/<pid>/status and /proc/<pid>/fd.
+/// Reads `/proc/<pid>/stat`, `/proc/<pid>/status` and `/proc/<pid>/fd`.
 pub(crate) fn proc_sample(pid: u32) -> Result<ProcSample, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;

@@ -14,7 +14,7 @@
 //! observable from outside ntgcalls: a step is good when every call connected, the SFU counted
 //! no loss and at least 95 % of the packets 16.7/s per call should give. Streams per core is
 //! the highest good step's calls divided by the cores the Python process used there (its CPU
-//! seconds per wall second, from /proc/<pid>/stat): an extrapolation from measured CPU, since
+//! seconds per wall second, from `/proc/<pid>/stat`): an extrapolation from measured CPU, since
 //! one ntgcalls process cannot hold many more calls than the steps (its open files grow with
 //! N², ~11,600 at 100 calls, and connects slowed past 100 calls on the 2-core test machine).
 

@@ -97,7 +97,7 @@ fn stat_children_ticks(stat: &str) -> u64 {
         .sum()
 }
 
-/// Pss of a process from /proc/<pid>/smaps_rollup, in KB (0 if unreadable).
+/// Pss of a process from `/proc/<pid>/smaps_rollup`, in KB (0 if unreadable).
 fn pss_kb(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
