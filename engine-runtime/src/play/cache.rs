@@ -346,11 +346,10 @@ impl Drop for TrackReader {
     }
 }
 
-impl FrameSource for TrackReader {
-    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
-        // Read the end first: a decode hands over all its frames before it ends, so frames
-        // found missing after an end was seen are really not coming.
-        let end = self.track.status.end();
+impl TrackReader {
+    /// The next frame of the track if it is there: at this reader's position, or, when the
+    /// decode ended cleanly (`ended_ok`) and the track loops, its first frame again.
+    fn take_frame(&mut self, ended_ok: bool) -> Option<OpusFrame> {
         let frame = {
             let frames = self
                 .track
@@ -361,10 +360,10 @@ impl FrameSource for TrackReader {
             let index = (self.next - frames.base) as usize;
             match frames.frames.get(index) {
                 Some(frame) => Some(frame.clone()),
-                None if self.track.key.looped
+                None if ended_ok
+                    && self.track.key.looped
                     && frames.base == 0
-                    && !frames.frames.is_empty()
-                    && matches!(end, Some(Ok(()))) =>
+                    && !frames.frames.is_empty() =>
                 {
                     // The whole track is here: play it again from the cache.
                     self.next = 0;
@@ -372,11 +371,27 @@ impl FrameSource for TrackReader {
                 }
                 None => None,
             }
-        };
-        if let Some(frame) = frame {
-            self.next += 1;
-            self.position.store(self.next, Ordering::Relaxed);
-            self.track.furthest.fetch_max(self.next, Ordering::Relaxed);
+        }?;
+        self.next += 1;
+        self.position.store(self.next, Ordering::Relaxed);
+        self.track.furthest.fetch_max(self.next, Ordering::Relaxed);
+        Some(frame)
+    }
+}
+
+impl FrameSource for TrackReader {
+    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
+        // The common case, a frame ready, takes no lock but the track's read lock.
+        if let Some(frame) = self.take_frame(false) {
+            return Ok(Some(frame));
+        }
+        // None ready: has the decode ended? It hands over all its frames before it ends, so
+        // a second look after seeing the end is final.
+        let end = self.track.status.end();
+        if let Some(frame) = end
+            .as_ref()
+            .and_then(|result| self.take_frame(result.is_ok()))
+        {
             return Ok(Some(frame));
         }
         match end {
