@@ -43,6 +43,7 @@ pub mod record;
 pub mod rtmp;
 mod shard;
 mod source;
+mod sync;
 mod uring_send;
 
 pub use engine::{

@@ -17,7 +17,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use ringcast_core::endpoint::{CallId, SocketId};
 use ringcast_core::placement::Placement;
@@ -97,7 +97,7 @@ impl SocketPool {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every mutation is a single insert/remove: a panic elsewhere leaves it consistent.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// The IP 1:1 calls' own sockets bind: the chosen one, else the address of the default

@@ -31,7 +31,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use ringcast_core::media::pcm::{PcmChannels, PcmReceiver, PcmSinkConfig};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process, shell_command, shell_program};
+use crate::sync::lock;
 
 /// The recording's tick: one 20 ms frame per speaker.
 const TICK: Duration = Duration::from_millis(20);
@@ -633,10 +634,6 @@ impl Recorder {
             None => Ok(summary),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

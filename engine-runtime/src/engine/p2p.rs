@@ -37,7 +37,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 use ringcast_core::endpoint::P2pSnapshot;
 use ringcast_core::media::ToneSource;
@@ -155,11 +157,6 @@ impl std::fmt::Debug for P2pSetups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("P2pSetups").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a plain insert/replace: a panic leaves consistent state.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl P2pSetups {

@@ -117,7 +117,7 @@ impl TrackCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// (bytes, tracks) held now.
@@ -284,10 +284,7 @@ impl Track {
     /// Drops the frames every reader is past (a track out of the cache serves no new call).
     fn shed(&self) {
         let slowest = {
-            let mut positions = self
-                .positions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut positions = crate::sync::lock(&self.positions);
             positions.retain(|p| p.strong_count() > 0);
             positions
                 .iter()
@@ -326,11 +323,7 @@ impl TrackReader {
     fn new(track: Arc<Track>, counters: Arc<Counters>) -> Self {
         track.readers.fetch_add(1, Ordering::Relaxed);
         let position = Arc::new(AtomicU64::new(0));
-        track
-            .positions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::downgrade(&position));
+        crate::sync::lock(&track.positions).push(Arc::downgrade(&position));
         Self {
             track,
             next: 0,

@@ -59,7 +59,7 @@ struct StatusState {
 
 impl Status {
     fn lock(&self) -> std::sync::MutexGuard<'_, StatusState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Waits until the first frame was handed over or the decode ended; a decode that shows

@@ -1,7 +1,7 @@
 //! Live inputs: one decode per input, every call at the same position (radio).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
@@ -43,7 +43,7 @@ impl LiveInputs {
     ) -> Result<Box<dyn FrameSource>, SourceError> {
         let program = decode::program(&spec);
         let (input, decode) = {
-            let mut inputs = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut inputs = crate::sync::lock(&self.inputs);
             inputs.retain(|_, w| w.strong_count() > 0);
             match inputs.get(&spec.source).and_then(Weak::upgrade) {
                 Some(input) if input.status.end().is_none() => {
