@@ -9,18 +9,69 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{participant, silent_sfu, wait_connected};
+use common::{participant, silent_sfu, wait_connected, wait_event};
 use ringcast::{
-    Engine, EngineError, EventKind, PcmPushError, PcmSinkConfig, PcmSourceConfig, StreamSource,
+    Engine, EngineError, EventKind, PcmPushError, PcmSinkConfig, PcmSourceConfig, PcmSourceStats,
+    PcmWriter, StreamSource,
 };
 use sfu_mock::analysis::dominant_frequency_hz;
 use sfu_mock::server::{Server, ServerOptions};
 
-/// Frame `index` (20 ms, mono) of a phase-continuous half-scale sine of `hz`.
-fn sine_frame(hz: f64, index: usize) -> Vec<i16> {
-    (index * 960..(index + 1) * 960)
-        .map(|i| ((i as f64 * TAU * hz / 48_000.0).sin() * 16_384.0).round() as i16)
+/// Frame `index` (20 ms, mono, at `rate` Hz) of a phase-continuous half-scale sine of `hz`.
+fn sine_frame(rate: usize, hz: f64, index: usize) -> Vec<i16> {
+    let len = rate / 50;
+    (index * len..(index + 1) * len)
+        .map(|i| ((i as f64 * TAU * hz / rate as f64).sin() * 16_384.0).round() as i16)
         .collect()
+}
+
+/// The application's audio thread: keeps the writer's queue topped up with `frame(index)`
+/// until `stop` is set, then drops the writer (which ends the stream). Returns the frames
+/// pushed and the writer's last stats.
+fn push_until_stopped(
+    writer: PcmWriter,
+    stop: Arc<AtomicBool>,
+    frame: impl Fn(usize) -> Vec<i16> + Send + 'static,
+) -> std::thread::JoinHandle<(usize, PcmSourceStats)> {
+    std::thread::spawn(move || {
+        let mut index = 0;
+        while !stop.load(Ordering::Relaxed) {
+            match writer.try_push(&frame(index)) {
+                Ok(()) => index += 1,
+                Err(PcmPushError::Full) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("push: {e}"),
+            }
+        }
+        let stats = writer.stats();
+        drop(writer);
+        (index, stats)
+    })
+}
+
+/// Waits (bounded: 20 s) until the SFU has counted 100 packets (2 s of audio) of `ssrc` in
+/// `chat`, while the tone still plays, and returns its participant stats.
+fn heard_by_sfu(sfu: &Server, chat: i64, ssrc: u32) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = sfu.stats().unwrap();
+        let p = participant(&stats, chat, ssrc);
+        if p["packets"].as_u64().unwrap_or(0) >= 100 {
+            return p;
+        }
+    }
+    panic!("the sfu got fewer than 100 packets in 20 s");
+}
+
+/// Waits (bounded: 15 s) for call `key`'s stream to end without an error.
+fn wait_stream_ended(engine: &Engine, key: i64) {
+    let ended = wait_event(engine, Duration::from_secs(15), |e| {
+        e.chat_id == key && matches!(e.kind, EventKind::StreamEnded { error: None, .. })
+    });
+    assert!(
+        ended.is_some(),
+        "no StreamEnded after the writer was dropped"
+    );
 }
 
 #[test]
@@ -37,36 +88,11 @@ fn pushed_pcm_reaches_the_sfu_as_523_hz() {
     // The application's audio thread: keeps the queue topped up until told to stop, then
     // drops the writer, which ends the stream.
     let stop = Arc::new(AtomicBool::new(false));
-    let pusher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut index = 0;
-            while !stop.load(Ordering::Relaxed) {
-                match writer.try_push(&sine_frame(523.0, index)) {
-                    Ok(()) => index += 1,
-                    Err(PcmPushError::Full) => std::thread::sleep(Duration::from_millis(5)),
-                    Err(e) => panic!("push: {e}"),
-                }
-            }
-            let stats = writer.stats();
-            drop(writer);
-            (index, stats)
-        })
-    };
+    let pusher = push_until_stopped(writer, stop.clone(), |index| {
+        sine_frame(48_000, 523.0, index)
+    });
     wait_connected(&engine, 1, Duration::from_secs(10));
-    // Wait (bounded) until the SFU has verified 2 s of audio, while the tone still plays.
-    let end = Instant::now() + Duration::from_secs(20);
-    let mut heard = None;
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(200));
-        let stats = sfu.stats().unwrap();
-        let p = participant(&stats, 11, ssrc);
-        if p["packets"].as_u64().unwrap_or(0) >= 100 {
-            heard = Some(p);
-            break;
-        }
-    }
-    let p = heard.expect("the sfu got fewer than 100 packets in 20 s");
+    let p = heard_by_sfu(&sfu, 11, ssrc);
     let hz = p["dominant_hz"].as_f64().unwrap_or(0.0);
     assert!((hz - 523.0).abs() <= 5.0, "sfu heard {hz} Hz");
     eprintln!("sfu: {hz:.1} Hz over {} packets", p["packets"]);
@@ -80,22 +106,7 @@ fn pushed_pcm_reaches_the_sfu_as_523_hz() {
         "the pusher ran ahead: {stats:?}"
     );
     // Writer gone: the queue drains (at most 50 frames, 1 s), then the stream ends.
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut ended = false;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match engine.events().recv_timeout(left) {
-            Ok(e)
-                if e.chat_id == 1
-                    && matches!(e.kind, EventKind::StreamEnded { error: None, .. }) =>
-            {
-                ended = true;
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    assert!(ended, "no StreamEnded after the writer was dropped");
+    wait_stream_ended(&engine, 1);
     // Every pushed frame was sent: the call's packets are the pushed frames plus the silence
     // of underruns (if the pusher ever fell behind), nothing lost in between.
     let info = engine.call_info(1).unwrap();
@@ -129,41 +140,12 @@ fn pushed_44_1_khz_pcm_is_resampled_and_reaches_the_sfu_as_659_hz() {
     let ssrc = engine.audio_ssrc(1).unwrap();
 
     // 20 ms frames at 44.1 kHz (882 samples), phase-continuous.
-    let frame = |index: usize| -> Vec<i16> {
-        (index * 882..(index + 1) * 882)
-            .map(|i| ((i as f64 * TAU * 659.0 / 44_100.0).sin() * 16_384.0).round() as i16)
-            .collect()
-    };
     let stop = Arc::new(AtomicBool::new(false));
-    let pusher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut index = 0;
-            while !stop.load(Ordering::Relaxed) {
-                match writer.try_push(&frame(index)) {
-                    Ok(()) => index += 1,
-                    Err(PcmPushError::Full) => std::thread::sleep(Duration::from_millis(5)),
-                    Err(e) => panic!("push: {e}"),
-                }
-            }
-            let stats = writer.stats();
-            drop(writer);
-            (index, stats)
-        })
-    };
+    let pusher = push_until_stopped(writer, stop.clone(), |index| {
+        sine_frame(44_100, 659.0, index)
+    });
     wait_connected(&engine, 1, Duration::from_secs(10));
-    let end = Instant::now() + Duration::from_secs(20);
-    let mut heard = None;
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(200));
-        let stats = sfu.stats().unwrap();
-        let p = participant(&stats, 11, ssrc);
-        if p["packets"].as_u64().unwrap_or(0) >= 100 {
-            heard = Some(p);
-            break;
-        }
-    }
-    let p = heard.expect("the sfu got fewer than 100 packets in 20 s");
+    let p = heard_by_sfu(&sfu, 11, ssrc);
     let hz = p["dominant_hz"].as_f64().unwrap_or(0.0);
     assert!((hz - 659.0).abs() <= 5.0, "sfu heard {hz} Hz");
     eprintln!("sfu: {hz:.1} Hz over {} packets", p["packets"]);
@@ -173,22 +155,7 @@ fn pushed_44_1_khz_pcm_is_resampled_and_reaches_the_sfu_as_659_hz() {
     // One 48 kHz frame per 44.1 kHz frame, but for the first (the resampler's delay).
     assert_eq!(stats.frames_pushed + 1, pushed as u64, "{stats:?}");
     assert!(stats.frames_encoded >= 100, "{stats:?}");
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut ended = false;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        match engine.events().recv_timeout(left) {
-            Ok(e)
-                if e.chat_id == 1
-                    && matches!(e.kind, EventKind::StreamEnded { error: None, .. }) =>
-            {
-                ended = true;
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    assert!(ended, "no StreamEnded after the writer was dropped");
+    wait_stream_ended(&engine, 1);
     // Every queued frame was sent, plus the tail the dropped writer flushed (one frame, if
     // the queue had room) and the silence of underruns.
     let sent = engine.call_info(1).unwrap().stats.packets_sent;
