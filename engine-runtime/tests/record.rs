@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::media::{MediaDir, children_named, decode, power};
-use common::wait_connected;
-use ringcast::{Engine, EngineError, RecordConfig, RecordOutput, SourceError, StreamSource};
+use common::{join_with, no_edit, wait_connected};
+use ringcast::{Engine, EngineError, RecordConfig, RecordOutput, SourceError};
 use sfu_mock::server::{Server, ServerOptions};
 
 const SPEAKER_A: f64 = 440.0;
@@ -39,13 +39,8 @@ fn records_the_mix_each_speaker_and_into_a_shell_command() {
         (4, LISTENER),
         (5, LISTENER),
     ] {
-        let payload = engine.create_call(key).unwrap();
-        let response = sfu.join(7, payload.as_bytes()).unwrap();
-        engine.connect(key, &response).unwrap();
-        engine
-            .set_stream_sources(key, StreamSource::Tone { frequency_hz: hz })
-            .unwrap();
-        ssrcs.push(engine.audio_ssrc(key).unwrap());
+        let (_, _, ssrc) = join_with(&engine, &sfu, key, 7, hz, no_edit, |r| r);
+        ssrcs.push(ssrc);
     }
     // Bad configs are typed errors.
     assert!(matches!(
