@@ -463,13 +463,7 @@ fn bad_inputs_end_their_track_typed_and_touch_nothing_else() {
         .set_stream_sources(1, MediaSource::file(&long).live())
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let pids = pids_reading(&long);
-    assert_eq!(pids.len(), 1, "one ffmpeg reads the file");
-    let killed = Command::new("/bin/sh")
-        .args(["-c", &format!("kill -9 {}", pids[0])])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "no ffmpeg to kill");
+    kill_the_reader_of(&long);
     let end = wait_event(&engine, Duration::from_secs(10), |e| {
         e.chat_id == 1 && matches!(e.kind, EventKind::StreamEnded { .. })
     })
@@ -504,13 +498,7 @@ fn bad_inputs_end_their_track_typed_and_touch_nothing_else() {
         .set_stream_sources(1, MediaSource::file(&long))
         .unwrap();
     let tracks = engine.media_stats().cache_tracks;
-    let pids = pids_reading(&long);
-    assert_eq!(pids.len(), 1, "one ffmpeg reads the file");
-    let killed = Command::new("/bin/sh")
-        .args(["-c", &format!("kill -9 {}", pids[0])])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    kill_the_reader_of(&long);
     let end = Instant::now() + Duration::from_secs(5);
     while engine.media_stats().cache_tracks >= tracks {
         assert!(Instant::now() < end, "the failed track stayed cached");
@@ -550,6 +538,17 @@ fn pids_reading(path: &Path) -> Vec<u32> {
                 .then_some(pid)
         })
         .collect()
+}
+
+/// Kills (`SIGKILL`) the one process reading `path`: an ffmpeg dying mid-track.
+fn kill_the_reader_of(path: &Path) {
+    let pids = pids_reading(path);
+    assert_eq!(pids.len(), 1, "one ffmpeg reads the file");
+    let killed = Command::new("/bin/sh")
+        .args(["-c", &format!("kill -9 {}", pids[0])])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no ffmpeg to kill");
 }
 
 /// Run by `decoders_die_with_the_process` in a child process: starts decodes, then exits
