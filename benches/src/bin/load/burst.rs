@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use ringcast::{CallState, Engine, EventKind};
+use ringcast::Engine;
 use serde_json::{Value, json};
 
 use crate::args::Args;
@@ -44,21 +44,8 @@ pub(crate) fn burst(n: usize, pool: usize, args: &Args) -> Result<Value, String>
     for (i, a) in answers.iter().enumerate() {
         engine.connect(i as i64, a).map_err(|e| e.to_string())?;
     }
-    let mut connected = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while connected < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match engine.events().recv_timeout(left) {
-            Ok(e) => match e.kind {
-                EventKind::ConnectionChanged(CallState::Connected) => connected += 1,
-                EventKind::ConnectionChanged(CallState::Ended(r)) => {
-                    return Err(format!("burst: call {} ended: {r:?}", e.chat_id));
-                }
-                _ => {}
-            },
-            Err(_) => return Err(format!("burst: {connected}/{n} connected after 60 s")),
-        }
-    }
+    crate::engine::wait_connected(&engine, n, Duration::from_secs(60))
+        .map_err(|e| format!("burst: {e}"))?;
     let done = t0.elapsed();
     let engine_ms = ms(created) + ms(done - answered);
     eprintln!(

@@ -8,6 +8,27 @@ use ringcast::{CallState, EndReason, Engine, EventKind, SendPath, SharedSource, 
 use crate::sfu::Sfu;
 use crate::system::{CHATS, Sample, System, chat_tones};
 
+/// Waits (up to `limit`) until `n` more calls of `engine` connect; a call that ends meanwhile
+/// is an error, and so is the limit.
+pub(crate) fn wait_connected(engine: &Engine, n: usize, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let mut connected = 0;
+    while connected < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match engine.events().recv_timeout(left) {
+            Ok(e) => match e.kind {
+                EventKind::ConnectionChanged(CallState::Connected) => connected += 1,
+                EventKind::ConnectionChanged(CallState::Ended(r)) => {
+                    return Err(format!("call {} ended: {r:?}", e.chat_id));
+                }
+                _ => {}
+            },
+            Err(_) => return Err(format!("{connected}/{n} connected after {limit:?}")),
+        }
+    }
+    Ok(())
+}
+
 /// The engine under test and the calls it holds.
 pub(crate) struct Ringcast {
     engine: Engine,

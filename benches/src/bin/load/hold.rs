@@ -116,25 +116,9 @@ pub(crate) fn hold(n: usize, args: &Args) -> Result<Value, String> {
                 .connect(*key, answer)
                 .map_err(|e| format!("connect {key}: {e}"))?;
         }
-        let target = connected + keys.len();
-        let deadline = Instant::now() + WAVE_TIMEOUT;
-        while connected < target {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match engine.events().recv_timeout(left) {
-                Ok(e) => match e.kind {
-                    EventKind::ConnectionChanged(CallState::Connected) => connected += 1,
-                    EventKind::ConnectionChanged(CallState::Ended(r)) => {
-                        return Err(format!("hold: call {} ended: {r:?}", e.chat_id));
-                    }
-                    _ => {}
-                },
-                Err(_) => {
-                    return Err(format!(
-                        "hold: {connected}/{target} connected after {WAVE_TIMEOUT:?}"
-                    ));
-                }
-            }
-        }
+        crate::engine::wait_connected(&engine, keys.len(), WAVE_TIMEOUT)
+            .map_err(|e| format!("hold: wave after {connected} connected: {e}"))?;
+        connected += keys.len();
         let done = w0.elapsed();
         eprintln!(
             "[hold] {connected} connected: wave of {} created in {:.0} ms, joined {:.0} ms, \

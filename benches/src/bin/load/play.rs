@@ -228,26 +228,8 @@ fn connect_calls(engine: &Engine, sfu: &Sfu, n: usize) -> Result<usize, String> 
             .connect(key as i64, answer)
             .map_err(|e| format!("connect {key}: {e}"))?;
     }
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let mut connected = 0;
-    while connected < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match engine.events().recv_timeout(left) {
-            Ok(e) => match e.kind {
-                EventKind::ConnectionChanged(CallState::Connected) => connected += 1,
-                EventKind::ConnectionChanged(CallState::Ended(r)) => {
-                    return Err(format!("call {} ended: {r:?}", e.chat_id));
-                }
-                _ => {}
-            },
-            Err(_) => {
-                return Err(format!(
-                    "{connected}/{n} connected after {CONNECT_TIMEOUT:?}"
-                ));
-            }
-        }
-    }
-    Ok(connected)
+    crate::engine::wait_connected(engine, n, CONNECT_TIMEOUT)?;
+    Ok(n)
 }
 
 /// Starts `track` on calls 0..n from `threads` threads; returns (started, first error).
