@@ -304,7 +304,11 @@ fn two_engines_exchange_keys_connect_and_hear_each_other() {
     assert!(rms < 0.001, "muted caller still audible: rms {rms}");
 
     // RTT and loss from RTCP, reported by str0m every second once reports have crossed.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Audio reports go out every few seconds and the first has no sender report to echo,
+    // so the first RTT comes ~11 s after connecting (engine-core's
+    // `rtt_and_loss_are_measured_from_rtcp_over_a_delayed_link` checks its value); a pause
+    // delays it further. The wait ends as soon as it is there.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let link = loop {
         let link = a.p2p_call_info(B_USER).unwrap().link;
         if link.rtt.is_some() && link.ingress_loss.is_some() {

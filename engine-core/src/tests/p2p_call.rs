@@ -101,3 +101,30 @@ fn pause_stops_packets_and_mute_keeps_the_stream() {
     let more = pair.callee.heard.packets - heard;
     assert!((18..=21).contains(&more), "muted stream heard {more}");
 }
+
+/// RTT comes from RTCP: a receiver report echoes the last sender report's timestamp with
+/// the delay since it arrived. str0m sends audio reports every few seconds and the first
+/// receiver report has no sender report to echo, so the first RTT is known ~11 s in.
+#[test]
+fn rtt_and_loss_are_measured_from_rtcp_over_a_delayed_link() {
+    let mut pair = P2pPair::new();
+    pair.latency = Duration::from_millis(25);
+    let now = pair.now;
+    for (end, hz) in [(&mut pair.caller, 440.0), (&mut pair.callee, 1000.0)] {
+        end.call
+            .handle_input(now, Input::Command(Command::SetSource(tone(hz))))
+            .expect("source");
+    }
+    pair.drive(Duration::from_secs(15));
+    assert!(pair.caller.connected() && pair.callee.connected());
+    for (name, end) in [("caller", &pair.caller), ("callee", &pair.callee)] {
+        let link = end.call.link_stats();
+        let rtt = link.rtt.unwrap_or_else(|| panic!("{name}: no rtt: {link:?}"));
+        assert!(
+            rtt >= Duration::from_millis(49) && rtt <= Duration::from_millis(52),
+            "{name}: rtt {rtt:?} over a 2 x 25 ms link"
+        );
+        assert_eq!(link.egress_loss, Some(0.0), "{name}: {link:?}");
+        assert_eq!(link.ingress_loss, Some(0.0), "{name}: {link:?}");
+    }
+}

@@ -429,6 +429,10 @@ pub(crate) struct P2pPair {
     pub(crate) callee: P2pEnd,
     /// Every datagram delivered to the callee, in order.
     pub(crate) delivered_to_callee: Vec<Transmit>,
+    /// One-way delay of every datagram (zero: delivered in the same step).
+    pub(crate) latency: Duration,
+    /// Datagrams on the wire: when they arrive, and whether they go to the callee.
+    in_flight: std::collections::VecDeque<(Instant, bool, Transmit)>,
 }
 
 impl P2pPair {
@@ -440,6 +444,8 @@ impl P2pPair {
             caller: P2pEnd::new(now, Role::Caller, caller_key, 1, CALL_ADDR),
             callee: P2pEnd::new(now, Role::Callee, callee_key, 2, CALLEE_ADDR),
             delivered_to_callee: Vec::new(),
+            latency: Duration::ZERO,
+            in_flight: std::collections::VecDeque::new(),
         }
     }
 
@@ -481,16 +487,25 @@ impl P2pPair {
                 self.caller.drain();
             }
             for t in std::mem::take(&mut self.caller.datagrams) {
-                moved = true;
-                let _ = self.deliver_to_callee(&t);
+                self.in_flight.push_back((self.now + self.latency, true, t));
             }
             for t in std::mem::take(&mut self.callee.datagrams) {
+                self.in_flight.push_back((self.now + self.latency, false, t));
+            }
+            while let Some((_, to_callee, t)) = self
+                .in_flight
+                .pop_front_if(|(due, _, _)| *due <= self.now)
+            {
                 moved = true;
-                let _ = self
-                    .caller
-                    .call
-                    .handle_input(self.now, p2p_call::Input::Datagram(datagram(&t)));
-                self.caller.drain();
+                if to_callee {
+                    let _ = self.deliver_to_callee(&t);
+                } else {
+                    let _ = self
+                        .caller
+                        .call
+                        .handle_input(self.now, p2p_call::Input::Datagram(datagram(&t)));
+                    self.caller.drain();
+                }
             }
             if !moved {
                 return;
