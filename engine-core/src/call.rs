@@ -25,13 +25,16 @@ use crate::demux::{DatagramKind, classify};
 use crate::media::track::{
     AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackKind, TrackStats,
 };
+use crate::media::video::{VIDEO_CLOCK_RATE_HZ, VideoCodec, VideoSource};
+use crate::media::video_track::{VideoCounters, VideoTrack};
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ, SourceError};
 use crate::pacer::LatenessHistogram;
 use crate::signaling::group::{
-    AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, URI_AUDIO_LEVEL,
+    AUDIO_LEVEL_DEFAULT_ID, DtlsFingerprint, JoinPayload, JoinResponse, SsrcGroup, URI_AUDIO_LEVEL,
     fingerprint_hex, parse_fingerprint_hex,
 };
 use crate::signaling::{SignalingError, Ssrc};
+use crate::transport::add_video_codec;
 use crate::transport::{
     Datagram, Drive, Polled, ReceiveError, Transport, TransportEnd, opus_rtc_config,
     random_ice_creds,
@@ -48,6 +51,9 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// The mid we give the single audio media section. Telegram's SFU never sees it (no SDP, and
 /// we do not send the MID header extension), so any value works; "0" mirrors a BUNDLE offer.
 const AUDIO_MID: &str = "0";
+
+/// The mid of the video media section (never on the wire either).
+const VIDEO_MID: &str = "1";
 
 pub use crate::media::track::{FRAME_SEND_AHEAD, INITIAL_SEQ_LIMIT, MediaState};
 
@@ -78,6 +84,11 @@ pub struct CallConfig {
     /// Must be within `str0m::DATAGRAM_MTU_TARGET_MIN..=str0m::DATAGRAM_MTU_TARGET_MAX`
     /// (576..=1500), else [`Call::connect`] fails with [`CallError::Config`].
     pub mtu: Option<usize>,
+    /// Announce a camera track sent with this codec: the join payload then carries the video
+    /// SSRC and its RTX SSRC (`ssrc-groups`: one `FID` group, a single layer) and
+    /// [`Call::connect`] takes the codec's payload types from the answer's `video` section.
+    /// `None` (the default): audio only, as before.
+    pub video: Option<VideoCodec>,
 }
 
 /// ICE timing knobs, passed to str0m's ICE agent and to the call's own disconnect handling.
@@ -119,6 +130,7 @@ impl CallConfig {
             ice: IceTimings::default(),
             pre_connect_delay: Duration::ZERO,
             mtu: None,
+            video: None,
         }
     }
 }
@@ -189,6 +201,16 @@ pub enum Command {
     Mute,
     /// Undo [`Command::Mute`].
     Unmute,
+    /// Play video frames from this source on the camera track, replacing any current one.
+    /// Fails with [`CallError::Config`] for a call created without
+    /// [`CallConfig::video`] or a source of another codec.
+    SetVideoSource(Box<dyn VideoSource>),
+    /// Remove the video source: nothing more is sent on the camera track.
+    ClearVideoSource,
+    /// Stop sending video while the source keeps running (ntgcalls' `video_stopped`).
+    StopVideo,
+    /// Undo [`Command::StopVideo`]; sending resumes at the next key frame.
+    StartVideo,
     /// End the call ([`EndReason::Stopped`]).
     Stop,
 }
@@ -201,6 +223,10 @@ impl fmt::Debug for Command {
             Self::Resume => "Resume",
             Self::Mute => "Mute",
             Self::Unmute => "Unmute",
+            Self::SetVideoSource(_) => "SetVideoSource",
+            Self::ClearVideoSource => "ClearVideoSource",
+            Self::StopVideo => "StopVideo",
+            Self::StartVideo => "StartVideo",
             Self::Stop => "Stop",
         };
         f.write_str(name)
@@ -333,6 +359,8 @@ pub struct CallStats {
     /// DTLS datagrams of our final flight resent because the SFU had not yet shown it
     /// finished the handshake (see [`crate::flight`]).
     pub dtls_flight_resent: u64,
+    /// The camera track's counters (all zero without video).
+    pub video: VideoCounters,
 }
 
 /// Media plumbing that exists once the SFU's answer is applied.
@@ -357,6 +385,8 @@ pub struct Call {
     connect_deadline: Option<Instant>,
     /// Our outgoing audio: source, pause/mute, pacing, sequence numbers and RTP time.
     track: AudioTrack,
+    /// Our outgoing video, with its codec and RTX SSRC, when [`CallConfig::video`] is set.
+    video: Option<(VideoCodec, Ssrc, VideoTrack)>,
     /// Other speakers' audio: accepted SSRCs and their replay windows.
     incoming: IncomingStreams,
     /// ICE starts at this instant (pre-connect delay); `None` once started.
@@ -385,7 +415,21 @@ impl Call {
         // The payload type is the SFU's; it is set from the answer in `connect`.
         let rtp = RtpSender::random(&mut rng, Pt::from(0), OPUS_CLOCK_RATE_HZ);
         let ssrc = rtp.ssrc();
-        tracing::debug!(ssrc = ssrc.0, "call created");
+        // ntgcalls' layout: video SSRC = audio + 1, its RTX = audio + 2 (the audio SSRC is a
+        // positive int32, so neither overflows). Drawn after the audio values, so a seed gives
+        // the same audio stream with or without video.
+        let video = config.video.map(|codec| {
+            let media = Ssrc(ssrc.0 + 1);
+            let rtp = RtpSender::new(
+                media,
+                Pt::from(0),
+                VIDEO_CLOCK_RATE_HZ,
+                u64::from(rng.u16(..crate::media::track::INITIAL_SEQ_LIMIT)),
+                rng.u32(..),
+            );
+            (codec, Ssrc(ssrc.0 + 2), VideoTrack::new(rtp))
+        });
+        tracing::debug!(ssrc = ssrc.0, video = ?config.video, "call created");
         let crypto = config
             .crypto
             .clone()
@@ -407,6 +451,7 @@ impl Call {
             session: None,
             connect_deadline: None,
             track: AudioTrack::new(rtp),
+            video,
             incoming: IncomingStreams::new(ssrc, Mid::from(AUDIO_MID), MAX_REMOTE_SSRCS),
             ice_start_at: None,
             last_heard: None,
@@ -423,8 +468,22 @@ impl Call {
             pwd: self.local_creds.pass.clone(),
             fingerprints: vec![self.local_fingerprint.clone()],
             ssrc: self.audio_ssrc(),
-            ssrc_groups: Vec::new(),
+            ssrc_groups: self
+                .video
+                .iter()
+                .map(|(_, rtx, track)| SsrcGroup {
+                    semantics: "FID".to_owned(),
+                    sources: vec![track.rtp().ssrc(), *rtx],
+                })
+                .collect(),
         }
+    }
+
+    /// The SSRCs of our camera track and its RTX stream, for a call with video.
+    pub fn video_ssrcs(&self) -> Option<(Ssrc, Ssrc)> {
+        self.video
+            .as_ref()
+            .map(|(_, rtx, track)| (track.rtp().ssrc(), *rtx))
     }
 
     /// The SSRC of our outgoing audio.
@@ -455,12 +514,20 @@ impl Call {
 
     /// Pause/mute state.
     pub fn media_state(&self) -> MediaState {
-        self.track.media_state()
+        MediaState {
+            video_stopped: self.video.as_ref().is_some_and(|(_, _, v)| v.is_muted()),
+            ..self.track.media_state()
+        }
     }
 
     /// Counters.
     pub fn stats(&self) -> &CallStats {
         &self.stats
+    }
+
+    /// True while a video source is attached.
+    pub fn has_video_source(&self) -> bool {
+        self.video.as_ref().is_some_and(|(_, _, v)| v.has_source())
     }
 
     /// Duration of media played so far (stops while paused). ntgcalls calls this `time`.
@@ -517,6 +584,15 @@ impl Call {
             }
         })?;
 
+        let video_pts = match &self.video {
+            Some((codec, _, _)) => Some(response.video_payload_types(*codec).ok_or_else(|| {
+                SignalingError::InvalidField {
+                    field: "video.payload-types".to_owned(),
+                    reason: format!("no {codec} payload type with an rtx payload type"),
+                }
+            })?),
+            None => None,
+        };
         let pt = response.opus_pt();
         let level_id = response
             .audio_extension_id(URI_AUDIO_LEVEL)
@@ -541,6 +617,9 @@ impl Call {
             }
             // Warn threshold = target: str0m then flags anything it could not fit.
             rtc_config = rtc_config.set_mtu(mtu..=mtu);
+        }
+        if let (Some((codec, _, _)), Some((vpt, rtx_pt))) = (&self.video, video_pts) {
+            add_video_codec(&mut rtc_config, *codec, vpt, rtx_pt);
         }
         rtc_config.set_initial_stun_rto(self.config.ice.initial_rto);
         rtc_config.set_max_stun_rto(self.config.ice.keepalive);
@@ -596,6 +675,17 @@ impl Call {
             // which str0m would otherwise allocate per send stream (~4 KB per call).
             api.declare_stream_tx(StrSsrc::from(self.audio_ssrc().0), None, mid, None)
                 .set_rtx_cache(0, Duration::ZERO, None);
+            if let Some((_, rtx, track)) = &self.video {
+                // Video keeps str0m's default history (NACKs answered on the RTX stream).
+                let vmid = Mid::from(VIDEO_MID);
+                api.declare_media(vmid, MediaKind::Video);
+                api.declare_stream_tx(
+                    StrSsrc::from(track.rtp().ssrc().0),
+                    Some(StrSsrc::from(rtx.0)),
+                    vmid,
+                    None,
+                );
+            }
         }
         // str0m schedules nothing until it has seen a first timeout: start ICE now, or after
         // the pre-connect delay.
@@ -609,6 +699,9 @@ impl Call {
             self.ice_start_at = Some(now + self.config.pre_connect_delay);
         }
         self.track.set_payload_type(pt.into());
+        if let (Some((_, _, track)), Some((vpt, _))) = (self.video.as_mut(), video_pts) {
+            track.set_payload_type(vpt.into());
+        }
         self.session = Some(Session {
             // Telegram's clients are the DTLS server toward the SFU.
             transport: Transport::new(rtc, true),
@@ -688,6 +781,7 @@ impl Call {
         let candidates = [
             self.session.as_ref().and_then(|s| s.transport.deadline()),
             self.track.deadline(),
+            self.video.as_ref().and_then(|(_, _, v)| v.deadline()),
             self.connect_deadline,
             self.ice_start_at,
             self.consent_deadline(),
@@ -735,6 +829,9 @@ impl Call {
                 }
                 self.set_state(CallState::Connected);
                 self.track.set_live(self.last_now);
+                if let Some((_, _, video)) = self.video.as_mut() {
+                    video.set_live(self.last_now);
+                }
                 self.events.pop_front()
             }
             str0m::Event::IceConnectionStateChange(state) => {
@@ -763,6 +860,14 @@ impl Call {
             str0m::Event::Closed => {
                 self.end(EndReason::Dtls(DtlsEnd::ClosedByPeer));
                 self.events.pop_front()
+            }
+            str0m::Event::KeyframeRequest(request) => {
+                if let Some((_, _, video)) = self.video.as_mut() {
+                    tracing::trace!(kind = ?request.kind, "keyframe requested");
+                    video.request_keyframe(self.last_now);
+                    self.stats.video = video.counters();
+                }
+                None
             }
             str0m::Event::RtpPacket(p) => {
                 self.stats.audio_packets_received += 1;
@@ -904,7 +1009,9 @@ impl Call {
             return;
         };
         let (track, lateness) = (&mut self.track, &mut self.stats.lateness);
+        let video = self.video.as_mut().map(|(_, _, v)| v);
         let mut source_end = None;
+        let mut video_end = None;
         // Connected: the send fast path, str0m driven only when its own deadline is due. Until
         // then every turn drives it, as the handshake (and the first timeout that starts ICE
         // after a pre-connect delay) needs.
@@ -915,9 +1022,13 @@ impl Call {
         };
         let result = session.transport.handle_timeout(now, drive, |out| {
             source_end = track.send_due(now, out, lateness);
+            if let Some(video) = video {
+                video_end = video.send_due(now, out, lateness);
+            }
         });
         self.sync_receive_stats();
         self.after_frames(source_end);
+        self.after_video(video_end);
         if let Err(end) = result {
             self.end(EndReason::from(end));
         }
@@ -934,10 +1045,40 @@ impl Call {
                 self.stats.set_track_counters(self.track.counters());
                 false
             }
-            Command::Pause => self.track.pause(now),
-            Command::Resume => self.track.resume(now),
+            Command::Pause => {
+                if let Some((_, _, v)) = self.video.as_mut() {
+                    v.pause(now);
+                }
+                self.track.pause(now)
+            }
+            Command::Resume => {
+                if let Some((_, _, v)) = self.video.as_mut() {
+                    v.resume(now);
+                }
+                self.track.resume(now)
+            }
             Command::Mute => self.track.mute(),
             Command::Unmute => self.track.unmute(),
+            Command::SetVideoSource(source) => {
+                let (codec, _, video) = self.video.as_mut().ok_or_else(|| CallError::Config {
+                    reason: "the call was created without video (CallConfig::video)".to_owned(),
+                })?;
+                if source.codec() != *codec {
+                    return Err(CallError::Config {
+                        reason: format!("a {} source on a call that sends {codec}", source.codec()),
+                    });
+                }
+                video.set_source(now, source);
+                false
+            }
+            Command::ClearVideoSource => {
+                if let Some((_, _, v)) = self.video.as_mut() {
+                    v.clear_source();
+                }
+                false
+            }
+            Command::StopVideo => self.video.as_mut().is_some_and(|(_, _, v)| v.mute()),
+            Command::StartVideo => self.video.as_mut().is_some_and(|(_, _, v)| v.unmute(now)),
             Command::Stop => {
                 // RTCP BYE and DTLS close_notify tell the SFU at once that we left (an SFU
                 // otherwise notices only when consent checks time out).
@@ -973,6 +1114,24 @@ impl Call {
         });
     }
 
+    /// After the camera track sent its due frames: its counters, and a source that ran out
+    /// or failed reported.
+    fn after_video(&mut self, end: Option<SourceEnd>) {
+        let Some((_, _, video)) = self.video.as_ref() else {
+            return;
+        };
+        self.stats.video = video.counters();
+        if let Some(end) = end {
+            if let SourceEnd::Failed(e) = &end {
+                tracing::debug!(error = %e, "video source failed");
+            }
+            self.events.push_back(Event::StreamEnded {
+                track: TrackKind::Video,
+                error: end.error(),
+            });
+        }
+    }
+
     fn set_state(&mut self, state: CallState) {
         if self.state != state {
             tracing::debug!(?state, "call state");
@@ -986,6 +1145,9 @@ impl Call {
             return;
         }
         self.track.stop();
+        if let Some((_, _, video)) = self.video.as_mut() {
+            video.stop();
+        }
         self.connect_deadline = None;
         self.set_state(CallState::Ended(reason));
     }

@@ -233,7 +233,7 @@ impl CallKind {
     fn command(&mut self, now: Instant, command: Command) -> Result<(), EndpointError> {
         match self {
             Self::Group(g) => g.command(now, command),
-            Self::P2p(p) => p.command(now, p2p::command_of(command)),
+            Self::P2p(p) => p.command(now, p2p::command_of(command)?),
         }
     }
 

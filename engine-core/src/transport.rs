@@ -552,6 +552,39 @@ pub fn opus_rtc_config(
     config
 }
 
+/// Adds a video codec to a call's str0m configuration: `pt` for `codec` on the 90 kHz clock
+/// and `rtx_pt` as its retransmission payload type (RFC 4588), so str0m answers NACKs from
+/// its history on the RTX stream. H.264 is announced in packetization mode 1, Constrained
+/// Baseline level 3.1 (`42e01f`), as WebRTC endpoints do.
+pub fn add_video_codec(
+    config: &mut RtcConfig,
+    codec: crate::media::video::VideoCodec,
+    pt: u8,
+    rtx_pt: u8,
+) {
+    use crate::media::video::VideoCodec;
+    let (str0m_codec, format) = match codec {
+        VideoCodec::Vp8 => (Codec::Vp8, FormatParams::default()),
+        VideoCodec::H264 => (
+            Codec::H264,
+            FormatParams {
+                level_asymmetry_allowed: Some(true),
+                packetization_mode: Some(1),
+                profile_level_id: Some(0x42e01f),
+                ..Default::default()
+            },
+        ),
+    };
+    config.codec_config().add_config(
+        pt.into(),
+        Some(rtx_pt.into()),
+        str0m_codec,
+        Frequency::NINETY_KHZ,
+        None,
+        format,
+    );
+}
+
 /// Parses one UDP datagram for str0m.
 ///
 /// # Errors

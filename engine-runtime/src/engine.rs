@@ -375,6 +375,7 @@ impl EngineBuilder {
             certs,
             crypto,
             next_seed: AtomicU64::new(seed),
+            video: crate::play::video::VideoHub::new(self.ffmpeg.clone()),
             media: MediaHub::new(self.ffmpeg, self.media_cache),
         })
     }
@@ -388,6 +389,27 @@ struct ShardHandle {
     thread: Option<JoinHandle<()>>,
     /// Set by the shard once its calls are gone (it then parks; see `shard::run`).
     stopped: Arc<AtomicBool>,
+}
+
+/// Options of a group call ([`Engine::create_call_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Send a camera track with this codec (a single layer, with RTX). `None`: audio only.
+    pub video: Option<ringcast_core::media::video::VideoCodec>,
+}
+
+impl CallOptions {
+    /// Audio only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With a camera track of `codec`.
+    pub fn video(mut self, codec: ringcast_core::media::video::VideoCodec) -> Self {
+        self.video = Some(codec);
+        self
+    }
 }
 
 /// The engine handle. Cheap to share by reference across threads; dropping it stops the shard.
@@ -406,6 +428,8 @@ pub struct Engine {
     p2p: p2p::P2pSetups,
     /// Decodes of files, URLs and commands, shared by the calls that play them.
     media: MediaHub,
+    /// Video encoders of files and URLs, shared by the calls that show them.
+    video: crate::play::video::VideoHub,
 }
 
 impl Engine {
@@ -454,12 +478,24 @@ impl Engine {
     /// `phone.joinGroupCall`). Fails with [`EngineError::ConnectionExists`] if the chat has a
     /// live call.
     pub fn create_call(&self, chat_id: i64) -> Result<String, EngineError> {
+        self.create_call_with(chat_id, CallOptions::default())
+    }
+
+    /// [`Engine::create_call`] with options: a camera track ([`CallOptions::video`]) makes
+    /// the join payload announce the video SSRC and its RTX SSRC (one `FID` group), and
+    /// [`Engine::connect`] takes the codec's payload types from the answer.
+    pub fn create_call_with(
+        &self,
+        chat_id: i64,
+        options: CallOptions,
+    ) -> Result<String, EngineError> {
         let seed = self.next_call_seed();
         let mut config = CallConfig::new(seed, self.certs.take()?);
         config.crypto = Some(self.crypto.clone());
         config.connect_timeout = self.connect_timeout;
         config.ice = self.ice;
         config.pre_connect_delay = self.pre_connect_delay;
+        config.video = options.video;
         self.request(self.shard_of(chat_id), |reply| Request::Create {
             chat_id,
             config,
@@ -493,6 +529,41 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let source = self.open_source(chat_id, source.into())?;
         self.command(chat_id, ringcast_core::Command::SetSource(source))
+    }
+
+    /// Shows `source` (a file or URL with a video stream) on the call's camera track, encoded
+    /// as `params` say, replacing what it showed. One ffmpeg encodes each distinct source and
+    /// parameters for every call showing it (see [`crate::play::video`]); this waits for its
+    /// first frame. The call must have been created with [`CallOptions::video`] of the same
+    /// codec ([`EngineError::Call`] otherwise).
+    pub fn set_video_source(
+        &self,
+        chat_id: i64,
+        source: crate::MediaSource,
+        params: crate::VideoParams,
+    ) -> Result<(), EngineError> {
+        let source = self.video.open(source, params)?;
+        self.command(chat_id, ringcast_core::Command::SetVideoSource(source))
+    }
+
+    /// Stops showing video on the camera track (the source is dropped).
+    pub fn clear_video_source(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::ClearVideoSource)
+    }
+
+    /// Stops sending video while its source runs on (ntgcalls' `video_stopped`).
+    pub fn stop_video(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::StopVideo)
+    }
+
+    /// Undoes [`Engine::stop_video`]; the picture returns at the next key frame.
+    pub fn start_video(&self, chat_id: i64) -> Result<(), EngineError> {
+        self.command(chat_id, ringcast_core::Command::StartVideo)
+    }
+
+    /// Counters of the video encoders.
+    pub fn video_stats(&self) -> crate::VideoStats {
+        self.video.stats()
     }
 
     /// Pauses sending; [`Engine::time`] stops.

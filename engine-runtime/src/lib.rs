@@ -47,12 +47,15 @@ mod sync;
 mod uring_send;
 
 pub use engine::{
-    AuthParams, CallInfo, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind,
+    AuthParams, CallInfo, CallOptions, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind,
     LatenessCauses, P2pCallInfo, P2pKeyInfo, RtcServer, SendPath,
 };
 pub use error::EngineError;
 pub use ffmpeg::Ffmpeg;
-pub use play::{MediaCacheConfig, MediaInput, MediaSource, MediaStats, PlayMode};
+pub use play::{
+    KEYFRAME_INTERVAL, MediaCacheConfig, MediaInput, MediaSource, MediaStats, PlayMode,
+    VideoParams, VideoStats,
+};
 pub use record::{
     RecordConfig, RecordLayout, RecordOutput, RecordedOutput, Recording, RecordingSummary,
 };
@@ -62,6 +65,7 @@ pub use ringcast_core::media::pcm::{
     PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSinkConfig, PcmSinkStats, PcmSource,
     PcmSourceConfig, PcmSourceStats, PcmWriter,
 };
+pub use ringcast_core::media::video::VideoCodec;
 pub use ringcast_core::p2p_call::{P2pEndReason, P2pLinkStats, P2pState, P2pStats};
 pub use ringcast_core::signaling::p2p::{DhConfig, LIBRARY_VERSIONS, P2pError, Role};
 pub use ringcast_core::{SourceError, TrackKind};

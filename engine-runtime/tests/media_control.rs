@@ -96,18 +96,22 @@ fn mute_pause_resume_stop_are_what_the_sfu_sees() {
         EventKind::MediaStateChanged(MediaState {
             paused: false,
             muted: true,
+            ..MediaState::default()
         }),
         EventKind::MediaStateChanged(MediaState {
             paused: false,
             muted: false,
+            ..MediaState::default()
         }),
         EventKind::MediaStateChanged(MediaState {
             paused: true,
             muted: false,
+            ..MediaState::default()
         }),
         EventKind::MediaStateChanged(MediaState {
             paused: false,
             muted: false,
+            ..MediaState::default()
         }),
         EventKind::ConnectionChanged(CallState::Ended(EndReason::Stopped)),
     ];

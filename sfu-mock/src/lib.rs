@@ -19,6 +19,7 @@ pub mod control;
 pub mod coturn;
 pub mod server;
 mod sfu;
+pub mod video;
 mod wake;
 
 pub use sfu::{

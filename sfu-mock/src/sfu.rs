@@ -35,6 +35,10 @@ use ringcast_core::pacer::TimerWheel;
 use ringcast_core::replay::ReplayWindow;
 
 use crate::analysis::ToneMeter;
+use crate::video::{VideoReceiver, VideoStats};
+use ringcast_core::media::video::VideoCodec;
+use ringcast_core::str0m::media::KeyframeRequestKind;
+use ringcast_core::transport::add_video_codec;
 
 /// The extension id we tell clients to use for ssrc-audio-level (tgcalls' hardcoded id).
 const AUDIO_LEVEL_ID: u8 = 1;
@@ -49,6 +53,11 @@ const URI_VIDEO_ORIENTATION: &str = "urn:3gpp:video-orientation";
 /// VP8 and its RTX payload types in Telegram's video section.
 const VP8_PT: u8 = 100;
 const VP8_RTX_PT: u8 = 101;
+/// H.264 (packetization mode 1) and its RTX payload types in the video section.
+const H264_PT: u8 = 102;
+const H264_RTX_PT: u8 = 103;
+/// The video media section of each participant's Rtc.
+const VIDEO_MID: &str = "v";
 /// The SSRC the answer names for bandwidth probing (`server_sources`), -1017713629 as a signed
 /// int32, as in telegram-signaling.md §2's example.
 const PROBING_SSRC: u32 = 3_277_253_667;
@@ -177,6 +186,8 @@ pub struct ParticipantStats {
     pub dominant_hz: Option<f32>,
     /// The nominated remote address.
     pub remote: Option<SocketAddr>,
+    /// The participant's video, if its join payload announced some (`ssrc-groups`).
+    pub video: Option<VideoStats>,
 }
 
 /// SFU-wide counters.
@@ -275,6 +286,8 @@ struct Participant {
     tx_streams: HashSet<u32>,
     /// [`Misbehaviour::Silent`]: everything to and from it is dropped.
     silent: bool,
+    /// The video SSRC from the join payload's first FID group, and what arrived on it.
+    video: Option<(u32, VideoReceiver)>,
 }
 
 /// A Telegram-like SFU. See the module docs of `sfu_mock::sfu`.
@@ -379,6 +392,13 @@ impl Sfu {
         let fp_bytes = parse_fingerprint_hex(&fp.fingerprint)
             .ok_or_else(|| SfuError::Setup("fingerprint is not colon-separated hex".to_owned()))?;
 
+        // A camera track: the first FID group is [media SSRC, RTX SSRC] (telegram-signaling.md
+        // §1; a SIM group lists layers, whose FID groups follow).
+        let video_ssrcs = join
+            .ssrc_groups
+            .iter()
+            .find(|g| g.semantics == "FID")
+            .and_then(|g| Some((g.sources.first()?.0, g.sources.get(1)?.0)));
         let ufrag = self.random_chars(8);
         let pwd = self.random_chars(24);
         let mut rtc_config = RtcConfig::new()
@@ -400,6 +420,10 @@ impl Sfu {
                 ringcast_core::str0m::DATAGRAM_MTU_TARGET_MAX,
             );
             rtc_config = rtc_config.set_mtu(mtu..=mtu);
+        }
+        if video_ssrcs.is_some() {
+            add_video_codec(&mut rtc_config, VideoCodec::Vp8, VP8_PT, VP8_RTX_PT);
+            add_video_codec(&mut rtc_config, VideoCodec::H264, H264_PT, H264_RTX_PT);
         }
         let mut rtc = rtc_config.build(now);
         let local = Candidate::host(self.config.udp_addr, "udp")
@@ -423,6 +447,11 @@ impl Sfu {
                 .map_err(|e| SfuError::Setup(format!("start dtls: {e}")))?;
             api.declare_media(mid, MediaKind::Audio);
             api.expect_stream_rx(StrSsrc::from(join.ssrc.0), None, mid, None);
+            if let Some((media, rtx)) = video_ssrcs {
+                let vmid = Mid::from(VIDEO_MID);
+                api.declare_media(vmid, MediaKind::Video);
+                api.expect_stream_rx(StrSsrc::from(media), Some(StrSsrc::from(rtx)), vmid, None);
+            }
         }
         let decoder = if self.config.analyse_audio {
             Some(
@@ -452,6 +481,7 @@ impl Sfu {
             meter: ToneMeter::new(),
             tx_streams: HashSet::new(),
             silent: false,
+            video: video_ssrcs.map(|(media, _)| (media, VideoReceiver::new(VP8_PT, H264_PT))),
         };
         let idx = self.participants.len();
         self.participants.push(Some(participant));
@@ -850,6 +880,26 @@ impl Sfu {
                 self.by_check_addr.retain(|_, i| *i != idx);
             }
             Event::RtpPacket(pkt) => {
+                if let Some((ssrc, video)) = p.video.as_mut()
+                    && *pkt.header.ssrc == *ssrc
+                {
+                    let now = self.last_now;
+                    video.on_packet(
+                        now,
+                        *pkt.header.payload_type,
+                        *pkt.seq_no,
+                        pkt.header.timestamp,
+                        pkt.header.marker,
+                        &pkt.payload,
+                    );
+                    if video.take_pli(now) {
+                        let ssrc = StrSsrc::from(*ssrc);
+                        if let Some(rx) = p.rtc.direct_api().stream_rx(&ssrc) {
+                            rx.request_keyframe(KeyframeRequestKind::Pli);
+                        }
+                    }
+                    return;
+                }
                 if *pkt.header.ssrc == p.ssrc {
                     p.replay.update(p.replay.extend(pkt.header.sequence_number));
                 }
@@ -966,6 +1016,7 @@ impl Sfu {
                     forwarded: p.forwarded,
                     dominant_hz: p.meter.dominant_hz(),
                     remote: p.remote,
+                    video: p.video.as_ref().map(|(_, v)| v.stats()),
                 });
             }
         }
@@ -990,6 +1041,20 @@ impl Sfu {
                         "forwarded": p.forwarded,
                         "dominant_hz": p.dominant_hz,
                         "remote": p.remote.map(|a| a.to_string()),
+                        "video": p.video.as_ref().map(|v| serde_json::json!({
+                            "codec": v.codec.map(|c| c.to_string()),
+                            "packets": v.packets,
+                            "bytes": v.bytes,
+                            "frames": v.frames,
+                            "keyframes": v.keyframes,
+                            "decodable_frames": v.decodable_frames,
+                            "incomplete_frames": v.incomplete_frames,
+                            "width": v.width,
+                            "height": v.height,
+                            "fps": v.fps,
+                            "plis_sent": v.plis_sent,
+                            "lost": v.lost,
+                        })),
                     })
                 })
                 .collect();
@@ -1051,7 +1116,7 @@ impl ringcast_core::sim::SimSfu for Sfu {
 }
 
 /// The `video` section Telegram's SFU always sends, even to a client that sends no video:
-/// VP8 with its RTX payload type, abs-send-time, transport-cc and video-orientation, and the
+/// VP8 and H.264 with their RTX payload types, abs-send-time, transport-cc and video-orientation, and the
 /// bandwidth-probing SSRC (telegram-signaling.md §2). The real ntgcalls refuses an answer
 /// without it ("Invalid JSON: Not iterable") and aborts on one with empty lists.
 fn telegram_video_section(endpoint: &str) -> VideoDescription {
@@ -1088,6 +1153,32 @@ fn telegram_video_section(endpoint: &str) -> VideoDescription {
                     clockrate: 90_000,
                     channels: 1,
                     parameters: vec![("apt".to_owned(), VP8_PT.to_string())],
+                    rtcp_fbs: Vec::new(),
+                },
+                PayloadType {
+                    id: H264_PT,
+                    name: "H264".to_owned(),
+                    clockrate: 90_000,
+                    channels: 1,
+                    parameters: vec![
+                        ("level-asymmetry-allowed".to_owned(), "1".to_owned()),
+                        ("packetization-mode".to_owned(), "1".to_owned()),
+                        ("profile-level-id".to_owned(), "42e01f".to_owned()),
+                    ],
+                    rtcp_fbs: vec![
+                        fb("goog-remb", None),
+                        fb("transport-cc", None),
+                        fb("ccm", Some("fir")),
+                        fb("nack", None),
+                        fb("nack", Some("pli")),
+                    ],
+                },
+                PayloadType {
+                    id: H264_RTX_PT,
+                    name: "rtx".to_owned(),
+                    clockrate: 90_000,
+                    channels: 1,
+                    parameters: vec![("apt".to_owned(), H264_PT.to_string())],
                     rtcp_fbs: Vec::new(),
                 },
             ],

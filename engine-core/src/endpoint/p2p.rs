@@ -67,17 +67,24 @@ pub(super) struct P2pEntry {
     peers: Vec<SocketAddr>,
 }
 
-/// A group call's command as a 1:1 call's (`Stop` is `Hangup`).
-pub(super) fn command_of(command: crate::call::Command) -> Command {
+/// A group call's command as a 1:1 call's (`Stop` is `Hangup`). 1:1 calls carry no video
+/// yet: video commands are refused with [`CallError::Config`](crate::call::CallError).
+pub(super) fn command_of(command: crate::call::Command) -> Result<Command, super::EndpointError> {
     use crate::call::Command as Group;
-    match command {
+    Ok(match command {
         Group::SetSource(s) => Command::SetSource(s),
         Group::Pause => Command::Pause,
         Group::Resume => Command::Resume,
         Group::Mute => Command::Mute,
         Group::Unmute => Command::Unmute,
         Group::Stop => Command::Hangup,
-    }
+        other => {
+            return Err(crate::call::CallError::Config {
+                reason: format!("{other:?}: 1:1 calls send no video yet"),
+            }
+            .into());
+        }
+    })
 }
 
 impl P2pEntry {

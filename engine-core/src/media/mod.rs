@@ -29,6 +29,8 @@ pub mod resample;
 pub mod shared;
 pub mod tone;
 pub mod track;
+pub mod video;
+pub mod video_track;
 
 pub use looped::LoopedFrames;
 pub use ogg::{OggOpusReader, OggOpusStream, OggOpusWriter};
@@ -39,6 +41,7 @@ pub use pcm::{
 pub use resample::Resampler;
 pub use shared::{SharedReader, SharedSource};
 pub use tone::ToneSource;
+pub use video::{VideoCodec, VideoFrame, VideoPoll, VideoSource};
 
 /// Duration of one Opus frame produced by the sources in this crate: 20 ms.
 ///
@@ -155,6 +158,13 @@ pub enum SourceError {
         /// The tail of the process's standard error; empty if it wrote nothing.
         stderr: String,
     },
+    /// Encoded video that cannot be used: not the container or codec expected, a frame out of
+    /// bounds, a raw frame of the wrong size.
+    #[error("bad video: {reason}")]
+    Video {
+        /// What was wrong.
+        reason: String,
+    },
     /// The `ffmpeg` binary could not be run from the configured path (not installed, not
     /// executable). Install Debian's `ffmpeg` package or set the path on the engine builder.
     #[error("ffmpeg not found at {path}: {reason}")]
@@ -177,6 +187,13 @@ fn stderr_suffix(stderr: &str) -> String {
 }
 
 impl SourceError {
+    /// A [`SourceError::Video`].
+    pub(crate) fn video(reason: impl Into<String>) -> Self {
+        Self::Video {
+            reason: reason.into(),
+        }
+    }
+
     /// Wraps a libopus error. Not a `From` impl so the `opus` crate stays out of our public API.
     pub(crate) fn opus(err: &opus::Error) -> Self {
         Self::Opus {

@@ -67,6 +67,8 @@ pub struct RtpSender {
     seq: u64,
     /// RTP time of the current frame.
     rtp_time: u32,
+    /// Packets may be resent on NACK (video, through RTX); audio packets are not.
+    nackable: bool,
 }
 
 impl RtpSender {
@@ -80,7 +82,19 @@ impl RtpSender {
             clock_rate,
             seq,
             rtp_time,
+            nackable: false,
         }
+    }
+
+    /// Sets the payload type (known once the far end's answer is applied).
+    pub fn set_payload_type(&mut self, pt: Pt) {
+        self.pt = pt;
+    }
+
+    /// Marks every packet written from now on as one str0m keeps to answer NACKs with (a video
+    /// stream with an RTX stream).
+    pub fn set_nackable(&mut self, nackable: bool) {
+        self.nackable = nackable;
     }
 
     /// A stream with its SSRC, initial sequence number and RTP time drawn from `rng`, in that
@@ -132,6 +146,7 @@ impl RtpSender {
             payload,
         )
         .marker(marker)
+        .nackable(self.nackable)
         .ext_vals(ext);
         if !out.write_rtp(StrSsrc::from(self.ssrc.0), write) {
             return false;
@@ -282,6 +297,9 @@ pub struct MediaState {
     pub paused: bool,
     /// Sending silence.
     pub muted: bool,
+    /// The camera track sends nothing while its source keeps running (ntgcalls'
+    /// `video_stopped`). Always false for a call without video.
+    pub video_stopped: bool,
 }
 
 /// Counters of an outgoing track.
@@ -326,6 +344,8 @@ impl SourceEnd {
 pub enum TrackKind {
     /// The outgoing audio track (the microphone, in ntgcalls' words).
     Audio,
+    /// The outgoing video track (the camera, in ntgcalls' words).
+    Video,
 }
 
 /// Stats of a call that carry an outgoing track's counters under the same names.
@@ -766,7 +786,8 @@ mod tests {
             track.media_state(),
             MediaState {
                 paused: true,
-                muted: true
+                muted: true,
+                ..MediaState::default()
             }
         );
         assert!(track.resume(t0 + Duration::from_secs(1)));

@@ -41,6 +41,7 @@ use super::json::{
     optional_text, quoted, required, required_str, ssrc, string, text, too_many, type_name,
 };
 use super::{SignalingError, Ssrc, parse_document};
+use crate::media::video::VideoCodec;
 
 /// Opus payload type Telegram uses for group-call audio.
 ///
@@ -393,6 +394,37 @@ impl JoinResponse {
     pub fn opus_pt(&self) -> u8 {
         self.audio_payload_type("opus")
             .map_or(OPUS_DEFAULT_PT, |pt| pt.id)
+    }
+
+    /// The video payload type to send `codec` with and its RTX payload type (the `rtx` entry
+    /// whose `apt` names it), if the answer's `video` section offers both. Among several H.264
+    /// entries, one with `packetization-mode=1` is preferred (what we packetize).
+    pub fn video_payload_types(&self, codec: VideoCodec) -> Option<(u8, u8)> {
+        let pts = &self.video.as_ref()?.media.payload_types;
+        let rtx_for = |pt: u8| {
+            pts.iter()
+                .find(|p| {
+                    p.name.eq_ignore_ascii_case("rtx")
+                        && p.parameters
+                            .iter()
+                            .any(|(k, v)| k == "apt" && v.parse::<u8>() == Ok(pt))
+                })
+                .map(|p| p.id)
+        };
+        let mode1 = |p: &PayloadType| {
+            p.parameters
+                .iter()
+                .any(|(k, v)| k == "packetization-mode" && v == "1")
+        };
+        let mut candidates: Vec<&PayloadType> = pts
+            .iter()
+            .filter(|p| p.name.eq_ignore_ascii_case(codec.rtp_name()))
+            .collect();
+        // Stable: answer order within each class.
+        candidates.sort_by_key(|p| !mode1(p));
+        candidates
+            .into_iter()
+            .find_map(|p| rtx_for(p.id).map(|rtx| (p.id, rtx)))
     }
 
     /// The audio header-extension id the answer maps to `uri`, if any.

@@ -70,15 +70,18 @@ fn pause_stops_packets_and_time_and_mute_keeps_the_stream() {
         [
             MediaState {
                 paused: true,
-                muted: false
+                muted: false,
+                ..MediaState::default()
             },
             MediaState {
                 paused: false,
-                muted: false
+                muted: false,
+                ..MediaState::default()
             },
             MediaState {
                 paused: false,
-                muted: true
+                muted: true,
+                ..MediaState::default()
             },
         ]
     );

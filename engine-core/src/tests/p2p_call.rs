@@ -119,7 +119,9 @@ fn rtt_and_loss_are_measured_from_rtcp_over_a_delayed_link() {
     assert!(pair.caller.connected() && pair.callee.connected());
     for (name, end) in [("caller", &pair.caller), ("callee", &pair.callee)] {
         let link = end.call.link_stats();
-        let rtt = link.rtt.unwrap_or_else(|| panic!("{name}: no rtt: {link:?}"));
+        let rtt = link
+            .rtt
+            .unwrap_or_else(|| panic!("{name}: no rtt: {link:?}"));
         assert!(
             rtt >= Duration::from_millis(49) && rtt <= Duration::from_millis(52),
             "{name}: rtt {rtt:?} over a 2 x 25 ms link"

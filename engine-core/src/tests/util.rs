@@ -490,11 +490,11 @@ impl P2pPair {
                 self.in_flight.push_back((self.now + self.latency, true, t));
             }
             for t in std::mem::take(&mut self.callee.datagrams) {
-                self.in_flight.push_back((self.now + self.latency, false, t));
+                self.in_flight
+                    .push_back((self.now + self.latency, false, t));
             }
-            while let Some((_, to_callee, t)) = self
-                .in_flight
-                .pop_front_if(|(due, _, _)| *due <= self.now)
+            while let Some((_, to_callee, t)) =
+                self.in_flight.pop_front_if(|(due, _, _)| *due <= self.now)
             {
                 moved = true;
                 if to_callee {

@@ -35,6 +35,7 @@
 mod cache;
 mod decode;
 mod live;
+pub(crate) mod video;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ use crate::ffmpeg::Ffmpeg;
 
 pub use cache::{FRAME_OVERHEAD, MediaCacheConfig};
 pub(crate) use decode::input_args;
+pub use video::{KEYFRAME_INTERVAL, VIDEO_RING, VideoParams, VideoStats};
 
 /// How far a decode may run ahead of the furthest call playing it (on demand): 10 s.
 pub const DECODE_LEAD: Duration = Duration::from_secs(10);

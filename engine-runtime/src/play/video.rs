@@ -1,0 +1,504 @@
+//! Video from files, URLs and commands: decoded, scaled and encoded by ffmpeg once per
+//! distinct input, shared by every call that shows it.
+//!
+//! [`Engine::set_video_source`](crate::Engine::set_video_source) opens a [`MediaSource`] with
+//! [`VideoParams`] (codec, size, frame rate, bitrate). The first call to show that input (with
+//! those parameters) starts one ffmpeg that reads it at its native rate (`-re`), scales and
+//! pads it to the size, and encodes it with libvpx (VP8, written as IVF) or libx264 (H.264,
+//! Annex B with access unit delimiters). A thread per input reads ffmpeg's output, packetizes
+//! each frame once ([`VideoFrame::packetize`]) and puts it in a ring of the last
+//! [`VIDEO_RING`] frames. Every call showing the input reads the ring from the live edge: the
+//! same picture for all (the live mode of [`crate::play`]); its video track starts at the next
+//! key frame, which comes at least once per [`KEYFRAME_INTERVAL`] (ffmpeg's `-g`), so a call
+//! that joins late shows a picture within a second. Nothing here runs on a shard: a call takes
+//! a frame that is ready or none ([`VideoPoll::Pending`], counted), never waits.
+//!
+//! ffmpeg cannot be asked for a key frame while it runs, so a receiver's key frame request
+//! (PLI) is answered by the next scheduled key frame (within [`KEYFRAME_INTERVAL`]).
+//!
+//! The last reader gone, the input's ffmpeg is killed; errors (an input ffmpeg cannot open, a
+//! stream that breaks) end the video track with a typed [`SourceError`] carrying ffmpeg's
+//! standard error, and the call stays connected.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use ringcast_core::SourceError;
+use ringcast_core::media::video::{
+    AnnexBStream, IvfStream, VIDEO_CLOCK_RATE_HZ, VideoCodec, VideoFrame, VideoPoll, VideoSource,
+};
+
+use super::decode::input_args;
+use super::{MediaInput, MediaSource, START_TIMEOUT};
+use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process};
+use crate::sync::lock;
+
+/// Frames an input keeps for its readers: two seconds at 30 fps. A reader that falls further
+/// behind jumps to the newest key frame.
+pub const VIDEO_RING: usize = 60;
+
+/// How often the encoder makes a key frame (ffmpeg's `-g`, in frames at the input's rate).
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How a video input is encoded for the calls that show it. Part of the input's identity: two
+/// calls share an encoder when source and parameters are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VideoParams {
+    /// VP8 or H.264.
+    pub codec: VideoCodec,
+    /// Picture width (even, 16..=3840); the input is scaled and padded to it.
+    pub width: u16,
+    /// Picture height (even, 16..=2160).
+    pub height: u16,
+    /// Frames per second (1..=60).
+    pub fps: u8,
+    /// Target bitrate in kbit/s (50..=20,000).
+    pub bitrate_kbps: u32,
+}
+
+impl Default for VideoParams {
+    /// VP8, 1280x720, 30 fps, 1,500 kbit/s (what a camera track of a Telegram client sends at
+    /// its top layer).
+    fn default() -> Self {
+        Self {
+            codec: VideoCodec::Vp8,
+            width: 1280,
+            height: 720,
+            fps: 30,
+            bitrate_kbps: 1_500,
+        }
+    }
+}
+
+impl VideoParams {
+    fn validate(&self) -> Result<(), SourceError> {
+        let bad = |reason: String| Err(SourceError::InvalidArgument { reason });
+        if !(16..=3840).contains(&self.width) || !(16..=2160).contains(&self.height) {
+            return bad(format!("video size {}x{}", self.width, self.height));
+        }
+        if self.width % 2 == 1 || self.height % 2 == 1 {
+            return bad(format!(
+                "video size {}x{} must be even (yuv420p)",
+                self.width, self.height
+            ));
+        }
+        if !(1..=60).contains(&self.fps) {
+            return bad(format!("video frame rate {} (1..=60)", self.fps));
+        }
+        if !(50..=20_000).contains(&self.bitrate_kbps) {
+            return bad(format!(
+                "video bitrate {} kbit/s (50..=20000)",
+                self.bitrate_kbps
+            ));
+        }
+        Ok(())
+    }
+
+    /// ffmpeg's output arguments: scale, pad, frame rate, the encoder and the container.
+    fn output_args(&self) -> Vec<String> {
+        let (w, h, fps) = (self.width, self.height, self.fps);
+        let gop = (u64::from(fps) * KEYFRAME_INTERVAL.as_millis() as u64 / 1000).max(1);
+        let mut args: Vec<String> = [
+            "-an",
+            "-sn",
+            "-vf",
+            &format!(
+                "scale={w}:{h}:force_original_aspect_ratio=decrease,\
+                 pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,fps={fps},format=yuv420p"
+            ),
+            "-b:v",
+            &format!("{}k", self.bitrate_kbps),
+            "-g",
+            &gop.to_string(),
+            "-keyint_min",
+            &gop.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let codec: &[&str] = match self.codec {
+            VideoCodec::H264 => &[
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-profile:v",
+                "baseline",
+                "-sc_threshold",
+                "0",
+                "-x264-params",
+                "aud=1",
+                "-bsf:v",
+                "h264_mp4toannexb",
+                "-f",
+                "h264",
+                "pipe:1",
+            ],
+            _ => &[
+                "-c:v",
+                "libvpx",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-lag-in-frames",
+                "0",
+                "-auto-alt-ref",
+                "0",
+                "-error-resilient",
+                "1",
+                "-f",
+                "ivf",
+                "pipe:1",
+            ],
+        };
+        args.extend(codec.iter().map(|s| s.to_string()));
+        args
+    }
+}
+
+/// The ring of recent frames of one input.
+#[derive(Debug, Default)]
+struct Ring {
+    frames: VecDeque<(u64, VideoFrame)>,
+    /// Index the next frame will get.
+    next: u64,
+    /// The first frame arrived (or the decode ended).
+    started: bool,
+    /// The decode ended: `Ok` at the input's end, `Err` on failure.
+    ended: Option<Result<(), SourceError>>,
+}
+
+/// One running input: its ring, and the handle that kills its ffmpeg.
+#[derive(Debug)]
+struct LiveVideo {
+    codec: VideoCodec,
+    ring: Mutex<Ring>,
+    changed: Condvar,
+    killer: Mutex<Option<Killer>>,
+    counters: Arc<VideoCounters>,
+}
+
+impl Drop for LiveVideo {
+    fn drop(&mut self) {
+        // The last reader is gone: stop the encoder.
+        if let Some(k) = lock(&self.killer).take() {
+            k.kill();
+        }
+    }
+}
+
+/// Counters of the video hub, shared with its threads and readers.
+#[derive(Debug, Default)]
+pub(crate) struct VideoCounters {
+    pub(crate) encoders_started: AtomicU64,
+    pub(crate) encoders_running: AtomicU64,
+    pub(crate) shared_plays: AtomicU64,
+    pub(crate) frames_encoded: AtomicU64,
+    pub(crate) underruns: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+/// Counters of an engine's video encoders ([`Engine::video_stats`](crate::Engine::video_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VideoStats {
+    /// ffmpeg encoders started (one per distinct input and parameters).
+    pub encoders_started: u64,
+    /// Encoders running now.
+    pub encoders_running: u64,
+    /// Calls that joined an encoder already running.
+    pub shared_plays: u64,
+    /// Frames the encoders produced (each packetized once).
+    pub frames_encoded: u64,
+    /// Times a call found no new frame ready when one was due.
+    pub underruns: u64,
+    /// Encoders that ended with an error.
+    pub errors: u64,
+}
+
+/// An engine's video inputs.
+#[derive(Debug)]
+pub(crate) struct VideoHub {
+    ffmpeg: Ffmpeg,
+    live: Mutex<HashMap<(MediaSource, VideoParams), Weak<LiveVideo>>>,
+    counters: Arc<VideoCounters>,
+}
+
+impl VideoHub {
+    pub(crate) fn new(ffmpeg: Ffmpeg) -> Self {
+        Self {
+            ffmpeg,
+            live: Mutex::new(HashMap::new()),
+            counters: Arc::new(VideoCounters::default()),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> VideoStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        VideoStats {
+            encoders_started: get(&c.encoders_started),
+            encoders_running: get(&c.encoders_running),
+            shared_plays: get(&c.shared_plays),
+            frames_encoded: get(&c.frames_encoded),
+            underruns: get(&c.underruns),
+            errors: get(&c.errors),
+        }
+    }
+
+    /// A reader of `source` encoded with `params`: joins the running encoder or starts one and
+    /// waits for its first frame (at most [`START_TIMEOUT`]).
+    pub(crate) fn open(
+        &self,
+        source: MediaSource,
+        params: VideoParams,
+    ) -> Result<Box<dyn VideoSource>, SourceError> {
+        source.validate()?;
+        params.validate()?;
+        if matches!(source.input(), MediaInput::Shell { .. }) {
+            return Err(SourceError::InvalidArgument {
+                reason: "video from a shell command (raw frames) is not supported yet; \
+                         use a file or URL"
+                    .to_owned(),
+            });
+        }
+        let key = (source.clone(), params);
+        let live = {
+            let mut map = lock(&self.live);
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(live) => {
+                    self.counters.shared_plays.fetch_add(1, Ordering::Relaxed);
+                    live
+                }
+                None => {
+                    let live = self.start(source, params)?;
+                    map.insert(key, Arc::downgrade(&live));
+                    live
+                }
+            }
+        };
+        live.wait_started()?;
+        let next = lock(&live.ring).next;
+        Ok(Box::new(LiveVideoReader {
+            live,
+            next,
+            counters: self.counters.clone(),
+        }))
+    }
+
+    fn start(
+        &self,
+        source: MediaSource,
+        params: VideoParams,
+    ) -> Result<Arc<LiveVideo>, SourceError> {
+        let live = Arc::new(LiveVideo {
+            codec: params.codec,
+            ring: Mutex::new(Ring::default()),
+            changed: Condvar::new(),
+            killer: Mutex::new(None),
+            counters: self.counters.clone(),
+        });
+        let weak = Arc::downgrade(&live);
+        let ffmpeg = self.ffmpeg.clone();
+        let counters = self.counters.clone();
+        counters.encoders_started.fetch_add(1, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("ringcast-video".into())
+            .spawn(move || {
+                counters.encoders_running.fetch_add(1, Ordering::Relaxed);
+                let result = encode(&ffmpeg, &source, params, &weak);
+                counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
+                if result.is_err() {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(live) = weak.upgrade() {
+                    let mut ring = lock(&live.ring);
+                    ring.started = true;
+                    ring.ended = Some(result);
+                    live.changed.notify_all();
+                }
+            })
+            .map_err(|e| SourceError::Io {
+                reason: format!("starting the video thread: {e}"),
+            })?;
+        Ok(live)
+    }
+}
+
+impl LiveVideo {
+    fn wait_started(&self) -> Result<(), SourceError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut ring = lock(&self.ring);
+        while !ring.started {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SourceError::Decoder {
+                    program: "ffmpeg".to_owned(),
+                    reason: format!("no video frame within {START_TIMEOUT:?}"),
+                    stderr: String::new(),
+                });
+            }
+            ring = self
+                .changed
+                .wait_timeout(ring, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        match &ring.ended {
+            Some(Err(e)) if ring.frames.is_empty() => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    fn push(&self, frame: VideoFrame) {
+        let mut ring = lock(&self.ring);
+        let index = ring.next;
+        ring.next += 1;
+        ring.frames.push_back((index, frame));
+        while ring.frames.len() > VIDEO_RING {
+            ring.frames.pop_front();
+        }
+        if !ring.started {
+            ring.started = true;
+            self.changed.notify_all();
+        }
+        self.counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs ffmpeg on `source` until it ends, the readers are gone or it fails; frames go into
+/// the ring of `live`.
+fn encode(
+    ffmpeg: &Ffmpeg,
+    source: &MediaSource,
+    params: VideoParams,
+    live: &Weak<LiveVideo>,
+) -> Result<(), SourceError> {
+    let mut args: Vec<OsString> = ["-hide_banner", "-nostdin", "-loglevel", "error", "-re"]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    if source.looped {
+        args.push("-stream_loop".into());
+        args.push("-1".into());
+    }
+    args.extend(input_args(source, true));
+    args.extend(params.output_args().into_iter().map(OsString::from));
+    let mut cmd = ffmpeg.command();
+    cmd.args(&args);
+    let mut process = Process::spawn(cmd, ffmpeg.program(), Pipes::Stdout, Some(ffmpeg))?;
+    match live.upgrade() {
+        Some(l) => *lock(&l.killer) = Some(process.killer()),
+        None => {
+            process.kill();
+            return Ok(());
+        }
+    }
+    let mut stdout = process
+        .take_stdout()
+        .ok_or_else(|| process.failure("no standard output".to_owned()))?;
+    let duration = VIDEO_CLOCK_RATE_HZ / u32::from(params.fps.max(1));
+    let mut ivf = IvfStream::new();
+    let mut annexb = AnnexBStream::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut killed = false;
+    let result = loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(process.failure(format!("reading ffmpeg: {e}"))),
+        };
+        let Some(live) = live.upgrade() else {
+            killed = true;
+            process.kill();
+            break Ok(());
+        };
+        let step = match params.codec {
+            VideoCodec::H264 => {
+                annexb.push(&buf[..n]);
+                drain(&live, params.codec, duration, || annexb.next_access_unit())
+            }
+            _ => {
+                ivf.push(&buf[..n]);
+                drain(&live, params.codec, duration, || {
+                    ivf.next_frame().map(|f| f.map(|f| f.data))
+                })
+            }
+        };
+        if let Err(e) = step {
+            killed = true;
+            process.kill();
+            break Err(e);
+        }
+    };
+    if result.is_ok()
+        && !killed
+        && let (Some(unit), Some(live)) = (annexb.finish(), live.upgrade())
+        && let Ok(frame) = VideoFrame::packetize(params.codec, &unit, duration)
+    {
+        live.push(frame);
+    }
+    let exit = process.finish(killed);
+    result.and(if killed { Ok(()) } else { exit })
+}
+
+/// Packetizes every complete frame `next` yields into `live`'s ring.
+fn drain(
+    live: &LiveVideo,
+    codec: VideoCodec,
+    duration: u32,
+    mut next: impl FnMut() -> Result<Option<Vec<u8>>, SourceError>,
+) -> Result<(), SourceError> {
+    while let Some(data) = next()? {
+        live.push(VideoFrame::packetize(codec, &data, duration)?);
+    }
+    Ok(())
+}
+
+/// One call's view of a running input.
+struct LiveVideoReader {
+    live: Arc<LiveVideo>,
+    /// Index of the next frame to hand out.
+    next: u64,
+    counters: Arc<VideoCounters>,
+}
+
+impl VideoSource for LiveVideoReader {
+    fn codec(&self) -> VideoCodec {
+        self.live.codec
+    }
+
+    fn next_frame(&mut self) -> Result<VideoPoll, SourceError> {
+        let ring = lock(&self.live.ring);
+        let oldest = ring.frames.front().map_or(ring.next, |(i, _)| *i);
+        if ring.next.saturating_sub(self.next) > (VIDEO_RING / 2) as u64 {
+            // Fell behind (a shard driven late): on to the newest key frame, if it is ahead.
+            if let Some((i, _)) = ring.frames.iter().rev().find(|(_, f)| f.keyframe)
+                && *i > self.next
+            {
+                self.next = *i;
+            }
+        }
+        self.next = self.next.max(oldest);
+        if let Some((_, frame)) = ring.frames.get((self.next - oldest) as usize) {
+            self.next += 1;
+            return Ok(VideoPoll::Frame(frame.clone()));
+        }
+        match &ring.ended {
+            Some(Ok(())) => Ok(VideoPoll::End),
+            Some(Err(e)) => Err(e.clone()),
+            None => {
+                self.counters.underruns.fetch_add(1, Ordering::Relaxed);
+                Ok(VideoPoll::Pending)
+            }
+        }
+    }
+}

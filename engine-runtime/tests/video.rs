@@ -1,0 +1,221 @@
+//! Video in group calls: a 1280x720, 30 fps test pattern (ffmpeg's `testsrc2`, made at test
+//! time) shown as VP8 and as H.264 into sfu-mock over real UDP, with its audio; frames, key
+//! frames, resolution and frame rate checked at the SFU, which reassembles and reads them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::media::{MediaDir, make, serial};
+use common::{participant, silent_sfu, wait_connected};
+use ringcast::{
+    CallOptions, Engine, EngineError, EventKind, MediaSource, SourceError, VideoCodec, VideoParams,
+};
+use serde_json::Value;
+use sfu_mock::server::Server;
+
+/// A 720p30 test pattern with a 440 Hz tone, `seconds` long.
+fn pattern(dir: &MediaDir, seconds: u32) -> std::path::PathBuf {
+    let out = dir.path("pattern.mp4");
+    let t = seconds.to_string();
+    make(
+        &out,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size=1280x720:rate=30:duration={t}"),
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency=440:duration={t}:sample_rate=48000"),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+    );
+    out
+}
+
+/// Creates call `key` with a camera track of `codec` in `chat`, connects it and waits until
+/// it is up; returns its audio SSRC.
+fn join_video(engine: &Engine, sfu: &Server, key: i64, chat: i64, codec: VideoCodec) -> u32 {
+    let payload = engine
+        .create_call_with(key, CallOptions::new().video(codec))
+        .unwrap();
+    let json: Value = serde_json::from_str(&payload).unwrap();
+    let groups = json["ssrc-groups"].as_array().expect("ssrc-groups");
+    assert_eq!(groups.len(), 1, "{payload}");
+    assert_eq!(groups[0]["semantics"], "FID");
+    let ssrc = engine.audio_ssrc(key).unwrap();
+    let sources: Vec<i64> = groups[0]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(sources, [i64::from(ssrc) + 1, i64::from(ssrc) + 2]);
+    let response = sfu.join(chat, payload.as_bytes()).unwrap();
+    engine.connect(key, &response).unwrap();
+    ssrc
+}
+
+/// Polls the SFU's stats until `check` holds for the participant's video, or panics after
+/// `limit` with the last stats.
+fn wait_video(
+    sfu: &Server,
+    chat: i64,
+    ssrc: u32,
+    limit: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let end = Instant::now() + limit;
+    loop {
+        let p = participant(&sfu.stats().unwrap(), chat, ssrc);
+        if check(&p["video"]) {
+            return p;
+        }
+        assert!(Instant::now() < end, "video never got there: {p}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn shows_pattern_as(codec: VideoCodec) {
+    let _serial = serial();
+    let dir = MediaDir::new(&format!("video-{codec}"));
+    let file = pattern(&dir, 20);
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let ssrc = join_video(&engine, &sfu, 1, 10, codec);
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    engine
+        .set_stream_sources(1, MediaSource::file(&file).live())
+        .unwrap();
+    let params = VideoParams {
+        codec,
+        ..VideoParams::default()
+    };
+    engine
+        .set_video_source(1, MediaSource::file(&file), params)
+        .unwrap();
+    let started = Instant::now();
+    // Three seconds of video: ~90 frames, at least two key frames (one per second).
+    let p = wait_video(&sfu, 10, ssrc, Duration::from_secs(15), |v| {
+        v["decodable_frames"].as_u64().unwrap_or(0) >= 90
+    });
+    let v = &p["video"];
+    println!("{codec} after {:?}: {p}", started.elapsed());
+    assert_eq!(v["codec"], codec.to_string());
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(1280), Some(720))
+    );
+    assert!(v["keyframes"].as_u64().unwrap() >= 2, "{v}");
+    let fps = v["fps"].as_f64().unwrap();
+    assert!((28.0..=32.0).contains(&fps), "fps {fps}");
+    assert_eq!(v["incomplete_frames"], 0, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    // Audio beside it: the file's 440 Hz tone.
+    let hz = p["dominant_hz"].as_f64().unwrap_or(0.0);
+    assert!((hz - 440.0).abs() < 5.0, "audio {hz} Hz: {p}");
+    assert!(p["packets"].as_u64().unwrap() > 100, "{p}");
+    // The engine's side agrees, and one encoder served the call.
+    let stats = engine.call_info(1).unwrap().stats;
+    assert!(stats.video.frames_sent >= 90, "{:?}", stats.video);
+    assert!(stats.video.keyframes_sent >= 2, "{:?}", stats.video);
+    assert_eq!(engine.video_stats().encoders_started, 1);
+}
+
+#[test]
+fn vp8_pattern_reaches_the_sfu_with_its_size_rate_and_key_frames() {
+    shows_pattern_as(VideoCodec::Vp8);
+}
+
+#[test]
+fn h264_pattern_reaches_the_sfu_with_its_size_rate_and_key_frames() {
+    shows_pattern_as(VideoCodec::H264);
+}
+
+#[test]
+fn video_misuse_is_a_typed_error_and_the_call_stays_up() {
+    let _serial = serial();
+    let dir = MediaDir::new("video-misuse");
+    let file = pattern(&dir, 5);
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    // An audio-only call refuses a video source.
+    let payload = engine.create_call(1).unwrap();
+    assert!(!payload.contains("ssrc-groups"), "{payload}");
+    let response = sfu.join(1, payload.as_bytes()).unwrap();
+    engine.connect(1, &response).unwrap();
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    let err = engine
+        .set_video_source(1, MediaSource::file(&file), VideoParams::default())
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Call(_)), "{err:?}");
+    // A codec other than the call's.
+    join_video(&engine, &sfu, 2, 2, VideoCodec::Vp8);
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    let h264 = VideoParams {
+        codec: VideoCodec::H264,
+        ..VideoParams::default()
+    };
+    let err = engine
+        .set_video_source(2, MediaSource::file(&file), h264)
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Call(_)), "{err:?}");
+    // Bad parameters, a missing file, a file that is not video.
+    let odd = VideoParams {
+        width: 641,
+        ..VideoParams::default()
+    };
+    let err = engine
+        .set_video_source(2, MediaSource::file(&file), odd)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Source(SourceError::InvalidArgument { .. })
+        ),
+        "{err:?}"
+    );
+    let err = engine
+        .set_video_source(
+            2,
+            MediaSource::file(dir.path("nope.mp4")),
+            VideoParams::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Source(SourceError::Decoder { .. })),
+        "{err:?}"
+    );
+    let garbage = dir.path("garbage.mp4");
+    std::fs::write(&garbage, vec![0x42u8; 10_000]).unwrap();
+    let err = engine
+        .set_video_source(2, MediaSource::file(&garbage), VideoParams::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Source(SourceError::Decoder { .. })),
+        "{err:?}"
+    );
+    // Both calls are still up.
+    for key in [1, 2] {
+        assert_eq!(
+            engine.get_state(key).unwrap(),
+            ringcast::CallState::Connected
+        );
+    }
+    // No stream-end event was raised by any of it.
+    while let Ok(e) = engine.events().try_recv() {
+        assert!(
+            !matches!(e.kind, EventKind::StreamEnded { .. }),
+            "unexpected {e:?}"
+        );
+    }
+}
