@@ -79,6 +79,8 @@ pub struct ServerOptions {
     /// Up to this much more, drawn per datagram from the seed; datagrams may then leave out of
     /// order, as on a real network.
     pub jitter: Duration,
+    /// See [`SfuConfig::drop_video_every`](crate::SfuConfig::drop_video_every).
+    pub drop_video_every: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -94,6 +96,7 @@ impl Default for ServerOptions {
             header_only: false,
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
+            drop_video_every: None,
         }
     }
 }
@@ -183,6 +186,7 @@ impl Server {
         config.analyse_audio = options.analyse_audio;
         config.forward_audio = options.forward_audio;
         config.header_only = options.header_only;
+        config.drop_video_every = options.drop_video_every;
         let delay = DelayLine::new(options.latency, options.jitter, options.seed);
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
         let waker = Arc::new(Waker::new()?);
@@ -308,6 +312,12 @@ impl Server {
         })?
         .map(|_| ())
         .map_err(ControlError::Refused)
+    }
+
+    /// Asks the participant for a key frame of its video (an RTCP PLI with its next video
+    /// packet). In-process only.
+    pub fn request_keyframe(&self, chat_id: i64, ssrc: u32) -> Result<(), ControlError> {
+        self.misbehave(chat_id, ssrc, Misbehaviour::RequestKeyframe)
     }
 
     /// Stats in-process (same JSON as `GET /v1/stats`).

@@ -101,6 +101,10 @@ pub enum Misbehaviour {
     Silent,
     /// Close the participant's DTLS association (a close_notify alert), then forget it.
     CloseDtls,
+    /// Ask for a key frame of the participant's video now (RTCP PLI), as a receiver that lost
+    /// the picture does; with the next video packet. Not a fault: tests of key frame
+    /// answers drive it through the same control path.
+    RequestKeyframe,
 }
 
 /// Configuration of an [`Sfu`].
@@ -127,6 +131,10 @@ pub struct SfuConfig {
     /// included), for paths with a lower MTU; `None` keeps str0m's default (1150 bytes).
     /// Clamped into str0m's accepted range, 576..=1500.
     pub mtu: Option<usize>,
+    /// Impairment for tests: drop every n-th first transmission of a participant's video
+    /// (media SSRC; RTX repairs pass) before it reaches the participant's transport, which
+    /// then NACKs it. `None`: nothing dropped.
+    pub drop_video_every: Option<u64>,
 }
 
 impl SfuConfig {
@@ -141,6 +149,7 @@ impl SfuConfig {
             forward_audio: true,
             header_only: false,
             mtu: None,
+            drop_video_every: None,
         }
     }
 }
@@ -527,6 +536,16 @@ impl Sfu {
                 self.drain(idx);
                 self.remove(idx);
             }
+            Misbehaviour::RequestKeyframe => {
+                if let Some((_, video)) = self
+                    .participants
+                    .get_mut(idx)
+                    .and_then(Option::as_mut)
+                    .and_then(|p| p.video.as_mut())
+                {
+                    video.force_pli();
+                }
+            }
         }
         Ok(())
     }
@@ -730,6 +749,13 @@ impl Sfu {
             if self.config.header_only && p.connected {
                 p.replay.update(ext);
             }
+        }
+        if let (Some(every), Some(h), Some((video_ssrc, video))) =
+            (self.config.drop_video_every, header, p.video.as_mut())
+            && h.ssrc == *video_ssrc
+            && video.impair(every)
+        {
+            return;
         }
         if self.config.header_only
             && p.connected
@@ -1054,6 +1080,8 @@ impl Sfu {
                             "fps": v.fps,
                             "plis_sent": v.plis_sent,
                             "lost": v.lost,
+                            "late_packets": v.late_packets,
+                            "dropped_by_impairment": v.dropped_by_impairment,
                         })),
                     })
                 })

@@ -53,15 +53,30 @@ pub struct VideoStats {
     pub lost: u64,
     /// When the last key frame arrived, for "a key frame within N ms of a PLI".
     pub last_keyframe_at: Option<Instant>,
+    /// Packets that arrived after a later one: NACKed packets repaired through RTX (and any
+    /// reordering).
+    pub late_packets: u64,
+    /// Datagrams of the media SSRC that arrived at the SFU (before decryption), and of them
+    /// those the test impairment dropped (`SfuConfig::drop_video_every`).
+    pub arrivals: u64,
+    /// See `arrivals`.
+    pub dropped_by_impairment: u64,
 }
 
-/// The frame being reassembled.
+/// Packets held for reassembly at most (a bound against a flood of sequence numbers).
+const MAX_HELD_PACKETS: usize = 4_096;
+
+/// A frame whose packets are missing is given up once this many later frames have
+/// completed their packets (their marker arrived): time for NACK and RTX to repair it.
+pub const GIVE_UP_AFTER_FRAMES: usize = 6;
+
+/// One held packet.
 #[derive(Debug)]
-struct Partial {
+struct Held {
+    pt: u8,
     timestamp: u32,
-    next_seq: u64,
-    data: Vec<u8>,
-    broken: bool,
+    marker: bool,
+    payload: Vec<u8>,
 }
 
 /// See the [module docs](self).
@@ -72,12 +87,17 @@ pub struct VideoReceiver {
     h264_pt: u8,
     vp8: Vp8Depacketizer,
     h264: H264Depacketizer,
-    partial: Option<Partial>,
+    /// Packets by extended sequence number, until their frame completes or is given up.
+    held: std::collections::BTreeMap<u64, Held>,
+    /// The sequence number the next frame starts at (after the last marker consumed).
+    next_start: Option<u64>,
     /// Extended sequence number of the highest packet seen, and the first.
     highest: Option<u64>,
     first: Option<u64>,
     /// Distinct sequence numbers received (for loss).
     received: u64,
+    /// Packets that arrived after a later one (RTX repairs, reordering).
+    late_packets: u64,
     /// A decodable chain: the last complete frame was decodable.
     chain_ok: bool,
     /// RTP timestamps of the recent complete frames (fps).
@@ -96,10 +116,12 @@ impl VideoReceiver {
             h264_pt,
             vp8: Vp8Depacketizer::default(),
             h264: H264Depacketizer::default(),
-            partial: None,
+            held: std::collections::BTreeMap::new(),
+            next_start: None,
             highest: None,
             first: None,
             received: 0,
+            late_packets: 0,
             chain_ok: false,
             recent: VecDeque::new(),
             last_pli: None,
@@ -109,10 +131,14 @@ impl VideoReceiver {
 
     /// Counters.
     pub fn stats(&self) -> VideoStats {
-        self.stats
+        VideoStats {
+            late_packets: self.late_packets,
+            ..self.stats
+        }
     }
 
-    /// One packet of the media stream, `seq` extended (str0m's `seq_no`).
+    /// One packet of the media stream (RTX repairs arrive here unwrapped, with their original
+    /// sequence number), `seq` extended (str0m's `seq_no`).
     pub fn on_packet(
         &mut self,
         now: Instant,
@@ -124,83 +150,114 @@ impl VideoReceiver {
     ) {
         self.stats.packets += 1;
         self.stats.bytes += payload.len() as u64;
-        let codec = if pt == self.vp8_pt {
-            VideoCodec::Vp8
-        } else if pt == self.h264_pt {
-            VideoCodec::H264
-        } else {
+        if pt != self.vp8_pt && pt != self.h264_pt {
             return;
-        };
-        self.stats.codec = Some(codec);
-        if self.highest.is_some_and(|h| seq <= h) {
-            // A resend (RTX) of a packet of a frame already given up, or a duplicate: the
-            // frame it belonged to is gone; only loss accounting needs it.
-            self.received += 1;
-            self.update_lost();
+        }
+        if self.next_start.is_some_and(|s| seq < s) || self.held.contains_key(&seq) {
+            // Part of a frame already done or given up, or a duplicate.
             return;
         }
         self.received += 1;
-        self.first.get_or_insert(seq);
-        self.highest = Some(seq);
-        self.update_lost();
-
-        let starts_new = self
-            .partial
-            .as_ref()
-            .is_none_or(|p| p.timestamp != timestamp);
-        if starts_new {
-            if let Some(p) = self.partial.take() {
-                // The previous frame never saw its marker.
-                let _ = p;
-                self.frame_lost(now);
-            }
-            self.partial = Some(Partial {
-                timestamp,
-                next_seq: seq,
-                data: Vec::new(),
-                broken: false,
-            });
+        if self.highest.is_some_and(|h| seq < h) {
+            self.late_packets += 1;
         }
-        let Some(mut p) = self.partial.take() else {
-            return;
-        };
-        if p.next_seq != seq {
-            p.broken = true;
-        }
-        p.next_seq = seq + 1;
-        if !p.broken {
-            let mut extra = ringcast_core::str0m::format::CodecExtra::None;
-            let result = match codec {
-                VideoCodec::Vp8 => self.vp8.depacketize(payload, &mut p.data, &mut extra),
-                VideoCodec::H264 => self.h264.depacketize(payload, &mut p.data, &mut extra),
-                _ => Ok(()),
-            };
-            if result.is_err() || p.data.len() > MAX_FRAME {
-                p.broken = true;
-            }
-        }
-        if marker {
-            if p.broken {
-                self.frame_lost(now);
-            } else {
-                self.frame_done(now, codec, p.timestamp, &p.data);
-            }
-        } else {
-            self.partial = Some(p);
-        }
-    }
-
-    fn update_lost(&mut self) {
+        self.first = Some(self.first.map_or(seq, |f| f.min(seq)));
+        self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
         if let (Some(first), Some(high)) = (self.first, self.highest) {
             self.stats.lost = (high - first + 1).saturating_sub(self.received);
         }
+        self.next_start.get_or_insert(seq);
+        self.held.insert(
+            seq,
+            Held {
+                pt,
+                timestamp,
+                marker,
+                payload: payload.to_vec(),
+            },
+        );
+        while self.held.len() > MAX_HELD_PACKETS {
+            self.held.pop_first();
+        }
+        self.assemble(now);
     }
 
-    fn frame_lost(&mut self, now: Instant) {
+    /// Completes every frame whose packets are all in, in order; gives up a frame with a hole
+    /// once enough later frames are complete.
+    fn assemble(&mut self, now: Instant) {
+        loop {
+            let Some(start) = self.next_start else {
+                return;
+            };
+            // Walk contiguous packets from `start` to a marker.
+            let mut seq = start;
+            let mut end = None;
+            while let Some(h) = self.held.get(&seq) {
+                if h.marker {
+                    end = Some(seq);
+                    break;
+                }
+                seq += 1;
+            }
+            if let Some(end) = end {
+                let packets: Vec<Held> =
+                    (start..=end).filter_map(|s| self.held.remove(&s)).collect();
+                self.next_start = Some(end + 1);
+                self.complete(now, &packets);
+                continue;
+            }
+            // A hole: wait for repairs, unless later frames are already complete.
+            let markers_after: Vec<u64> = self
+                .held
+                .range(start..)
+                .filter(|(_, h)| h.marker)
+                .map(|(s, _)| *s)
+                .take(GIVE_UP_AFTER_FRAMES)
+                .collect();
+            if markers_after.len() < GIVE_UP_AFTER_FRAMES {
+                return;
+            }
+            let Some(&give_up_to) = markers_after.first() else {
+                return;
+            };
+            let dropped: Vec<u64> = self.held.range(..=give_up_to).map(|(s, _)| *s).collect();
+            for s in dropped {
+                self.held.remove(&s);
+            }
+            self.next_start = Some(give_up_to + 1);
+            self.frame_lost();
+        }
+    }
+
+    fn complete(&mut self, now: Instant, packets: &[Held]) {
+        let Some(first) = packets.first() else {
+            return;
+        };
+        let codec = if first.pt == self.vp8_pt {
+            VideoCodec::Vp8
+        } else {
+            VideoCodec::H264
+        };
+        self.stats.codec = Some(codec);
+        let mut data = Vec::new();
+        let mut extra = ringcast_core::str0m::format::CodecExtra::None;
+        for p in packets {
+            let result = match codec {
+                VideoCodec::H264 => self.h264.depacketize(&p.payload, &mut data, &mut extra),
+                _ => self.vp8.depacketize(&p.payload, &mut data, &mut extra),
+            };
+            if result.is_err() || data.len() > MAX_FRAME || p.timestamp != first.timestamp {
+                self.frame_lost();
+                return;
+            }
+        }
+        self.frame_done(now, codec, first.timestamp, &data);
+    }
+
+    fn frame_lost(&mut self) {
         self.stats.incomplete_frames += 1;
         self.chain_ok = false;
         self.want_pli = true;
-        let _ = now;
     }
 
     fn frame_done(&mut self, now: Instant, codec: VideoCodec, timestamp: u32, data: &[u8]) {
@@ -249,6 +306,15 @@ impl VideoReceiver {
         self.last_pli = Some(now);
         self.stats.plis_sent += 1;
         true
+    }
+
+    /// Counts a datagram of the media SSRC arriving (before decryption); true if the test
+    /// impairment drops it: every `every`-th one.
+    pub fn impair(&mut self, every: u64) -> bool {
+        self.stats.arrivals += 1;
+        let drop = self.stats.arrivals.is_multiple_of(every.max(1));
+        self.stats.dropped_by_impairment += u64::from(drop);
+        drop
     }
 
     /// Asks for a key frame at the next [`VideoReceiver::take_pli`] regardless of loss (the

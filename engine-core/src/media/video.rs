@@ -164,6 +164,14 @@ pub trait VideoSource: Send {
     /// soon. Sources shared by many calls coalesce these. The default ignores it (a source of
     /// frequent key frames).
     fn request_keyframe(&mut self) {}
+
+    /// Frames ready beyond the one just taken that are already due: a reader of a shared
+    /// stream that started (or restarted, on a key frame request) at the last key frame it
+    /// keeps, behind the live edge. The track sends these at once, to catch up. Zero by
+    /// default.
+    fn backlog(&self) -> usize {
+        0
+    }
 }
 
 /// Reads [`FrameInfo`] from an encoded frame: the VP8 frame tag and key frame header

@@ -12,6 +12,10 @@
 //! - **Key frame requests** (RTCP PLI/FIR from the SFU, via [`VideoTrack::request_keyframe`])
 //!   are passed to the source, at most one per [`KEYFRAME_REQUEST_INTERVAL`]; a source shared
 //!   by many calls coalesces them again.
+//! - **Catching up**: a source that restarts a reader at its last key frame (a shared live
+//!   stream, on a new source or a key frame request) reports the frames already due as its
+//!   [`VideoSource::backlog`]; they go out at once (at most [`MAX_CATCH_UP_FRAMES`]), so the
+//!   receiver has a picture without waiting for the encoder's next key frame.
 //! - **Underruns**: a source with no frame ready ([`VideoPoll::Pending`]) is asked again in
 //!   [`PENDING_RETRY`], counted, and the track never waits.
 //! - **Pause** stops sending and pulling; **mute** (ntgcalls' `video_stopped`) keeps pulling,
@@ -35,7 +39,11 @@ pub const PENDING_RETRY: Duration = Duration::from_millis(5);
 
 /// Key frame requests reach the source at most this often (PLI floods from a broken
 /// receiver cost one request per interval).
-pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Most frames sent at once to catch up with a source's backlog ([`VideoSource::backlog`]):
+/// two seconds at 30 fps.
+pub const MAX_CATCH_UP_FRAMES: usize = 60;
 
 /// Counters of the outgoing video track.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +64,9 @@ pub struct VideoCounters {
     pub keyframe_requests: u64,
     /// Key frame requests passed to the source.
     pub keyframe_requests_forwarded: u64,
+    /// Frames sent at once from a source's backlog (catching up after a start or a key
+    /// frame request).
+    pub frames_caught_up: u64,
 }
 
 /// See the [module docs](self).
@@ -72,6 +83,8 @@ pub struct VideoTrack {
     last_request: Option<Instant>,
     /// A request arrived within the interval: forward it when the interval is over.
     request_pending: bool,
+    /// Sending the source's backlog at once (after a start or a forwarded request).
+    catching_up: bool,
     counters: VideoCounters,
 }
 
@@ -102,6 +115,7 @@ impl VideoTrack {
             waiting_keyframe: true,
             last_request: None,
             request_pending: false,
+            catching_up: false,
             counters: VideoCounters::default(),
         }
     }
@@ -240,6 +254,7 @@ impl VideoTrack {
             return;
         };
         source.request_keyframe();
+        self.catching_up = true;
         self.request_pending = false;
         self.last_request = Some(now);
         self.counters.keyframe_requests_forwarded += 1;
@@ -260,6 +275,7 @@ impl VideoTrack {
     ) -> Option<SourceEnd> {
         self.forward_request(now);
         let mut due = self.pacer.begin(now)?;
+        let mut burst = 0;
         while due <= FramePacer::horizon(now) {
             let Some(source) = self.source.as_mut() else {
                 self.pacer.stop();
@@ -287,6 +303,14 @@ impl VideoTrack {
             self.write_frame(out, due, &frame);
             let ticks = frame.duration_90k.max(1);
             self.rtp.advance(ticks);
+            let backlog = self.source.as_ref().map_or(0, |s| s.backlog());
+            if self.catching_up && backlog > 0 && burst < MAX_CATCH_UP_FRAMES {
+                // Already due at the source: out now, the frame clock stays.
+                burst += 1;
+                self.counters.frames_caught_up += 1;
+                continue;
+            }
+            self.catching_up = false;
             due += Duration::from_micros(
                 u64::from(ticks) * 1_000_000 / u64::from(VIDEO_CLOCK_RATE_HZ),
             );

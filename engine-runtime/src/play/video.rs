@@ -8,13 +8,15 @@
 //! Annex B with access unit delimiters). A thread per input reads ffmpeg's output, packetizes
 //! each frame once ([`VideoFrame::packetize`]) and puts it in a ring of the last
 //! [`VIDEO_RING`] frames. Every call showing the input reads the ring from the live edge: the
-//! same picture for all (the live mode of [`crate::play`]); its video track starts at the next
-//! key frame, which comes at least once per [`KEYFRAME_INTERVAL`] (ffmpeg's `-g`), so a call
-//! that joins late shows a picture within a second. Nothing here runs on a shard: a call takes
+//! same picture for all (the live mode of [`crate::play`]). Key frames come once per
+//! [`KEYFRAME_INTERVAL`] (ffmpeg's `-g`). Nothing here runs on a shard: a call takes
 //! a frame that is ready or none ([`VideoPoll::Pending`], counted), never waits.
 //!
-//! ffmpeg cannot be asked for a key frame while it runs, so a receiver's key frame request
-//! (PLI) is answered by the next scheduled key frame (within [`KEYFRAME_INTERVAL`]).
+//! ffmpeg cannot be asked for a key frame while it runs. A receiver's key frame request
+//! (PLI/FIR) is answered from the ring instead: that call's reader goes back to the last key
+//! frame (at most [`KEYFRAME_INTERVAL`] old) and its track sends the frames since at once
+//! (its backlog). A call that joins starts the same way. The cost is a burst of at most one
+//! key frame interval of video to that one receiver; the track rate-limits requests.
 //!
 //! The last reader gone, the input's ffmpeg is killed; errors (an input ffmpeg cannot open, a
 //! stream that breaks) end the video track with a typed [`SourceError`] carrying ffmpeg's
@@ -201,6 +203,7 @@ pub(crate) struct VideoCounters {
     pub(crate) encoders_running: AtomicU64,
     pub(crate) shared_plays: AtomicU64,
     pub(crate) frames_encoded: AtomicU64,
+    pub(crate) replays: AtomicU64,
     pub(crate) underruns: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
@@ -216,6 +219,9 @@ pub struct VideoStats {
     pub shared_plays: u64,
     /// Frames the encoders produced (each packetized once).
     pub frames_encoded: u64,
+    /// Key frame requests answered by replaying a call's stream from the ring's last key
+    /// frame.
+    pub keyframe_replays: u64,
     /// Times a call found no new frame ready when one was due.
     pub underruns: u64,
     /// Encoders that ended with an error.
@@ -247,6 +253,7 @@ impl VideoHub {
             encoders_running: get(&c.encoders_running),
             shared_plays: get(&c.shared_plays),
             frames_encoded: get(&c.frames_encoded),
+            keyframe_replays: get(&c.replays),
             underruns: get(&c.underruns),
             errors: get(&c.errors),
         }
@@ -285,7 +292,12 @@ impl VideoHub {
             }
         };
         live.wait_started()?;
-        let next = lock(&live.ring).next;
+        // From the last key frame the ring keeps: the track sends the frames after it at once
+        // (the backlog), so the call has a picture now rather than at the next key frame.
+        let next = {
+            let ring = lock(&live.ring);
+            last_keyframe(&ring).unwrap_or(ring.next)
+        };
         Ok(Box::new(LiveVideoReader {
             live,
             next,
@@ -463,6 +475,15 @@ fn drain(
     Ok(())
 }
 
+/// Index of the newest key frame in the ring.
+fn last_keyframe(ring: &Ring) -> Option<u64> {
+    ring.frames
+        .iter()
+        .rev()
+        .find(|(_, f)| f.keyframe)
+        .map(|(i, _)| *i)
+}
+
 /// One call's view of a running input.
 struct LiveVideoReader {
     live: Arc<LiveVideo>,
@@ -500,5 +521,23 @@ impl VideoSource for LiveVideoReader {
                 Ok(VideoPoll::Pending)
             }
         }
+    }
+
+    /// The encoder cannot be asked for a key frame; the ring has the last one. Replay from it
+    /// (the track sends the frames since at once) if this reader is past it.
+    fn request_keyframe(&mut self) {
+        let ring = lock(&self.live.ring);
+        if let Some(k) = last_keyframe(&ring)
+            && k < self.next
+        {
+            self.next = k;
+            self.counters.replays.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        // The newest frame is the live edge; everything before it is already due.
+        let ring = lock(&self.live.ring);
+        ring.next.saturating_sub(self.next).saturating_sub(1) as usize
     }
 }

@@ -70,6 +70,7 @@ impl Args {
             header_only: self.header_only,
             latency: std::time::Duration::from_millis(self.latency_ms),
             jitter: std::time::Duration::from_millis(self.jitter_ms),
+            ..defaults
         };
         if let Some(http) = options.http
             && !http.ip().is_loopback()
