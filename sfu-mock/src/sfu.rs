@@ -763,6 +763,12 @@ impl Sfu {
         {
             // Load mode: account from the clear-text RTP header (sequence number, SSRC) and
             // skip decryption, so one SFU thread can count what thousands of calls send.
+            if let Some((video_ssrc, video)) = p.video.as_mut()
+                && header.ssrc == *video_ssrc
+            {
+                video.count_unread(contents.len());
+                return;
+            }
             if header.ssrc == p.ssrc {
                 if !header.has_extension {
                     p.dropped_no_audio_level += 1;

@@ -308,6 +308,13 @@ impl VideoReceiver {
         true
     }
 
+    /// Counts a packet of the media SSRC that is not decrypted (the SFU's header-only load
+    /// mode): packets and bytes only.
+    pub fn count_unread(&mut self, bytes: usize) {
+        self.stats.packets += 1;
+        self.stats.bytes += bytes as u64;
+    }
+
     /// Counts a datagram of the media SSRC arriving (before decryption); true if the test
     /// impairment drops it: every `every`-th one.
     pub fn impair(&mut self, every: u64) -> bool {

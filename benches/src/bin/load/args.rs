@@ -91,6 +91,16 @@ struct Cli {
     /// Threads starting the play benchmark's tracks at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_at_least_one)]
     play_threads: usize,
+    /// Video benchmark instead of ramp (issue 14): N calls showing the same 720p30 video,
+    /// one shared ffmpeg encoder, then one encoder per call (module `video`).
+    #[arg(long)]
+    video_bench: bool,
+    /// Calls of the video benchmark, comma-separated; each N runs both designs.
+    #[arg(long, value_name = "N,N,...", default_value = "100", value_parser = parse_steps)]
+    video_calls: Counts,
+    /// Seconds each design of the video benchmark is measured.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_seconds, allow_negative_numbers = true)]
+    video_seconds: f64,
 }
 
 /// `--send-path`: the engine's [`SendPath`].
@@ -215,6 +225,12 @@ pub(crate) struct Args {
     pub(crate) play_seconds: f64,
     /// Threads starting the tracks.
     pub(crate) play_threads: usize,
+    /// Run the video benchmark instead of ramping.
+    pub(crate) video_bench: bool,
+    /// Calls of the video benchmark (each N runs both designs).
+    pub(crate) video_calls: Vec<usize>,
+    /// Seconds each design of the video benchmark is measured.
+    pub(crate) video_seconds: f64,
 }
 
 impl Args {
@@ -270,6 +286,9 @@ impl Args {
             play_calls: cli.play_calls.0,
             play_seconds: cli.play_seconds,
             play_threads: cli.play_threads,
+            video_bench: cli.video_bench,
+            video_calls: cli.video_calls.0,
+            video_seconds: cli.video_seconds,
         }
     }
 

@@ -72,6 +72,7 @@ mod sfu;
 mod soak;
 mod system;
 mod tokio_per_call;
+mod video;
 mod webrtc_rs;
 
 use args::{Args, SystemName};
@@ -117,7 +118,7 @@ static GLOBAL: Counting = Counting;
 
 /// Ramps (or soaks), then writes the report and the plot.
 fn run(args: &Args) -> Result<(), String> {
-    if !args.play_bench {
+    if !args.play_bench && !args.video_bench {
         eprintln!(
             "load: steps {:?}, {} s each, {} shards{}",
             args.steps,
@@ -142,6 +143,12 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if args.play_bench {
         let report = play::play_bench(args)?;
+        std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
+        println!("{report}");
+        return Ok(());
+    }
+    if args.video_bench {
+        let report = video::video_bench(args)?;
         std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
         println!("{report}");
         return Ok(());

@@ -74,17 +74,17 @@ impl Design {
 
 /// CPU and memory of this process and its decoder children at one moment.
 #[derive(Debug, Clone, Copy, Default)]
-struct Usage {
+pub(crate) struct Usage {
     /// This process, user + system.
-    self_cpu_ns: u64,
+    pub(crate) self_cpu_ns: u64,
     /// Reaped children (cutime + cstime) plus live ffmpeg/ffprobe children (utime + stime).
-    children_cpu_ns: u64,
-    self_rss_kb: u64,
-    children_rss_kb: u64,
-    self_pss_kb: u64,
-    children_pss_kb: u64,
+    pub(crate) children_cpu_ns: u64,
+    pub(crate) self_rss_kb: u64,
+    pub(crate) children_rss_kb: u64,
+    pub(crate) self_pss_kb: u64,
+    pub(crate) children_pss_kb: u64,
     /// Live ffmpeg/ffprobe children.
-    children: u64,
+    pub(crate) children: u64,
 }
 
 /// cutime + cstime (fields 16 and 17 of stat(5)) of a `/proc/<pid>/stat` text, in ticks.
@@ -108,7 +108,7 @@ fn pss_kb(pid: &str) -> u64 {
 }
 
 /// Pids of this process's live children named ffmpeg or ffprobe (the decoders; not sfu-mock).
-fn decoder_children() -> Vec<u32> {
+pub(crate) fn decoder_children() -> Vec<u32> {
     let me = std::process::id().to_string();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -133,7 +133,7 @@ fn decoder_children() -> Vec<u32> {
 
 impl Usage {
     /// Reads it now; `memory` also reads PSS (slower: one smaps_rollup per process).
-    fn now(memory: bool) -> Self {
+    pub(crate) fn now(memory: bool) -> Self {
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
         // USER_HZ is 100 on Linux.
         let reaped_ns = stat_children_ticks(&stat) * 10_000_000;
@@ -203,7 +203,7 @@ fn test_track(args: &Args) -> Result<(PathBuf, bool), String> {
 }
 
 /// Removes the generated track when the run ends (also on error).
-struct TrackGuard(Option<PathBuf>);
+pub(crate) struct TrackGuard(pub(crate) Option<PathBuf>);
 
 impl Drop for TrackGuard {
     fn drop(&mut self) {

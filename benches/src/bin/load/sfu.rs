@@ -122,7 +122,8 @@ impl Sfu {
     }
 
     /// (packets, lost) summed over every participant.
-    pub(crate) fn totals(&self) -> Result<(u64, u64), String> {
+    /// `GET /v1/stats`, parsed.
+    pub(crate) fn stats_json(&self) -> Result<Value, String> {
         let mut r = ureq::get(&format!("http://{}/v1/stats", self.http))
             .call()
             .map_err(|e| e.to_string())?;
@@ -132,7 +133,11 @@ impl Sfu {
             .limit(1 << 30)
             .read_to_string()
             .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        serde_json::from_str(&body).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn totals(&self) -> Result<(u64, u64), String> {
+        let v = self.stats_json()?;
         let (mut packets, mut lost) = (0, 0);
         if let Some(chats) = v["chats"].as_object() {
             for list in chats.values() {
