@@ -1,10 +1,12 @@
 // Chromium (libwebrtc) as the SFU of a ringcast group call, driven by
 // engine-runtime/tests/chromium_interop.rs over HTTP on loopback:
-//   GET  /params  -> {send_hz, record_ms}: what to do (send_hz 0: receive only)
+//   GET  /params  -> {send_hz, record_ms, video, video_samples}: what to do (send_hz 0:
+//                    receive only; video: also receive ringcast's camera track, decode it,
+//                    draw it on a canvas and sample the pixels at video_samples [[x, y], ...])
 //   POST /offer   <- our offer SDP after ICE gathering; the response body is the answer SDP
 //                    the test built from ringcast's join payload (a=setup:passive for ringcast,
 //                    so we are the DTLS client; we offer, so we are ICE controlling)
-//   POST /result  <- {dominant_hz, bin_hz, peak_db, packets_received, ...} or {error}
+//   POST /result  <- {dominant_hz, bin_hz, peak_db, packets_received, ..., video: {...}} or {error}
 //   POST /log     <- progress lines for the test's stderr
 "use strict";
 
@@ -27,11 +29,81 @@ async function inboundAudio(pc) {
   return { inbound, transport, outbound, remoteOutbound };
 }
 
+async function inboundVideo(pc) {
+  const stats = await pc.getStats();
+  let inbound = null;
+  stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") inbound = s; });
+  const codec = inbound && inbound.codecId ? stats.get(inbound.codecId) : null;
+  return { inbound, codec };
+}
+
+// ringcast's camera track: played (muted) in a <video>, decoded by libwebrtc; waits for 30
+// decoded frames, counts again two seconds later, then draws the picture on a canvas and reads
+// the pixels at `samples` (each the mean of a 5x5 square).
+async function measureVideo(pc, track, samples) {
+  log("remote track", track.kind, track.readyState);
+  const el = document.getElementById("video");
+  el.srcObject = new MediaStream([track]);
+  el.play().catch((e) => log("video element play:", e));
+  const deadline = Date.now() + 15000;
+  let { inbound } = await inboundVideo(pc);
+  while (!inbound || !(inbound.framesDecoded >= 30) || el.videoWidth === 0) {
+    if (Date.now() > deadline) {
+      return { error: "no video decoded", inbound, element_width: el.videoWidth, ready_state: el.readyState };
+    }
+    await sleep(100);
+    ({ inbound } = await inboundVideo(pc));
+  }
+  const first = inbound.framesDecoded;
+  await sleep(2000);
+  // A frame presented after the wait: the canvas gets the current picture.
+  if (el.requestVideoFrameCallback) {
+    await Promise.race([new Promise((r) => el.requestVideoFrameCallback(() => r())), sleep(2000)]);
+  }
+  const canvas = document.getElementById("canvas");
+  canvas.width = el.videoWidth;
+  canvas.height = el.videoHeight;
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  g.drawImage(el, 0, 0, canvas.width, canvas.height);
+  const pixels = samples.map(([x, y]) => {
+    const d = g.getImageData(x - 2, y - 2, 5, 5).data;
+    const sum = [0, 0, 0];
+    for (let i = 0; i < d.length; i += 4) for (let c = 0; c < 3; c++) sum[c] += d[i + c];
+    return sum.map((v) => Math.round(v / (d.length / 4)));
+  });
+  const { inbound: last, codec } = await inboundVideo(pc);
+  return {
+    ssrc: last.ssrc,
+    mime_type: codec ? codec.mimeType : null,
+    sdp_fmtp_line: codec ? codec.sdpFmtpLine : null,
+    payload_type: codec ? codec.payloadType : null,
+    decoder_implementation: last.decoderImplementation,
+    frames_decoded_first: first,
+    frames_decoded: last.framesDecoded,
+    key_frames_decoded: last.keyFramesDecoded,
+    frames_received: last.framesReceived,
+    frames_dropped: last.framesDropped,
+    frame_width: last.frameWidth,
+    frame_height: last.frameHeight,
+    frames_per_second: last.framesPerSecond,
+    element_width: el.videoWidth,
+    element_height: el.videoHeight,
+    packets_received: last.packetsReceived,
+    packets_lost: last.packetsLost,
+    bytes_received: last.bytesReceived,
+    nack_count: last.nackCount,
+    pli_count: last.pliCount,
+    fir_count: last.firCount,
+    pixels,
+  };
+}
+
 async function run() {
   const params = JSON.parse(await (await fetch("/params")).text());
   const ctx = new AudioContext({ sampleRate: 48000 });
   await ctx.resume();
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  // max-bundle: one transport for audio and video, as ringcast has one for everything.
+  const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
   pc.onconnectionstatechange = () => log("connection", pc.connectionState);
 
   if (params.send_hz > 0) {
@@ -45,7 +117,11 @@ async function run() {
   } else {
     pc.addTransceiver("audio", { direction: "recvonly" });
   }
-  const track = new Promise((resolve) => { pc.ontrack = (e) => resolve(e.track); });
+  if (params.video) pc.addTransceiver("video", { direction: "recvonly" });
+  let gotAudio, gotVideo;
+  const track = new Promise((resolve) => { gotAudio = resolve; });
+  const videoTrack = new Promise((resolve) => { gotVideo = resolve; });
+  pc.ontrack = (e) => (e.track.kind === "video" ? gotVideo : gotAudio)(e.track);
 
   await pc.setLocalDescription(await pc.createOffer());
   const gathered = new Promise((resolve) => {
@@ -99,6 +175,7 @@ async function run() {
     const d = a - 2 * b + c;
     if (d < 0) offset = 0.5 * (a - c) / d;
   }
+  const video = params.video ? await measureVideo(pc, await videoTrack, params.video_samples) : null;
   const { inbound, transport, outbound, remoteOutbound } = await inboundAudio(pc);
   const result = {
     connection_state: pc.connectionState,
@@ -126,6 +203,7 @@ async function run() {
     transport_packets_sent: transport ? transport.packetsSent : null,
     concealed_samples: inbound ? inbound.concealedSamples : null,
     total_samples_received: inbound ? inbound.totalSamplesReceived : null,
+    video,
   };
   await post("/result", result);
   pc.close();
