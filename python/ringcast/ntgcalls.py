@@ -157,7 +157,7 @@ class TransportParseException(BaseRTCException):
 # Enums (ntgcalls' values).
 
 
-class _Enum(_Enum):
+class _Enum(enum.IntEnum):
     """An int enum that prints as ``Class.MEMBER`` (as ntgcalls' do)."""
 
     def __str__(self) -> str:
