@@ -27,13 +27,14 @@ import sys
 import threading
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from . import _native
 
 __all__ = [
     "Engine",
     "Event",
+    "EventStream",
     "CallInfo",
     "RingcastError",
     "CallNotFound",
@@ -110,6 +111,30 @@ class CallInfo:
     muted: bool
 
 
+class EventStream:
+    """An async iterator of an :class:`Engine`'s events, registered when it is made (so no
+    event between ``engine.events()`` and the first ``__anext__`` is lost). ``close()`` ends
+    the registration."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+        self._queue: "asyncio.Queue[Event]" = asyncio.Queue()
+        self._entry = (asyncio.get_running_loop(), self._queue)
+        with engine._queues_lock:
+            engine._queues.add(self._entry)
+
+    def __aiter__(self) -> "EventStream":
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        """Stops receiving events."""
+        with self._engine._queues_lock:
+            self._engine._queues.discard(self._entry)
+
+
 class Engine:
     """An asyncio handle of one ringcast engine.
 
@@ -158,18 +183,10 @@ class Engine:
                 with self._queues_lock:
                     self._queues.discard((loop, queue))
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event from now on, for as long as the iteration goes on."""
-        queue: "asyncio.Queue[Event]" = asyncio.Queue()
-        entry = (asyncio.get_running_loop(), queue)
-        with self._queues_lock:
-            self._queues.add(entry)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            with self._queues_lock:
-                self._queues.discard(entry)
+    def events(self) -> "EventStream":
+        """Every event from this call on, as an async iterator (call it inside a running
+        loop, before the calls whose events it should see)."""
+        return EventStream(self)
 
     async def create_call(self, chat_id: int) -> str:
         """Creates a group call; returns the join payload (``phone.joinGroupCall`` params)."""

@@ -6,7 +6,10 @@
 //! (4) runs `python/tests/pytgcalls_bot.py`: a bot on `PyTgCalls` whose only replaced part is
 //! the MTProto layer (its test double joins and leaves sfu-mock through the control API). The
 //! script checks a single chat (tone heard at the SFU, pause/resume/mute/unmute, played time,
-//! stream end, leave), 100 chats at once, and misuse; it exits non-zero if any check fails.
+//! stream end, leave), 100 chats at once, `record()` of a chat where a `ringcast.Engine` speaks
+//! a tone (the file holds it), that a waiting engine call leaves the GIL free, a 1:1 call
+//! between two `NTgCalls` through ntgcalls' 1:1 methods (same fingerprint and emojis, each
+//! records the other's tone), and misuse; it exits non-zero if any check fails.
 //! This side then checks at the SFU that every participant the bot joined has left.
 //!
 //! The virtual environment is `target/python-venv` (`RINGCAST_PYTHON_VENV` overrides it);

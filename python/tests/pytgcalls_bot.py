@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from array import array
 
 import ringcast
 
@@ -401,6 +402,166 @@ async def misuse(app, bridge):
         await nt.stop(chat)
 
 
+def file_hz(path):
+    """The dominant frequency of a recorded file: zero crossings (with hysteresis) of its
+    sounding part, decoded to 48 kHz mono by ffmpeg. None if it holds no sound."""
+    pcm = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", path, "-f", "s16le", "-ac", "1", "-ar", "48000", "-"],
+        check=True, capture_output=True,
+    ).stdout
+    samples = array("h")
+    samples.frombytes(pcm[: len(pcm) // 2 * 2])
+    threshold = 800
+    window = 480  # 10 ms
+    sounding = 0
+    switches = 0
+    state = 0
+    for start in range(0, len(samples) - window, window):
+        chunk = samples[start:start + window]
+        if max(abs(x) for x in chunk) < threshold:
+            continue
+        sounding += window
+        for x in chunk:
+            if x > threshold and state <= 0:
+                state, switches = 1, switches + 1
+            elif x < -threshold and state >= 0:
+                state, switches = -1, switches + 1
+    if sounding < 48000 // 2:
+        return None
+    return switches / 2 / (sounding / 48000)
+
+
+async def recording(app):
+    """record() of a chat where another participant (a ringcast.Engine) speaks a tone."""
+    chat = -3001
+    speaker = ringcast.Engine()
+    events = speaker.events()
+    payload = await speaker.create_call(chat)
+    await speaker.connect(chat, await ahttp("POST", f"/v1/chats/{chat}/join", payload))
+    await speaker.play_tone(chat, 660)
+
+    async def connected():
+        async for event in events:
+            if event.chat_id == chat and event.kind == "connection" and event.value == "connected":
+                return True
+
+    check(await asyncio.wait_for(connected(), 10), "ringcast.Engine: events() yields connected")
+    events.close()
+    check(await tone_heard(chat, 660), "ringcast.Engine: its 660 Hz tone is heard at the sfu")
+    info = await speaker.info(chat)
+    check(info.state == "connected" and info.kind == "group", f"ringcast.Engine.info: {info}")
+
+    path = os.path.join(WORK, "recorded.mp3")
+    await asyncio.wait_for(app.record(chat, path), 30)
+    await asyncio.sleep(3)
+    await app.leave_call(chat)  # stop() finishes the recording's file
+    hz = file_hz(path) if os.path.exists(path) else None
+    check(hz is not None and abs(hz - 660) <= TOLERANCE_HZ,
+          f"record(): the file holds the other participant's 660 Hz tone ({hz})")
+    await speaker.stop(chat)
+    speaker.close()
+
+
+async def gil_free():
+    """A native call that waits (here 1.5 s for a command's first frame) leaves the GIL free:
+    the event loop keeps running meanwhile."""
+    nt = ntgcalls.NTgCalls()
+    await nt.create_call(-51)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    command = ("sleep 1.5; ffmpeg -v quiet -f lavfi -i sine=frequency=500:sample_rate=48000:duration=2"
+               " -f s16le -ac 1 -ar 48000 pipe:1")
+    md = ntgcalls.MediaDescription(
+        microphone=ntgcalls.AudioDescription(ntgcalls.MediaSource.SHELL, 48000, 1, command))
+    started = time.monotonic()
+    await nt.set_stream_sources(-51, ntgcalls.StreamMode.CAPTURE, md)
+    took = time.monotonic() - started
+    task.cancel()
+    check(took >= 1.4 and ticks >= took / 0.01 * 0.5,
+          f"set_stream_sources waited {took:.2f} s without the GIL ({ticks} loop ticks meanwhile)")
+    await nt.stop(-51)
+
+
+TELEGRAM_DH_PRIME = bytes.fromhex(
+    "C71CAEB9C6B1C9048E6C522F70F13F73980D40238E3E21C14934D037563D930F48198A0AA7C14058229493D2"
+    "2530F4DBFA336F6E0AC925139543AED44CCE7C3720FD51F69458705AC68CD4FE6B6B13ABDC9746512969328454"
+    "F18FAF8C595F642477FE96BB2A941D5BCD1D4AC8CC49880708FA9B378E3C4F3A9060BEE67CF9A4A4A695811051"
+    "907E162753B56B0F6B410DBA74D8A84B2A14B3144E0EF1284754FD17ED950D5965B4B9DD46582DB1178D169C6B"
+    "C465B0D6FF9CA3928FEF5B9AE4E418FC15E83EBEA0F87FA9FF5EED70050DED2849F47BF959D956850CE929851F"
+    "0D8115F635B105EE2E4E15D04B2454BF6F4FADF034B10403119CD8E3B92FCC5B"
+)
+
+
+async def p2p_surface():
+    """A 1:1 call between two NTgCalls in one process, through ntgcalls' 1:1 methods, the test
+    carrying the messenger's part (DH values, signaling bytes)."""
+    loop = asyncio.get_running_loop()
+    a, b = ntgcalls.NTgCalls(), ntgcalls.NTgCalls()
+    a_sees_b, b_sees_a = 7001, 7002
+    states = {"a": [], "b": []}
+    emojis = {}
+
+    async def relay(to, uid, data):
+        await to.send_signaling_data(uid, data)
+
+    a.on_signaling_data(lambda uid, d: asyncio.run_coroutine_threadsafe(relay(b, b_sees_a, d), loop))
+    b.on_signaling_data(lambda uid, d: asyncio.run_coroutine_threadsafe(relay(a, a_sees_b, d), loop))
+    a.on_connection_change(lambda uid, info: states["a"].append(info.state))
+    b.on_connection_change(lambda uid, info: states["b"].append(info.state))
+    a.on_update_emojis(lambda uid, e: emojis.__setitem__("a", e))
+    b.on_update_emojis(lambda uid, e: emojis.__setitem__("b", e))
+
+    def tone(hz):
+        return ntgcalls.MediaDescription(microphone=ntgcalls.AudioDescription(
+            ntgcalls.MediaSource.SHELL, 48000, 1,
+            f"ffmpeg -v quiet -f lavfi -i sine=frequency={hz}:sample_rate=48000:duration=30"
+            " -f s16le -ac 1 -ar 48000 pipe:1"))
+
+    await a.create_p2p_call(a_sees_b)
+    await b.create_p2p_call(b_sees_a)
+    await a.set_stream_sources(a_sees_b, ntgcalls.StreamMode.CAPTURE, tone(440))
+    await b.set_stream_sources(b_sees_a, ntgcalls.StreamMode.CAPTURE, tone(660))
+    dh = ntgcalls.DhConfig(3, TELEGRAM_DH_PRIME, os.urandom(256))
+    g_a_hash = await a.init_exchange(a_sees_b, dh, None)
+    g_b = await b.init_exchange(b_sees_a, ntgcalls.DhConfig(3, TELEGRAM_DH_PRIME, os.urandom(256)), g_a_hash)
+    auth_a = await a.exchange_keys(a_sees_b, g_b, 0)
+    auth_b = await b.exchange_keys(b_sees_a, auth_a.g_a_or_b, auth_a.key_fingerprint)
+    check(auth_a.key_fingerprint == auth_b.key_fingerprint,
+          f"1:1: both sides have key fingerprint {auth_a.key_fingerprint}")
+    check(emojis.get("a") and emojis.get("a") == emojis.get("b"),
+          f"1:1: on_update_emojis gives both sides the same emojis ({emojis})")
+    versions = ntgcalls.NTgCalls.get_protocol().library_versions
+    await a.connect_p2p(a_sees_b, [], versions, True, None)
+    await b.connect_p2p(b_sees_a, [], versions, True, None)
+    both = await wait_for(lambda: _true(
+        ntgcalls.ConnectionState.CONNECTED in states["a"]
+        and ntgcalls.ConnectionState.CONNECTED in states["b"]), 15)
+    check(both, f"1:1: both sides connected ({states})")
+
+    def rec(path):
+        return ntgcalls.MediaDescription(microphone=ntgcalls.AudioDescription(
+            ntgcalls.MediaSource.SHELL, 48000, 1,
+            f"ffmpeg -y -loglevel quiet -f s16le -ar 48000 -ac 1 -i pipe:0 -f wav {path}"))
+
+    heard_a, heard_b = os.path.join(WORK, "p2p_a.wav"), os.path.join(WORK, "p2p_b.wav")
+    await a.set_stream_sources(a_sees_b, ntgcalls.StreamMode.PLAYBACK, rec(heard_a))
+    await b.set_stream_sources(b_sees_a, ntgcalls.StreamMode.PLAYBACK, rec(heard_b))
+    await asyncio.sleep(3)
+    await a.stop(a_sees_b)
+    await b.stop(b_sees_a)
+    hz_a = file_hz(heard_a) if os.path.exists(heard_a) else None
+    hz_b = file_hz(heard_b) if os.path.exists(heard_b) else None
+    check(hz_a is not None and abs(hz_a - 660) <= TOLERANCE_HZ, f"1:1: A hears B's 660 Hz ({hz_a})")
+    check(hz_b is not None and abs(hz_b - 440) <= TOLERANCE_HZ, f"1:1: B hears A's 440 Hz ({hz_b})")
+
+
 async def main():
     bridge = SfuBridge()
     app = PyTgCalls(bridge)
@@ -412,7 +573,9 @@ async def main():
 
     await app.start()
     check(ntgcalls.__version__.startswith("3."), f"ntgcalls.__version__ = {ntgcalls.__version__}")
-    for part in (one_chat(app, bridge, ended), many_chats(app), misuse(app, bridge)):
+    parts = (one_chat(app, bridge, ended), many_chats(app), recording(app), gil_free(),
+             p2p_surface(), misuse(app, bridge))
+    for part in parts:
         try:
             await part
         except Exception as e:  # one part failing must not hide the others
