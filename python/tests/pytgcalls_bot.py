@@ -5,8 +5,8 @@ Run by python/tests/py_tgcalls.rs (which starts sfu-mock and builds the wheel in
 
     SFU_HTTP=127.0.0.1:PORT python pytgcalls_bot.py WORKDIR
 
-Only py-tgcalls' MTProto layer is replaced: `MtProtoClient` binds this file's `SfuBridge`
-(a `BridgedClient`) instead of a pyrogram/telethon bridge. `phone.joinGroupCall` posts the
+Only py-tgcalls' MTProto layer is replaced: `MtProtoClient` binds `sfu_double.SfuBridge`
+(a `BridgedClient`, beside this file) instead of a pyrogram/telethon bridge. `phone.joinGroupCall` posts the
 join payload to sfu-mock's control API and returns its answer as Telegram's
 `updateGroupCallConnection` params; `phone.leaveGroupCall` leaves with the SSRC the bridge
 remembered at join time (py-tgcalls leaves with source=0, as Telegram allows). Everything else
@@ -17,13 +17,11 @@ status is 1 if anything failed.
 """
 
 import asyncio
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from array import array
 
 import ringcast
@@ -33,19 +31,15 @@ ringcast.install_as_ntgcalls()
 import ntgcalls  # noqa: E402  (ringcast's, installed above)
 from pytgcalls import PyTgCalls, filters  # noqa: E402
 from pytgcalls.exceptions import NotInCallError  # noqa: E402
-from pytgcalls.mtproto import MtProtoClient  # noqa: E402
-from pytgcalls.mtproto.bridged_client import BridgedClient  # noqa: E402
-from pytgcalls.pytgcalls_session import PyTgCallsSession  # noqa: E402
 from pytgcalls.types import StreamEnded  # noqa: E402
+from sfu_double import Sfu, SfuBridge, bind_bridge  # noqa: E402  (beside this file)
 
-SFU = os.environ["SFU_HTTP"]
+SFU_API = Sfu(os.environ["SFU_HTTP"])
 WORK = sys.argv[1] if len(sys.argv) > 1 else "/tmp"
 CHATS = int(os.environ.get("RINGCAST_TEST_CHATS", "100"))
 TOLERANCE_HZ = 15.0
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-# Offline: the banner and the online version check of app.start() are skipped.
-PyTgCallsSession.notice_displayed = True
 
 passed = 0
 failed = 0
@@ -66,27 +60,17 @@ def check(ok, what):
 # sfu-mock's control API
 
 
-def http(method, path, body=None):
-    data = None if body is None else body.encode()
-    req = urllib.request.Request(f"http://{SFU}{path}", data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.read().decode()
-
-
 async def ahttp(method, path, body=None):
-    return await asyncio.get_running_loop().run_in_executor(None, http, method, path, body)
+    return await SFU_API.ahttp(method, path, body)
 
 
 async def participant(chat_id):
     """The chat's participant at the SFU (the last one that joined), or None."""
-    stats = json.loads(await ahttp("GET", "/v1/stats"))
-    entries = stats["chats"].get(str(chat_id)) or []
-    return entries[-1] if entries else None
+    return await SFU_API.participant(chat_id)
 
 
 async def all_participants():
-    return json.loads(await ahttp("GET", "/v1/stats"))["chats"]
+    return await SFU_API.chats()
 
 
 def hears(p, hz):
@@ -132,85 +116,7 @@ async def tone_gone(chat_id, timeout=5.0):
     return await wait_for(gone, timeout, step=0)
 
 
-# ---------------------------------------------------------------------------------------------
-# The MTProto test double
-
-
-def signed32(ssrc):
-    """Telegram's participant sources are signed int32."""
-    ssrc &= 0xFFFFFFFF
-    return ssrc - (1 << 32) if ssrc >= 1 << 31 else ssrc
-
-
-class SfuBridge(BridgedClient):
-    """py-tgcalls' Telegram bridge, answered by sfu-mock."""
-
-    def __init__(self):
-        self.handlers = []
-        self.sources = {}  # chat id -> our SSRC (signed int32), for leaving
-        self.status = []  # set_call_status calls
-        self.joins = 0
-        self.leaves = 0
-
-    async def join_group_call(self, chat_id, json_join, video_stopped, join_as,
-                              invite_hash=None, block=None, public_key=None,
-                              invite_msg_id=None):
-        if chat_id >= 0:
-            raise ValueError(f"group chat ids are negative, got {chat_id}")
-        self.sources[chat_id] = signed32(json.loads(json_join)["ssrc"])
-        answer = await ahttp("POST", f"/v1/chats/{chat_id}/join", json_join)
-        self.joins += 1
-        return answer  # updateGroupCallConnection.params.data
-
-    async def leave_group_call(self, chat_id):
-        source = self.sources.pop(chat_id, None)
-        if source is not None:
-            await ahttp("POST", f"/v1/chats/{chat_id}/leave",
-                        json.dumps({"ssrc": source & 0xFFFFFFFF}))
-            self.leaves += 1
-
-    async def get_input_call(self, chat_id):
-        return {"chat_id": chat_id} if chat_id < 0 else None
-
-    async def create_group_call(self, chat_id):
-        return None
-
-    async def set_call_status(self, chat_id, muted_status, video_paused, video_stopped,
-                              presentation_paused, participant):
-        self.status.append((chat_id, muted_status, video_stopped))
-
-    async def get_group_call_participants(self, chat_id):
-        return []
-
-    async def get_participants(self, input_call):
-        return []
-
-    async def resolve_peer(self, user_id):
-        return user_id
-
-    async def get_id(self):
-        return 4242
-
-    def is_connected(self):
-        return True
-
-    def no_updates(self):
-        return False
-
-    async def start(self):
-        return None
-
-    def add_handler(self, func):
-        self.handlers.append(func)
-
-
-def bind_bridge(self, cache_duration, client):
-    """`MtProtoClient.__init__` for the double: the client object *is* the bridge."""
-    self._bind_client = client
-    self.package_name = "sfu-mock"
-
-
-MtProtoClient.__init__ = bind_bridge
+bind_bridge()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,7 +469,7 @@ async def p2p_surface():
 
 
 async def main():
-    bridge = SfuBridge()
+    bridge = SfuBridge(SFU_API)
     app = PyTgCalls(bridge)
     ended = set()
 
