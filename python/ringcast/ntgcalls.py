@@ -652,7 +652,10 @@ class NTgCalls:
                         else:
                             self._stopping[chat_id] = pending - 1
                         return
-                self._calls.pop(chat_id, None)
+                ended = self._calls.pop(chat_id, None)
+            if ended is not None and ended.recording:
+                # Finish the recording's file off the dispatcher thread (it waits for ffmpeg).
+                self._pool.submit(self._engine.stop_recording, chat_id)
             info = {
                 "ended:stopped": ConnectionState.CLOSED,
                 "ended:timeout": ConnectionState.TIMEOUT,

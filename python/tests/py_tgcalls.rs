@@ -8,8 +8,9 @@
 //! script checks a single chat (tone heard at the SFU, pause/resume/mute/unmute, played time,
 //! stream end, leave), 100 chats at once, `record()` of a chat where a `ringcast.Engine` speaks
 //! a tone (the file holds it), that a waiting engine call leaves the GIL free, a 1:1 call
-//! between two `NTgCalls` through ntgcalls' 1:1 methods (same fingerprint and emojis, each
-//! records the other's tone), and misuse; it exits non-zero if any check fails.
+//! between two `NTgCalls` through ntgcalls' 1:1 methods and one between two `PyTgCalls` (the
+//! double carrying phone.requestCall/acceptCall/confirmCall and the signaling data): same
+//! fingerprint and emojis, each records the other's tone; and misuse; it exits non-zero if any check fails.
 //! This side then checks at the SFU that every participant the bot joined has left.
 //!
 //! The virtual environment is `target/python-venv` (`RINGCAST_PYTHON_VENV` overrides it);

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from array import array
 
 import ringcast
@@ -31,7 +32,8 @@ ringcast.install_as_ntgcalls()
 import ntgcalls  # noqa: E402  (ringcast's, installed above)
 from pytgcalls import PyTgCalls, filters  # noqa: E402
 from pytgcalls.exceptions import NotInCallError  # noqa: E402
-from pytgcalls.types import StreamEnded  # noqa: E402
+from pytgcalls.types import ChatUpdate, RawCallUpdate, StreamEnded  # noqa: E402
+from pytgcalls.types import CallProtocol, UpdatedEmojis  # noqa: E402
 from sfu_double import Sfu, SfuBridge, bind_bridge  # noqa: E402  (beside this file)
 
 SFU_API = Sfu(os.environ["SFU_HTTP"])
@@ -468,6 +470,114 @@ async def p2p_surface():
     check(hz_b is not None and abs(hz_b - 440) <= TOLERANCE_HZ, f"1:1: B hears A's 440 Hz ({hz_b})")
 
 
+class PhoneBridge(SfuBridge):
+    """The double for 1:1 calls: carries phone.requestCall/acceptCall/confirmCall and the
+    signaling data between two bots as Telegram would (updatePhoneCall,
+    updatePhoneCallSignalingData), as the RawCallUpdates py-tgcalls' pyrogram bridge makes."""
+
+    def __init__(self, sfu, me, phones):
+        super().__init__(sfu)
+        self.me = me
+        self.phones = phones
+        phones[me] = self
+
+    def deliver(self, to, update):
+        for handler in self.phones[to].handlers:
+            asyncio.ensure_future(handler(update))
+
+    async def get_id(self):
+        return self.me
+
+    async def get_dhc(self):
+        return types.SimpleNamespace(g=3, p=TELEGRAM_DH_PRIME, random=os.urandom(256))
+
+    async def get_input_call(self, chat_id):
+        return {"peer": chat_id}
+
+    async def request_call(self, user_id, g_a_hash, protocol, has_video):
+        self.deliver(user_id, RawCallUpdate(self.me, RawCallUpdate.Type.REQUESTED, g_a_hash,
+                                            CallProtocol(protocol.library_versions)))
+
+    async def accept_call(self, user_id, g_b, protocol):
+        self.deliver(user_id, RawCallUpdate(self.me, RawCallUpdate.Type.ACCEPTED, g_b,
+                                            CallProtocol(protocol.library_versions)))
+
+    async def confirm_call(self, user_id, g_a, key_fingerprint, protocol):
+        confirmed = CallProtocol(list(protocol.library_versions), True, [], False, None)
+        self.deliver(user_id, RawCallUpdate(self.me, RawCallUpdate.Type.CONFIRMED, g_a,
+                                            confirmed, key_fingerprint))
+        return confirmed
+
+    async def send_signaling(self, user_id, data):
+        self.deliver(user_id, RawCallUpdate(self.me, RawCallUpdate.Type.SIGNALING_DATA,
+                                            signaling_data=data))
+
+    async def discard_call(self, user_id, is_missed=False):
+        return None
+
+
+async def p2p_pytgcalls():
+    """A 1:1 call between two PyTgCalls in one process: Alice calls Bob, Bob's handler
+    answers with play(); each records the other's tone."""
+    phones = {}
+    alice_id, bob_id = 1111, 2222
+    alice = PyTgCalls(PhoneBridge(SFU_API, alice_id, phones))
+    bob = PyTgCalls(PhoneBridge(SFU_API, bob_id, phones))
+    tone_a = make_tone(os.path.join(WORK, "p2p440.mp3"), 440, 30)
+    tone_b = make_tone(os.path.join(WORK, "p2p660.mp3"), 660, 30)
+    emojis = {}
+
+    @bob.on_update()
+    async def bob_updates(client, update):
+        if isinstance(update, ChatUpdate) and update.status & ChatUpdate.Status.INCOMING_CALL:
+            await client.play(update.chat_id, tone_b)
+        if isinstance(update, UpdatedEmojis):
+            emojis["bob"] = update.emojis
+
+    @alice.on_update()
+    async def alice_updates(client, update):
+        if isinstance(update, UpdatedEmojis):
+            emojis["alice"] = update.emojis
+
+    await alice.start()
+    await bob.start()
+    await asyncio.wait_for(alice.play(bob_id, tone_a), 60)
+    check(True, "1:1 between two PyTgCalls: Alice's play(Bob) returned (Bob answered)")
+    got = await wait_for(lambda: _true(len(emojis) == 2), 10)
+    check(got and emojis["alice"] == emojis["bob"],
+          f"1:1 between two PyTgCalls: both see the same emojis ({emojis})")
+    heard_a = os.path.join(WORK, "alice_heard.mp3")
+    heard_b = os.path.join(WORK, "bob_heard.mp3")
+    await wait_for(lambda: _calls_has(bob, alice_id), 10)
+    await asyncio.wait_for(alice.record(bob_id, heard_a), 30)
+    await asyncio.wait_for(bob.record(alice_id, heard_b), 30)
+    await asyncio.sleep(3)
+    await alice.leave_call(bob_id)
+    # Alice's hang-up ends Bob's call (CLOSED reaches Bob's py-tgcalls), so Bob may no longer
+    # be in it; his recording is finished either way.
+    ended_for_bob = await wait_for(lambda: _true_not(_calls_has(bob, alice_id)), 5)
+    check(ended_for_bob, "1:1 between two PyTgCalls: Alice's hang-up ends Bob's call")
+    try:
+        await bob.leave_call(alice_id)
+    except NotInCallError:
+        pass
+    await wait_for(lambda: _true(os.path.exists(heard_b) and os.path.getsize(heard_b) > 0), 5)
+    hz_a = file_hz(heard_a) if os.path.exists(heard_a) else None
+    hz_b = file_hz(heard_b) if os.path.exists(heard_b) else None
+    check(hz_a is not None and abs(hz_a - 660) <= TOLERANCE_HZ,
+          f"1:1 between two PyTgCalls: Alice hears Bob's 660 Hz ({hz_a})")
+    check(hz_b is not None and abs(hz_b - 440) <= TOLERANCE_HZ,
+          f"1:1 between two PyTgCalls: Bob hears Alice's 440 Hz ({hz_b})")
+
+
+async def _true_not(coro):
+    return not await coro
+
+
+async def _calls_has(app, chat_id):
+    return chat_id in await app._binding.calls()
+
+
 async def main():
     bridge = SfuBridge(SFU_API)
     app = PyTgCalls(bridge)
@@ -480,7 +590,7 @@ async def main():
     await app.start()
     check(ntgcalls.__version__.startswith("3."), f"ntgcalls.__version__ = {ntgcalls.__version__}")
     parts = (one_chat(app, bridge, ended), many_chats(app), recording(app), gil_free(),
-             p2p_surface(), misuse(app, bridge))
+             p2p_surface(), p2p_pytgcalls(), misuse(app, bridge))
     for part in parts:
         try:
             await part
