@@ -118,7 +118,7 @@ async def main():
         cpu_pct = 100.0 * (cpu1 - cpu0) / elapsed
         print(json.dumps({
             "engine": args.engine,
-            "ntgcalls_version": ntgcalls.__version__,
+            "ntgcalls_module": f"{ntgcalls.__name__} {ntgcalls.__version__}",
             "chats": n,
             "verified": verified,
             "join_seconds": round(joined, 2),
