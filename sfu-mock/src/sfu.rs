@@ -1158,6 +1158,19 @@ fn telegram_video_section(endpoint: &str) -> VideoDescription {
         kind: kind.to_owned(),
         subtype: subtype.map(str::to_owned),
     };
+    // What Telegram's video payload types announce: REMB, transport-cc, FIR, NACK and PLI.
+    let video_fbs = || {
+        [
+            ("goog-remb", None),
+            ("transport-cc", None),
+            ("ccm", Some("fir")),
+            ("nack", None),
+            ("nack", Some("pli")),
+        ]
+        .into_iter()
+        .map(|(kind, subtype)| fb(kind, subtype))
+        .collect::<Vec<_>>()
+    };
     let ext = |id: u8, uri: &str| HeaderExtension {
         id,
         uri: uri.to_owned(),
@@ -1173,13 +1186,7 @@ fn telegram_video_section(endpoint: &str) -> VideoDescription {
                     clockrate: 90_000,
                     channels: 1,
                     parameters: Vec::new(),
-                    rtcp_fbs: vec![
-                        fb("goog-remb", None),
-                        fb("transport-cc", None),
-                        fb("ccm", Some("fir")),
-                        fb("nack", None),
-                        fb("nack", Some("pli")),
-                    ],
+                    rtcp_fbs: video_fbs(),
                 },
                 PayloadType {
                     id: VP8_RTX_PT,
@@ -1199,13 +1206,7 @@ fn telegram_video_section(endpoint: &str) -> VideoDescription {
                         ("packetization-mode".to_owned(), "1".to_owned()),
                         ("profile-level-id".to_owned(), "42e01f".to_owned()),
                     ],
-                    rtcp_fbs: vec![
-                        fb("goog-remb", None),
-                        fb("transport-cc", None),
-                        fb("ccm", Some("fir")),
-                        fb("nack", None),
-                        fb("nack", Some("pli")),
-                    ],
+                    rtcp_fbs: video_fbs(),
                 },
                 PayloadType {
                     id: H264_RTX_PT,

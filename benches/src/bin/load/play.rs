@@ -437,13 +437,27 @@ fn phase(design: Design, n: usize, track: &Path, args: &Args) -> Result<Value, S
         },
     });
     drop(engine);
-    // The decoders die with their engine; wait for them so the next phase starts clean.
+    wait_decoders_gone();
+    drop(sfu);
+    Ok(report)
+}
+
+/// `b / a` of two JSON numbers (null unless both are numbers and `a` is positive): how many
+/// times the per-call design's figure the shared design's is.
+pub(crate) fn ratio(a: &Value, b: &Value) -> Value {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if a > 0.0 => json!(b / a),
+        _ => Value::Null,
+    }
+}
+
+/// The decoders and encoders die with their engine; waits (at most 10 s) for them to be gone
+/// so the next phase starts clean.
+pub(crate) fn wait_decoders_gone() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !decoder_children().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    drop(sfu);
-    Ok(report)
 }
 
 /// The whole benchmark: every N of `--play-calls`, both designs, and their ratios.
@@ -460,10 +474,6 @@ pub(crate) fn play_bench(args: &Args) -> Result<Value, String> {
         );
         let shared = phase(Design::Shared, n, &track, args)?;
         let per_call = phase(Design::PerCall, n, &track, args)?;
-        let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
-            (Some(a), Some(b)) if a > 0.0 => json!(b / a),
-            _ => Value::Null,
-        };
         let cpu_ratio = ratio(
             &shared["cpu"]["us_per_s_per_call"],
             &per_call["cpu"]["us_per_s_per_call"],

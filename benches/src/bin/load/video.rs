@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::args::Args;
 use crate::host::sfu_cpus;
-use crate::play::{TrackGuard, Usage, decoder_children};
+use crate::play::{TrackGuard, Usage, ratio, wait_decoders_gone};
 use crate::sfu::Sfu;
 use crate::system::CHATS;
 
@@ -235,10 +235,7 @@ fn phase(design: Design, n: usize, video: &std::path::Path, args: &Args) -> Resu
         },
     });
     drop(engine);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !decoder_children().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_decoders_gone();
     drop(sfu);
     Ok(report)
 }
@@ -257,10 +254,6 @@ pub(crate) fn video_bench(args: &Args) -> Result<Value, String> {
         );
         let shared = phase(Design::Shared, n, &video, args)?;
         let per_call = phase(Design::PerCall, n, &video, args)?;
-        let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
-            (Some(a), Some(b)) if a > 0.0 => json!(b / a),
-            _ => Value::Null,
-        };
         let cpu_ratio = ratio(
             &shared["cpu"]["us_per_s_per_call"],
             &per_call["cpu"]["us_per_s_per_call"],
