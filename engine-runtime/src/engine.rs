@@ -115,10 +115,16 @@ pub struct EngineStats {
     pub dropped_by_call: u64,
     /// Events dropped because the event channel was full.
     pub dropped_events: u64,
-    /// Datagrams dropped because a shard's receive queue was full.
+    /// Datagrams dropped because a shard's receive queue was full. Always 0 since shards
+    /// handle datagrams straight from their receive ring (they wait in the sockets' buffers);
+    /// kept so existing readers still compile.
     pub dropped_rx_queue_full: u64,
     /// Send errors from the sockets.
     pub send_errors: u64,
+    /// Datagrams dropped because their socket's send buffer was full (`EAGAIN`/`ENOBUFS`: a
+    /// link slower than what the calls send, or a small `SO_SNDBUF`); the shard does not wait
+    /// for the buffer to drain, so the other sockets' datagrams go on.
+    pub dropped_send_buffer_full: u64,
     /// Calls reaped after they ended.
     pub calls_reaped: u64,
     /// Calls ended because their processing panicked (a bug): each ended alone with
@@ -643,6 +649,7 @@ impl Engine {
             total.lateness_causes.merge(&s.causes);
             total.dropped_rx_queue_full += s.dropped_rx_queue_full;
             total.send_errors += s.send_errors;
+            total.dropped_send_buffer_full += s.dropped_send_buffer_full;
             total.forwarded_between_shards += s.forwarded_out;
             total.dropped_forward_full += s.dropped_forward_full;
         }

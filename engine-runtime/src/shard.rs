@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use crate::engine::{EngineEvent, EventKind, LatenessCauses, SendPath};
 use crate::error::EngineError;
 use crate::pcm::PcmSinks;
-use crate::pool::{Owner, SocketPool};
+use crate::pool::{Owner, SocketPool, socket_error};
 use crate::uring_recv::{RecvId, UringReceiver};
 use crate::uring_send::UringSender;
 
@@ -125,6 +125,7 @@ pub(crate) struct ShardStats {
     pub(crate) endpoint: EndpointStats,
     pub(crate) dropped_rx_queue_full: u64,
     pub(crate) send_errors: u64,
+    pub(crate) dropped_send_buffer_full: u64,
     pub(crate) forwarded_out: u64,
     pub(crate) dropped_forward_full: u64,
     pub(crate) causes: LatenessCauses,
@@ -501,7 +502,8 @@ impl Shard {
         if self.sockets.own.contains_key(&id) || self.endpoint.contains(id) {
             return Err(EngineError::ConnectionExists(id.0));
         }
-        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.config.pool.ip(), 0))?;
+        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.config.pool.ip(), 0))
+            .map_err(socket_error)?;
         config.local_addr = std_socket.local_addr()?;
         self.endpoint
             .create_p2p_call(now, id, config)
@@ -539,7 +541,11 @@ impl Shard {
             .map(|c| c.address())
             .collect();
         let owner = self.owner(id);
-        let socket = self.config.pool.place(owner, &remotes, &ufrag)?;
+        let socket = self
+            .config
+            .pool
+            .place(owner, &remotes, &ufrag)
+            .map_err(socket_error)?;
         let result = self.sync_sockets().map_err(EngineError::Io).and_then(|()| {
             self.endpoint
                 .connect_on(now, id, response, socket)
@@ -626,6 +632,10 @@ impl Shard {
                     dropped_rx_queue_full: 0,
                     send_errors: self.send_errors
                         + self.sender.as_ref().map_or(0, |s| s.counters().errors),
+                    dropped_send_buffer_full: self
+                        .sender
+                        .as_ref()
+                        .map_or(0, |s| s.counters().dropped_full),
                     forwarded_out: self.forwarded_out,
                     dropped_forward_full: self.dropped_forward_full,
                     causes: self.causes.clone(),
