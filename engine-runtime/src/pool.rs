@@ -282,3 +282,21 @@ fn bind_socket(addr: SocketAddr) -> io::Result<PooledSocket> {
         addr,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_free_port_is_typed_and_other_bind_errors_stay_io() {
+        assert!(matches!(
+            socket_error(io::Error::from(io::ErrorKind::AddrInUse)),
+            EngineError::NoFreeSocket
+        ));
+        let emfile = socket_error(io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(
+            matches!(&emfile, EngineError::Io(e) if e.raw_os_error() == Some(libc::EMFILE)),
+            "{emfile:?}"
+        );
+    }
+}
