@@ -38,6 +38,8 @@ const DEFAULT_EVENT_QUEUE: usize = 4096;
 const DEFAULT_COMMAND_QUEUE: usize = 4096;
 /// How long an API call waits for the shard's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest [`Engine::shutdown`] (and the drop) waits for the shard threads to end.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Something that happened to a call.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,10 +115,16 @@ pub struct EngineStats {
     pub dropped_by_call: u64,
     /// Events dropped because the event channel was full.
     pub dropped_events: u64,
-    /// Datagrams dropped because a shard's receive queue was full.
+    /// Datagrams dropped because a shard's receive queue was full. Always 0 since shards
+    /// handle datagrams straight from their receive ring (they wait in the sockets' buffers);
+    /// kept so existing readers still compile.
     pub dropped_rx_queue_full: u64,
     /// Send errors from the sockets.
     pub send_errors: u64,
+    /// Datagrams dropped because their socket's send buffer was full (`EAGAIN`/`ENOBUFS`: a
+    /// link slower than what the calls send, or a small `SO_SNDBUF`); the shard does not wait
+    /// for the buffer to drain, so the other sockets' datagrams go on.
+    pub dropped_send_buffer_full: u64,
     /// Calls reaped after they ended.
     pub calls_reaped: u64,
     /// Calls ended because their processing panicked (a bug): each ended alone with
@@ -387,7 +395,7 @@ struct ShardHandle {
     /// Wakes the shard's loop after a request is queued.
     wake: Arc<Notify>,
     thread: Option<JoinHandle<()>>,
-    /// Set by the shard once its calls are gone (it then parks; see `shard::run`).
+    /// Set by the shard once its calls, sockets and rings are gone (its thread then ends).
     stopped: Arc<AtomicBool>,
 }
 
@@ -712,6 +720,7 @@ impl Engine {
             total.lateness_causes.merge(&s.causes);
             total.dropped_rx_queue_full += s.dropped_rx_queue_full;
             total.send_errors += s.send_errors;
+            total.dropped_send_buffer_full += s.dropped_send_buffer_full;
             total.forwarded_between_shards += s.forwarded_out;
             total.dropped_forward_full += s.dropped_forward_full;
         }
@@ -730,17 +739,26 @@ impl Engine {
             let _ = s.commands.try_send(Request::Shutdown);
             s.wake.notify_one();
         }
-        // Wait (bounded) until every shard has dropped its calls; the threads themselves stay
-        // parked rather than tear down their rings (see `shard::run`), so they are detached.
-        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+        // Wait (bounded) until every shard thread has ended (its calls, sockets and rings are
+        // gone with it; see `shard::run`) and join it. A thread still running at the deadline
+        // is detached, and said so.
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
         for s in &mut self.shards {
-            while !s.stopped.load(Ordering::Acquire)
-                && s.thread.as_ref().is_some_and(|t| !t.is_finished())
+            while s.thread.as_ref().is_some_and(|t| !t.is_finished())
                 && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            drop(s.thread.take());
+            match s.thread.take() {
+                Some(t) if t.is_finished() => {
+                    let _ = t.join();
+                }
+                Some(_) => tracing::warn!(
+                    "a shard did not stop within {STOP_TIMEOUT:?} (calls ended: {}); detached",
+                    s.stopped.load(Ordering::Acquire)
+                ),
+                None => {}
+            }
         }
     }
 }

@@ -32,7 +32,8 @@ pub enum EngineError {
     /// The media source could not be opened.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// No socket could be found or opened for the call.
+    /// No socket could be found or opened for the call: no free local port (every port of
+    /// `net.ipv4.ip_local_port_range` is taken), or no registered socket the call may use.
     #[error("no free socket for this sfu address")]
     NoFreeSocket,
     /// A Diffie-Hellman step of a 1:1 call failed a check of the spec (bad `p` or `g`, `g_a`/`g_b`

@@ -44,6 +44,7 @@ pub mod rtmp;
 mod shard;
 mod source;
 mod sync;
+mod uring_recv;
 mod uring_send;
 
 pub use engine::{

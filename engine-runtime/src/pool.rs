@@ -15,12 +15,15 @@
 //!   STUN before nomination, by ufrag, and forwards it there. For audio sending the receive
 //!   direction is light (RTCP and STUN keepalives), so the lock is off the hot path.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Mutex, MutexGuard};
 
 use ringcast_core::endpoint::{CallId, SocketId};
 use ringcast_core::placement::Placement;
+
+use crate::error::EngineError;
 
 /// Requested SO_RCVBUF/SO_SNDBUF per socket. A pacer tick sends every due packet at once;
 /// the kernel caps this at net.core.{r,w}mem_max (scripts/setup.sh raises them where it can).
@@ -47,7 +50,14 @@ struct Inner {
     sockets: Vec<PooledSocket>,
     /// Which calls are on which socket, and the routing of their datagrams to their shard.
     placement: Placement<Owner>,
+    /// The local address last routed toward an SFU address, for when no route probe can be
+    /// made: with every ephemeral port taken the probe cannot bind, but a socket the pool
+    /// already has may still be free for the call. Bounded by [`ROUTES_KEPT`].
+    routes: HashMap<IpAddr, IpAddr>,
 }
+
+/// SFU addresses whose route [`Inner::routes`] remembers (cleared when full).
+const ROUTES_KEPT: usize = 1024;
 
 /// See the [module docs](self).
 #[derive(Debug)]
@@ -84,6 +94,7 @@ impl SocketPool {
         let mut inner = Inner {
             sockets: Vec::new(),
             placement: Placement::new(),
+            routes: HashMap::new(),
         };
         inner.push(bind_socket(
             bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -142,7 +153,30 @@ impl SocketPool {
         // lookup, no packet sent; outside the lock).
         let local = match self.fixed_ip {
             Some(ip) => Some(ip),
-            None => route_toward(remotes)?,
+            None => match route_toward(remotes) {
+                Ok(local) => {
+                    if let (Some(ip), Some(remote)) = (local, remotes.first()) {
+                        let mut inner = self.lock();
+                        if inner.routes.len() >= ROUTES_KEPT {
+                            inner.routes.clear();
+                        }
+                        inner.routes.insert(remote.ip(), ip);
+                    }
+                    local
+                }
+                // No free port for the probe: the route seen last toward this SFU, if any,
+                // still finds a free socket of the pool; else there is no socket to be had.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    let known = remotes
+                        .first()
+                        .and_then(|r| self.lock().routes.get(&r.ip()).copied());
+                    match known {
+                        Some(ip) => Some(ip),
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            },
         };
         let mut inner = self.lock();
         if let Some(id) = inner.placement.place_on(call, remotes, ufrag, local) {
@@ -178,6 +212,18 @@ impl SocketPool {
             .placement
             .route(socket, source, contents)
             .map(|o| o.shard)
+    }
+}
+
+/// A socket the call needed could not be opened: for want of a free local port (`EADDRINUSE`
+/// binding port 0, every port of `net.ipv4.ip_local_port_range` taken) this is
+/// [`EngineError::NoFreeSocket`]; any other failure (the open-file limit, say) stays
+/// [`EngineError::Io`].
+pub(crate) fn socket_error(e: io::Error) -> EngineError {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        EngineError::NoFreeSocket
+    } else {
+        EngineError::Io(e)
     }
 }
 
@@ -235,4 +281,22 @@ fn bind_socket(addr: SocketAddr) -> io::Result<PooledSocket> {
         handed: 0,
         addr,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_free_port_is_typed_and_other_bind_errors_stay_io() {
+        assert!(matches!(
+            socket_error(io::Error::from(io::ErrorKind::AddrInUse)),
+            EngineError::NoFreeSocket
+        ));
+        let emfile = socket_error(io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(
+            matches!(&emfile, EngineError::Io(e) if e.raw_os_error() == Some(libc::EMFILE)),
+            "{emfile:?}"
+        );
+    }
 }

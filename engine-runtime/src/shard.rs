@@ -2,8 +2,9 @@
 //!
 //! Everything in here runs on the shard's thread; call state needs no lock. The API reaches
 //! the shard through a bounded command queue polled every [`COMMAND_POLL`] at worst; received
-//! datagrams arrive from one receive task per socket (the pool's shared sockets and 1:1 calls'
-//! own ones alike) through a bounded local queue. Each turn of the loop is one pacer tick:
+//! datagrams arrive on the shard's receive ring ([`crate::uring_recv`]: one receive in flight
+//! per socket, the pool's shared sockets and 1:1 calls' own ones alike, cancelled explicitly
+//! when a socket goes and when the shard stops). Each turn of the loop is one pacer tick:
 //! every packet due is collected from the endpoint and all of them are submitted together: by
 //! default on the shard's private send ring ([`crate::uring_send`], pre-allocated slots, one
 //! `io_uring_enter` per tick), or as joined tokio-uring futures ([`SendPath::TokioUring`]).
@@ -11,10 +12,10 @@
 //! The endpoint names sockets ([`Socket`]); the shard's [`Sockets`] table maps a name to the
 //! descriptor, so receiving, flushing and event mapping are each one path for both call kinds.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,20 +30,23 @@ use ringcast_core::media::track::ReceivedAudio;
 use ringcast_core::p2p_call::{self, P2pConfig};
 use ringcast_core::signaling::group::JoinResponse;
 use tokio::sync::Notify;
-use tokio_uring::net::UdpSocket;
 
 use crate::engine::{EngineEvent, EventKind, LatenessCauses, SendPath};
 use crate::error::EngineError;
 use crate::pcm::PcmSinks;
-use crate::pool::{Owner, SocketPool};
+use crate::pool::{Owner, SocketPool, socket_error};
+use crate::uring_recv::{RecvId, UringReceiver};
 use crate::uring_send::UringSender;
 
 /// Longest the shard sleeps before looking at the command queue.
 const COMMAND_POLL: Duration = Duration::from_millis(2);
 /// Commands handled per loop turn, so a flood of API calls cannot starve media.
 const COMMANDS_PER_TURN: usize = 256;
-/// Received datagrams waiting for the shard; beyond it they are dropped and counted.
-const RX_QUEUE: usize = 16_384;
+/// Received datagrams handled per loop turn (the rest wait in the sockets' buffers), so a
+/// flood cannot starve the pacer.
+const RX_PER_TURN: usize = 4096;
+/// Longest a stopping shard waits for its receives' cancellations.
+const STOP_LIMIT: Duration = Duration::from_secs(1);
 /// Receive buffer size: above str0m's largest datagram.
 const RX_BUF: usize = 2048;
 /// Sends submitted per batch on the tokio-uring path (bounds the futures alive at once).
@@ -121,6 +125,7 @@ pub(crate) struct ShardStats {
     pub(crate) endpoint: EndpointStats,
     pub(crate) dropped_rx_queue_full: u64,
     pub(crate) send_errors: u64,
+    pub(crate) dropped_send_buffer_full: u64,
     pub(crate) forwarded_out: u64,
     pub(crate) dropped_forward_full: u64,
     pub(crate) causes: LatenessCauses,
@@ -149,16 +154,39 @@ pub(crate) struct Datagram {
     contents: Vec<u8>,
 }
 
-/// One of the shard's sockets.
+/// One of the shard's sockets: its descriptor closes when this drops.
 struct ShardSocket {
-    udp: Rc<UdpSocket>,
+    handle: SocketHandle,
     /// How the batched send ring names it.
     ring: RingSocket,
-    /// Set when a 1:1 call's socket closes: its receive task ends at its next completion.
-    closed: Rc<Cell<bool>>,
-    /// A 1:1 call's socket: a `dup` of it, the send ring's descriptor and the sender of the
-    /// wake-up datagram when the call is reaped.
-    dup: Option<std::net::UdpSocket>,
+    /// Its receive on the shard's receive ring.
+    rx: RecvId,
+}
+
+/// A shard's descriptor of a socket, as its send path wants it.
+enum SocketHandle {
+    /// The batched send path sends by descriptor from the send ring.
+    Std(std::net::UdpSocket),
+    /// The tokio-uring send path sends with `send_to` futures.
+    TokioUring(Rc<tokio_uring::net::UdpSocket>),
+}
+
+impl SocketHandle {
+    fn new(socket: std::net::UdpSocket, path: SendPath) -> Self {
+        match path {
+            SendPath::IoUringBatch => Self::Std(socket),
+            SendPath::TokioUring => {
+                Self::TokioUring(Rc::new(tokio_uring::net::UdpSocket::from_std(socket)))
+            }
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            Self::Std(s) => s.as_raw_fd(),
+            Self::TokioUring(s) => s.as_raw_fd(),
+        }
+    }
 }
 
 /// A socket as [`UringSender`] knows it.
@@ -189,14 +217,6 @@ impl Sockets {
     }
 }
 
-/// Datagrams from the receive tasks to the shard loop.
-#[derive(Default)]
-struct Inbox {
-    queue: RefCell<VecDeque<Datagram>>,
-    dropped: RefCell<u64>,
-    notify: Notify,
-}
-
 struct Shard {
     config: ShardConfig,
     endpoint: Endpoint,
@@ -207,7 +227,8 @@ struct Shard {
     closing: Vec<CallId>,
     /// The batched send ring ([`SendPath::IoUringBatch`]).
     sender: Option<UringSender>,
-    inbox: Rc<Inbox>,
+    /// Every socket's receive.
+    receiver: UringReceiver,
     send_errors: u64,
     dropped_events: u64,
     forwarded_out: u64,
@@ -235,15 +256,26 @@ pub(crate) fn run(
         },
         SendPath::TokioUring => None,
     };
+    let mut receiver = match UringReceiver::new(RX_BUF) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     tokio_uring::start(async move {
+        if let Err(e) = receiver.register() {
+            let _ = ready.send(Err(e));
+            return;
+        }
         let mut shard = Shard {
             sender,
+            receiver,
             endpoint: Endpoint::new(Instant::now(), config.index),
             config,
             events,
             sockets: Sockets::default(),
             closing: Vec::new(),
-            inbox: Rc::new(Inbox::default()),
             send_errors: 0,
             dropped_events: 0,
             forwarded_out: 0,
@@ -257,26 +289,45 @@ pub(crate) fn run(
         }
         let _ = ready.send(Ok(()));
         shard.run(commands).await;
-        // Stopped. Every call is ended and dropped with the endpoint, but the ring stays up:
-        // dropping a tokio-uring runtime while receives are in flight on sockets shared with
-        // other rings corrupted the heap in our tests ("corrupted double-linked list", the
-        // same abort as tokio-rs/tokio-uring#328, open). Until that is fixed upstream (or the
-        // runtime moves to raw io-uring with explicit cancellation), a stopped shard parks
-        // here: an idle thread whose pending receives never complete.
-        for (_, s) in shard.sockets.own.drain() {
-            close_own_socket(&s);
-        }
-        let Shard {
-            endpoint, events, ..
-        } = shard;
-        drop(endpoint);
-        drop(events);
+        shard.stop();
         stopped.store(true, std::sync::atomic::Ordering::Release);
-        std::future::pending::<()>().await;
+        // Nothing of tokio-uring is in flight any more (receives are on the shard's own ring,
+        // tokio-uring sends are awaited within their tick), so its runtime drops cleanly
+        // here (tokio-rs/tokio-uring#328 is about dropping it with receives in flight), and
+        // the thread ends.
     });
 }
 
 impl Shard {
+    /// Ends the shard: every receive cancelled and waited for (bounded), then the calls, the
+    /// sockets and both rings go.
+    fn stop(mut self) {
+        if !self.receiver.shutdown(STOP_LIMIT) {
+            tracing::warn!(
+                "shard {}: receives still in flight at stop",
+                self.config.index
+            );
+        }
+        // The endpoint's last datagrams (DTLS close_notify of calls it ended) go out first.
+        if let Some(sender) = &mut self.sender {
+            sender.submit();
+        }
+        let Self {
+            endpoint,
+            events,
+            sockets,
+            sender,
+            receiver,
+            ..
+        } = self;
+        drop(endpoint);
+        drop(events);
+        // The send ring waits (bounded) for its sends in flight before its slots go.
+        drop(sender);
+        drop(sockets);
+        drop(receiver);
+    }
+
     async fn run(&mut self, commands: Receiver<Request>) {
         // The pacer deadline the shard last slept for.
         let mut slept_for: Option<Instant> = None;
@@ -312,7 +363,7 @@ impl Shard {
             }
             for id in std::mem::take(&mut self.closing) {
                 if let Some(s) = self.sockets.own.remove(&id) {
-                    close_own_socket(&s);
+                    self.close_own_socket(s);
                 }
             }
 
@@ -320,7 +371,7 @@ impl Shard {
             let pacer = self.endpoint.poll_timeout();
             let next = pacer.map_or(now + COMMAND_POLL, |t| t.min(now + COMMAND_POLL));
             if next > now
-                && self.inbox.queue.borrow().is_empty()
+                && !self.receiver.has_completions()
                 && self.config.forwarded.is_empty()
                 && commands.is_empty()
             {
@@ -333,9 +384,10 @@ impl Shard {
                         None => std::future::pending().await,
                     }
                 };
+                let received = self.receiver.readable();
                 tokio::select! {
                     () = sleep => {}
-                    () = self.inbox.notify.notified() => {}
+                    () = received => {}
                     () = woken => {}
                 }
             }
@@ -348,22 +400,15 @@ impl Shard {
         while self.sockets.shared.len() < self.config.pool.len() {
             let (std_socket, addr) = self.config.pool.clone_socket(self.sockets.shared.len())?;
             if let Some(sender) = &mut self.sender {
-                sender.add_socket(std::os::fd::AsRawFd::as_raw_fd(&std_socket));
+                sender.add_socket(std_socket.as_raw_fd());
             }
-            let udp = Rc::new(UdpSocket::from_std(std_socket));
+            let handle = SocketHandle::new(std_socket, self.config.send_path);
             let id = self.endpoint.add_socket(addr);
-            let closed = Rc::new(Cell::new(false));
-            tokio_uring::spawn(receive_loop(
-                udp.clone(),
-                id.into(),
-                self.inbox.clone(),
-                closed.clone(),
-            ));
+            let rx = self.receiver.add(id.into(), handle.fd());
             self.sockets.shared.push(ShardSocket {
-                udp,
+                handle,
                 ring: RingSocket::Registered(id.0),
-                closed,
-                dup: None,
+                rx,
             });
         }
         Ok(())
@@ -377,30 +422,42 @@ impl Shard {
             self.endpoint
                 .handle_datagram(now, d.socket, d.source, &d.contents);
         }
-        loop {
-            let next = self.inbox.queue.borrow_mut().pop_front();
-            let Some(d) = next else { break };
-            if let Socket::Shared(socket) = d.socket
-                && !self.endpoint.routes(socket, &d.source, &d.contents)
-                && let Some(owner) = self.config.pool.owner(socket, &d.source, &d.contents)
-                && owner != self.config.index
-                && let Some(tx) = self.config.forward.get(owner)
+        let Self {
+            receiver,
+            endpoint,
+            config,
+            forwarded_out,
+            dropped_forward_full,
+            ..
+        } = self;
+        receiver.reap(RX_PER_TURN, |socket, source, contents| {
+            if let Socket::Shared(shared) = socket
+                && !endpoint.routes(shared, &source, contents)
+                && let Some(owner) = config.pool.owner(shared, &source, contents)
+                && owner != config.index
+                && let Some(tx) = config.forward.get(owner)
             {
+                let d = Datagram {
+                    socket,
+                    source,
+                    contents: contents.to_vec(),
+                };
                 match tx.try_send(d) {
                     Ok(()) => {
-                        self.forwarded_out += 1;
-                        if let Some(wake) = self.config.wakes.get(owner) {
+                        *forwarded_out += 1;
+                        if let Some(wake) = config.wakes.get(owner) {
                             wake.notify_one();
                         }
                     }
-                    Err(_) => self.dropped_forward_full += 1,
+                    Err(_) => *dropped_forward_full += 1,
                 }
-                continue;
+                return;
             }
-            // Ours, or nobody's (the endpoint counts it as unroutable).
-            self.endpoint
-                .handle_datagram(now, d.socket, d.source, &d.contents);
-        }
+            // Ours, or nobody's (the endpoint counts it as unroutable). Stamped when it is
+            // handled: reaping goes on past `now`, and a datagram stamped before it arrived
+            // skews round-trip times (RTCP's DLSR) negative.
+            endpoint.handle_datagram(Instant::now(), socket, source, contents);
+        });
     }
 
     /// Gives the pool back what reaped calls held; queues reaped 1:1 calls' sockets for
@@ -439,34 +496,27 @@ impl Shard {
         if let Some(pos) = self.closing.iter().position(|c| *c == id) {
             self.closing.swap_remove(pos);
             if let Some(s) = self.sockets.own.remove(&id) {
-                close_own_socket(&s);
+                self.close_own_socket(s);
             }
         }
         if self.sockets.own.contains_key(&id) || self.endpoint.contains(id) {
             return Err(EngineError::ConnectionExists(id.0));
         }
-        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.config.pool.ip(), 0))?;
+        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(self.config.pool.ip(), 0))
+            .map_err(socket_error)?;
         config.local_addr = std_socket.local_addr()?;
-        let dup = std_socket.try_clone()?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&dup);
-        let udp = Rc::new(UdpSocket::from_std(std_socket));
-        let closed = Rc::new(Cell::new(false));
         self.endpoint
             .create_p2p_call(now, id, config)
             .map_err(EngineError::from)?;
-        tokio_uring::spawn(receive_loop(
-            udp.clone(),
-            Socket::Own(id),
-            self.inbox.clone(),
-            closed.clone(),
-        ));
+        let handle = SocketHandle::new(std_socket, self.config.send_path);
+        let fd = handle.fd();
+        let rx = self.receiver.add(Socket::Own(id), fd);
         self.sockets.own.insert(
             id,
             ShardSocket {
-                udp,
+                handle,
                 ring: RingSocket::Fd(fd),
-                closed,
-                dup: Some(dup),
+                rx,
             },
         );
         for command in commands {
@@ -491,7 +541,11 @@ impl Shard {
             .map(|c| c.address())
             .collect();
         let owner = self.owner(id);
-        let socket = self.config.pool.place(owner, &remotes, &ufrag)?;
+        let socket = self
+            .config
+            .pool
+            .place(owner, &remotes, &ufrag)
+            .map_err(socket_error)?;
         let result = self.sync_sockets().map_err(EngineError::Io).and_then(|()| {
             self.endpoint
                 .connect_on(now, id, response, socket)
@@ -574,9 +628,14 @@ impl Shard {
                 endpoint.dropped_events += self.dropped_events;
                 let _ = reply.send(ShardStats {
                     endpoint,
-                    dropped_rx_queue_full: *self.inbox.dropped.borrow(),
+                    // Received datagrams wait in the sockets' buffers, not in a queue of ours.
+                    dropped_rx_queue_full: 0,
                     send_errors: self.send_errors
                         + self.sender.as_ref().map_or(0, |s| s.counters().errors),
+                    dropped_send_buffer_full: self
+                        .sender
+                        .as_ref()
+                        .map_or(0, |s| s.counters().dropped_full),
                     forwarded_out: self.forwarded_out,
                     dropped_forward_full: self.dropped_forward_full,
                     causes: self.causes.clone(),
@@ -660,6 +719,14 @@ impl Shard {
         }
     }
 
+    /// Closes a 1:1 call's own socket: its receive is cancelled (the ring keeps the socket
+    /// until the cancellation completes) and the shard's descriptor closes.
+    fn close_own_socket(&mut self, s: ShardSocket) {
+        self.receiver.remove(s.rx);
+        self.receiver.submit();
+        drop(s);
+    }
+
     /// Submits everything the endpoint wants sent, whichever socket it leaves by. On the batch
     /// path every datagram takes a slot of the shard's send ring and the tick goes out with one
     /// `io_uring_enter`; on the tokio-uring path all sends of a batch are pushed before any is
@@ -691,11 +758,13 @@ impl Shard {
                 let Some(t) = self.endpoint.poll_transmit() else {
                     break;
                 };
-                let Some(socket) = self.sockets.get(t.socket) else {
+                let Some(SocketHandle::TokioUring(udp)) =
+                    self.sockets.get(t.socket).map(|s| &s.handle)
+                else {
                     self.send_errors += 1;
                     continue;
                 };
-                let udp = socket.udp.clone();
+                let udp = udp.clone();
                 batch.push(async move { udp.send_to(t.contents, t.destination).await.0 });
             }
             for result in join_all(batch).await {
@@ -703,52 +772,6 @@ impl Shard {
                     self.send_errors += 1;
                     tracing::debug!("send: {e}");
                 }
-            }
-        }
-    }
-}
-
-/// Ends a 1:1 call's socket's receive task: flag it, then wake its pending receive with an
-/// empty datagram from the socket to itself (`shutdown(SHUT_RD)` would complete the receive
-/// without a source address, which tokio-uring 0.5 unwraps). The task then drops its handle
-/// and the descriptor closes with the last one. If the socket's receive buffer is full the
-/// wake-up is lost and the task ends at the next datagram instead.
-fn close_own_socket(s: &ShardSocket) {
-    s.closed.set(true);
-    if let Some(dup) = &s.dup
-        && let Ok(own) = dup.local_addr()
-    {
-        let _ = dup.send_to(&[], own);
-    }
-}
-
-/// Receives on one socket until `closed` is set (a pool socket's never is).
-async fn receive_loop(socket: Rc<UdpSocket>, id: Socket, inbox: Rc<Inbox>, closed: Rc<Cell<bool>>) {
-    let mut buf = vec![0u8; RX_BUF];
-    while !closed.get() {
-        let (result, b) = socket.recv_from(buf).await;
-        buf = b;
-        if closed.get() {
-            break;
-        }
-        match result {
-            Ok((n, source)) => {
-                let mut queue = inbox.queue.borrow_mut();
-                if queue.len() >= RX_QUEUE {
-                    *inbox.dropped.borrow_mut() += 1;
-                } else {
-                    queue.push_back(Datagram {
-                        socket: id,
-                        source,
-                        contents: buf.get(..n).unwrap_or(&[]).to_vec(),
-                    });
-                }
-                drop(queue);
-                inbox.notify.notify_one();
-            }
-            Err(e) => {
-                // ICMP errors (port unreachable) surface here on Linux; they are not fatal.
-                tracing::trace!("recv: {e}");
             }
         }
     }

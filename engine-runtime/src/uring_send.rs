@@ -12,6 +12,12 @@
 //! the kernel finishes it). The socket file descriptors are registered with the ring, which
 //! saves the kernel a file-table lookup per send.
 //!
+//! Every send is `MSG_DONTWAIT`: a socket whose send buffer is full (a slow link, a tiny
+//! `SO_SNDBUF`) refuses the datagram with `EAGAIN` (or `ENOBUFS`) at once, and the datagram
+//! is dropped and counted ([`SendCounters::dropped_full`]) instead of waiting in a slot for
+//! the buffer to drain: a late audio packet is worth nothing, and waiting sends would pile up
+//! until every slot is taken and the shard blocks.
+//!
 //! This module and [`crate::ffmpeg`] (setting up a child between fork and exec) are the only
 //! ones of the runtime with `unsafe`. Here, io_uring reads the `msghdr` and the
 //! buffer after `push` returns, so both must stay where they are until the completion arrives.
@@ -110,8 +116,11 @@ impl Slot {
 pub(crate) struct SendCounters {
     /// Datagrams the kernel accepted.
     pub(crate) sent: u64,
-    /// Datagrams the kernel refused (the errno is logged at debug level).
+    /// Datagrams the kernel refused (the errno is logged at debug level), other than for a
+    /// full send buffer.
     pub(crate) errors: u64,
+    /// Datagrams dropped because the socket's send buffer was full (`EAGAIN`, `ENOBUFS`).
+    pub(crate) dropped_full: u64,
     /// `io_uring_enter` calls made to submit.
     pub(crate) submits: u64,
 }
@@ -225,10 +234,15 @@ impl UringSender {
             return Some(buf);
         };
         let (msg, previous) = slot.fill(destination, buf);
+        let flags = libc::MSG_DONTWAIT as u32;
         let entry = if let Some(index) = fixed {
-            opcode::SendMsg::new(types::Fixed(index), msg).build()
+            opcode::SendMsg::new(types::Fixed(index), msg)
+                .flags(flags)
+                .build()
         } else {
-            opcode::SendMsg::new(types::Fd(fd), msg).build()
+            opcode::SendMsg::new(types::Fd(fd), msg)
+                .flags(flags)
+                .build()
         };
         let entry = entry.user_data(u64::from(index));
         if self.ring.submission().is_full() {
@@ -279,9 +293,12 @@ impl UringSender {
         let (slots, free, counters) = (&mut self.slots, &mut self.free, &mut self.counters);
         for cqe in self.ring.completion() {
             let index = cqe.user_data() as u32;
-            if cqe.result() < 0 {
+            let result = cqe.result();
+            if result == -libc::EAGAIN || result == -libc::ENOBUFS {
+                counters.dropped_full += 1;
+            } else if result < 0 {
                 counters.errors += 1;
-                tracing::debug!("send: {}", io::Error::from_raw_os_error(-cqe.result()));
+                tracing::debug!("send: {}", io::Error::from_raw_os_error(-result));
             } else {
                 counters.sent += 1;
             }
