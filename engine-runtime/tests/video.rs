@@ -244,7 +244,11 @@ fn lost_video_packets_are_nacked_and_repaired_through_rtx() {
         v["decodable_frames"].as_u64().unwrap_or(0) >= 90
     });
     let v = &p["video"];
-    println!("{v}");
+    let engine_stats = engine.stats().unwrap();
+    println!(
+        "{v}\nengine: {} dropped for a full send buffer",
+        engine_stats.dropped_send_buffer_full
+    );
     let dropped = v["dropped_by_impairment"].as_u64().unwrap();
     let repaired = v["late_packets"].as_u64().unwrap();
     assert!(dropped >= 20, "{v}");

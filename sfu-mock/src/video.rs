@@ -67,8 +67,10 @@ pub struct VideoStats {
 const MAX_HELD_PACKETS: usize = 4_096;
 
 /// A frame whose packets are missing is given up once this many later frames have
-/// completed their packets (their marker arrived): time for NACK and RTX to repair it.
-pub const GIVE_UP_AFTER_FRAMES: usize = 6;
+/// completed their packets (their marker arrived): time for NACK and RTX to repair it (half
+/// a second at 30 fps, what a WebRTC receiver's jitter buffer waits at most for a
+/// retransmission on a short path).
+pub const GIVE_UP_AFTER_FRAMES: usize = 15;
 
 /// One held packet.
 #[derive(Debug)]
@@ -96,6 +98,8 @@ pub struct VideoReceiver {
     first: Option<u64>,
     /// Distinct sequence numbers received (for loss).
     received: u64,
+    /// Which sequence numbers arrived (a sliding window), so duplicates count once.
+    seen: ringcast_core::replay::ReplayWindow,
     /// Packets that arrived after a later one (RTX repairs, reordering).
     late_packets: u64,
     /// A decodable chain: the last complete frame was decodable.
@@ -121,6 +125,7 @@ impl VideoReceiver {
             highest: None,
             first: None,
             received: 0,
+            seen: ringcast_core::replay::ReplayWindow::new(),
             late_packets: 0,
             chain_ok: false,
             recent: VecDeque::new(),
@@ -153,19 +158,27 @@ impl VideoReceiver {
         if pt != self.vp8_pt && pt != self.h264_pt {
             return;
         }
-        if self.next_start.is_some_and(|s| seq < s) || self.held.contains_key(&seq) {
-            // Part of a frame already done or given up, or a duplicate.
+        // A packet received before (an RTX resend of one that was not lost after all, a
+        // second NACK answered twice): counted once.
+        if self.held.contains_key(&seq) || !self.seen.check_and_update(seq as u16) {
             return;
+        }
+        let before_start = self.next_start.is_some_and(|s| seq < s);
+        if before_start && self.highest.is_some_and(|h| seq > h) {
+            return; // cannot be: below the frame start yet above everything seen
         }
         self.received += 1;
         if self.highest.is_some_and(|h| seq < h) {
             self.late_packets += 1;
         }
+        if before_start {
+            // A repair (or a duplicate) of a frame already given up: it arrived, too late.
+            self.update_lost();
+            return;
+        }
         self.first = Some(self.first.map_or(seq, |f| f.min(seq)));
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
-        if let (Some(first), Some(high)) = (self.first, self.highest) {
-            self.stats.lost = (high - first + 1).saturating_sub(self.received);
-        }
+        self.update_lost();
         self.next_start.get_or_insert(seq);
         self.held.insert(
             seq,
@@ -252,6 +265,12 @@ impl VideoReceiver {
             }
         }
         self.frame_done(now, codec, first.timestamp, &data);
+    }
+
+    fn update_lost(&mut self) {
+        if let (Some(first), Some(high)) = (self.first, self.highest) {
+            self.stats.lost = (high - first + 1).saturating_sub(self.received);
+        }
     }
 
     fn frame_lost(&mut self) {
