@@ -107,7 +107,8 @@ pub struct VideoReceiver {
     /// RTP timestamps of the recent complete frames (fps).
     recent: VecDeque<u32>,
     last_pli: Option<Instant>,
-    /// A PLI should go out (set by loss; taken by [`VideoReceiver::take_pli`]).
+    /// A PLI should go out (set by loss or a frame that cannot be decoded; taken by
+    /// [`VideoReceiver::take_pli`]).
     want_pli: bool,
 }
 
@@ -130,7 +131,7 @@ impl VideoReceiver {
             chain_ok: false,
             recent: VecDeque::new(),
             last_pli: None,
-            want_pli: true,
+            want_pli: false,
         }
     }
 
