@@ -382,3 +382,50 @@ fn pli_gets_a_key_frame_within_200_ms() {
     assert!(stats.keyframe_requests >= 5, "{stats:?}");
     assert!(stats.frames_caught_up > 0, "{stats:?}");
 }
+
+/// Raw yuv420p frames from a shell command (py-tgcalls' camera command) are encoded once and
+/// arrive at the parameters' size and rate.
+#[test]
+fn raw_frames_from_a_shell_command_are_encoded_and_shown() {
+    let _serial = serial();
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let ssrc = join_video(&engine, &sfu, 1, 1, VideoCodec::H264);
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    let command = "ffmpeg -nostdin -loglevel error -re -f lavfi -i \
+                   testsrc2=size=640x360:rate=25:duration=20 -f rawvideo -pix_fmt yuv420p pipe:1";
+    let params = VideoParams {
+        codec: VideoCodec::H264,
+        width: 640,
+        height: 360,
+        fps: 25,
+        bitrate_kbps: 600,
+    };
+    engine
+        .set_video_source(1, MediaSource::shell(command, 48_000, 2), params)
+        .unwrap();
+    let p = wait_video(&sfu, 1, ssrc, Duration::from_secs(15), |v| {
+        v["decodable_frames"].as_u64().unwrap_or(0) >= 50
+    });
+    let v = &p["video"];
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{v}"
+    );
+    let fps = v["fps"].as_f64().unwrap();
+    assert!((23.0..=27.0).contains(&fps), "fps {fps}: {v}");
+    assert_eq!(v["incomplete_frames"], 0, "{v}");
+    // A command that fails is a typed error with its words.
+    let err = engine
+        .set_video_source(
+            1,
+            MediaSource::shell("echo broken >&2; exit 3", 48_000, 2),
+            params,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Source(SourceError::Decoder { stderr, .. }) if stderr.contains("broken")),
+        "{err:?}"
+    );
+}

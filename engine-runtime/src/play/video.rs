@@ -1,6 +1,10 @@
 //! Video from files, URLs and commands: decoded, scaled and encoded by ffmpeg once per
 //! distinct input, shared by every call that shows it.
 //!
+//! A shell command ([`MediaSource::shell`]; its audio fields are unused here) writes raw
+//! yuv420p frames of the [`VideoParams`]' size at its frame rate, as py-tgcalls' camera and
+//! screen commands do; it is piped into the encoding ffmpeg.
+//!
 //! [`Engine::set_video_source`](crate::Engine::set_video_source) opens a [`MediaSource`] with
 //! [`VideoParams`] (codec, size, frame rate, bitrate). The first call to show that input (with
 //! those parameters) starts one ffmpeg that reads it at its native rate (`-re`), scales and
@@ -36,7 +40,7 @@ use ringcast_core::media::video::{
 
 use super::decode::input_args;
 use super::{MediaInput, MediaSource, START_TIMEOUT};
-use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process};
+use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process, shell_command, shell_program};
 use crate::sync::lock;
 
 /// Frames an input keeps for its readers: two seconds at 30 fps. A reader that falls further
@@ -276,13 +280,6 @@ impl VideoHub {
     ) -> Result<Box<dyn VideoSource>, SourceError> {
         source.validate()?;
         params.validate()?;
-        if matches!(source.input(), MediaInput::Shell { .. }) {
-            return Err(SourceError::InvalidArgument {
-                reason: "video from a shell command (raw frames) is not supported yet; \
-                         use a file or URL"
-                    .to_owned(),
-            });
-        }
         let key = (source.clone(), params);
         let live = {
             let mut map = lock(&self.live);
@@ -405,15 +402,44 @@ fn encode(
         .into_iter()
         .map(OsString::from)
         .collect();
-    if source.looped {
-        args.push("-stream_loop".into());
-        args.push("-1".into());
-    }
-    args.extend(input_args(source, true));
-    args.extend(params.output_args().into_iter().map(OsString::from));
-    let mut cmd = ffmpeg.command();
-    cmd.args(&args);
-    let mut process = Process::spawn(cmd, ffmpeg.program(), Pipes::Stdout, Some(ffmpeg))?;
+    let (cmd, program) = if let MediaInput::Shell { command, .. } = &source.input {
+        // Raw yuv420p frames of the parameters' size and rate from the command (what
+        // py-tgcalls builds: `ffmpeg ... -f rawvideo -pix_fmt yuv420p -r FPS pipe:1`), piped
+        // into our ffmpeg, which paces (-re) and encodes them: one pipeline, one process group.
+        args.extend(
+            [
+                "-f".to_owned(),
+                "rawvideo".to_owned(),
+                "-pix_fmt".to_owned(),
+                "yuv420p".to_owned(),
+                "-s".to_owned(),
+                format!("{}x{}", params.width, params.height),
+                "-r".to_owned(),
+                params.fps.to_string(),
+                "-i".to_owned(),
+                "pipe:0".to_owned(),
+            ]
+            .map(OsString::from),
+        );
+        args.extend(params.output_args().into_iter().map(OsString::from));
+        let mut line = format!("{command} | {}", shell_quote(ffmpeg.path().as_os_str()));
+        for a in &args {
+            line.push(' ');
+            line.push_str(&shell_quote(a));
+        }
+        (shell_command(&line), shell_program(command))
+    } else {
+        if source.looped {
+            args.push("-stream_loop".into());
+            args.push("-1".into());
+        }
+        args.extend(input_args(source, true));
+        args.extend(params.output_args().into_iter().map(OsString::from));
+        let mut cmd = ffmpeg.command();
+        cmd.args(&args);
+        (cmd, ffmpeg.program())
+    };
+    let mut process = Process::spawn(cmd, program, Pipes::Stdout, Some(ffmpeg))?;
     match live.upgrade() {
         Some(l) => *lock(&l.killer) = Some(process.killer()),
         None => {
@@ -466,8 +492,20 @@ fn encode(
     {
         live.push(frame);
     }
+    let no_frame = live.upgrade().is_some_and(|l| lock(&l.ring).next == 0);
+    if result.is_ok() && !killed && no_frame {
+        // A command's exit status is its pipeline's last (our ffmpeg's): an input that gave
+        // nothing is a failure, with what the command said on its standard error.
+        let _ = process.finish(false);
+        return Err(process.failure("ended before its first video frame".to_owned()));
+    }
     let exit = process.finish(killed);
     result.and(if killed { Ok(()) } else { exit })
+}
+
+/// `arg` in single quotes for `/bin/sh` (a `'` inside becomes `'\''`).
+fn shell_quote(arg: &std::ffi::OsStr) -> String {
+    format!("'{}'", arg.to_string_lossy().replace('\'', "'\\''"))
 }
 
 /// Packetizes every complete frame `next` yields into `live`'s ring.
