@@ -16,7 +16,18 @@ class Engine:
     ) -> None: ...
     def set_callback(self, callback: Callable[[int, str, Any, Any], Any]) -> None:
         """``callback(chat_id, kind, a, b)`` for every event, from the dispatcher thread."""
-    def create_call(self, chat_id: int) -> str: ...
+    def create_call(self, chat_id: int, video: Optional[str] = None) -> str: ...
+    def show_video(
+        self,
+        chat_id: int,
+        command: str,
+        width: int,
+        height: int,
+        fps: int,
+        codec: str = "vp8",
+        bitrate_kbps: int = 1500,
+    ) -> None: ...
+    def clear_video(self, chat_id: int) -> None: ...
     def connect(self, chat_id: int, params: str) -> None: ...
     def play(
         self,

@@ -21,9 +21,10 @@ It mirrors ntgcalls 3.0.5 as py-tgcalls uses it (shared/docs/ntgcalls-python-sur
   their class), the data classes have read/write fields and ntgcalls' constructors, and the
   exceptions are ntgcalls' 20 classes under :class:`BaseRTCException`.
 
-What ringcast cannot do raises ntgcalls' own exception types when it is used: video of any
-kind (a camera or screen source built from a SHELL command is dropped with a warning, so the
-audio plays and py-tgcalls joins with ``video_stopped``), capture devices, EXTERNAL frames,
+What ringcast cannot do raises ntgcalls' own exception types when it is used: a camera from
+a SHELL command is sent (raw yuv420p frames encoded once per distinct command, VP8), but a
+screen needs the presentation connection and is dropped with a warning (the rest plays);
+receiving video, capture devices, EXTERNAL frames,
 presentations, STREAM/RTMP broadcast mode and end-to-end conference calls.
 """
 
@@ -297,7 +298,7 @@ class AudioDescription:
 
 @dataclass
 class VideoDescription:
-    """A video stream (ringcast sends no video: see the module's documentation)."""
+    """A video stream (a SHELL camera is sent; see the module's documentation)."""
 
     media_source: MediaSource
     width: int
@@ -537,13 +538,15 @@ def _unsupported(exc: type, what: str) -> BaseRTCException:
 class _Call:
     """What ntgcalls keeps about a call and the engine does not."""
 
-    __slots__ = ("kind", "mode", "playing", "recording", "on_shard")
+    __slots__ = ("kind", "mode", "playing", "recording", "on_shard", "video")
 
     def __init__(self, kind: CallType) -> None:
         self.kind = kind
         self.mode = ConnectionMode.NONE
         self.playing = False
         self.recording = False
+        # A camera source is set (MediaState.video_stopped is False).
+        self.video = False
         # A 1:1 call is on a shard (and ends with an event) once connect_p2p ran.
         self.on_shard = kind == CallType.GROUP
 
@@ -619,13 +622,20 @@ class NTgCalls:
             if kind in ("connection", "p2p_connection"):
                 self._on_connection(chat_id, kind == "p2p_connection", a)
             elif kind == "stream_end":
+                video = a == "video"
                 with self._lock:
                     call = self._calls.get(chat_id)
                     if call is not None:
-                        call.playing = False
+                        if video:
+                            call.video = False
+                        else:
+                            call.playing = False
                 if b is not None:
-                    log.warning("chat %s: the stream failed: %s", chat_id, b)
-                self._fire("stream_end", chat_id, StreamType.AUDIO, StreamDevice.MICROPHONE)
+                    log.warning("chat %s: the %s stream failed: %s", chat_id, a, b)
+                if video:
+                    self._fire("stream_end", chat_id, StreamType.VIDEO, StreamDevice.CAMERA)
+                else:
+                    self._fire("stream_end", chat_id, StreamType.AUDIO, StreamDevice.MICROPHONE)
             elif kind == "media":
                 self._fire("upgrade", chat_id, MediaState(muted=bool(b)))
             elif kind == "signaling":
@@ -742,7 +752,9 @@ class NTgCalls:
             with self._lock:
                 if chat_id in self._calls:
                     raise ConnectionError("Connection cannot be initialized more than once.")
-            payload = self._engine.create_call(chat_id)
+            # Like ntgcalls, the join payload always announces a camera track (its SSRCs in
+            # ssrc-groups); it is only sent when a camera source is set.
+            payload = self._engine.create_call(chat_id, "vp8")
             with self._lock:
                 self._calls[chat_id] = _Call(CallType.GROUP)
             return payload
@@ -782,12 +794,24 @@ class NTgCalls:
                 continue
             if video.media_source != MediaSource.SHELL:
                 raise _unsupported(MediaDeviceError, f"{video.media_source.name} video sources")
-            # Audio-only: drop the video so py-tgcalls joins with video_stopped.
+            if slot == "camera":
+                # Raw yuv420p frames from py-tgcalls' command, encoded once per distinct
+                # command (VP8: what create_call announced).
+                self._engine.show_video(
+                    chat_id, video.input, video.width, video.height, video.fps
+                )
+                call.video = True
+                continue
+            # A screen needs the presentation connection: drop it, the rest plays.
             log.warning(
-                "chat %s: ringcast sends no video yet; the %s stream is dropped, audio plays",
-                chat_id, slot,
+                "chat %s: ringcast has no presentation connection yet; the screen stream is "
+                "dropped",
+                chat_id,
             )
             setattr(media, slot, None)
+        if media.camera is None and call.video:
+            self._engine.clear_video(chat_id)
+            call.video = False
         if media.speaker is not None:
             raise _unsupported(MediaDeviceError, "speaker devices")
         mic = media.microphone
@@ -882,14 +906,15 @@ class NTgCalls:
         return self._future(chat_id, work)
 
     def get_state(self, chat_id: int) -> "asyncio.Future[MediaState]":
-        """The call's MediaState (``video_stopped``/``presentation_stopped`` always True)."""
+        """The call's MediaState (``video_stopped`` False while a camera plays;
+        ``presentation_stopped`` always True)."""
 
         def work() -> MediaState:
             call = self._call(chat_id)
             muted = False
             if call.on_shard:
                 muted = self._engine.info(chat_id)[3]
-            return MediaState(muted=muted)
+            return MediaState(muted=muted, video_stopped=not call.video)
 
         return self._future(chat_id, work)
 

@@ -28,9 +28,9 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyString};
 use ringcast::{
-    CallState, DhConfig, EndReason, Engine, EngineError, EventKind, LIBRARY_VERSIONS, MediaSource,
-    P2pEndReason, P2pState, PcmChannels, RecordConfig, Recording, RtcServer, SourceError,
-    StreamSource,
+    CallOptions, CallState, DhConfig, EndReason, Engine, EngineError, EventKind, LIBRARY_VERSIONS,
+    MediaSource, P2pEndReason, P2pState, PcmChannels, RecordConfig, Recording, RtcServer,
+    SourceError, StreamSource, VideoCodec, VideoParams,
 };
 use ringcast_core::SignalingError;
 
@@ -73,6 +73,17 @@ fn kind_of(e: &EngineError) -> &'static str {
 /// An [`EngineError`] as a Python `NativeError(kind, message)`.
 fn py_err(e: EngineError) -> PyErr {
     NativeError::new_err((kind_of(&e), e.to_string()))
+}
+
+/// `"vp8"` or `"h264"` (any case).
+fn video_codec(name: &str) -> PyResult<VideoCodec> {
+    match name.to_ascii_lowercase().as_str() {
+        "vp8" => Ok(VideoCodec::Vp8),
+        "h264" => Ok(VideoCodec::H264),
+        other => Err(invalid(format!(
+            "unknown video codec {other:?} (vp8 or h264)"
+        ))),
+    }
 }
 
 /// A `NativeError` of kind `invalid`.
@@ -201,8 +212,50 @@ impl NativeEngine {
     }
 
     /// Creates a group call; returns its join payload (the `params` of `phone.joinGroupCall`).
-    fn create_call(&self, py: Python<'_>, chat_id: i64) -> PyResult<String> {
-        py.detach(|| self.engine.create_call(chat_id))
+    /// `video`: `"vp8"` or `"h264"` announces a camera track of that codec (its SSRCs in
+    /// `ssrc-groups`), `None` makes an audio-only call.
+    #[pyo3(signature = (chat_id, video=None))]
+    fn create_call(&self, py: Python<'_>, chat_id: i64, video: Option<&str>) -> PyResult<String> {
+        let options = match video {
+            None => CallOptions::new(),
+            Some(codec) => CallOptions::new().video(video_codec(codec)?),
+        };
+        py.detach(|| self.engine.create_call_with(chat_id, options))
+            .map_err(py_err)
+    }
+
+    /// Shows raw yuv420p frames of `width`x`height` at `fps` that the shell `command` writes
+    /// (py-tgcalls' camera command) on the call's camera track, encoded once per distinct
+    /// command with `codec` (the call's). Replaces what it showed.
+    #[pyo3(signature = (chat_id, command, width, height, fps, codec="vp8", bitrate_kbps=1500))]
+    #[allow(clippy::too_many_arguments)]
+    fn show_video(
+        &self,
+        py: Python<'_>,
+        chat_id: i64,
+        command: String,
+        width: u16,
+        height: u16,
+        fps: u8,
+        codec: &str,
+        bitrate_kbps: u32,
+    ) -> PyResult<()> {
+        let params = VideoParams {
+            codec: video_codec(codec)?,
+            width,
+            height,
+            fps,
+            bitrate_kbps,
+        };
+        // The audio fields of a shell source are unused for video.
+        let source = MediaSource::shell(command, 48_000, 2);
+        py.detach(|| self.engine.set_video_source(chat_id, source, params))
+            .map_err(py_err)
+    }
+
+    /// Removes the call's video source (nothing more is shown).
+    fn clear_video(&self, py: Python<'_>, chat_id: i64) -> PyResult<()> {
+        py.detach(|| self.engine.clear_video_source(chat_id))
             .map_err(py_err)
     }
 

@@ -186,6 +186,36 @@ async def one_chat(app, bridge, ended):
         check(True, "played_time after leave_call raises NotInCallError")
 
 
+async def video_chat(app):
+    """play() of a file with a video stream: py-tgcalls adds its camera command (raw yuv420p
+    frames), ringcast encodes and sends it; sfu-mock reassembles frames of the right size."""
+    chat = -1009
+    clip = os.path.join(WORK, "clip.mp4")
+    subprocess.run(
+        ["ffmpeg", "-y", "-loglevel", "error",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=30",
+         "-f", "lavfi", "-i", "sine=frequency=523:sample_rate=48000:duration=30",
+         "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", clip],
+        check=True,
+    )
+    await asyncio.wait_for(app.play(chat, clip), 30)
+
+    async def shown():
+        p = await participant(chat)
+        v = p and p.get("video")
+        return v if v and v["decodable_frames"] >= 60 else None
+
+    v = await wait_for(shown, 20)
+    check(v is not None, f"play(clip.mp4): sfu-mock reassembles its video ({v})")
+    if v:
+        check(v["width"] > 0 and v["height"] > 0 and v["width"] * 9 == v["height"] * 16,
+              f"the video keeps the clip's 16:9 shape ({v['width']}x{v['height']})")
+        check(v["keyframes"] >= 1 and v["incomplete_frames"] == 0,
+              f"it starts on a key frame and no frame is broken ({v})")
+    check(await tone_heard(chat, 523), "the clip's 523 Hz audio beside it")
+    await app.leave_call(chat)
+
+
 async def _true(value):
     return value
 
@@ -589,7 +619,7 @@ async def main():
 
     await app.start()
     check(ntgcalls.__version__.startswith("3."), f"ntgcalls.__version__ = {ntgcalls.__version__}")
-    parts = (one_chat(app, bridge, ended), many_chats(app), recording(app), gil_free(),
+    parts = (one_chat(app, bridge, ended), video_chat(app), many_chats(app), recording(app), gil_free(),
              p2p_surface(), p2p_pytgcalls(), misuse(app, bridge))
     for part in parts:
         try:

@@ -550,11 +550,32 @@ impl<S: SimSfu> World<S> {
         chat_id: i64,
         source: Box<dyn FrameSource>,
     ) -> Result<SimCallId, String> {
+        self.add_call_with(chat_id, source, None)
+    }
+
+    /// [`World::add_call`] with a camera track showing `video` (its codec announced in the
+    /// join payload).
+    pub fn add_video_call(
+        &mut self,
+        chat_id: i64,
+        source: Box<dyn FrameSource>,
+        video: Box<dyn crate::media::VideoSource>,
+    ) -> Result<SimCallId, String> {
+        self.add_call_with(chat_id, source, Some(video))
+    }
+
+    fn add_call_with(
+        &mut self,
+        chat_id: i64,
+        source: Box<dyn FrameSource>,
+        video: Option<Box<dyn crate::media::VideoSource>>,
+    ) -> Result<SimCallId, String> {
         let n = self.calls.len();
         let key = n as i64;
         let mut config = CallConfig::new(self.call_rng.u64(..), self.cert.clone());
         config.crypto = Some(self.crypto.clone());
         config.mtu = self.call_mtu;
+        config.video = video.as_ref().map(|v| v.codec());
         let payload = self
             .endpoint
             .create_call(self.now, CallId(key), config)
@@ -580,6 +601,11 @@ impl<S: SimSfu> World<S> {
         self.endpoint
             .command(self.now, CallId(key), Command::SetSource(source))
             .map_err(|e| e.to_string())?;
+        if let Some(video) = video {
+            self.endpoint
+                .command(self.now, CallId(key), Command::SetVideoSource(video))
+                .map_err(|e| e.to_string())?;
+        }
         let (ssrc, local_addr) = self
             .endpoint
             .call(CallId(key))
