@@ -21,8 +21,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{join_all, participant, wait_connected, wait_event};
-use ringcast::{CallState, Engine, EngineError, EventKind, StreamSource};
+use common::{join_all, participant, try_join_tone, wait_connected, wait_event};
+use ringcast::{CallState, Engine, EngineError, EventKind};
 use sfu_mock::server::{Server, ServerOptions};
 
 const CHILD_ENV: &str = "RINGCAST_EXHAUSTION_CHILD";
@@ -95,16 +95,7 @@ fn child_with_no_free_port() {
     let mut connected = Vec::new();
     let mut refused = 0;
     for key in 0..16 {
-        let result = engine.create_call(key).and_then(|payload| {
-            engine.set_stream_sources(
-                key,
-                StreamSource::Tone {
-                    frequency_hz: 440.0,
-                },
-            )?;
-            let response = sfu.join(key, payload.as_bytes()).unwrap();
-            engine.connect(key, &response)
-        });
+        let result = try_join_tone(&engine, &sfu, key);
         match result {
             Ok(()) => connected.push(key),
             Err(EngineError::NoFreeSocket) => {

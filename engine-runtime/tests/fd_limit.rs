@@ -11,8 +11,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{silent_sfu, wait_event};
-use ringcast::{CallState, Engine, EngineError, EventKind, StreamSource};
+use common::{silent_sfu, try_join_tone, wait_event};
+use ringcast::{CallState, Engine, EngineError, EventKind};
 
 const CHILD_ENV: &str = "RINGCAST_FD_LIMIT_CHILD";
 /// The limit the child runs under: room for the engine and a few dozen calls.
@@ -30,16 +30,7 @@ fn child_under_a_low_fd_limit() {
     let mut connected = Vec::new();
     let mut refused = 0;
     for key in 0..ATTEMPTS {
-        let result = engine.create_call(key).and_then(|payload| {
-            engine.set_stream_sources(
-                key,
-                StreamSource::Tone {
-                    frequency_hz: 440.0,
-                },
-            )?;
-            let response = sfu.join(key, payload.as_bytes()).unwrap();
-            engine.connect(key, &response)
-        });
+        let result = try_join_tone(&engine, &sfu, key);
         match result {
             Ok(()) => connected.push(key),
             Err(EngineError::Io(e)) if e.raw_os_error() == Some(libc_emfile()) => {

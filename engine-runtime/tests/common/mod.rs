@@ -6,7 +6,9 @@ pub(crate) mod media;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ringcast::{CallState, Engine, EngineEvent, EventKind, SharedSource, StreamSource};
+use ringcast::{
+    CallState, Engine, EngineError, EngineEvent, EventKind, SharedSource, StreamSource,
+};
 use ringcast_core::media::ToneSource;
 use serde_json::Value;
 use sfu_mock::server::{Server, ServerOptions};
@@ -46,6 +48,20 @@ pub(crate) fn join_all(
         plan.insert(key, (chat, engine.audio_ssrc(key).unwrap()));
     }
     (plan, sources)
+}
+
+/// Creates call `key`, gives it a 440 Hz tone, joins it to chat `key` on `sfu` and connects
+/// it: the first error the engine gives (the resource tests count them).
+pub(crate) fn try_join_tone(engine: &Engine, sfu: &Server, key: i64) -> Result<(), EngineError> {
+    let payload = engine.create_call(key)?;
+    engine.set_stream_sources(
+        key,
+        StreamSource::Tone {
+            frequency_hz: 440.0,
+        },
+    )?;
+    let response = sfu.join(key, payload.as_bytes()).unwrap();
+    engine.connect(key, &response)
 }
 
 pub(crate) fn wait_connected(engine: &Engine, n: usize, limit: Duration) {
