@@ -375,6 +375,14 @@ struct Session {
     remote_creds: IceCreds,
 }
 
+/// The camera track of a call with video: the codec it was created for, its RTX SSRC and the
+/// track.
+struct Camera {
+    codec: VideoCodec,
+    rtx: Ssrc,
+    track: VideoTrack,
+}
+
 /// One call to a Telegram-style SFU. See the [module docs](self).
 pub struct Call {
     config: CallConfig,
@@ -385,8 +393,8 @@ pub struct Call {
     connect_deadline: Option<Instant>,
     /// Our outgoing audio: source, pause/mute, pacing, sequence numbers and RTP time.
     track: AudioTrack,
-    /// Our outgoing video, with its codec and RTX SSRC, when [`CallConfig::video`] is set.
-    video: Option<(VideoCodec, Ssrc, VideoTrack)>,
+    /// Our outgoing video, when [`CallConfig::video`] is set.
+    video: Option<Camera>,
     /// Other speakers' audio: accepted SSRCs and their replay windows.
     incoming: IncomingStreams,
     /// ICE starts at this instant (pre-connect delay); `None` once started.
@@ -427,7 +435,11 @@ impl Call {
                 u64::from(rng.u16(..crate::media::track::INITIAL_SEQ_LIMIT)),
                 rng.u32(..),
             );
-            (codec, Ssrc(ssrc.0 + 2), VideoTrack::new(rtp))
+            Camera {
+                codec,
+                rtx: Ssrc(ssrc.0 + 2),
+                track: VideoTrack::new(rtp),
+            }
         });
         tracing::debug!(ssrc = ssrc.0, video = ?config.video, "call created");
         let crypto = config
@@ -471,9 +483,9 @@ impl Call {
             ssrc_groups: self
                 .video
                 .iter()
-                .map(|(_, rtx, track)| SsrcGroup {
+                .map(|c| SsrcGroup {
                     semantics: "FID".to_owned(),
-                    sources: vec![track.rtp().ssrc(), *rtx],
+                    sources: vec![c.track.rtp().ssrc(), c.rtx],
                 })
                 .collect(),
         }
@@ -481,9 +493,7 @@ impl Call {
 
     /// The SSRCs of our camera track and its RTX stream, for a call with video.
     pub fn video_ssrcs(&self) -> Option<(Ssrc, Ssrc)> {
-        self.video
-            .as_ref()
-            .map(|(_, rtx, track)| (track.rtp().ssrc(), *rtx))
+        self.video.as_ref().map(|c| (c.track.rtp().ssrc(), c.rtx))
     }
 
     /// The SSRC of our outgoing audio.
@@ -515,7 +525,7 @@ impl Call {
     /// Pause/mute state.
     pub fn media_state(&self) -> MediaState {
         MediaState {
-            video_stopped: self.video.as_ref().is_some_and(|(_, _, v)| v.is_muted()),
+            video_stopped: self.camera().is_some_and(VideoTrack::is_muted),
             ..self.track.media_state()
         }
     }
@@ -525,9 +535,19 @@ impl Call {
         &self.stats
     }
 
+    /// The camera track, for a call with video.
+    fn camera(&self) -> Option<&VideoTrack> {
+        self.video.as_ref().map(|c| &c.track)
+    }
+
+    /// See [`Call::camera`].
+    fn camera_mut(&mut self) -> Option<&mut VideoTrack> {
+        self.video.as_mut().map(|c| &mut c.track)
+    }
+
     /// True while a video source is attached.
     pub fn has_video_source(&self) -> bool {
-        self.video.as_ref().is_some_and(|(_, _, v)| v.has_source())
+        self.camera().is_some_and(VideoTrack::has_source)
     }
 
     /// Duration of media played so far (stops while paused). ntgcalls calls this `time`.
@@ -585,12 +605,14 @@ impl Call {
         })?;
 
         let video_pts = match &self.video {
-            Some((codec, _, _)) => Some(response.video_payload_types(*codec).ok_or_else(|| {
-                SignalingError::InvalidField {
-                    field: "video.payload-types".to_owned(),
-                    reason: format!("no {codec} payload type with an rtx payload type"),
-                }
-            })?),
+            Some(Camera { codec, .. }) => {
+                Some(response.video_payload_types(*codec).ok_or_else(|| {
+                    SignalingError::InvalidField {
+                        field: "video.payload-types".to_owned(),
+                        reason: format!("no {codec} payload type with an rtx payload type"),
+                    }
+                })?)
+            }
             None => None,
         };
         let pt = response.opus_pt();
@@ -618,8 +640,8 @@ impl Call {
             // Warn threshold = target: str0m then flags anything it could not fit.
             rtc_config = rtc_config.set_mtu(mtu..=mtu);
         }
-        if let (Some((codec, _, _)), Some((vpt, rtx_pt))) = (&self.video, video_pts) {
-            add_video_codec(&mut rtc_config, *codec, vpt, rtx_pt);
+        if let (Some(camera), Some((vpt, rtx_pt))) = (&self.video, video_pts) {
+            add_video_codec(&mut rtc_config, camera.codec, vpt, rtx_pt);
         }
         rtc_config.set_initial_stun_rto(self.config.ice.initial_rto);
         rtc_config.set_max_stun_rto(self.config.ice.keepalive);
@@ -675,7 +697,7 @@ impl Call {
             // which str0m would otherwise allocate per send stream (~4 KB per call).
             api.declare_stream_tx(StrSsrc::from(self.audio_ssrc().0), None, mid, None)
                 .set_rtx_cache(0, Duration::ZERO, None);
-            if let Some((_, rtx, track)) = &self.video {
+            if let Some(Camera { rtx, track, .. }) = &self.video {
                 // Video keeps str0m's default history (NACKs answered on the RTX stream).
                 let vmid = Mid::from(VIDEO_MID);
                 api.declare_media(vmid, MediaKind::Video);
@@ -699,7 +721,7 @@ impl Call {
             self.ice_start_at = Some(now + self.config.pre_connect_delay);
         }
         self.track.set_payload_type(pt.into());
-        if let (Some((_, _, track)), Some((vpt, _))) = (self.video.as_mut(), video_pts) {
+        if let (Some(track), Some((vpt, _))) = (self.camera_mut(), video_pts) {
             track.set_payload_type(vpt.into());
         }
         self.session = Some(Session {
@@ -781,7 +803,7 @@ impl Call {
         let candidates = [
             self.session.as_ref().and_then(|s| s.transport.deadline()),
             self.track.deadline(),
-            self.video.as_ref().and_then(|(_, _, v)| v.deadline()),
+            self.camera().and_then(VideoTrack::deadline),
             self.connect_deadline,
             self.ice_start_at,
             self.consent_deadline(),
@@ -828,9 +850,10 @@ impl Call {
                     session.transport.on_connected(self.last_now);
                 }
                 self.set_state(CallState::Connected);
-                self.track.set_live(self.last_now);
-                if let Some((_, _, video)) = self.video.as_mut() {
-                    video.set_live(self.last_now);
+                let now = self.last_now;
+                self.track.set_live(now);
+                if let Some(video) = self.camera_mut() {
+                    video.set_live(now);
                 }
                 self.events.pop_front()
             }
@@ -862,10 +885,12 @@ impl Call {
                 self.events.pop_front()
             }
             str0m::Event::KeyframeRequest(request) => {
-                if let Some((_, _, video)) = self.video.as_mut() {
+                let now = self.last_now;
+                if let Some(video) = self.camera_mut() {
                     tracing::trace!(kind = ?request.kind, "keyframe requested");
-                    video.request_keyframe(self.last_now);
-                    self.stats.video = video.counters();
+                    video.request_keyframe(now);
+                    let counters = video.counters();
+                    self.stats.video = counters;
                 }
                 None
             }
@@ -1009,7 +1034,7 @@ impl Call {
             return;
         };
         let (track, lateness) = (&mut self.track, &mut self.stats.lateness);
-        let video = self.video.as_mut().map(|(_, _, v)| v);
+        let video = self.video.as_mut().map(|c| &mut c.track);
         let mut source_end = None;
         let mut video_end = None;
         // Connected: the send fast path, str0m driven only when its own deadline is due. Until
@@ -1046,13 +1071,13 @@ impl Call {
                 false
             }
             Command::Pause => {
-                if let Some((_, _, v)) = self.video.as_mut() {
+                if let Some(v) = self.camera_mut() {
                     v.pause(now);
                 }
                 self.track.pause(now)
             }
             Command::Resume => {
-                if let Some((_, _, v)) = self.video.as_mut() {
+                if let Some(v) = self.camera_mut() {
                     v.resume(now);
                 }
                 self.track.resume(now)
@@ -1060,7 +1085,11 @@ impl Call {
             Command::Mute => self.track.mute(),
             Command::Unmute => self.track.unmute(),
             Command::SetVideoSource(source) => {
-                let (codec, _, video) = self.video.as_mut().ok_or_else(|| CallError::Config {
+                let Camera {
+                    codec,
+                    track: video,
+                    ..
+                } = self.video.as_mut().ok_or_else(|| CallError::Config {
                     reason: "the call was created without video (CallConfig::video)".to_owned(),
                 })?;
                 if source.codec() != *codec {
@@ -1072,13 +1101,13 @@ impl Call {
                 false
             }
             Command::ClearVideoSource => {
-                if let Some((_, _, v)) = self.video.as_mut() {
+                if let Some(v) = self.camera_mut() {
                     v.clear_source();
                 }
                 false
             }
-            Command::StopVideo => self.video.as_mut().is_some_and(|(_, _, v)| v.mute()),
-            Command::StartVideo => self.video.as_mut().is_some_and(|(_, _, v)| v.unmute(now)),
+            Command::StopVideo => self.camera_mut().is_some_and(VideoTrack::mute),
+            Command::StartVideo => self.camera_mut().is_some_and(|v| v.unmute(now)),
             Command::Stop => {
                 // RTCP BYE and DTLS close_notify tell the SFU at once that we left (an SFU
                 // otherwise notices only when consent checks time out).
@@ -1117,7 +1146,7 @@ impl Call {
     /// After the camera track sent its due frames: its counters, and a source that ran out
     /// or failed reported.
     fn after_video(&mut self, end: Option<SourceEnd>) {
-        let Some((_, _, video)) = self.video.as_ref() else {
+        let Some(video) = self.camera() else {
             return;
         };
         self.stats.video = video.counters();
@@ -1145,7 +1174,7 @@ impl Call {
             return;
         }
         self.track.stop();
-        if let Some((_, _, video)) = self.video.as_mut() {
+        if let Some(video) = self.camera_mut() {
             video.stop();
         }
         self.connect_deadline = None;

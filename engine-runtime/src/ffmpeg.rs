@@ -111,6 +111,11 @@ pub(crate) fn shell_command(line: &str) -> Command {
     cmd
 }
 
+/// `arg` in single quotes for `/bin/sh` (a `'` inside becomes `'\''`).
+pub(crate) fn shell_quote(arg: &std::ffi::OsStr) -> String {
+    format!("'{}'", arg.to_string_lossy().replace('\'', "'\\''"))
+}
+
 /// The program name of a shell command line, for error messages: its first word.
 pub(crate) fn shell_program(line: &str) -> String {
     line.split_whitespace()
@@ -383,6 +388,22 @@ fn describe(status: ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_quote_passes_any_argument_through_sh_unchanged() {
+        for arg in [
+            "plain",
+            "with space",
+            "it's",
+            "'",
+            "$HOME `x` \\ \"q\" ;|&",
+            "",
+        ] {
+            let line = format!("printf %s {}", shell_quote(std::ffi::OsStr::new(arg)));
+            let out = shell_command(&line).output().expect("sh runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), arg, "{line}");
+        }
+    }
 
     #[test]
     fn stderr_tail_keeps_the_last_lines() {

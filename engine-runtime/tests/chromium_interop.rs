@@ -464,6 +464,19 @@ fn answer_sdp(
         (Some(_), Some(vmid)) => format!("a=group:BUNDLE {mid} {vmid}"),
         _ => format!("a=group:BUNDLE {mid}"),
     };
+    // What every media section says of the one (bundled) transport: ringcast's ICE
+    // credentials and fingerprint, passive so Chromium is the DTLS client.
+    let transport = |mid: &str| {
+        [
+            "c=IN IP4 0.0.0.0".to_owned(),
+            "a=rtcp:9 IN IP4 0.0.0.0".to_owned(),
+            format!("a=ice-ufrag:{ufrag}"),
+            format!("a=ice-pwd:{pwd}"),
+            format!("a=fingerprint:sha-256 {fp}"),
+            "a=setup:passive".to_owned(),
+            format!("a=mid:{mid}"),
+        ]
+    };
     let mut lines = vec![
         "v=0".to_owned(),
         "o=- 1 1 IN IP4 127.0.0.1".to_owned(),
@@ -472,13 +485,9 @@ fn answer_sdp(
         bundle,
         "a=msid-semantic: WMS ringcast".to_owned(),
         "m=audio 9 UDP/TLS/RTP/SAVPF 111".to_owned(),
-        "c=IN IP4 0.0.0.0".to_owned(),
-        "a=rtcp:9 IN IP4 0.0.0.0".to_owned(),
-        format!("a=ice-ufrag:{ufrag}"),
-        format!("a=ice-pwd:{pwd}"),
-        format!("a=fingerprint:sha-256 {fp}"),
-        "a=setup:passive".to_owned(),
-        format!("a=mid:{mid}"),
+    ];
+    lines.extend(transport(mid));
+    lines.extend([
         format!("a={direction}"),
         "a=rtcp-mux".to_owned(),
         format!("a=extmap:{level_id} {AUDIO_LEVEL_URI}"),
@@ -492,18 +501,12 @@ fn answer_sdp(
             engine.port()
         ),
         "a=end-of-candidates".to_owned(),
-    ];
+    ]);
     if let (Some(v), Some(vmid)) = (video, &offer.video_mid) {
         let VideoPt { pt, rtx } = v.pts;
+        lines.push(format!("m=video 9 UDP/TLS/RTP/SAVPF {pt} {rtx}"));
+        lines.extend(transport(vmid));
         lines.extend([
-            format!("m=video 9 UDP/TLS/RTP/SAVPF {pt} {rtx}"),
-            "c=IN IP4 0.0.0.0".to_owned(),
-            "a=rtcp:9 IN IP4 0.0.0.0".to_owned(),
-            format!("a=ice-ufrag:{ufrag}"),
-            format!("a=ice-pwd:{pwd}"),
-            format!("a=fingerprint:sha-256 {fp}"),
-            "a=setup:passive".to_owned(),
-            format!("a=mid:{vmid}"),
             // Chromium offered recvonly: ringcast sends.
             "a=sendonly".to_owned(),
             "a=rtcp-mux".to_owned(),

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::media::{MediaDir, children_named, make, serial, sine, tone_file, wait_no_children};
+use common::media::{
+    MediaDir, av_clip, children_named, make, serial, sine, tone_file, wait_no_children,
+};
 use common::{participant, silent_sfu, wait_connected, wait_event};
 use ringcast::{
     CallState, Engine, EngineError, EventKind, Ffmpeg, MediaSource, SourceError, StreamSource,
@@ -87,28 +89,13 @@ fn every_format_plays_its_tone_and_opus_is_passed_through() {
         .iter()
         .map(|(name, hz, args)| (tone_file(&dir, name, *hz, 5.0, args), *hz))
         .collect();
-    // A video file: its audio track plays (the video is left out until calls send video).
+    // A video file: its audio track plays (video goes to a camera track through
+    // set_video_source, tests/video.rs).
     let video = dir.path("clip.mp4");
-    let audio = sine(760, 5.0);
-    make(
+    av_clip(
         &video,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=160x120:rate=15:duration=5",
-            "-f",
-            "lavfi",
-            "-i",
-            &audio,
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ],
+        "testsrc=size=160x120:rate=15:duration=5",
+        &sine(760, 5.0),
     );
     files.push((video, 760));
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::media::{MediaDir, make, serial};
+use common::media::{MediaDir, av_clip, serial, sine};
 use common::{participant, silent_sfu, wait_connected};
 use ringcast::{
     CallOptions, Engine, EngineError, EventKind, MediaSource, SourceError, VideoCodec, VideoParams,
@@ -18,26 +18,10 @@ use sfu_mock::server::{Server, ServerOptions};
 /// A 720p30 test pattern with a 440 Hz tone, `seconds` long.
 fn pattern(dir: &MediaDir, seconds: u32) -> std::path::PathBuf {
     let out = dir.path("pattern.mp4");
-    let t = seconds.to_string();
-    make(
+    av_clip(
         &out,
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc2=size=1280x720:rate=30:duration={t}"),
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency=440:duration={t}:sample_rate=48000"),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ],
+        &format!("testsrc2=size=1280x720:rate=30:duration={seconds}"),
+        &sine(440, seconds as f32),
     );
     out
 }

@@ -58,6 +58,22 @@ fn run(what: &str, command: &mut Command) {
     assert!(status.success(), "{what} failed ({status}); {HINT}");
 }
 
+/// `pip install --quiet ARGS` with the venv's `python`.
+fn pip_install(python: &Path, args: &[&str]) {
+    run(
+        &format!("pip install {}", args.join(" ")),
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(args),
+    );
+}
+
 /// The virtual environment with maturin, py-tgcalls (no deps) and its dependencies.
 fn prepare_venv() -> PathBuf {
     let venv = venv();
@@ -68,24 +84,10 @@ fn prepare_venv() -> PathBuf {
             Command::new("python3").args(["-m", "venv"]).arg(&venv),
         );
     }
-    let pip = |args: &[&str]| {
-        run(
-            &format!("pip install {}", args.join(" ")),
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(args),
-        );
-    };
     let mut deps = vec![MATURIN];
     deps.extend(PY_TGCALLS_DEPS);
-    pip(&deps);
-    pip(&["--no-deps", PY_TGCALLS]);
+    pip_install(&python, &deps);
+    pip_install(&python, &["--no-deps", PY_TGCALLS]);
     python
 }
 
@@ -119,20 +121,8 @@ fn install_wheel(python: &Path) {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .unwrap_or_else(|| panic!("maturin left no wheel in {}", out.display()));
-    run(
-        "pip install <ringcast wheel>",
-        Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--force-reinstall",
-            ])
-            .arg(&wheel),
-    );
+    let wheel = wheel.to_string_lossy();
+    pip_install(python, &["--no-deps", "--force-reinstall", &wheel]);
 }
 
 /// Kills the bot script if the test ends early.

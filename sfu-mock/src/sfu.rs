@@ -922,7 +922,7 @@ impl Sfu {
                         *pkt.seq_no,
                         pkt.header.timestamp,
                         pkt.header.marker,
-                        &pkt.payload,
+                        pkt.payload.clone(),
                     );
                     if video.take_pli(now) {
                         let ssrc = StrSsrc::from(*ssrc);

@@ -78,7 +78,8 @@ struct Held {
     pt: u8,
     timestamp: u32,
     marker: bool,
-    payload: Vec<u8>,
+    /// str0m's decrypted payload, shared (not copied) until the frame completes.
+    payload: std::sync::Arc<[u8]>,
 }
 
 /// See the [module docs](self).
@@ -152,7 +153,7 @@ impl VideoReceiver {
         seq: u64,
         timestamp: u32,
         marker: bool,
-        payload: &[u8],
+        payload: std::sync::Arc<[u8]>,
     ) {
         self.stats.packets += 1;
         self.stats.bytes += payload.len() as u64;
@@ -165,9 +166,6 @@ impl VideoReceiver {
             return;
         }
         let before_start = self.next_start.is_some_and(|s| seq < s);
-        if before_start && self.highest.is_some_and(|h| seq > h) {
-            return; // cannot be: below the frame start yet above everything seen
-        }
         self.received += 1;
         if self.highest.is_some_and(|h| seq < h) {
             self.late_packets += 1;
@@ -187,7 +185,7 @@ impl VideoReceiver {
                 pt,
                 timestamp,
                 marker,
-                payload: payload.to_vec(),
+                payload,
             },
         );
         while self.held.len() > MAX_HELD_PACKETS {
@@ -318,9 +316,6 @@ impl VideoReceiver {
     /// not started with a key frame), at most once per [`PLI_INTERVAL`].
     pub fn take_pli(&mut self, now: Instant) -> bool {
         if !self.want_pli || self.last_pli.is_some_and(|t| now < t + PLI_INTERVAL) {
-            return false;
-        }
-        if self.stats.packets == 0 {
             return false;
         }
         self.last_pli = Some(now);

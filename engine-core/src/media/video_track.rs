@@ -303,8 +303,11 @@ impl VideoTrack {
             self.write_frame(out, due, &frame);
             let ticks = frame.duration_90k.max(1);
             self.rtp.advance(ticks);
-            let backlog = self.source.as_ref().map_or(0, |s| s.backlog());
-            if self.catching_up && backlog > 0 && burst < MAX_CATCH_UP_FRAMES {
+            // The backlog is asked only while catching up (a shared source locks to answer).
+            if self.catching_up
+                && burst < MAX_CATCH_UP_FRAMES
+                && self.source.as_ref().is_some_and(|s| s.backlog() > 0)
+            {
                 // Already due at the source: out now, the frame clock stays.
                 burst += 1;
                 self.counters.frames_caught_up += 1;

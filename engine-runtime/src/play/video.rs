@@ -40,7 +40,7 @@ use ringcast_core::media::video::{
 
 use super::decode::input_args;
 use super::{MediaInput, MediaSource, START_TIMEOUT};
-use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process, shell_command, shell_program};
+use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process, shell_command, shell_program, shell_quote};
 use crate::sync::lock;
 
 /// Frames an input keeps for its readers: two seconds at 30 fps. A reader that falls further
@@ -303,11 +303,7 @@ impl VideoHub {
             let ring = lock(&live.ring);
             last_keyframe(&ring).unwrap_or(ring.next)
         };
-        Ok(Box::new(LiveVideoReader {
-            live,
-            next,
-            counters: self.counters.clone(),
-        }))
+        Ok(Box::new(LiveVideoReader { live, next }))
     }
 
     fn start(
@@ -503,11 +499,6 @@ fn encode(
     result.and(if killed { Ok(()) } else { exit })
 }
 
-/// `arg` in single quotes for `/bin/sh` (a `'` inside becomes `'\''`).
-fn shell_quote(arg: &std::ffi::OsStr) -> String {
-    format!("'{}'", arg.to_string_lossy().replace('\'', "'\\''"))
-}
-
 /// Packetizes every complete frame `next` yields into `live`'s ring.
 fn drain(
     live: &LiveVideo,
@@ -535,7 +526,6 @@ struct LiveVideoReader {
     live: Arc<LiveVideo>,
     /// Index of the next frame to hand out.
     next: u64,
-    counters: Arc<VideoCounters>,
 }
 
 impl VideoSource for LiveVideoReader {
@@ -563,7 +553,7 @@ impl VideoSource for LiveVideoReader {
             Some(Ok(())) => Ok(VideoPoll::End),
             Some(Err(e)) => Err(e.clone()),
             None => {
-                self.counters.underruns.fetch_add(1, Ordering::Relaxed);
+                self.live.counters.underruns.fetch_add(1, Ordering::Relaxed);
                 Ok(VideoPoll::Pending)
             }
         }
@@ -577,7 +567,7 @@ impl VideoSource for LiveVideoReader {
             && k < self.next
         {
             self.next = k;
-            self.counters.replays.fetch_add(1, Ordering::Relaxed);
+            self.live.counters.replays.fetch_add(1, Ordering::Relaxed);
         }
     }
 

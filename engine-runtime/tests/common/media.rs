@@ -48,6 +48,31 @@ pub(crate) fn make(out: &Path, args: &[&str]) {
     assert!(status.success(), "ffmpeg could not make {}", out.display());
 }
 
+/// Makes `out`, an mp4 of ffmpeg's lavfi `video` source (H.264) with the lavfi `audio` source
+/// (AAC) beside it, as long as the shorter of the two.
+pub(crate) fn av_clip(out: &Path, video: &str, audio: &str) {
+    make(
+        out,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            video,
+            "-f",
+            "lavfi",
+            "-i",
+            audio,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+    );
+}
+
 /// ffmpeg's lavfi source of a `hz` sine lasting `seconds`, at 48 kHz.
 pub(crate) fn sine(hz: u32, seconds: f32) -> String {
     format!("sine=frequency={hz}:duration={seconds}:sample_rate=48000")
