@@ -187,6 +187,7 @@ pub struct EngineBuilder {
     ffmpeg: Ffmpeg,
     check_ffmpeg: bool,
     media_cache: MediaCacheConfig,
+    video_cache: MediaCacheConfig,
 }
 
 /// How a shard puts its datagrams on the wire; see [`EngineBuilder::send_path`].
@@ -220,6 +221,7 @@ impl Default for EngineBuilder {
             ffmpeg: Ffmpeg::default(),
             check_ffmpeg: false,
             media_cache: MediaCacheConfig::default(),
+            video_cache: MediaCacheConfig::video_default(),
         }
     }
 }
@@ -318,6 +320,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Bounds of the on-demand video cache (default [`MediaCacheConfig::video_default`]:
+    /// 512 MiB, 128 MiB per track; see [`crate::play::video`]).
+    pub fn video_cache(mut self, config: MediaCacheConfig) -> Self {
+        self.video_cache = config;
+        self
+    }
+
     /// Starts the shard thread.
     pub fn build(self) -> Result<Engine, EngineError> {
         if self.check_ffmpeg {
@@ -383,7 +392,7 @@ impl EngineBuilder {
             certs,
             crypto,
             next_seed: AtomicU64::new(seed),
-            video: crate::play::video::VideoHub::new(self.ffmpeg.clone()),
+            video: crate::play::video::VideoHub::new(self.ffmpeg.clone(), self.video_cache),
             media: MediaHub::new(self.ffmpeg, self.media_cache),
         })
     }

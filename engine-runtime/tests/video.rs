@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::media::{MediaDir, av_clip, serial, sine};
-use common::{participant, silent_sfu, wait_connected};
+use common::{participant, silent_sfu, wait_connected, wait_event};
 use ringcast::{
     CallOptions, Engine, EngineError, EventKind, MediaSource, SourceError, VideoCodec, VideoParams,
 };
@@ -269,9 +269,10 @@ fn hundred_calls_share_one_encoder_and_a_late_call_starts_on_a_key_frame() {
         ));
     }
     wait_connected(&engine, 100, Duration::from_secs(30));
+    // Live: every call shows the same picture; the late call joins at the live edge.
     for key in 0..100 {
         engine
-            .set_video_source(key, MediaSource::file(&file), params)
+            .set_video_source(key, MediaSource::file(&file).live(), params)
             .unwrap();
     }
     let stats = engine.video_stats();
@@ -295,7 +296,7 @@ fn hundred_calls_share_one_encoder_and_a_late_call_starts_on_a_key_frame() {
     wait_connected(&engine, 1, Duration::from_secs(10));
     let asked = Instant::now();
     engine
-        .set_video_source(1000, MediaSource::file(&file), params)
+        .set_video_source(1000, MediaSource::file(&file).live(), params)
         .unwrap();
     let p = wait_video(&sfu, 77, late, Duration::from_secs(5), |v| {
         v["keyframes"].as_u64().unwrap_or(0) >= 1
@@ -313,14 +314,98 @@ fn hundred_calls_share_one_encoder_and_a_late_call_starts_on_a_key_frame() {
     assert_eq!(engine.video_stats().encoders_started, 1);
 }
 
+/// On demand (the default): a call that starts a clip 2 s after another sees it from its
+/// first frame, as it hears its audio from its start; one encoder serves both through the
+/// video cache. A live reader joining then would see only the frames from the last key frame.
+#[test]
+fn on_demand_video_starts_each_call_at_the_first_frame_from_one_encoder() {
+    let _serial = serial();
+    let dir = MediaDir::new("video-demand");
+    let file = dir.path("clip.mp4");
+    av_clip(
+        &file,
+        "testsrc2=size=320x180:rate=15:duration=4",
+        &sine(440, 4.0),
+    );
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let params = VideoParams {
+        width: 320,
+        height: 180,
+        fps: 15,
+        bitrate_kbps: 200,
+        ..VideoParams::default()
+    };
+    let first = join_video(&engine, &sfu, 1, 1, VideoCodec::Vp8);
+    let late = join_video(&engine, &sfu, 2, 2, VideoCodec::Vp8);
+    wait_connected(&engine, 2, Duration::from_secs(10));
+    engine
+        .set_video_source(1, MediaSource::file(&file), params)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    engine
+        .set_video_source(2, MediaSource::file(&file), params)
+        .unwrap();
+    let stats = engine.video_stats();
+    assert_eq!(
+        (stats.encoders_started, stats.cache_misses, stats.cache_hits),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    // Both calls show the whole clip, then end their video track.
+    for chat in [1, 2] {
+        let e = wait_event(&engine, Duration::from_secs(10), |e| {
+            e.chat_id == chat
+                && matches!(
+                    e.kind,
+                    EventKind::StreamEnded {
+                        track: ringcast::TrackKind::Video,
+                        ..
+                    }
+                )
+        });
+        assert!(
+            matches!(
+                e.as_ref().map(|e| &e.kind),
+                Some(EventKind::StreamEnded { error: None, .. })
+            ),
+            "{chat}: {e:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let frames: Vec<Value> = [(1, first), (2, late)]
+        .iter()
+        .map(|&(chat, ssrc)| participant(&sfu.stats().unwrap(), chat, ssrc)["video"].clone())
+        .collect();
+    println!("first: {}\nlate: {}", frames[0], frames[1]);
+    for v in &frames {
+        let n = v["frames"].as_u64().unwrap();
+        assert!((58..=62).contains(&n), "the whole clip is 60 frames: {v}");
+        assert_eq!(v["frames"], v["decodable_frames"], "{v}");
+        assert!(v["keyframes"].as_u64().unwrap() >= 4, "{v}");
+    }
+    assert_eq!(frames[0]["frames"], frames[1]["frames"]);
+    let stats = engine.video_stats();
+    assert_eq!(stats.encoders_started, 1, "{stats:?}");
+    assert!(
+        stats.cache_bytes > 0 && stats.cache_tracks == 1,
+        "{stats:?}"
+    );
+}
+
 /// A key frame request (PLI) from the SFU is answered within 200 ms, five times in a row at
 /// random points of the encoder's one-second key frame cycle: the call's stream is replayed
-/// from the last key frame the shared ring keeps (ffmpeg cannot be asked for one).
-#[test]
-fn pli_gets_a_key_frame_within_200_ms() {
+/// from the last key frame the shared ring (live) or the cached track (on demand) keeps
+/// (ffmpeg cannot be asked for one).
+fn pli_gets_a_key_frame_within_200_ms(live: bool) {
     let _serial = serial();
     let dir = MediaDir::new("video-pli");
     let file = pattern(&dir, 30);
+    let source = if live {
+        MediaSource::file(&file).live()
+    } else {
+        MediaSource::file(&file)
+    };
     let sfu = silent_sfu();
     let engine = Engine::builder().build().unwrap();
     let ssrc = join_video(&engine, &sfu, 1, 1, VideoCodec::H264);
@@ -328,7 +413,7 @@ fn pli_gets_a_key_frame_within_200_ms() {
     engine
         .set_video_source(
             1,
-            MediaSource::file(&file),
+            source,
             VideoParams {
                 codec: VideoCodec::H264,
                 ..VideoParams::default()
@@ -365,6 +450,16 @@ fn pli_gets_a_key_frame_within_200_ms() {
     let stats = engine.call_info(1).unwrap().stats.video;
     assert!(stats.keyframe_requests >= 5, "{stats:?}");
     assert!(stats.frames_caught_up > 0, "{stats:?}");
+}
+
+#[test]
+fn pli_gets_a_key_frame_within_200_ms_live() {
+    pli_gets_a_key_frame_within_200_ms(true);
+}
+
+#[test]
+fn pli_gets_a_key_frame_within_200_ms_on_demand() {
+    pli_gets_a_key_frame_within_200_ms(false);
 }
 
 /// Raw yuv420p frames from a shell command (py-tgcalls' camera command) are encoded once and

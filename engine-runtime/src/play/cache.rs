@@ -16,13 +16,19 @@
 //! its slowest call, so its memory stays bounded by the spread of its calls plus the lead.
 //! When every track is in use and the cache is full, a new play decodes outside the cache
 //! ([`MediaStats::cache_bypassed`](super::MediaStats::cache_bypassed)).
+//!
+//! The same cache, over [`VideoFrame`]s, holds on-demand video ([`super::video`]): a reader
+//! starts at frame 0 (a key frame), and shedding keeps the frames from the key frame before
+//! the slowest reader, so that a key frame request can still be answered from the track.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use ringcast_core::media::SAMPLES_PER_FRAME;
+use ringcast_core::media::video::VideoFrame;
 use ringcast_core::{FrameSource, OpusFrame, SourceError};
 
 use super::decode::{self, FrameOut, Spec, Status, silence_frame};
@@ -35,7 +41,9 @@ pub const FRAME_OVERHEAD: usize = std::mem::size_of::<OpusFrame>() + 16;
 /// How often a decode that is [`DECODE_LEAD`] ahead looks again.
 const LEAD_POLL: Duration = Duration::from_millis(20);
 
-/// Limits of the on-demand cache ([`EngineBuilder::media_cache`](crate::EngineBuilder::media_cache)).
+/// Limits of an on-demand cache: audio
+/// ([`EngineBuilder::media_cache`](crate::EngineBuilder::media_cache)) or video
+/// ([`EngineBuilder::video_cache`](crate::EngineBuilder::video_cache)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MediaCacheConfig {
     /// Bytes of frames the cache holds at most. Default 256 MiB: at the default 64 kbit/s,
@@ -54,27 +62,66 @@ impl Default for MediaCacheConfig {
     }
 }
 
-/// Frames of a decode that runs [`DECODE_LEAD`] ahead of the furthest call.
+impl MediaCacheConfig {
+    /// The video cache's default: 512 MiB in all, 128 MiB per track (about 11 minutes at
+    /// 1,500 kbit/s, the default [`VideoParams`](crate::VideoParams)).
+    pub fn video_default() -> Self {
+        Self {
+            max_bytes: 512 << 20,
+            max_track_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Frames of an audio decode that runs [`DECODE_LEAD`] ahead of the furthest call.
 fn lead_frames() -> u64 {
     let frame = Duration::from_micros(u64::from(SAMPLES_PER_FRAME) * 1_000_000 / 48_000);
     (DECODE_LEAD.as_micros() / frame.as_micros()) as u64
 }
 
-fn cost(frame: &OpusFrame) -> usize {
-    frame.data.len() + FRAME_OVERHEAD
+/// What a track holds: encoded audio or video frames.
+pub(crate) trait CachedFrame: Clone + Send + Sync + 'static {
+    /// Bytes the frame counts for in the cache's bound.
+    fn cost(&self) -> usize;
+
+    /// Whether a reader can start at this frame (a key frame; every audio frame).
+    fn is_start(&self) -> bool {
+        true
+    }
 }
 
-/// The cache. See the [module docs](self).
+impl CachedFrame for OpusFrame {
+    fn cost(&self) -> usize {
+        self.data.len() + FRAME_OVERHEAD
+    }
+}
+
+impl CachedFrame for VideoFrame {
+    fn cost(&self) -> usize {
+        // Payload bytes, plus each payload's `Arc` header and slice entry.
+        self.payloads.iter().map(|p| p.len() + 32).sum::<usize>() + FRAME_OVERHEAD
+    }
+
+    fn is_start(&self) -> bool {
+        self.keyframe
+    }
+}
+
+/// The cache. See the [module docs](self). `K` names a track (its input and parameters),
+/// `F` is its frame type.
 #[derive(Debug)]
-pub(crate) struct TrackCache {
+pub(crate) struct TrackCache<K, F> {
     config: MediaCacheConfig,
     counters: Arc<Counters>,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<K, F>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    tracks: HashMap<MediaSource, Arc<Track>>,
+/// The audio cache.
+pub(crate) type AudioCache = TrackCache<MediaSource, OpusFrame>;
+
+#[derive(Debug)]
+struct Inner<K, F> {
+    tracks: HashMap<K, Arc<Track<K, F>>>,
     /// Bytes of the tracks in `tracks`.
     bytes: usize,
     /// Use clock for LRU.
@@ -83,9 +130,13 @@ struct Inner {
 
 /// One track's frames and the state its decode and calls share.
 #[derive(Debug)]
-struct Track {
-    key: MediaSource,
-    frames: RwLock<Frames>,
+pub(crate) struct Track<K, F> {
+    key: K,
+    /// Readers play the whole track again when it ends.
+    looped: bool,
+    /// Frames the decode may run ahead of the furthest reader.
+    lead: u64,
+    frames: RwLock<Frames<F>>,
     status: Arc<Status>,
     /// Calls playing the track.
     readers: AtomicUsize,
@@ -97,26 +148,34 @@ struct Track {
     bytes: AtomicUsize,
     /// Each reader's position, for shedding frames out of the cache.
     positions: Mutex<Vec<Weak<AtomicU64>>>,
-    cache: Weak<TrackCache>,
+    cache: Weak<TrackCache<K, F>>,
 }
 
-#[derive(Debug, Default)]
-struct Frames {
+#[derive(Debug)]
+struct Frames<F> {
     /// Index of `frames[0]` in the track (frames before it were shed).
     base: u64,
-    frames: VecDeque<OpusFrame>,
+    frames: VecDeque<F>,
 }
 
-impl TrackCache {
+impl<K, F> TrackCache<K, F>
+where
+    K: Clone + Eq + Hash,
+    F: CachedFrame,
+{
     pub(crate) fn new(config: MediaCacheConfig, counters: Arc<Counters>) -> Self {
         Self {
             config,
             counters,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                tracks: HashMap::new(),
+                bytes: 0,
+                tick: 0,
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, F>> {
         crate::sync::lock(&self.inner)
     }
 
@@ -126,14 +185,22 @@ impl TrackCache {
         (inner.bytes as u64, inner.tracks.len() as u64)
     }
 
-    /// A reader of `spec`'s track from its start: from the cache, or from a new decode.
-    pub(crate) fn open(self: &Arc<Self>, spec: Spec) -> Result<Box<dyn FrameSource>, SourceError> {
-        let program = decode::program(&spec);
-        let (track, new) = {
+    /// A reader of `key`'s track from its start: from the cache, or from a new decode that
+    /// `start` begins (it hands frames to the [`TrackOut`] and reports to the [`Status`]).
+    /// Waits for the first frame; `program` names the decoder in a timeout error.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        key: K,
+        looped: bool,
+        lead: u64,
+        program: &str,
+        start: impl FnOnce(Arc<TrackOut<K, F>>, Arc<Status>) -> Result<(), SourceError>,
+    ) -> Result<TrackReader<K, F>, SourceError> {
+        let (reader, new) = {
             let mut inner = self.lock();
             inner.tick += 1;
             let tick = inner.tick;
-            if let Some(track) = inner.tracks.get(&spec.source) {
+            if let Some(track) = inner.tracks.get(&key) {
                 track.last_used.store(tick, Ordering::Relaxed);
                 let reader = TrackReader::new(track.clone(), self.counters.clone());
                 Counters::add(&self.counters.cache_hits);
@@ -143,8 +210,13 @@ impl TrackCache {
                 Counters::add(&self.counters.cache_misses);
                 let room = inner.bytes < self.config.max_bytes || self.evict_idle(&mut inner, None);
                 let track = Arc::new(Track {
-                    key: spec.source.clone(),
-                    frames: RwLock::new(Frames::default()),
+                    key: key.clone(),
+                    looped,
+                    lead,
+                    frames: RwLock::new(Frames {
+                        base: 0,
+                        frames: VecDeque::new(),
+                    }),
                     status: Arc::new(Status::default()),
                     readers: AtomicUsize::new(0),
                     furthest: AtomicU64::new(0),
@@ -155,32 +227,32 @@ impl TrackCache {
                     cache: Arc::downgrade(self),
                 });
                 if room {
-                    inner.tracks.insert(spec.source.clone(), track.clone());
+                    inner.tracks.insert(key, track.clone());
                 } else {
                     Counters::add(&self.counters.cache_bypassed);
                 }
                 (TrackReader::new(track, self.counters.clone()), true)
             }
         };
-        let status = track.track.status.clone();
+        let status = reader.track.status.clone();
         if new {
-            let out = Arc::new(TrackOut(track.track.clone()));
-            if let Err(e) = decode::start(spec, out, status.clone(), self.counters.clone()) {
-                self.remove(&track.track);
+            let out = Arc::new(TrackOut(reader.track.clone()));
+            if let Err(e) = start(out, status.clone()) {
+                self.remove(&reader.track);
                 status.fail(e.clone());
                 return Err(e);
             }
         }
-        if let Err(e) = status.wait_started(START_TIMEOUT, &program) {
-            self.remove(&track.track);
+        if let Err(e) = status.wait_started(START_TIMEOUT, program) {
+            self.remove(&reader.track);
             return Err(e);
         }
-        Ok(Box::new(track))
+        Ok(reader)
     }
 
     /// Evicts least recently used tracks nobody plays (never `keep`) until the cache is under
     /// its bound. Returns whether it is.
-    fn evict_idle(&self, inner: &mut Inner, keep: Option<&Arc<Track>>) -> bool {
+    fn evict_idle(&self, inner: &mut Inner<K, F>, keep: Option<&Arc<Track<K, F>>>) -> bool {
         while inner.bytes >= self.config.max_bytes {
             let victim = inner
                 .tracks
@@ -199,7 +271,7 @@ impl TrackCache {
     }
 
     /// Takes `track` out of the map (no new calls; its bytes leave the cache's count).
-    fn unlink(inner: &mut Inner, track: &Arc<Track>) {
+    fn unlink(inner: &mut Inner<K, F>, track: &Arc<Track<K, F>>) {
         if track.in_cache.swap(false, Ordering::Relaxed) {
             inner.tracks.remove(&track.key);
             inner.bytes = inner
@@ -208,13 +280,13 @@ impl TrackCache {
         }
     }
 
-    fn remove(&self, track: &Arc<Track>) {
+    fn remove(&self, track: &Arc<Track<K, F>>) {
         let mut inner = self.lock();
         Self::unlink(&mut inner, track);
     }
 
     /// `track` grew by `added` bytes: keep the cache within its bounds.
-    fn grew(&self, track: &Arc<Track>, added: usize) {
+    fn grew(&self, track: &Arc<Track<K, F>>, added: usize) {
         if !track.in_cache.load(Ordering::Relaxed) {
             return;
         }
@@ -231,13 +303,35 @@ impl TrackCache {
     }
 }
 
-/// The decode's side of a track.
-struct TrackOut(Arc<Track>);
+impl AudioCache {
+    /// A reader of `spec`'s audio from its start.
+    pub(crate) fn open_audio(
+        self: &Arc<Self>,
+        spec: Spec,
+    ) -> Result<Box<dyn FrameSource>, SourceError> {
+        let program = decode::program(&spec);
+        let counters = self.counters.clone();
+        let key = spec.source.clone();
+        let looped = spec.source.looped;
+        let reader = self.open(key, looped, lead_frames(), &program, |out, status| {
+            decode::start(spec, out, status, counters)
+        })?;
+        Ok(Box::new(reader))
+    }
+}
 
-impl FrameOut for TrackOut {
-    fn push(&self, frame: OpusFrame) -> bool {
+/// The decode's side of a track.
+pub(crate) struct TrackOut<K, F>(Arc<Track<K, F>>);
+
+impl<K, F> TrackOut<K, F>
+where
+    K: Clone + Eq + Hash,
+    F: CachedFrame,
+{
+    /// Hands a frame over, waiting while the track is its lead ahead of the furthest reader;
+    /// false once nobody plays the track (the decode then stops).
+    pub(crate) fn push_frame(&self, frame: F) -> bool {
         let track = &self.0;
-        // Stay within the lead of the furthest call; stop once nobody plays the track.
         loop {
             if track.readers.load(Ordering::Relaxed) == 0 {
                 if let Some(cache) = track.cache.upgrade() {
@@ -249,12 +343,12 @@ impl FrameOut for TrackOut {
                 let frames = track.frames.read().unwrap_or_else(PoisonError::into_inner);
                 frames.base + frames.frames.len() as u64
             };
-            if produced < track.furthest.load(Ordering::Relaxed) + lead_frames() {
+            if produced < track.furthest.load(Ordering::Relaxed) + track.lead {
                 break;
             }
             std::thread::sleep(LEAD_POLL);
         }
-        let size = cost(&frame);
+        let size = frame.cost();
         {
             let mut frames = track.frames.write().unwrap_or_else(PoisonError::into_inner);
             frames.frames.push_back(frame);
@@ -269,9 +363,9 @@ impl FrameOut for TrackOut {
         true
     }
 
-    fn ended(&self, result: &Result<(), SourceError>) {
-        // A track whose decode failed is incomplete: later calls must decode afresh, not
-        // play it to the same error.
+    /// The decode ended. A track whose decode failed is incomplete: later calls must decode
+    /// afresh, not play it to the same error.
+    pub(crate) fn decode_ended(&self, result: &Result<(), SourceError>) {
         if result.is_err()
             && let Some(cache) = self.0.cache.upgrade()
         {
@@ -280,8 +374,19 @@ impl FrameOut for TrackOut {
     }
 }
 
-impl Track {
-    /// Drops the frames every reader is past (a track out of the cache serves no new call).
+impl FrameOut for TrackOut<MediaSource, OpusFrame> {
+    fn push(&self, frame: OpusFrame) -> bool {
+        self.push_frame(frame)
+    }
+
+    fn ended(&self, result: &Result<(), SourceError>) {
+        self.decode_ended(result);
+    }
+}
+
+impl<K, F: CachedFrame> Track<K, F> {
+    /// Drops the frames every reader is past (a track out of the cache serves no new call),
+    /// keeping the frames from the last start frame at or before the slowest reader.
     fn shed(&self) {
         let slowest = {
             let mut positions = crate::sync::lock(&self.positions);
@@ -296,12 +401,19 @@ impl Track {
             return;
         };
         let mut frames = self.frames.write().unwrap_or_else(PoisonError::into_inner);
+        let held = frames.frames.len() as u64;
+        let upto = slowest.saturating_sub(frames.base).min(held);
+        // The newest start frame at or before the slowest reader's position.
+        let keep_from = (0..upto.min(held.saturating_sub(1)) + 1)
+            .rev()
+            .find(|&i| frames.frames.get(i as usize).is_some_and(F::is_start))
+            .unwrap_or(0);
         let mut freed = 0;
-        while frames.base < slowest {
+        for _ in 0..keep_from {
             let Some(frame) = frames.frames.pop_front() else {
                 break;
             };
-            freed += cost(&frame);
+            freed += frame.cost();
             frames.base += 1;
         }
         self.bytes.fetch_sub(
@@ -312,15 +424,28 @@ impl Track {
 }
 
 /// One call's position in a track.
-struct TrackReader {
-    track: Arc<Track>,
+pub(crate) struct TrackReader<K, F> {
+    track: Arc<Track<K, F>>,
     next: u64,
     position: Arc<AtomicU64>,
     counters: Arc<Counters>,
+    /// After a replay from a start frame ([`TrackReader::rewind_to_start`]): the position it
+    /// came from. The frames before it are due at once.
+    replay_until: u64,
 }
 
-impl TrackReader {
-    fn new(track: Arc<Track>, counters: Arc<Counters>) -> Self {
+/// What a reader found ([`TrackReader::poll`]).
+pub(crate) enum TrackPoll<F> {
+    /// The next frame.
+    Frame(F),
+    /// None ready yet: the decode is behind.
+    Pending,
+    /// The track ended.
+    End,
+}
+
+impl<K, F> TrackReader<K, F> {
+    fn new(track: Arc<Track<K, F>>, counters: Arc<Counters>) -> Self {
         track.readers.fetch_add(1, Ordering::Relaxed);
         let position = Arc::new(AtomicU64::new(0));
         crate::sync::lock(&track.positions).push(Arc::downgrade(&position));
@@ -329,20 +454,26 @@ impl TrackReader {
             next: 0,
             position,
             counters,
+            replay_until: 0,
         }
+    }
+
+    /// The track's name (its input and parameters).
+    pub(crate) fn key(&self) -> &K {
+        &self.track.key
     }
 }
 
-impl Drop for TrackReader {
+impl<K, F> Drop for TrackReader<K, F> {
     fn drop(&mut self) {
         self.track.readers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl TrackReader {
+impl<K, F: CachedFrame> TrackReader<K, F> {
     /// The next frame of the track if it is there: at this reader's position, or, when the
     /// decode ended cleanly (`ended_ok`) and the track loops, its first frame again.
-    fn take_frame(&mut self, ended_ok: bool) -> Option<OpusFrame> {
+    fn take_frame(&mut self, ended_ok: bool) -> Option<F> {
         let frame = {
             let frames = self
                 .track
@@ -354,12 +485,13 @@ impl TrackReader {
             match frames.frames.get(index) {
                 Some(frame) => Some(frame.clone()),
                 None if ended_ok
-                    && self.track.key.looped
+                    && self.track.looped
                     && frames.base == 0
                     && !frames.frames.is_empty() =>
                 {
                     // The whole track is here: play it again from the cache.
                     self.next = 0;
+                    self.replay_until = 0;
                     frames.frames.front().cloned()
                 }
                 None => None,
@@ -370,13 +502,13 @@ impl TrackReader {
         self.track.furthest.fetch_max(self.next, Ordering::Relaxed);
         Some(frame)
     }
-}
 
-impl FrameSource for TrackReader {
-    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
+    /// The next frame, none ready yet, or the end (an error if the decode failed). Counts an
+    /// underrun when none is ready.
+    pub(crate) fn poll(&mut self) -> Result<TrackPoll<F>, SourceError> {
         // The common case, a frame ready, takes no lock but the track's read lock.
         if let Some(frame) = self.take_frame(false) {
-            return Ok(Some(frame));
+            return Ok(TrackPoll::Frame(frame));
         }
         // None ready: has the decode ended? It hands over all its frames before it ends, so
         // a second look after seeing the end is final.
@@ -385,19 +517,139 @@ impl FrameSource for TrackReader {
             .as_ref()
             .and_then(|result| self.take_frame(result.is_ok()))
         {
-            return Ok(Some(frame));
+            return Ok(TrackPoll::Frame(frame));
         }
         match end {
-            Some(Ok(())) => Ok(None),
+            Some(Ok(())) => Ok(TrackPoll::End),
             Some(Err(e)) => Err(e),
             None => {
                 Counters::add(&self.counters.underruns);
-                Ok(Some(silence_frame()))
+                Ok(TrackPoll::Pending)
             }
+        }
+    }
+
+    /// Goes back to the newest start frame before this reader's position, if the track still
+    /// holds one; the frames up to the old position are then [`TrackReader::replay_backlog`].
+    /// Returns whether it went back.
+    pub(crate) fn rewind_to_start(&mut self) -> bool {
+        let frames = self
+            .track
+            .frames
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(last_taken) = self.next.checked_sub(1) else {
+            return false;
+        };
+        let start = (frames.base..=last_taken).rev().find(|&i| {
+            frames
+                .frames
+                .get((i - frames.base) as usize)
+                .is_some_and(F::is_start)
+        });
+        let Some(start) = start else {
+            return false;
+        };
+        self.replay_until = self.replay_until.max(self.next);
+        self.next = start;
+        self.position.store(self.next, Ordering::Relaxed);
+        true
+    }
+
+    /// Frames after the one just taken that were already sent once before a rewind: due now.
+    pub(crate) fn replay_backlog(&self) -> usize {
+        self.replay_until.saturating_sub(self.next) as usize
+    }
+}
+
+impl FrameSource for TrackReader<MediaSource, OpusFrame> {
+    fn next_frame(&mut self) -> Result<Option<OpusFrame>, SourceError> {
+        match self.poll()? {
+            TrackPoll::Frame(frame) => Ok(Some(frame)),
+            TrackPoll::End => Ok(None),
+            TrackPoll::Pending => Ok(Some(silence_frame())),
         }
     }
 
     fn start_position(&self) -> Duration {
         self.track.key.seek
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A frame of 100 bytes; `key` frames are where a reader may start.
+    #[derive(Clone, Debug)]
+    struct Frame {
+        key: bool,
+    }
+
+    impl CachedFrame for Frame {
+        fn cost(&self) -> usize {
+            100
+        }
+
+        fn is_start(&self) -> bool {
+            self.key
+        }
+    }
+
+    fn base(reader: &TrackReader<u32, Frame>) -> u64 {
+        reader.track.frames.read().unwrap().base
+    }
+
+    fn take(reader: &mut TrackReader<u32, Frame>) -> Frame {
+        match reader.poll().unwrap() {
+            TrackPoll::Frame(f) => f,
+            _ => panic!("no frame"),
+        }
+    }
+
+    /// A track out of the cache (no room) sheds what its reader passed, but keeps the frames
+    /// from the key frame before it, so a key frame request rewinds there and the frames up
+    /// to where the reader was are its backlog.
+    #[test]
+    fn out_of_cache_a_track_keeps_the_key_frame_before_its_slowest_reader() {
+        let counters = Arc::new(Counters::default());
+        let none = MediaCacheConfig {
+            max_bytes: 0,
+            max_track_bytes: 0,
+        };
+        let cache = Arc::new(TrackCache::<u32, Frame>::new(none, counters.clone()));
+        let slot = Mutex::new(None);
+        let mut reader = cache
+            .open(7, false, 1_000, "test", |out, status| {
+                status.mark_started();
+                *slot.lock().unwrap() = Some(out);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(counters.cache_bypassed.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.usage(), (0, 0));
+        let out = slot.lock().unwrap().take().unwrap();
+        // Key frames at 0, 4 and 8.
+        for i in 0..10 {
+            assert!(out.push_frame(Frame { key: i % 4 == 0 }));
+        }
+        for _ in 0..6 {
+            take(&mut reader);
+        }
+        assert_eq!(base(&reader), 0);
+        assert!(out.push_frame(Frame { key: false }));
+        // The reader is at 6: frames before the key frame 4 are gone, 4 and 5 are kept.
+        assert_eq!(base(&reader), 4);
+        assert_eq!(reader.track.bytes.load(Ordering::Relaxed), 7 * 100);
+        assert!(reader.rewind_to_start());
+        assert!(take(&mut reader).key);
+        assert_eq!(reader.replay_backlog(), 1);
+        take(&mut reader);
+        assert_eq!(reader.replay_backlog(), 0);
+        // Nobody reads any more: the decode is told to stop.
+        drop(reader);
+        assert!(!out.push_frame(Frame { key: false }));
     }
 }

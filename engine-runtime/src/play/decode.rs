@@ -74,7 +74,7 @@ impl Status {
                 self.cancel();
                 return Err(SourceError::Decoder {
                     program: program.to_owned(),
-                    reason: format!("no audio within {} s", timeout.as_secs()),
+                    reason: format!("no frame within {} s", timeout.as_secs()),
                     stderr: String::new(),
                 });
             }
@@ -104,12 +104,12 @@ impl Status {
         }
     }
 
-    fn cancelled(&self) -> bool {
+    pub(crate) fn cancelled(&self) -> bool {
         self.lock().cancelled
     }
 
     /// The process now running, or none; a cancel that came first kills it at once.
-    fn set_killer(&self, killer: Option<Killer>) {
+    pub(crate) fn set_killer(&self, killer: Option<Killer>) {
         let mut state = self.lock();
         if state.cancelled
             && let Some(k) = &killer
@@ -119,7 +119,7 @@ impl Status {
         state.killer = killer;
     }
 
-    fn mark_started(&self) {
+    pub(crate) fn mark_started(&self) {
         let mut state = self.lock();
         if !state.started {
             state.started = true;
@@ -132,7 +132,8 @@ impl Status {
         self.finish(Err(error));
     }
 
-    fn finish(&self, result: Result<(), SourceError>) {
+    /// The decode ended with `result`: those waiting on it or reading learn it.
+    pub(crate) fn finish(&self, result: Result<(), SourceError>) {
         let mut state = self.lock();
         state.end = Some(result);
         state.killer = None;

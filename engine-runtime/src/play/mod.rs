@@ -314,7 +314,7 @@ pub(crate) struct MediaHub {
     ffmpeg: Ffmpeg,
     counters: Arc<Counters>,
     live: live::LiveInputs,
-    cache: Arc<cache::TrackCache>,
+    cache: Arc<cache::AudioCache>,
 }
 
 impl MediaHub {
@@ -338,7 +338,7 @@ impl MediaHub {
         };
         match spec.source.mode {
             PlayMode::Live => self.live.open(spec, &self.counters),
-            PlayMode::OnDemand => self.cache.open(spec),
+            PlayMode::OnDemand => self.cache.open_audio(spec),
         }
     }
 

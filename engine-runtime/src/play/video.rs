@@ -6,21 +6,32 @@
 //! screen commands do; it is piped into the encoding ffmpeg.
 //!
 //! [`Engine::set_video_source`](crate::Engine::set_video_source) opens a [`MediaSource`] with
-//! [`VideoParams`] (codec, size, frame rate, bitrate). The first call to show that input (with
-//! those parameters) starts one ffmpeg that reads it at its native rate (`-re`), scales and
-//! pads it to the size, and encodes it with libvpx (VP8, written as IVF) or libx264 (H.264,
-//! Annex B with access unit delimiters). A thread per input reads ffmpeg's output, packetizes
-//! each frame once ([`VideoFrame::packetize`]) and puts it in a ring of the last
-//! [`VIDEO_RING`] frames. Every call showing the input reads the ring from the live edge: the
-//! same picture for all (the live mode of [`crate::play`]). Key frames come once per
-//! [`KEYFRAME_INTERVAL`] (ffmpeg's `-g`). Nothing here runs on a shard: a call takes
-//! a frame that is ready or none ([`VideoPoll::Pending`], counted), never waits.
+//! [`VideoParams`] (codec, size, frame rate, bitrate). One ffmpeg per distinct input (with
+//! those parameters) scales and pads it to the size and encodes it with libvpx (VP8, written
+//! as IVF) or libx264 (H.264, Annex B with access unit delimiters). A thread per input reads
+//! ffmpeg's output and packetizes each frame once ([`VideoFrame::packetize`]); every call
+//! showing the input sends the same payloads. Key frames come once per
+//! [`KEYFRAME_INTERVAL`] (ffmpeg's `-g`). Nothing here runs on a shard: a call takes a frame
+//! that is ready or none ([`VideoPoll::Pending`], counted), never waits. The two modes of
+//! [`crate::play`]:
+//!
+//! - **On demand** (the default, as for audio): each call shows the input from its first
+//!   frame, so a chat that starts a clip later sees it from the start, in step with its audio.
+//!   The frames go into a track of the engine's video cache ([`MediaCacheConfig`], default
+//!   [`MediaCacheConfig::video_default`]: the same bound and eviction rules as audio's), which
+//!   later calls read from frame 0 (a key frame). ffmpeg runs as fast as its output is taken,
+//!   at most [`DECODE_LEAD`] ahead of the furthest call. A track that leaves the cache keeps
+//!   the frames from the key frame before its slowest call.
+//! - **Live** ([`MediaSource::live`]): ffmpeg reads at the input's native rate (`-re`) into a
+//!   ring of the last [`VIDEO_RING`] frames, and every call reads it from the live edge: the
+//!   same picture for all.
 //!
 //! ffmpeg cannot be asked for a key frame while it runs. A receiver's key frame request
-//! (PLI/FIR) is answered from the ring instead: that call's reader goes back to the last key
-//! frame (at most [`KEYFRAME_INTERVAL`] old) and its track sends the frames since at once
-//! (its backlog). A call that joins starts the same way. The cost is a burst of at most one
-//! key frame interval of video to that one receiver; the track rate-limits requests.
+//! (PLI/FIR) is answered from the frames kept instead: that call's reader goes back to the
+//! last key frame (at most [`KEYFRAME_INTERVAL`] old) and its track sends the frames since at
+//! once (its backlog). A call that joins a live input starts the same way. The cost is a burst
+//! of at most one key frame interval of video to that one receiver; the track rate-limits
+//! requests.
 //!
 //! The last reader gone, the input's ffmpeg is killed; errors (an input ffmpeg cannot open, a
 //! stream that breaks) end the video track with a typed [`SourceError`] carrying ffmpeg's
@@ -38,8 +49,9 @@ use ringcast_core::media::video::{
     AnnexBStream, IvfStream, VIDEO_CLOCK_RATE_HZ, VideoCodec, VideoFrame, VideoPoll, VideoSource,
 };
 
-use super::decode::input_args;
-use super::{MediaInput, MediaSource, START_TIMEOUT};
+use super::cache::{TrackCache, TrackOut, TrackPoll, TrackReader};
+use super::decode::{Status, input_args};
+use super::{Counters, DECODE_LEAD, MediaCacheConfig, MediaInput, MediaSource, START_TIMEOUT};
 use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process, shell_command, shell_program, shell_quote};
 use crate::sync::lock;
 
@@ -227,8 +239,16 @@ pub struct VideoStats {
     pub encoders_started: u64,
     /// Encoders running now.
     pub encoders_running: u64,
-    /// Calls that joined an encoder already running.
+    /// Calls that joined an encoder already running (live) or a cached track (on demand).
     pub shared_plays: u64,
+    /// On-demand plays served from the video cache.
+    pub cache_hits: u64,
+    /// On-demand plays that started an encoder.
+    pub cache_misses: u64,
+    /// Bytes of frames the video cache holds.
+    pub cache_bytes: u64,
+    /// Tracks the video cache holds.
+    pub cache_tracks: u64,
     /// Frames the encoders produced (each packetized once).
     pub frames_encoded: u64,
     /// Key frame requests answered by replaying a call's stream from the ring's last key
@@ -240,39 +260,55 @@ pub struct VideoStats {
     pub errors: u64,
 }
 
+/// A video track's name: its input and how it is encoded.
+type VideoKey = (MediaSource, VideoParams);
+
 /// An engine's video inputs.
 #[derive(Debug)]
 pub(crate) struct VideoHub {
     ffmpeg: Ffmpeg,
-    live: Mutex<HashMap<(MediaSource, VideoParams), Weak<LiveVideo>>>,
+    live: Mutex<HashMap<VideoKey, Weak<LiveVideo>>>,
+    /// On-demand tracks.
+    cache: Arc<TrackCache<VideoKey, VideoFrame>>,
+    /// The cache's own counters (hits, misses, its readers' underruns).
+    cache_counters: Arc<Counters>,
     counters: Arc<VideoCounters>,
 }
 
 impl VideoHub {
-    pub(crate) fn new(ffmpeg: Ffmpeg) -> Self {
+    pub(crate) fn new(ffmpeg: Ffmpeg, cache: MediaCacheConfig) -> Self {
+        let cache_counters = Arc::new(Counters::default());
         Self {
             ffmpeg,
             live: Mutex::new(HashMap::new()),
+            cache: Arc::new(TrackCache::new(cache, cache_counters.clone())),
+            cache_counters,
             counters: Arc::new(VideoCounters::default()),
         }
     }
 
     pub(crate) fn stats(&self) -> VideoStats {
-        let c = &self.counters;
+        let (c, cc) = (&self.counters, &self.cache_counters);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (cache_bytes, cache_tracks) = self.cache.usage();
         VideoStats {
             encoders_started: get(&c.encoders_started),
             encoders_running: get(&c.encoders_running),
-            shared_plays: get(&c.shared_plays),
+            shared_plays: get(&c.shared_plays) + get(&cc.shared_plays),
+            cache_hits: get(&cc.cache_hits),
+            cache_misses: get(&cc.cache_misses),
+            cache_bytes,
+            cache_tracks,
             frames_encoded: get(&c.frames_encoded),
             keyframe_replays: get(&c.replays),
-            underruns: get(&c.underruns),
+            underruns: get(&c.underruns) + get(&cc.underruns),
             errors: get(&c.errors),
         }
     }
 
-    /// A reader of `source` encoded with `params`: joins the running encoder or starts one and
-    /// waits for its first frame (at most [`START_TIMEOUT`]).
+    /// A reader of `source` encoded with `params`: from the video cache (on demand) or the
+    /// running encoder (live), starting an encoder if there is none, and waiting for its first
+    /// frame (at most [`START_TIMEOUT`]).
     pub(crate) fn open(
         &self,
         source: MediaSource,
@@ -280,6 +316,9 @@ impl VideoHub {
     ) -> Result<Box<dyn VideoSource>, SourceError> {
         source.validate()?;
         params.validate()?;
+        if source.mode == super::PlayMode::OnDemand {
+            return self.open_on_demand(source, params);
+        }
         let key = (source.clone(), params);
         let live = {
             let mut map = lock(&self.live);
@@ -326,7 +365,7 @@ impl VideoHub {
             .name("ringcast-video".into())
             .spawn(move || {
                 counters.encoders_running.fetch_add(1, Ordering::Relaxed);
-                let result = encode(&ffmpeg, &source, params, &weak);
+                let result = encode(&ffmpeg, &source, params, &weak, true);
                 counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
                 if result.is_err() {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -342,6 +381,126 @@ impl VideoHub {
                 reason: format!("starting the video thread: {e}"),
             })?;
         Ok(live)
+    }
+}
+
+impl VideoHub {
+    /// A reader of the on-demand track of `source` and `params`, from its first frame.
+    fn open_on_demand(
+        &self,
+        source: MediaSource,
+        params: VideoParams,
+    ) -> Result<Box<dyn VideoSource>, SourceError> {
+        let program = match &source.input {
+            MediaInput::Shell { command, .. } => shell_program(command),
+            _ => self.ffmpeg.program(),
+        };
+        let lead = DECODE_LEAD.as_secs() * u64::from(params.fps);
+        let (ffmpeg, counters) = (self.ffmpeg.clone(), self.counters.clone());
+        let looped = source.looped;
+        let reader = self.cache.open(
+            (source.clone(), params),
+            looped,
+            lead,
+            &program,
+            move |out, status| {
+                counters.encoders_started.fetch_add(1, Ordering::Relaxed);
+                std::thread::Builder::new()
+                    .name("ringcast-video".into())
+                    .spawn(move || {
+                        counters.encoders_running.fetch_add(1, Ordering::Relaxed);
+                        let sink = DemandOut {
+                            out: out.clone(),
+                            status: status.clone(),
+                            counters: counters.clone(),
+                            frames: AtomicU64::new(0),
+                        };
+                        let result = encode(&ffmpeg, &source, params, &sink, false);
+                        counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
+                        if result.is_err() {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        out.decode_ended(&result);
+                        status.finish(result);
+                    })
+                    .map(|_| ())
+                    .map_err(|e| SourceError::Io {
+                        reason: format!("starting the video thread: {e}"),
+                    })
+            },
+        )?;
+        Ok(Box::new(DemandVideoReader {
+            reader,
+            counters: self.counters.clone(),
+        }))
+    }
+}
+
+/// Where an encoder's frames go: a live ring or an on-demand track.
+trait VideoOut {
+    /// Takes a frame (waiting while an on-demand track is far enough ahead); false once
+    /// nobody shows the input (the encoder then stops).
+    fn push(&self, frame: VideoFrame) -> bool;
+
+    /// The encoder's process started; false if nobody shows the input any more.
+    fn running(&self, killer: Killer) -> bool;
+
+    /// No frame came yet (and somebody still waits for one).
+    fn no_frame(&self) -> bool;
+}
+
+impl VideoOut for Weak<LiveVideo> {
+    fn push(&self, frame: VideoFrame) -> bool {
+        match self.upgrade() {
+            Some(live) => {
+                live.push(frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn running(&self, killer: Killer) -> bool {
+        match self.upgrade() {
+            Some(live) => {
+                *lock(&live.killer) = Some(killer);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn no_frame(&self) -> bool {
+        self.upgrade().is_some_and(|l| lock(&l.ring).next == 0)
+    }
+}
+
+/// The encoder's side of an on-demand track.
+struct DemandOut {
+    out: Arc<TrackOut<VideoKey, VideoFrame>>,
+    status: Arc<Status>,
+    counters: Arc<VideoCounters>,
+    frames: AtomicU64,
+}
+
+impl VideoOut for DemandOut {
+    fn push(&self, frame: VideoFrame) -> bool {
+        if !self.out.push_frame(frame) {
+            return false;
+        }
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        self.status.mark_started();
+        true
+    }
+
+    fn running(&self, killer: Killer) -> bool {
+        self.status.set_killer(Some(killer));
+        !self.status.cancelled()
+    }
+
+    fn no_frame(&self) -> bool {
+        self.frames.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -386,22 +545,27 @@ impl LiveVideo {
     }
 }
 
-/// Runs ffmpeg on `source` until it ends, the readers are gone or it fails; frames go into
-/// the ring of `live`.
+/// Runs ffmpeg on `source` until it ends, the readers are gone or it fails; frames go to
+/// `out`. `realtime` (live): ffmpeg reads at the input's rate (`-re`) and loops the input
+/// itself; on demand it runs as fast as `out` takes frames, and readers loop over the track.
 fn encode(
     ffmpeg: &Ffmpeg,
     source: &MediaSource,
     params: VideoParams,
-    live: &Weak<LiveVideo>,
+    out: &dyn VideoOut,
+    realtime: bool,
 ) -> Result<(), SourceError> {
-    let mut args: Vec<OsString> = ["-hide_banner", "-nostdin", "-loglevel", "error", "-re"]
+    let mut args: Vec<OsString> = ["-hide_banner", "-nostdin", "-loglevel", "error"]
         .into_iter()
         .map(OsString::from)
         .collect();
+    if realtime {
+        args.push("-re".into());
+    }
     let (cmd, program) = if let MediaInput::Shell { command, .. } = &source.input {
         // Raw yuv420p frames of the parameters' size and rate from the command (what
         // py-tgcalls builds: `ffmpeg ... -f rawvideo -pix_fmt yuv420p -r FPS pipe:1`), piped
-        // into our ffmpeg, which paces (-re) and encodes them: one pipeline, one process group.
+        // into our ffmpeg, which encodes them: one pipeline, one process group.
         args.extend(
             [
                 "-f".to_owned(),
@@ -425,7 +589,7 @@ fn encode(
         }
         (shell_command(&line), shell_program(command))
     } else {
-        if source.looped {
+        if realtime && source.looped {
             args.push("-stream_loop".into());
             args.push("-1".into());
         }
@@ -436,12 +600,9 @@ fn encode(
         (cmd, ffmpeg.program())
     };
     let mut process = Process::spawn(cmd, program, Pipes::Stdout, Some(ffmpeg))?;
-    match live.upgrade() {
-        Some(l) => *lock(&l.killer) = Some(process.killer()),
-        None => {
-            process.kill();
-            return Ok(());
-        }
+    if !out.running(process.killer()) {
+        process.kill();
+        return Ok(());
     }
     let mut stdout = process
         .take_stdout()
@@ -458,38 +619,41 @@ fn encode(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => break Err(process.failure(format!("reading ffmpeg: {e}"))),
         };
-        let Some(live) = live.upgrade() else {
-            killed = true;
-            process.kill();
-            break Ok(());
-        };
         let step = match params.codec {
             VideoCodec::H264 => {
                 annexb.push(&buf[..n]);
-                drain(&live, params.codec, duration, || annexb.next_access_unit())
+                drain(out, params.codec, duration, || annexb.next_access_unit())
             }
             _ => {
                 ivf.push(&buf[..n]);
-                drain(&live, params.codec, duration, || {
+                drain(out, params.codec, duration, || {
                     ivf.next_frame().map(|f| f.map(|f| f.data))
                 })
             }
         };
-        if let Err(e) = step {
-            killed = true;
-            process.kill();
-            break Err(e);
+        match step {
+            Ok(true) => {}
+            Ok(false) => {
+                // Nobody shows the input any more.
+                killed = true;
+                process.kill();
+                break Ok(());
+            }
+            Err(e) => {
+                killed = true;
+                process.kill();
+                break Err(e);
+            }
         }
     };
     if result.is_ok()
         && !killed
-        && let (Some(unit), Some(live)) = (annexb.finish(), live.upgrade())
+        && let Some(unit) = annexb.finish()
         && let Ok(frame) = VideoFrame::packetize(params.codec, &unit, duration)
     {
-        live.push(frame);
+        out.push(frame);
     }
-    let no_frame = live.upgrade().is_some_and(|l| lock(&l.ring).next == 0);
-    if result.is_ok() && !killed && no_frame {
+    if result.is_ok() && !killed && out.no_frame() {
         // A command's exit status is its pipeline's last (our ffmpeg's): an input that gave
         // nothing is a failure, with what the command said on its standard error.
         let _ = process.finish(false);
@@ -499,17 +663,20 @@ fn encode(
     result.and(if killed { Ok(()) } else { exit })
 }
 
-/// Packetizes every complete frame `next` yields into `live`'s ring.
+/// Packetizes every complete frame `next` yields into `out`. `Ok(false)`: nobody takes them
+/// any more.
 fn drain(
-    live: &LiveVideo,
+    out: &dyn VideoOut,
     codec: VideoCodec,
     duration: u32,
     mut next: impl FnMut() -> Result<Option<Vec<u8>>, SourceError>,
-) -> Result<(), SourceError> {
+) -> Result<bool, SourceError> {
     while let Some(data) = next()? {
-        live.push(VideoFrame::packetize(codec, &data, duration)?);
+        if !out.push(VideoFrame::packetize(codec, &data, duration)?) {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Index of the newest key frame in the ring.
@@ -575,5 +742,36 @@ impl VideoSource for LiveVideoReader {
         // The newest frame is the live edge; everything before it is already due.
         let ring = lock(&self.live.ring);
         ring.next.saturating_sub(self.next).saturating_sub(1) as usize
+    }
+}
+
+/// One call's view of an on-demand track.
+struct DemandVideoReader {
+    reader: TrackReader<VideoKey, VideoFrame>,
+    counters: Arc<VideoCounters>,
+}
+
+impl VideoSource for DemandVideoReader {
+    fn codec(&self) -> VideoCodec {
+        self.reader.key().1.codec
+    }
+
+    fn next_frame(&mut self) -> Result<VideoPoll, SourceError> {
+        Ok(match self.reader.poll()? {
+            TrackPoll::Frame(frame) => VideoPoll::Frame(frame),
+            TrackPoll::Pending => VideoPoll::Pending,
+            TrackPoll::End => VideoPoll::End,
+        })
+    }
+
+    /// Back to the last key frame this call passed; the frames since go out at once.
+    fn request_keyframe(&mut self) {
+        if self.reader.rewind_to_start() {
+            self.counters.replays.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.reader.replay_backlog()
     }
 }
