@@ -136,7 +136,7 @@ fn phase(design: Design, n: usize, video: &std::path::Path, args: &Args) -> Resu
     for key in 0..n {
         match engine.set_video_source(
             key as i64,
-            MediaSource::file(video).looped(true),
+            MediaSource::file(video).looped(true).live(),
             design.params(key),
         ) {
             Ok(()) => showing += 1,
