@@ -563,6 +563,30 @@ impl Engine {
         self.command(chat_id, ringcast_core::Command::SetVideoSource(source))
     }
 
+    /// Starts an encoder for raw yuv420p frames the application writes (ntgcalls' `EXTERNAL`
+    /// video source), encoded as `params` say; show it with [`Engine::set_video_writer`].
+    ///
+    /// # Errors
+    /// [`SourceError::InvalidArgument`](crate::SourceError::InvalidArgument) for parameters
+    /// out of range.
+    pub fn video_writer(
+        &self,
+        params: crate::VideoParams,
+    ) -> Result<crate::VideoWriter, EngineError> {
+        Ok(self.video.writer(params)?)
+    }
+
+    /// Shows what `writer` is given on the call's camera track (from its last key frame),
+    /// replacing what it showed. Any number of calls can show one writer: one encoder.
+    pub fn set_video_writer(
+        &self,
+        chat_id: i64,
+        writer: &crate::VideoWriter,
+    ) -> Result<(), EngineError> {
+        let source = self.video.open_writer(writer);
+        self.command(chat_id, ringcast_core::Command::SetVideoSource(source))
+    }
+
     /// Stops showing video on the camera track (the source is dropped).
     pub fn clear_video_source(&self, chat_id: i64) -> Result<(), EngineError> {
         self.command(chat_id, ringcast_core::Command::ClearVideoSource)

@@ -134,6 +134,8 @@ pub(crate) enum Pipes {
     Stdout,
     /// Its standard input is written (recorders).
     Stdin,
+    /// Both: written and read (an encoder of frames the application pushes).
+    Both,
     /// Neither (RTMP push: ffmpeg reads and writes by itself).
     None,
 }
@@ -216,12 +218,12 @@ impl Process {
         pipes: Pipes,
         ffmpeg: Option<&Ffmpeg>,
     ) -> Result<Self, SourceError> {
-        cmd.stdin(if pipes == Pipes::Stdin {
+        cmd.stdin(if matches!(pipes, Pipes::Stdin | Pipes::Both) {
             Stdio::piped()
         } else {
             Stdio::null()
         })
-        .stdout(if pipes == Pipes::Stdout {
+        .stdout(if matches!(pipes, Pipes::Stdout | Pipes::Both) {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -284,12 +286,12 @@ impl Process {
         })
     }
 
-    /// The child's standard output (once; [`Pipes::Stdout`] only).
+    /// The child's standard output (once; [`Pipes::Stdout`] and [`Pipes::Both`]).
     pub(crate) fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
     }
 
-    /// The child's standard input (once; [`Pipes::Stdin`] only).
+    /// The child's standard input (once; [`Pipes::Stdin`] and [`Pipes::Both`]).
     pub(crate) fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.child.stdin.take()
     }

@@ -55,7 +55,7 @@ pub use error::EngineError;
 pub use ffmpeg::Ffmpeg;
 pub use play::{
     KEYFRAME_INTERVAL, MediaCacheConfig, MediaInput, MediaSource, MediaStats, PlayMode,
-    VideoParams, VideoStats,
+    VideoParams, VideoStats, VideoWriter,
 };
 pub use record::{
     RecordConfig, RecordLayout, RecordOutput, RecordedOutput, Recording, RecordingSummary,

@@ -69,6 +69,31 @@ fn wait_video(
     }
 }
 
+/// Waits until each of `chats` reports the end of its video track, without an error.
+fn video_ends(engine: &Engine, chats: &[i64]) {
+    let mut left: Vec<i64> = chats.to_vec();
+    while !left.is_empty() {
+        let e = wait_event(engine, Duration::from_secs(10), |e| {
+            left.contains(&e.chat_id)
+                && matches!(
+                    e.kind,
+                    EventKind::StreamEnded {
+                        track: ringcast::TrackKind::Video,
+                        ..
+                    }
+                )
+        });
+        let Some(e) = e else {
+            panic!("no end of video from {left:?}");
+        };
+        assert!(
+            matches!(e.kind, EventKind::StreamEnded { error: None, .. }),
+            "{e:?}"
+        );
+        left.retain(|&c| c != e.chat_id);
+    }
+}
+
 fn shows_pattern_as(codec: VideoCodec) {
     let _serial = serial();
     let dir = MediaDir::new(&format!("video-{codec}"));
@@ -353,25 +378,7 @@ fn on_demand_video_starts_each_call_at_the_first_frame_from_one_encoder() {
         "{stats:?}"
     );
     // Both calls show the whole clip, then end their video track.
-    for chat in [1, 2] {
-        let e = wait_event(&engine, Duration::from_secs(10), |e| {
-            e.chat_id == chat
-                && matches!(
-                    e.kind,
-                    EventKind::StreamEnded {
-                        track: ringcast::TrackKind::Video,
-                        ..
-                    }
-                )
-        });
-        assert!(
-            matches!(
-                e.as_ref().map(|e| &e.kind),
-                Some(EventKind::StreamEnded { error: None, .. })
-            ),
-            "{chat}: {e:?}"
-        );
-    }
+    video_ends(&engine, &[1, 2]);
     std::thread::sleep(Duration::from_millis(300));
     let frames: Vec<Value> = [(1, first), (2, late)]
         .iter()
@@ -460,6 +467,72 @@ fn pli_gets_a_key_frame_within_200_ms_live() {
 #[test]
 fn pli_gets_a_key_frame_within_200_ms_on_demand() {
     pli_gets_a_key_frame_within_200_ms(false);
+}
+
+/// Raw frames written by the application (ntgcalls' `EXTERNAL` source): one encoder for two
+/// calls, shown at the parameters' size; a frame of the wrong size is a typed error; dropping
+/// the writer ends both calls' video track.
+#[test]
+fn frames_written_by_the_application_are_encoded_once_and_shown() {
+    let _serial = serial();
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let a = join_video(&engine, &sfu, 1, 1, VideoCodec::H264);
+    let b = join_video(&engine, &sfu, 2, 2, VideoCodec::H264);
+    wait_connected(&engine, 2, Duration::from_secs(10));
+    let params = VideoParams {
+        codec: VideoCodec::H264,
+        width: 320,
+        height: 240,
+        fps: 15,
+        bitrate_kbps: 300,
+    };
+    let writer = engine.video_writer(params).unwrap();
+    assert_eq!(writer.frame_bytes(), 320 * 240 * 3 / 2);
+    let wrong = writer.write(&[0u8; 100]);
+    assert!(
+        matches!(wrong, Err(SourceError::InvalidArgument { .. })),
+        "{wrong:?}"
+    );
+    engine.set_video_writer(1, &writer).unwrap();
+    engine.set_video_writer(2, &writer).unwrap();
+    // Three seconds at 15 fps, paced as a camera would: a grey level that changes per frame.
+    let luma = 320 * 240;
+    let mut frame = vec![128u8; writer.frame_bytes()];
+    let start = Instant::now();
+    for i in 0..45u32 {
+        frame[..luma].fill((40 + i * 4) as u8);
+        assert!(writer.write(&frame).unwrap(), "frame {i} dropped");
+        let due = start + Duration::from_micros(u64::from(i + 1) * 66_667);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    for (chat, ssrc) in [(1, a), (2, b)] {
+        let p = wait_video(&sfu, chat, ssrc, Duration::from_secs(10), |v| {
+            v["frames"].as_u64().unwrap_or(0) >= 30
+        });
+        let v = &p["video"];
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(320), Some(240)),
+            "{v}"
+        );
+        assert!(v["keyframes"].as_u64().unwrap() >= 1, "{v}");
+        assert_eq!(v["frames"], v["decodable_frames"], "{v}");
+    }
+    let stats = engine.video_stats();
+    assert_eq!(stats.encoders_started, 1, "{stats:?}");
+    assert_eq!(
+        (stats.external_frames, stats.external_dropped),
+        (45, 0),
+        "{stats:?}"
+    );
+    // The writer gone, the encoder finishes and both calls end their video track.
+    drop(writer);
+    video_ends(&engine, &[1, 2]);
+    assert_eq!(
+        engine.call_info(1).unwrap().state,
+        ringcast::CallState::Connected
+    );
 }
 
 /// Raw yuv420p frames from a shell command (py-tgcalls' camera command) are encoded once and

@@ -50,7 +50,9 @@ use crate::ffmpeg::Ffmpeg;
 
 pub use cache::{FRAME_OVERHEAD, MediaCacheConfig};
 pub(crate) use decode::input_args;
-pub use video::{KEYFRAME_INTERVAL, VIDEO_RING, VideoParams, VideoStats};
+pub use video::{
+    EXTERNAL_QUEUE, KEYFRAME_INTERVAL, VIDEO_RING, VideoParams, VideoStats, VideoWriter,
+};
 
 /// How far a decode may run ahead of the furthest call playing it (on demand): 10 s.
 pub const DECODE_LEAD: Duration = Duration::from_secs(10);

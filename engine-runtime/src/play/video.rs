@@ -54,6 +54,10 @@ use super::decode::{Status, input_args};
 use super::{Counters, DECODE_LEAD, MediaCacheConfig, MediaInput, MediaSource, START_TIMEOUT};
 use crate::ffmpeg::{Ffmpeg, Killer, Pipes, Process, shell_command, shell_program, shell_quote};
 use crate::sync::lock;
+use crossbeam_channel::{Sender, TrySendError};
+
+/// Raw frames a [`VideoWriter`] queues for its encoder; more are dropped (counted).
+pub const EXTERNAL_QUEUE: usize = 8;
 
 /// Frames an input keeps for its readers: two seconds at 30 fps. A reader that falls further
 /// behind jumps to the newest key frame.
@@ -230,6 +234,8 @@ pub(crate) struct VideoCounters {
     pub(crate) replays: AtomicU64,
     pub(crate) underruns: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) external_frames: AtomicU64,
+    pub(crate) external_dropped: AtomicU64,
 }
 
 /// Counters of an engine's video encoders ([`Engine::video_stats`](crate::Engine::video_stats)).
@@ -258,6 +264,10 @@ pub struct VideoStats {
     pub underruns: u64,
     /// Encoders that ended with an error.
     pub errors: u64,
+    /// Raw frames the application wrote into [`VideoWriter`]s and the encoder took.
+    pub external_frames: u64,
+    /// Raw frames dropped because their encoder's queue was full ([`EXTERNAL_QUEUE`]).
+    pub external_dropped: u64,
 }
 
 /// A video track's name: its input and how it is encoded.
@@ -303,6 +313,8 @@ impl VideoHub {
             keyframe_replays: get(&c.replays),
             underruns: get(&c.underruns) + get(&cc.underruns),
             errors: get(&c.errors),
+            external_frames: get(&c.external_frames),
+            external_dropped: get(&c.external_dropped),
         }
     }
 
@@ -555,32 +567,12 @@ fn encode(
     out: &dyn VideoOut,
     realtime: bool,
 ) -> Result<(), SourceError> {
-    let mut args: Vec<OsString> = ["-hide_banner", "-nostdin", "-loglevel", "error"]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-    if realtime {
-        args.push("-re".into());
-    }
+    let mut args = base_args(realtime);
     let (cmd, program) = if let MediaInput::Shell { command, .. } = &source.input {
         // Raw yuv420p frames of the parameters' size and rate from the command (what
         // py-tgcalls builds: `ffmpeg ... -f rawvideo -pix_fmt yuv420p -r FPS pipe:1`), piped
         // into our ffmpeg, which encodes them: one pipeline, one process group.
-        args.extend(
-            [
-                "-f".to_owned(),
-                "rawvideo".to_owned(),
-                "-pix_fmt".to_owned(),
-                "yuv420p".to_owned(),
-                "-s".to_owned(),
-                format!("{}x{}", params.width, params.height),
-                "-r".to_owned(),
-                params.fps.to_string(),
-                "-i".to_owned(),
-                "pipe:0".to_owned(),
-            ]
-            .map(OsString::from),
-        );
+        args.extend(raw_input_args(params));
         args.extend(params.output_args().into_iter().map(OsString::from));
         let mut line = format!("{command} | {}", shell_quote(ffmpeg.path().as_os_str()));
         for a in &args {
@@ -599,7 +591,46 @@ fn encode(
         cmd.args(&args);
         (cmd, ffmpeg.program())
     };
-    let mut process = Process::spawn(cmd, program, Pipes::Stdout, Some(ffmpeg))?;
+    let process = Process::spawn(cmd, program, Pipes::Stdout, Some(ffmpeg))?;
+    run_encoder(process, params, out)
+}
+
+/// ffmpeg's first arguments; `realtime`: read the input at its native rate.
+fn base_args(realtime: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    if realtime {
+        args.push("-re".into());
+    }
+    args
+}
+
+/// Raw yuv420p frames of `params`' size and rate on standard input.
+fn raw_input_args(params: VideoParams) -> impl Iterator<Item = OsString> {
+    [
+        "-f".to_owned(),
+        "rawvideo".to_owned(),
+        "-pix_fmt".to_owned(),
+        "yuv420p".to_owned(),
+        "-s".to_owned(),
+        format!("{}x{}", params.width, params.height),
+        "-r".to_owned(),
+        params.fps.to_string(),
+        "-i".to_owned(),
+        "pipe:0".to_owned(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+}
+
+/// Reads the encoder `process`'s output until it ends, fails or nobody takes its frames.
+fn run_encoder(
+    mut process: Process,
+    params: VideoParams,
+    out: &dyn VideoOut,
+) -> Result<(), SourceError> {
     if !out.running(process.killer()) {
         process.kill();
         return Ok(());
@@ -774,4 +805,171 @@ impl VideoSource for DemandVideoReader {
     fn backlog(&self) -> usize {
         self.reader.replay_backlog()
     }
+}
+
+/// Raw yuv420p frames pushed by the application (ntgcalls' `EXTERNAL` video source), encoded
+/// by one ffmpeg for every call that shows them
+/// ([`Engine::set_video_writer`](crate::Engine::set_video_writer)). Made by
+/// [`Engine::video_writer`](crate::Engine::video_writer); clones write to the same encoder.
+///
+/// The frames go through a queue of [`EXTERNAL_QUEUE`] frames to ffmpeg's standard input (a
+/// full queue drops the frame, counted in [`VideoStats::external_dropped`]): writing never
+/// blocks. Frames are shown at the [`VideoParams`]' rate in the order written; the application
+/// paces them. When the last clone is dropped, the encoder finishes and the calls showing it
+/// end their video track ([`EventKind::StreamEnded`](crate::EventKind::StreamEnded)).
+#[derive(Debug, Clone)]
+pub struct VideoWriter {
+    inner: Arc<WriterInner>,
+}
+
+#[derive(Debug)]
+struct WriterInner {
+    live: Arc<LiveVideo>,
+    params: VideoParams,
+    frames: Sender<Vec<u8>>,
+    counters: Arc<VideoCounters>,
+}
+
+impl VideoWriter {
+    /// Bytes of one frame: `width * height * 3 / 2` (yuv420p).
+    pub fn frame_bytes(&self) -> usize {
+        let p = &self.inner.params;
+        usize::from(p.width) * usize::from(p.height) * 3 / 2
+    }
+
+    /// The parameters the frames are encoded with.
+    pub fn params(&self) -> VideoParams {
+        self.inner.params
+    }
+
+    /// Queues one yuv420p frame (Y plane, then U, then V) for the encoder. Returns whether it
+    /// was queued: `false` when the queue was full and the frame was dropped (counted).
+    ///
+    /// # Errors
+    /// [`SourceError::InvalidArgument`] for a frame of the wrong size; the encoder's own error
+    /// ([`SourceError::Decoder`] with ffmpeg's standard error) once it has failed.
+    pub fn write(&self, frame: &[u8]) -> Result<bool, SourceError> {
+        if frame.len() != self.frame_bytes() {
+            return Err(SourceError::InvalidArgument {
+                reason: format!(
+                    "a {}x{} yuv420p frame is {} bytes, not {}",
+                    self.inner.params.width,
+                    self.inner.params.height,
+                    self.frame_bytes(),
+                    frame.len()
+                ),
+            });
+        }
+        if let Some(Err(e)) = &lock(&self.inner.live.ring).ended {
+            return Err(e.clone());
+        }
+        let c = &self.inner.counters;
+        match self.inner.frames.try_send(frame.to_vec()) {
+            Ok(()) => {
+                c.external_frames.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(TrySendError::Full(_)) => {
+                c.external_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(SourceError::Decoder {
+                program: "ffmpeg".to_owned(),
+                reason: "the encoder stopped taking frames".to_owned(),
+                stderr: String::new(),
+            }),
+        }
+    }
+}
+
+impl VideoHub {
+    /// Starts an encoder for frames the application writes.
+    pub(crate) fn writer(&self, params: VideoParams) -> Result<VideoWriter, SourceError> {
+        params.validate()?;
+        let live = Arc::new(LiveVideo {
+            codec: params.codec,
+            ring: Mutex::new(Ring::default()),
+            changed: Condvar::new(),
+            killer: Mutex::new(None),
+            counters: self.counters.clone(),
+        });
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(EXTERNAL_QUEUE);
+        let weak = Arc::downgrade(&live);
+        let (ffmpeg, counters) = (self.ffmpeg.clone(), self.counters.clone());
+        counters.encoders_started.fetch_add(1, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("ringcast-video".into())
+            .spawn(move || {
+                counters.encoders_running.fetch_add(1, Ordering::Relaxed);
+                let result = encode_external(&ffmpeg, params, rx, &weak);
+                counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
+                if result.is_err() {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(live) = weak.upgrade() {
+                    let mut ring = lock(&live.ring);
+                    ring.started = true;
+                    ring.ended = Some(result);
+                    live.changed.notify_all();
+                }
+            })
+            .map_err(|e| SourceError::Io {
+                reason: format!("starting the video thread: {e}"),
+            })?;
+        Ok(VideoWriter {
+            inner: Arc::new(WriterInner {
+                live,
+                params,
+                frames: tx,
+                counters: self.counters.clone(),
+            }),
+        })
+    }
+
+    /// A reader of what `writer` is given, from its last key frame.
+    pub(crate) fn open_writer(&self, writer: &VideoWriter) -> Box<dyn VideoSource> {
+        let live = writer.inner.live.clone();
+        let next = {
+            let ring = lock(&live.ring);
+            last_keyframe(&ring).unwrap_or(ring.next)
+        };
+        self.counters.shared_plays.fetch_add(1, Ordering::Relaxed);
+        Box::new(LiveVideoReader { live, next })
+    }
+}
+
+/// The encoder of a [`VideoWriter`]: ffmpeg reads raw frames on its standard input, fed from
+/// `frames` by a thread of its own, until every writer is gone.
+fn encode_external(
+    ffmpeg: &Ffmpeg,
+    params: VideoParams,
+    frames: crossbeam_channel::Receiver<Vec<u8>>,
+    live: &Weak<LiveVideo>,
+) -> Result<(), SourceError> {
+    let mut args = base_args(false);
+    args.extend(raw_input_args(params));
+    args.extend(params.output_args().into_iter().map(OsString::from));
+    let mut cmd = ffmpeg.command();
+    cmd.args(&args);
+    let mut process = Process::spawn(cmd, ffmpeg.program(), Pipes::Both, Some(ffmpeg))?;
+    let Some(mut stdin) = process.take_stdin() else {
+        process.kill();
+        return Err(process.failure("no standard input".to_owned()));
+    };
+    std::thread::Builder::new()
+        .name("ringcast-video-in".into())
+        .spawn(move || {
+            use std::io::Write;
+            // Ends when every writer is gone (ffmpeg then sees the end of its input and
+            // finishes) or ffmpeg stops reading.
+            for frame in frames {
+                if stdin.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| SourceError::Io {
+            reason: format!("starting the video input thread: {e}"),
+        })?;
+    run_encoder(process, params, live)
 }
