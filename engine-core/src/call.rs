@@ -89,6 +89,11 @@ pub struct CallConfig {
     /// [`Call::connect`] takes the codec's payload types from the answer's `video` section.
     /// `None` (the default): audio only, as before.
     pub video: Option<VideoCodec>,
+    /// Simulcast layers the join payload announces for the video track: 1 (a camera: one
+    /// `FID` group) or 2 (a presentation, as ntgcalls announces a screen: a `SIM` group of two
+    /// layers, each with its `FID` group; telegram-signaling.md §1, §2.7). Only layer 0 is
+    /// sent, which is what a Telegram client sends until the SFU's bandwidth feedback.
+    pub video_layers: u8,
 }
 
 /// ICE timing knobs, passed to str0m's ICE agent and to the call's own disconnect handling.
@@ -131,6 +136,7 @@ impl CallConfig {
             pre_connect_delay: Duration::ZERO,
             mtu: None,
             video: None,
+            video_layers: 1,
         }
     }
 }
@@ -415,6 +421,30 @@ impl fmt::Debug for Call {
     }
 }
 
+/// The `ssrc-groups` of a video track with `layers` simulcast layers in ntgcalls' layout:
+/// layer `i` is `media + 2i` with its RTX `media + 2i + 1` (one `FID` each), listed in a
+/// `SIM` group when there is more than one.
+fn video_ssrc_groups(media: Ssrc, rtx: Ssrc, layers: u8) -> Vec<SsrcGroup> {
+    let layers = u32::from(layers.max(1));
+    let fid = |i: u32| SsrcGroup {
+        semantics: "FID".to_owned(),
+        sources: if i == 0 {
+            vec![media, rtx]
+        } else {
+            vec![Ssrc(media.0 + 2 * i), Ssrc(media.0 + 2 * i + 1)]
+        },
+    };
+    let mut groups = Vec::new();
+    if layers > 1 {
+        groups.push(SsrcGroup {
+            semantics: "SIM".to_owned(),
+            sources: (0..layers).map(|i| Ssrc(media.0 + 2 * i)).collect(),
+        });
+    }
+    groups.extend((0..layers).map(fid));
+    groups
+}
+
 impl Call {
     /// Creates a call. Nothing is sent until [`Call::connect`] applies the SFU's answer.
     pub fn new(now: Instant, config: CallConfig) -> Result<Self, CallError> {
@@ -482,12 +512,9 @@ impl Call {
             ssrc: self.audio_ssrc(),
             ssrc_groups: self
                 .video
-                .iter()
-                .map(|c| SsrcGroup {
-                    semantics: "FID".to_owned(),
-                    sources: vec![c.track.rtp().ssrc(), c.rtx],
-                })
-                .collect(),
+                .as_ref()
+                .map(|c| video_ssrc_groups(c.track.rtp().ssrc(), c.rtx, self.config.video_layers))
+                .unwrap_or_default(),
         }
     }
 

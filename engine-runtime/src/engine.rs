@@ -21,7 +21,9 @@ use crate::pool::SocketPool;
 use crate::shard::{Request, ShardConfig};
 
 mod p2p;
+mod presentation;
 pub use p2p::{AuthParams, P2pCallInfo, P2pKeyInfo, RtcServer};
+pub(crate) use presentation::split_call_id;
 
 /// A call's state, media state and counters, as [`Engine::call_info`] and [`Engine::calls`]
 /// return them.
@@ -47,6 +49,9 @@ pub struct EngineEvent {
     /// The call's id: the chat id of a group call, the peer's user id of a 1:1 call. Both are
     /// one id space (as in ntgcalls): a group call and a 1:1 call cannot share an id.
     pub chat_id: i64,
+    /// The event is about the chat's presentation (screen share) connection
+    /// ([`Engine::init_presentation`]), not its main call.
+    pub presentation: bool,
     /// What happened.
     pub kind: EventKind,
 }
@@ -393,6 +398,7 @@ impl EngineBuilder {
             crypto,
             next_seed: AtomicU64::new(seed),
             video: crate::play::video::VideoHub::new(self.ffmpeg.clone(), self.video_cache),
+            main_audio: presentation::MainAudio::default(),
             media: MediaHub::new(self.ffmpeg, self.media_cache),
         })
     }
@@ -447,6 +453,8 @@ pub struct Engine {
     media: MediaHub,
     /// Video encoders of files and URLs, shared by the calls that show them.
     video: crate::play::video::VideoHub,
+    /// The main connections' audio answers, for their presentations.
+    main_audio: presentation::MainAudio,
 }
 
 impl Engine {
@@ -506,12 +514,8 @@ impl Engine {
         chat_id: i64,
         options: CallOptions,
     ) -> Result<String, EngineError> {
-        let seed = self.next_call_seed();
-        let mut config = CallConfig::new(seed, self.certs.take()?);
-        config.crypto = Some(self.crypto.clone());
-        config.connect_timeout = self.connect_timeout;
-        config.ice = self.ice;
-        config.pre_connect_delay = self.pre_connect_delay;
+        presentation::check_chat_id(chat_id)?;
+        let mut config = self.call_config()?;
         config.video = options.video;
         self.request(self.shard_of(chat_id), |reply| Request::Create {
             chat_id,
@@ -520,11 +524,22 @@ impl Engine {
         })?
     }
 
+    /// A group call's configuration with the engine's settings, a fresh seed and certificate.
+    fn call_config(&self) -> Result<CallConfig, EngineError> {
+        let mut config = CallConfig::new(self.next_call_seed(), self.certs.take()?);
+        config.crypto = Some(self.crypto.clone());
+        config.connect_timeout = self.connect_timeout;
+        config.ice = self.ice;
+        config.pre_connect_delay = self.pre_connect_delay;
+        Ok(config)
+    }
+
     /// Applies the SFU's answer (`updateGroupCallConnection.params.data`) and starts
     /// connecting. The outcome arrives as [`EventKind::ConnectionChanged`].
     pub fn connect(&self, chat_id: i64, response_json: &str) -> Result<(), EngineError> {
         let response =
             ringcast_core::signaling::group::JoinResponse::parse(response_json.as_bytes())?;
+        self.main_audio.remember(chat_id, &response);
         self.request(self.shard_of(chat_id), |reply| Request::Connect {
             chat_id,
             response: Box::new(response),
@@ -631,6 +646,11 @@ impl Engine {
     /// used again.
     pub fn stop(&self, chat_id: i64) -> Result<(), EngineError> {
         let result = self.command(chat_id, ringcast_core::Command::Stop);
+        // Its presentation, if any, ends with it (as in ntgcalls).
+        if result.is_ok() {
+            let _ = self.stop_presentation(chat_id);
+        }
+        self.main_audio.forget(chat_id);
         // Stopped now, or already gone on its shard: either way nothing is left to keep.
         self.p2p_forget(chat_id);
         result
@@ -720,12 +740,15 @@ impl Engine {
         .ok_or(EngineError::ConnectionNotFound(chat_id))
     }
 
-    /// Every live call, from every shard.
+    /// Every live call, from every shard (presentations excluded:
+    /// [`Engine::presentation_info`]).
     pub fn calls(&self) -> Result<Vec<CallInfo>, EngineError> {
         let mut all = Vec::new();
         for shard in 0..self.shards.len() {
             all.extend(self.request(shard, |reply| Request::List { reply })?);
         }
+        // Presentations are listed by `presentation_info`, not as calls of their own.
+        all.retain(|c| !split_call_id(c.chat_id).1);
         Ok(all)
     }
 

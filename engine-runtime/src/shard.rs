@@ -702,8 +702,10 @@ impl Shard {
                 _ => None,
             };
             if let Some(kind) = kind {
+                let (chat_id, presentation) = crate::engine::split_call_id(id.0);
                 self.emit(EngineEvent {
-                    chat_id: id.0,
+                    chat_id,
+                    presentation,
                     kind,
                 });
             }

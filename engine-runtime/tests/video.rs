@@ -535,6 +535,124 @@ fn frames_written_by_the_application_are_encoded_once_and_shown() {
     );
 }
 
+/// Presentation (screen share) and camera in one chat: two connections with their own ICE
+/// credentials, certificate and SSRCs (the presentation announcing two layers), each verified
+/// at the SFU; stopping the presentation leaves the main connection streaming.
+#[test]
+fn presentation_and_camera_stream_side_by_side() {
+    let _serial = serial();
+    let dir = MediaDir::new("video-presentation");
+    let file = dir.path("clip.mp4");
+    av_clip(
+        &file,
+        "testsrc2=size=640x360:rate=15:duration=30",
+        &sine(440, 30.0),
+    );
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let camera = join_video(&engine, &sfu, 1, 1, VideoCodec::Vp8);
+    wait_connected(&engine, 1, Duration::from_secs(10));
+    let main: Value = serde_json::from_str(&engine.create_call(2).unwrap()).unwrap();
+    engine.stop(2).unwrap();
+
+    let payload = engine.init_presentation(1, VideoCodec::Vp8).unwrap();
+    let json: Value = serde_json::from_str(&payload).unwrap();
+    let screen = json["ssrc"].as_u64().unwrap() as u32;
+    assert_ne!(screen, camera);
+    assert_ne!(json["ufrag"], main["ufrag"]);
+    let groups = json["ssrc-groups"].as_array().unwrap();
+    let semantics: Vec<&str> = groups
+        .iter()
+        .map(|g| g["semantics"].as_str().unwrap())
+        .collect();
+    assert_eq!(semantics, ["SIM", "FID", "FID"], "{payload}");
+    let base = i64::from(screen) + 1;
+    assert_eq!(groups[0]["sources"], serde_json::json!([base, base + 2]));
+    assert_eq!(
+        groups[2]["sources"],
+        serde_json::json!([base + 2, base + 3])
+    );
+    assert!(matches!(
+        engine.init_presentation(1, VideoCodec::Vp8),
+        Err(EngineError::ConnectionExists(1))
+    ));
+    assert!(matches!(
+        engine.init_presentation(5, VideoCodec::Vp8),
+        Err(EngineError::ConnectionNotFound(5))
+    ));
+
+    let answer = sfu.join(1, payload.as_bytes()).unwrap();
+    engine.connect_presentation(1, &answer).unwrap();
+    let up = wait_event(&engine, Duration::from_secs(10), |e| {
+        e.presentation
+            && matches!(
+                e.kind,
+                EventKind::ConnectionChanged(ringcast::CallState::Connected)
+            )
+    });
+    assert_eq!(up.map(|e| e.chat_id), Some(1));
+    assert_eq!(
+        engine.calls().unwrap().len(),
+        1,
+        "a presentation is not a call"
+    );
+
+    let small = VideoParams {
+        width: 320,
+        height: 180,
+        fps: 15,
+        bitrate_kbps: 200,
+        ..VideoParams::default()
+    };
+    let large = VideoParams {
+        width: 640,
+        height: 360,
+        bitrate_kbps: 400,
+        ..small
+    };
+    engine
+        .set_video_source(1, MediaSource::file(&file), small)
+        .unwrap();
+    engine
+        .set_presentation_source(1, MediaSource::file(&file), large)
+        .unwrap();
+    for (ssrc, (w, h)) in [(camera, (320, 180)), (screen, (640, 360))] {
+        let p = wait_video(&sfu, 1, ssrc, Duration::from_secs(10), |v| {
+            v["decodable_frames"].as_u64().unwrap_or(0) >= 30
+        });
+        let v = &p["video"];
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(w), Some(h)),
+            "{v}"
+        );
+    }
+    let info = engine.presentation_info(1).unwrap();
+    assert_eq!(info.chat_id, 1);
+    assert!(info.stats.video.frames_sent >= 30, "{:?}", info.stats.video);
+
+    engine.stop_presentation(1).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = |ssrc| {
+        participant(&sfu.stats().unwrap(), 1, ssrc)["video"]["frames"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (cam0, screen0) = (frames(camera), frames(screen));
+    std::thread::sleep(Duration::from_secs(1));
+    let (cam1, screen1) = (frames(camera), frames(screen));
+    assert!(cam1 >= cam0 + 10, "the camera stopped: {cam0} -> {cam1}");
+    assert_eq!(screen1, screen0, "the presentation still sends");
+    assert_eq!(
+        engine.call_info(1).unwrap().state,
+        ringcast::CallState::Connected
+    );
+    assert!(matches!(
+        engine.presentation_info(1),
+        Err(EngineError::ConnectionNotFound(1))
+    ));
+}
+
 /// Raw yuv420p frames from a shell command (py-tgcalls' camera command) are encoded once and
 /// arrive at the parameters' size and rate.
 #[test]
