@@ -27,6 +27,32 @@ class Engine:
         codec: str = "vp8",
         bitrate_kbps: int = 1500,
     ) -> None: ...
+    def init_presentation(self, chat_id: int, codec: str = "vp8") -> str: ...
+    def connect_presentation(self, chat_id: int, params: str) -> None: ...
+    def show_presentation(
+        self,
+        chat_id: int,
+        command: str,
+        width: int,
+        height: int,
+        fps: int,
+        codec: str = "vp8",
+        bitrate_kbps: int = 1500,
+    ) -> None: ...
+    def stop_presentation(self, chat_id: int) -> None: ...
+    def external_video(
+        self,
+        chat_id: int,
+        width: int,
+        height: int,
+        fps: int,
+        codec: str = "vp8",
+        presentation: bool = False,
+        bitrate_kbps: int = 1500,
+    ) -> None: ...
+    def write_video_frame(
+        self, chat_id: int, frame: bytes, presentation: bool = False
+    ) -> bool: ...
     def clear_video(self, chat_id: int) -> None: ...
     def connect(self, chat_id: int, params: str) -> None: ...
     def play(

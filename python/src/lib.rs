@@ -30,7 +30,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyString};
 use ringcast::{
     CallOptions, CallState, DhConfig, EndReason, Engine, EngineError, EventKind, LIBRARY_VERSIONS,
     MediaSource, P2pEndReason, P2pState, PcmChannels, RecordConfig, Recording, RtcServer,
-    SourceError, StreamSource, VideoCodec, VideoParams,
+    SourceError, StreamSource, VideoCodec, VideoParams, VideoWriter,
 };
 use ringcast_core::SignalingError;
 
@@ -145,6 +145,8 @@ struct NativeEngine {
     callback: Arc<Mutex<Option<Py<PyAny>>>>,
     dispatcher: Mutex<Option<Dispatcher>>,
     recordings: Mutex<HashMap<i64, Recording>>,
+    /// Encoders of frames the application writes, by (chat, is the presentation).
+    writers: Mutex<HashMap<(i64, bool), VideoWriter>>,
 }
 
 #[pymethods]
@@ -181,6 +183,7 @@ impl NativeEngine {
             callback: Arc::new(Mutex::new(None)),
             dispatcher: Mutex::new(None),
             recordings: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -193,7 +196,9 @@ impl NativeEngine {
     /// - `("p2p_connection", state, None)`: the same for a 1:1 call;
     /// - `("stream_end", track, error)`: the source ended (`error` is None) or failed;
     /// - `("media", paused, muted)`: pause/mute changed;
-    /// - `("signaling", data, None)`: bytes for `phone.sendSignalingData`.
+    /// - `("signaling", data, None)`: bytes for `phone.sendSignalingData`;
+    /// - `"presentation_connection"`, `"presentation_stream_end"`: the same for the chat's
+    ///   presentation connection.
     fn set_callback(&self, callback: Py<PyAny>) {
         *lock(&self.callback) = Some(callback);
         let mut dispatcher = lock(&self.dispatcher);
@@ -251,6 +256,105 @@ impl NativeEngine {
         let source = MediaSource::shell(command, 48_000, 2);
         py.detach(|| self.engine.set_video_source(chat_id, source, params))
             .map_err(py_err)
+    }
+
+    /// Opens the chat's presentation (screen share) connection; returns its join payload (the
+    /// `params` of `phone.joinGroupCallPresentation`). The chat's call must exist.
+    #[pyo3(signature = (chat_id, codec="vp8"))]
+    fn init_presentation(&self, py: Python<'_>, chat_id: i64, codec: &str) -> PyResult<String> {
+        let codec = video_codec(codec)?;
+        py.detach(|| self.engine.init_presentation(chat_id, codec))
+            .map_err(py_err)
+    }
+
+    /// Applies the SFU's answer to the presentation and starts connecting it.
+    fn connect_presentation(&self, py: Python<'_>, chat_id: i64, params: String) -> PyResult<()> {
+        py.detach(|| self.engine.connect_presentation(chat_id, &params))
+            .map_err(py_err)
+    }
+
+    /// Shows a shell command's raw yuv420p frames on the presentation (as `show_video` on the
+    /// camera).
+    #[pyo3(signature = (chat_id, command, width, height, fps, codec="vp8", bitrate_kbps=1500))]
+    #[allow(clippy::too_many_arguments)]
+    fn show_presentation(
+        &self,
+        py: Python<'_>,
+        chat_id: i64,
+        command: String,
+        width: u16,
+        height: u16,
+        fps: u8,
+        codec: &str,
+        bitrate_kbps: u32,
+    ) -> PyResult<()> {
+        let params = VideoParams {
+            codec: video_codec(codec)?,
+            width,
+            height,
+            fps,
+            bitrate_kbps,
+        };
+        let source = MediaSource::shell(command, 48_000, 2);
+        py.detach(|| self.engine.set_presentation_source(chat_id, source, params))
+            .map_err(py_err)
+    }
+
+    /// Ends the chat's presentation connection; the call goes on.
+    fn stop_presentation(&self, py: Python<'_>, chat_id: i64) -> PyResult<()> {
+        py.detach(|| self.engine.stop_presentation(chat_id))
+            .map_err(py_err)
+    }
+
+    /// Starts an encoder for raw yuv420p frames the application writes (ntgcalls'
+    /// `EXTERNAL` video) and shows it on the call's camera, or its presentation when
+    /// `presentation`; frames then go in with `write_video_frame`.
+    #[pyo3(signature = (chat_id, width, height, fps, codec="vp8", presentation=false, bitrate_kbps=1500))]
+    #[allow(clippy::too_many_arguments)]
+    fn external_video(
+        &self,
+        py: Python<'_>,
+        chat_id: i64,
+        width: u16,
+        height: u16,
+        fps: u8,
+        codec: &str,
+        presentation: bool,
+        bitrate_kbps: u32,
+    ) -> PyResult<()> {
+        let params = VideoParams {
+            codec: video_codec(codec)?,
+            width,
+            height,
+            fps,
+            bitrate_kbps,
+        };
+        let writer = py
+            .detach(|| -> Result<VideoWriter, EngineError> {
+                let writer = self.engine.video_writer(params)?;
+                if presentation {
+                    self.engine.set_presentation_writer(chat_id, &writer)?;
+                } else {
+                    self.engine.set_video_writer(chat_id, &writer)?;
+                }
+                Ok(writer)
+            })
+            .map_err(py_err)?;
+        lock(&self.writers).insert((chat_id, presentation), writer);
+        Ok(())
+    }
+
+    /// Writes one yuv420p frame into the encoder `external_video` started; returns False if
+    /// its queue was full and the frame was dropped (counted).
+    #[pyo3(signature = (chat_id, frame, presentation=false))]
+    fn write_video_frame(&self, chat_id: i64, frame: &[u8], presentation: bool) -> PyResult<bool> {
+        let writer = lock(&self.writers)
+            .get(&(chat_id, presentation))
+            .cloned()
+            .ok_or_else(|| py_err(EngineError::ConnectionNotFound(chat_id)))?;
+        writer
+            .write(frame)
+            .map_err(|e| py_err(EngineError::Source(e)))
     }
 
     /// Removes the call's video source (nothing more is shown).
@@ -639,7 +743,16 @@ fn dispatch(
                 return;
             };
             let chat_id = event.chat_id;
-            let args = event_args(py, event.kind);
+            let presentation = event.presentation;
+            let args = event_args(py, event.kind).map(|(kind, a, b)| {
+                let kind = match (presentation, kind) {
+                    (true, "connection") => "presentation_connection",
+                    (true, "stream_end") => "presentation_stream_end",
+                    (true, other) => other,
+                    (false, kind) => kind,
+                };
+                (kind, a, b)
+            });
             if let Some((kind, a, b)) = args
                 && let Err(e) = callback.call1(py, (chat_id, kind, a, b))
             {
