@@ -26,6 +26,17 @@ fn pattern(dir: &MediaDir, seconds: u32) -> std::path::PathBuf {
     out
 }
 
+/// A 15 fps test pattern of `size` with a 440 Hz tone, `seconds` long.
+fn small_clip(dir: &MediaDir, size: &str, seconds: u32) -> std::path::PathBuf {
+    let out = dir.path("clip.mp4");
+    av_clip(
+        &out,
+        &format!("testsrc2=size={size}:rate=15:duration={seconds}"),
+        &sine(440, seconds as f32),
+    );
+    out
+}
+
 /// Creates call `key` with a camera track of `codec` in `chat`, connects it and waits until
 /// it is up; returns its audio SSRC.
 fn join_video(engine: &Engine, sfu: &Server, key: i64, chat: i64, codec: VideoCodec) -> u32 {
@@ -346,12 +357,7 @@ fn hundred_calls_share_one_encoder_and_a_late_call_starts_on_a_key_frame() {
 fn on_demand_video_starts_each_call_at_the_first_frame_from_one_encoder() {
     let _serial = serial();
     let dir = MediaDir::new("video-demand");
-    let file = dir.path("clip.mp4");
-    av_clip(
-        &file,
-        "testsrc2=size=320x180:rate=15:duration=4",
-        &sine(440, 4.0),
-    );
+    let file = small_clip(&dir, "320x180", 4);
     let sfu = silent_sfu();
     let engine = Engine::builder().build().unwrap();
     let params = VideoParams {
@@ -542,12 +548,7 @@ fn frames_written_by_the_application_are_encoded_once_and_shown() {
 fn presentation_and_camera_stream_side_by_side() {
     let _serial = serial();
     let dir = MediaDir::new("video-presentation");
-    let file = dir.path("clip.mp4");
-    av_clip(
-        &file,
-        "testsrc2=size=640x360:rate=15:duration=30",
-        &sine(440, 30.0),
-    );
+    let file = small_clip(&dir, "640x360", 30);
     let sfu = silent_sfu();
     let engine = Engine::builder().build().unwrap();
     let camera = join_video(&engine, &sfu, 1, 1, VideoCodec::Vp8);

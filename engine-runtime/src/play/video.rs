@@ -371,27 +371,11 @@ impl VideoHub {
         });
         let weak = Arc::downgrade(&live);
         let ffmpeg = self.ffmpeg.clone();
-        let counters = self.counters.clone();
-        counters.encoders_started.fetch_add(1, Ordering::Relaxed);
-        std::thread::Builder::new()
-            .name("ringcast-video".into())
-            .spawn(move || {
-                counters.encoders_running.fetch_add(1, Ordering::Relaxed);
-                let result = encode(&ffmpeg, &source, params, &weak, true);
-                counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
-                if result.is_err() {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(live) = weak.upgrade() {
-                    let mut ring = lock(&live.ring);
-                    ring.started = true;
-                    ring.ended = Some(result);
-                    live.changed.notify_all();
-                }
-            })
-            .map_err(|e| SourceError::Io {
-                reason: format!("starting the video thread: {e}"),
-            })?;
+        spawn_encoder(
+            &self.counters,
+            move || encode(&ffmpeg, &source, params, &weak, true),
+            LiveVideo::ended_with(Arc::downgrade(&live)),
+        )?;
         Ok(live)
     }
 }
@@ -416,29 +400,20 @@ impl VideoHub {
             lead,
             &program,
             move |out, status| {
-                counters.encoders_started.fetch_add(1, Ordering::Relaxed);
-                std::thread::Builder::new()
-                    .name("ringcast-video".into())
-                    .spawn(move || {
-                        counters.encoders_running.fetch_add(1, Ordering::Relaxed);
-                        let sink = DemandOut {
-                            out: out.clone(),
-                            status: status.clone(),
-                            counters: counters.clone(),
-                            frames: AtomicU64::new(0),
-                        };
-                        let result = encode(&ffmpeg, &source, params, &sink, false);
-                        counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
-                        if result.is_err() {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                let sink = DemandOut {
+                    out: out.clone(),
+                    status: status.clone(),
+                    counters: counters.clone(),
+                    frames: AtomicU64::new(0),
+                };
+                spawn_encoder(
+                    &counters,
+                    move || encode(&ffmpeg, &source, params, &sink, false),
+                    move |result| {
                         out.decode_ended(&result);
                         status.finish(result);
-                    })
-                    .map(|_| ())
-                    .map_err(|e| SourceError::Io {
-                        reason: format!("starting the video thread: {e}"),
-                    })
+                    },
+                )
             },
         )?;
         Ok(Box::new(DemandVideoReader {
@@ -446,6 +421,31 @@ impl VideoHub {
             counters: self.counters.clone(),
         }))
     }
+}
+
+/// Runs `encode` on a thread of its own, counted in `counters`; `done` gets its result.
+fn spawn_encoder(
+    counters: &Arc<VideoCounters>,
+    encode: impl FnOnce() -> Result<(), SourceError> + Send + 'static,
+    done: impl FnOnce(Result<(), SourceError>) + Send + 'static,
+) -> Result<(), SourceError> {
+    let counters = counters.clone();
+    counters.encoders_started.fetch_add(1, Ordering::Relaxed);
+    std::thread::Builder::new()
+        .name("ringcast-video".into())
+        .spawn(move || {
+            counters.encoders_running.fetch_add(1, Ordering::Relaxed);
+            let result = encode();
+            counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
+            if result.is_err() {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            done(result);
+        })
+        .map(|_| ())
+        .map_err(|e| SourceError::Io {
+            reason: format!("starting the video thread: {e}"),
+        })
 }
 
 /// Where an encoder's frames go: a live ring or an on-demand track.
@@ -517,6 +517,19 @@ impl VideoOut for DemandOut {
 }
 
 impl LiveVideo {
+    /// What an encoder's end does to the ring (if anyone still reads it): readers learn how
+    /// it ended.
+    fn ended_with(live: Weak<Self>) -> impl FnOnce(Result<(), SourceError>) + Send {
+        move |result| {
+            if let Some(live) = live.upgrade() {
+                let mut ring = lock(&live.ring);
+                ring.started = true;
+                ring.ended = Some(result);
+                live.changed.notify_all();
+            }
+        }
+    }
+
     fn wait_started(&self) -> Result<(), SourceError> {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut ring = lock(&self.ring);
@@ -895,27 +908,12 @@ impl VideoHub {
         });
         let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(EXTERNAL_QUEUE);
         let weak = Arc::downgrade(&live);
-        let (ffmpeg, counters) = (self.ffmpeg.clone(), self.counters.clone());
-        counters.encoders_started.fetch_add(1, Ordering::Relaxed);
-        std::thread::Builder::new()
-            .name("ringcast-video".into())
-            .spawn(move || {
-                counters.encoders_running.fetch_add(1, Ordering::Relaxed);
-                let result = encode_external(&ffmpeg, params, rx, &weak);
-                counters.encoders_running.fetch_sub(1, Ordering::Relaxed);
-                if result.is_err() {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(live) = weak.upgrade() {
-                    let mut ring = lock(&live.ring);
-                    ring.started = true;
-                    ring.ended = Some(result);
-                    live.changed.notify_all();
-                }
-            })
-            .map_err(|e| SourceError::Io {
-                reason: format!("starting the video thread: {e}"),
-            })?;
+        let ffmpeg = self.ffmpeg.clone();
+        spawn_encoder(
+            &self.counters,
+            move || encode_external(&ffmpeg, params, rx, &weak),
+            LiveVideo::ended_with(Arc::downgrade(&live)),
+        )?;
         Ok(VideoWriter {
             inner: Arc::new(WriterInner {
                 live,
