@@ -21,11 +21,15 @@ It mirrors ntgcalls 3.0.5 as py-tgcalls uses it (shared/docs/ntgcalls-python-sur
   their class), the data classes have read/write fields and ntgcalls' constructors, and the
   exceptions are ntgcalls' 20 classes under :class:`BaseRTCException`.
 
-What ringcast cannot do raises ntgcalls' own exception types when it is used: a camera from
-a SHELL command is sent (raw yuv420p frames encoded once per distinct command, VP8), but a
-screen needs the presentation connection and is dropped with a warning (the rest plays);
-receiving video, capture devices, EXTERNAL frames,
-presentations, STREAM/RTMP broadcast mode and end-to-end conference calls.
+Video: a camera or screen from a SHELL command (raw yuv420p frames, encoded once per
+distinct command, VP8) or EXTERNAL (frames given to ``send_external_frame``) is sent; the
+screen goes to the presentation connection (``init_presentation`` /
+``connect(.., is_presentation=True)`` / ``stop_presentation``), its own transport,
+certificate and SSRCs.
+
+What ringcast cannot do raises ntgcalls' own exception types when it is used: receiving
+video, EXTERNAL audio, capture devices, STREAM/RTMP broadcast mode and end-to-end conference
+calls.
 """
 
 from __future__ import annotations
@@ -538,7 +542,10 @@ def _unsupported(exc: type, what: str) -> BaseRTCException:
 class _Call:
     """What ntgcalls keeps about a call and the engine does not."""
 
-    __slots__ = ("kind", "mode", "playing", "recording", "on_shard", "video")
+    __slots__ = (
+        "kind", "mode", "playing", "recording", "on_shard", "video", "presenting", "screen",
+        "external",
+    )
 
     def __init__(self, kind: CallType) -> None:
         self.kind = kind
@@ -547,6 +554,12 @@ class _Call:
         self.recording = False
         # A camera source is set (MediaState.video_stopped is False).
         self.video = False
+        # The presentation connection exists (init_presentation ran; it has not ended).
+        self.presenting = False
+        # The screen VideoDescription set for the presentation (shown once it exists).
+        self.screen: Optional[VideoDescription] = None
+        # Devices (CAMERA/SCREEN) fed by send_external_frame.
+        self.external: set = set()
         # A 1:1 call is on a shard (and ends with an event) once connect_p2p ran.
         self.on_shard = kind == CallType.GROUP
 
@@ -621,6 +634,16 @@ class NTgCalls:
         try:
             if kind in ("connection", "p2p_connection"):
                 self._on_connection(chat_id, kind == "p2p_connection", a)
+            elif kind == "presentation_connection":
+                self._on_presentation_connection(chat_id, a)
+            elif kind == "presentation_stream_end":
+                with self._lock:
+                    call = self._calls.get(chat_id)
+                    if call is not None:
+                        call.screen = None
+                if b is not None:
+                    log.warning("chat %s: the screen stream failed: %s", chat_id, b)
+                self._fire("stream_end", chat_id, StreamType.VIDEO, StreamDevice.SCREEN)
             elif kind == "stream_end":
                 video = a == "video"
                 with self._lock:
@@ -671,6 +694,25 @@ class NTgCalls:
                 "ended:timeout": ConnectionState.TIMEOUT,
             }.get(state, ConnectionState.FAILED)
         self._fire("connection_change", chat_id, ConnectionInfo(info, ConnectionKind.NORMAL))
+
+    def _on_presentation_connection(self, chat_id: int, state: str) -> None:
+        if state == "connecting":
+            info = ConnectionState.CONNECTING
+        elif state == "connected":
+            info = ConnectionState.CONNECTED
+        else:
+            with self._lock:
+                call = self._calls.get(chat_id)
+                if call is not None:
+                    call.presenting = False
+            if state == "ended:stopped":
+                return  # stop_presentation (or the call's stop): ntgcalls reports nothing
+            info = (
+                ConnectionState.TIMEOUT if state == "ended:timeout" else ConnectionState.FAILED
+            )
+        self._fire(
+            "connection_change", chat_id, ConnectionInfo(info, ConnectionKind.PRESENTATION)
+        )
 
     # -- static ----------------------------------------------------------------------------
 
@@ -767,7 +809,10 @@ class NTgCalls:
         def work() -> None:
             call = self._call(chat_id)
             if is_presentation:
-                raise _unsupported(RTCConnectionNeeded, "presentations (screen sharing)")
+                if not call.presenting:
+                    raise ConnectionError("Presentation not initialized")
+                self._engine.connect_presentation(chat_id, params)
+                return
             self._engine.connect(chat_id, params)
             call.mode = ConnectionMode.RTC
 
@@ -788,30 +833,19 @@ class NTgCalls:
         return self._future(chat_id, work)
 
     def _set_capture(self, chat_id: int, call: _Call, media: MediaDescription) -> None:
-        for slot in ("camera", "screen"):
-            video = getattr(media, slot)
-            if video is None:
-                continue
-            if video.media_source != MediaSource.SHELL:
-                raise _unsupported(MediaDeviceError, f"{video.media_source.name} video sources")
-            if slot == "camera":
-                # Raw yuv420p frames from py-tgcalls' command, encoded once per distinct
-                # command (VP8: what create_call announced).
-                self._engine.show_video(
-                    chat_id, video.input, video.width, video.height, video.fps
-                )
-                call.video = True
-                continue
-            # A screen needs the presentation connection: drop it, the rest plays.
-            log.warning(
-                "chat %s: ringcast has no presentation connection yet; the screen stream is "
-                "dropped",
-                chat_id,
-            )
-            setattr(media, slot, None)
-        if media.camera is None and call.video:
+        camera = media.camera
+        if camera is not None:
+            self._show(chat_id, call, camera, presentation=False)
+            call.video = True
+        elif call.video:
             self._engine.clear_video(chat_id)
             call.video = False
+            call.external.discard(StreamDevice.CAMERA)
+        # The screen goes to the presentation connection; py-tgcalls sets it before
+        # init_presentation, so it is kept and shown once the presentation exists.
+        call.screen = media.screen
+        if media.screen is not None and call.presenting:
+            self._show(chat_id, call, media.screen, presentation=True)
         if media.speaker is not None:
             raise _unsupported(MediaDeviceError, "speaker devices")
         mic = media.microphone
@@ -833,6 +867,24 @@ class NTgCalls:
         else:
             raise InvalidParams(f"unsupported audio source {source!r}")
         call.playing = True
+
+    def _show(
+        self, chat_id: int, call: _Call, video: VideoDescription, presentation: bool
+    ) -> None:
+        """Shows a SHELL command's raw frames (encoded once per distinct command) or frames
+        sent through ``send_external_frame`` (EXTERNAL) on the camera or the presentation."""
+        device = StreamDevice.SCREEN if presentation else StreamDevice.CAMERA
+        if video.media_source == MediaSource.SHELL:
+            show = self._engine.show_presentation if presentation else self._engine.show_video
+            show(chat_id, video.input, video.width, video.height, video.fps)
+            call.external.discard(device)
+        elif video.media_source == MediaSource.EXTERNAL:
+            self._engine.external_video(
+                chat_id, video.width, video.height, video.fps, presentation=presentation
+            )
+            call.external.add(device)
+        else:
+            raise _unsupported(MediaDeviceError, f"{video.media_source.name} video sources")
 
     def _set_playback(self, chat_id: int, call: _Call, media: MediaDescription) -> None:
         if media.camera is not None or media.screen is not None:
@@ -907,14 +959,19 @@ class NTgCalls:
 
     def get_state(self, chat_id: int) -> "asyncio.Future[MediaState]":
         """The call's MediaState (``video_stopped`` False while a camera plays;
-        ``presentation_stopped`` always True)."""
+        ``presentation_stopped`` False while a screen source is set, as in ntgcalls: py-tgcalls
+        then joins the presentation)."""
 
         def work() -> MediaState:
             call = self._call(chat_id)
             muted = False
             if call.on_shard:
                 muted = self._engine.info(chat_id)[3]
-            return MediaState(muted=muted, video_stopped=not call.video)
+            return MediaState(
+                muted=muted,
+                video_stopped=not call.video,
+                presentation_stopped=call.screen is None,
+            )
 
         return self._future(chat_id, work)
 
@@ -984,16 +1041,56 @@ class NTgCalls:
     def send_external_frame(
         self, chat_id: int, device: StreamDevice, data: bytes, frame_data: FrameData
     ) -> "asyncio.Future[None]":
-        """Not supported: raises MediaException when awaited."""
-        return self._raise(chat_id, _unsupported(MediaException, "EXTERNAL frames"))
+        """A raw yuv420p frame for an EXTERNAL camera or screen (the description's size);
+        encoded once, shown at the description's rate. EXTERNAL audio is not supported."""
+
+        def work() -> None:
+            call = self._call(chat_id)
+            if device not in call.external:
+                if device in (StreamDevice.CAMERA, StreamDevice.SCREEN):
+                    raise InvalidParams(f"no EXTERNAL {device.name.lower()} source is set")
+                raise _unsupported(MediaException, "EXTERNAL audio (send_external_frame)")
+            # A full queue drops the frame (counted by the engine), as a late frame would be.
+            self._engine.write_video_frame(
+                chat_id, data, presentation=device == StreamDevice.SCREEN
+            )
+
+        return self._future(chat_id, work)
 
     def init_presentation(self, chat_id: int) -> "asyncio.Future[str]":
-        """Not supported: raises RTCConnectionNeeded when awaited."""
-        return self._raise(chat_id, _unsupported(RTCConnectionNeeded, "presentations"))
+        """Opens the presentation (screen share) connection: its own transport, certificate
+        and SSRCs; resolves to the payload for ``phone.joinGroupCallPresentation``."""
+
+        def work() -> str:
+            call = self._call(chat_id)
+            if call.kind != CallType.GROUP or call.mode != ConnectionMode.RTC:
+                raise RTCConnectionNeeded("Presentation connection requires RTC connection")
+            if call.presenting:
+                raise ConnectionError("Presentation already initialized")
+            payload = self._engine.init_presentation(chat_id, "vp8")
+            call.presenting = True
+            if call.screen is not None:
+                self._show(chat_id, call, call.screen, presentation=True)
+            return payload
+
+        return self._future(chat_id, work)
 
     def stop_presentation(self, chat_id: int) -> "asyncio.Future[None]":
-        """Raises ConnectionError('Presentation not initialized') as ntgcalls does with none."""
-        return self._raise(chat_id, ConnectionError("Presentation not initialized"))
+        """Ends the presentation; ConnectionError('Presentation not initialized') without one."""
+
+        def work() -> None:
+            call = self._call(chat_id)
+            if not call.presenting:
+                raise ConnectionError("Presentation not initialized")
+            call.presenting = False
+            call.external.discard(StreamDevice.SCREEN)
+            try:
+                self._engine.stop_presentation(chat_id)
+            except _native.NativeError as e:
+                if e.args[0] != "not_found":
+                    raise
+
+        return self._future(chat_id, work)
 
     def send_broadcast_part(
         self, chat_id: int, segment_id: int, part_id: int, status: MediaSegmentPartStatus,

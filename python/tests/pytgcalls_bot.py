@@ -216,6 +216,103 @@ async def video_chat(app):
     await app.leave_call(chat)
 
 
+async def presentation_chat(app, bridge):
+    """A screen (py-tgcalls' raw ``Stream(screen=...)``) goes to the presentation connection:
+    its own join (``phone.joinGroupCallPresentation`` in the double), transport and SSRCs.
+    sfu-mock reassembles the camera and the screen, each at its size, and hears the audio; a
+    play without the screen leaves the presentation while the camera goes on."""
+    from pytgcalls.types.raw import AudioParameters, AudioStream, Stream, VideoParameters
+    from pytgcalls.types.raw import VideoStream
+
+    chat = -1010
+
+    def raw(size):
+        return (f"ffmpeg -loglevel error -f lavfi -i testsrc2=size={size}:rate=15 "
+                "-f rawvideo -pix_fmt yuv420p -r 15 pipe:1")
+
+    mic = AudioStream(
+        ntgcalls.MediaSource.SHELL,
+        "ffmpeg -loglevel error -f lavfi -i sine=frequency=659:sample_rate=48000 "
+        "-f s16le -ac 2 -ar 48000 pipe:1",
+        AudioParameters(48000, 2),
+    )
+    camera = VideoStream(ntgcalls.MediaSource.SHELL, raw("320x180"), VideoParameters(320, 180, 15))
+    screen = VideoStream(ntgcalls.MediaSource.SHELL, raw("640x360"), VideoParameters(640, 360, 15))
+    await asyncio.wait_for(app.play(chat, Stream(microphone=mic, camera=camera, screen=screen)), 30)
+    check(chat in bridge.presentations, "the screen made py-tgcalls join the presentation")
+
+    async def video_of(ssrc, frames):
+        for p in (await all_participants()).get(str(chat)) or []:
+            v = p.get("video")
+            if p["ssrc"] == ssrc & 0xFFFFFFFF and v and v["decodable_frames"] >= frames:
+                return v
+        return None
+
+    main = bridge.sources.get(chat, 0)
+    shown = bridge.presentations.get(chat, 0)
+    check(main != shown, "the presentation has SSRCs of its own")
+    cam = await wait_for(lambda: video_of(main, 30), 20)
+    scr = await wait_for(lambda: video_of(shown, 30), 20)
+    check(cam is not None and (cam["width"], cam["height"]) == (320, 180),
+          f"the camera arrives at 320x180 ({cam})")
+    check(scr is not None and (scr["width"], scr["height"]) == (640, 360),
+          f"the screen arrives at 640x360 on the presentation ({scr})")
+    async def main_hears():
+        for p in (await all_participants()).get(str(chat)) or []:
+            if p["ssrc"] == main & 0xFFFFFFFF and hears(p, 659):
+                return True
+        return False
+
+    # (tone_heard looks at the chat's last participant: here the presentation, silent.)
+    check(await wait_for(main_hears, 10), "the 659 Hz audio beside them, on the call")
+    state = await app._binding.get_state(chat)
+    check(not state.presentation_stopped and not state.video_stopped,
+          f"get_state: camera and presentation on ({state})")
+
+    # The same play without the screen: py-tgcalls leaves the presentation.
+    await asyncio.wait_for(app.play(chat, Stream(microphone=mic, camera=camera)), 30)
+    check(chat not in bridge.presentations, "py-tgcalls left the presentation")
+    before = (await video_of(main, 0))["frames"]
+    await asyncio.sleep(1.5)
+    after = (await video_of(main, 0))["frames"]
+    check(after >= before + 10, f"the camera goes on ({before} -> {after} frames)")
+    state = await app._binding.get_state(chat)
+    check(state.presentation_stopped, f"get_state: presentation stopped ({state})")
+    await app.leave_call(chat)
+
+
+async def external_camera(app):
+    """EXTERNAL video: frames given to ``send_frame`` are encoded once and shown on the
+    camera at the description's size; a frame of the wrong size is InvalidParams."""
+    from pytgcalls.types import Device
+    from pytgcalls.types.raw import Stream, VideoParameters, VideoStream
+
+    chat = -1011
+    camera = VideoStream(ntgcalls.MediaSource.EXTERNAL, "", VideoParameters(320, 240, 15))
+    await asyncio.wait_for(app.play(chat, Stream(camera=camera)), 30)
+    luma = 320 * 240
+    start = time.monotonic()
+    for i in range(45):
+        frame = bytes([40 + i * 4]) * luma + bytes([128]) * (luma // 2)
+        await app.send_frame(chat, Device.CAMERA, frame)
+        await asyncio.sleep(max(0.0, start + (i + 1) / 15 - time.monotonic()))
+    try:
+        await app.send_frame(chat, Device.CAMERA, b"short")
+        check(False, "a frame of the wrong size is refused")
+    except ntgcalls.InvalidParams as e:
+        check(True, f"a frame of the wrong size raises InvalidParams ({e})")
+
+    async def shown():
+        p = await participant(chat)
+        v = p and p.get("video")
+        return v if v and v["decodable_frames"] >= 30 else None
+
+    v = await wait_for(shown, 10)
+    check(v is not None and (v["width"], v["height"]) == (320, 240),
+          f"send_frame: sfu-mock reassembles 320x240 frames ({v})")
+    await app.leave_call(chat)
+
+
 async def _true(value):
     return value
 
@@ -619,7 +716,8 @@ async def main():
 
     await app.start()
     check(ntgcalls.__version__.startswith("3."), f"ntgcalls.__version__ = {ntgcalls.__version__}")
-    parts = (one_chat(app, bridge, ended), video_chat(app), many_chats(app), recording(app), gil_free(),
+    parts = (one_chat(app, bridge, ended), video_chat(app), presentation_chat(app, bridge),
+             external_camera(app), many_chats(app), recording(app), gil_free(),
              p2p_surface(), p2p_pytgcalls(), misuse(app, bridge))
     for part in parts:
         try:

@@ -63,6 +63,7 @@ class SfuBridge(BridgedClient):
         self.sfu = sfu
         self.handlers = []
         self.sources = {}  # chat id -> our SSRC (signed int32), for leaving
+        self.presentations = {}  # chat id -> the presentation's SSRC
         self.status = []  # set_call_status calls
         self.joins = 0
         self.leaves = 0
@@ -83,6 +84,18 @@ class SfuBridge(BridgedClient):
             await self.sfu.ahttp("POST", f"/v1/chats/{chat_id}/leave",
                                  json.dumps({"ssrc": source & 0xFFFFFFFF}))
             self.leaves += 1
+
+    async def join_presentation(self, chat_id, json_join):
+        """``phone.joinGroupCallPresentation``: the presentation joins the chat at sfu-mock as
+        a participant of its own (its own transport and SSRCs)."""
+        self.presentations[chat_id] = signed32(json.loads(json_join)["ssrc"])
+        return await self.sfu.ahttp("POST", f"/v1/chats/{chat_id}/join", json_join)
+
+    async def leave_presentation(self, chat_id):
+        source = self.presentations.pop(chat_id, None)
+        if source is not None:
+            await self.sfu.ahttp("POST", f"/v1/chats/{chat_id}/leave",
+                                 json.dumps({"ssrc": source & 0xFFFFFFFF}))
 
     async def get_input_call(self, chat_id):
         return {"chat_id": chat_id} if chat_id < 0 else None
