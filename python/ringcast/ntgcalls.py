@@ -660,7 +660,20 @@ class NTgCalls:
                 else:
                     self._fire("stream_end", chat_id, StreamType.AUDIO, StreamDevice.MICROPHONE)
             elif kind == "media":
-                self._fire("upgrade", chat_id, MediaState(muted=bool(b)))
+                with self._lock:
+                    call = self._calls.get(chat_id)
+                    camera = call is not None and call.video
+                    screen = call is not None and call.screen is not None
+                # As ntgcalls reports it (observed): a mute also pauses the camera and the
+                # presentation; the stopped flags say whether a source is set.
+                muted = bool(b)
+                self._fire("upgrade", chat_id, MediaState(
+                    muted=muted,
+                    video_paused=muted,
+                    video_stopped=not camera,
+                    presentation_paused=muted,
+                    presentation_stopped=not screen,
+                ))
             elif kind == "signaling":
                 self._fire("signaling_data", chat_id, a)
         except Exception:

@@ -268,6 +268,14 @@ async def presentation_chat(app, bridge):
     state = await app._binding.get_state(chat)
     check(not state.presentation_stopped and not state.video_stopped,
           f"get_state: camera and presentation on ({state})")
+    # A mute tells Telegram the camera is still on (video_stopped False), as ntgcalls does.
+    check(await app.mute(chat) is True, "mute() of the presenting chat")
+    check(
+        await wait_for(
+            lambda: _true(any(c == chat and m and not v for c, m, v in bridge.status)), 5),
+        f"on_upgrade: set_call_status(muted=True, video_stopped=False) ({bridge.status[-3:]})",
+    )
+    await app.unmute(chat)
 
     # The same play without the screen: py-tgcalls leaves the presentation.
     await asyncio.wait_for(app.play(chat, Stream(microphone=mic, camera=camera)), 30)
