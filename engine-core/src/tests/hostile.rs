@@ -17,6 +17,7 @@ use crate::call::{CallError, CallState, Command, EndReason, Input, RTX_BUDGET_PE
 use crate::demux::rtp_header;
 use crate::media::SourceError;
 use crate::media::video::{VideoCodec, VideoFrame, VideoPoll, VideoSource};
+use crate::rtcp_craft as craft;
 use crate::signaling::group::OPUS_DEFAULT_PT;
 use crate::transport::{
     DTLS_BUDGET_PER_SEC, DatagramError, MAX_RTCP_DATAGRAM, RTCP_BUDGET_PER_SEC, RejectReason,
@@ -81,86 +82,49 @@ fn connected(seed: u64, video: bool) -> GroupPair {
     pair
 }
 
-/// An empty receiver report from `sender`: how a compound packet starts (RFC 3550 §6.1).
+/// See [`craft::rr_empty`].
 fn rr_empty(sender: u32) -> Vec<u8> {
-    let mut p = vec![0x80, 201, 0, 1];
-    p.extend_from_slice(&sender.to_be_bytes());
-    p
+    craft::rr_empty(sender)
 }
 
-/// One RTCP packet: version 2, `count` (RC or FMT), type `pt`, `body` after the length word;
-/// the length field is computed unless `length` overrides it.
+/// See [`craft::packet`].
 fn rtcp(count: u8, pt: u8, body: &[u8], length: Option<u16>) -> Vec<u8> {
-    let words = length.unwrap_or((body.len() / 4) as u16);
-    let mut p = vec![0x80 | (count & 0x1f), pt];
-    p.extend_from_slice(&words.to_be_bytes());
-    p.extend_from_slice(body);
-    p
+    craft::packet(count, pt, body, length)
 }
 
-/// Sender and media SSRC, the start of every feedback message (RFC 4585 §6.1).
+/// Sender ([`SFU_SSRC`]) and media SSRC of a feedback message.
 fn fb_ssrcs(media: u32) -> Vec<u8> {
-    let mut b = SFU_SSRC.to_be_bytes().to_vec();
-    b.extend_from_slice(&media.to_be_bytes());
-    b
+    craft::feedback_ssrcs(SFU_SSRC, media)
 }
 
-/// A generic NACK (RFC 4585 §6.2.1) for `media` with `(pid, blp)` items.
+/// A NACK from [`SFU_SSRC`] ([`craft::nack`]).
 fn nack(media: u32, items: impl IntoIterator<Item = (u16, u16)>) -> Vec<u8> {
-    let mut b = fb_ssrcs(media);
-    for (pid, blp) in items {
-        b.extend_from_slice(&pid.to_be_bytes());
-        b.extend_from_slice(&blp.to_be_bytes());
-    }
-    rtcp(1, 205, &b, None)
+    craft::nack(SFU_SSRC, media, items)
 }
 
-/// A PLI (RFC 4585 §6.3.1) for `media`.
+/// A PLI from [`SFU_SSRC`].
 fn pli(media: u32) -> Vec<u8> {
-    rtcp(1, 206, &fb_ssrcs(media), None)
+    craft::pli(SFU_SSRC, media)
 }
 
-/// A FIR (RFC 5104 §4.3.1) for `media`, command sequence number `seq`.
+/// A FIR from [`SFU_SSRC`].
 fn fir(media: u32, seq: u8) -> Vec<u8> {
-    let mut b = fb_ssrcs(0);
-    b.extend_from_slice(&media.to_be_bytes());
-    b.extend_from_slice(&[seq, 0, 0, 0]);
-    rtcp(4, 206, &b, None)
+    craft::fir(SFU_SSRC, media, seq)
 }
 
-/// A REMB (draft-alvestrand-rmcat-remb) of `bitrate` bits per second for `ssrcs`.
+/// A REMB from [`SFU_SSRC`].
 fn remb(bitrate: u32, ssrcs: &[u32]) -> Vec<u8> {
-    let mut b = fb_ssrcs(0);
-    b.extend_from_slice(b"REMB");
-    // Exponent 0: the 18-bit mantissa is the bitrate.
-    let mantissa = bitrate.min(0x3_ffff);
-    b.push(ssrcs.len() as u8);
-    b.extend_from_slice(&mantissa.to_be_bytes()[1..]);
-    for s in ssrcs {
-        b.extend_from_slice(&s.to_be_bytes());
-    }
-    rtcp(15, 206, &b, None)
+    craft::remb(SFU_SSRC, bitrate, ssrcs)
 }
 
 /// A receiver report from [`SFU_SSRC`] with `blocks` report blocks about `about`.
 fn rr(blocks: u8, about: u32) -> Vec<u8> {
-    let mut b = SFU_SSRC.to_be_bytes().to_vec();
-    for _ in 0..blocks {
-        b.extend_from_slice(&about.to_be_bytes());
-        // Fraction lost 255, cumulative lost max, the rest arbitrary.
-        b.extend_from_slice(&[0xff, 0x7f, 0xff, 0xff]);
-        b.extend_from_slice(&[0xff; 16]);
-    }
-    rtcp(blocks, 201, &b, None)
+    craft::rr(SFU_SSRC, blocks, about)
 }
 
-/// An RTCP compound: an empty receiver report, then `parts`.
+/// A compound from [`SFU_SSRC`]: an empty receiver report, then `parts`.
 fn compound(parts: &[Vec<u8>]) -> Vec<u8> {
-    let mut c = rr_empty(SFU_SSRC);
-    for p in parts {
-        c.extend_from_slice(p);
-    }
-    c
+    craft::compound(SFU_SSRC, parts)
 }
 
 /// Datagrams the SFU received on `ssrc`.
