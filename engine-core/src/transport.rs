@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
@@ -294,12 +294,14 @@ impl Budget {
     /// Takes one datagram's token at `now`; false if the bucket is empty.
     fn take(&mut self, now: Instant) -> bool {
         if let Some(at) = self.at {
-            let elapsed = now.saturating_duration_since(at);
-            // `per_sec` tokens per second = that many millitokens per millisecond.
-            let refill = elapsed.as_millis() as u64 * u64::from(self.per_sec);
-            if refill > 0 {
-                self.milli = (self.milli + refill).min(u64::from(self.per_sec) * 1_000);
-                self.at = Some(now);
+            // `per_sec` tokens per second = that many millitokens per whole millisecond; the
+            // fraction of a millisecond is carried over.
+            let ms = now.saturating_duration_since(at).as_millis() as u64;
+            if ms > 0 {
+                let refill = ms.saturating_mul(u64::from(self.per_sec));
+                let full = u64::from(self.per_sec) * 1_000;
+                self.milli = self.milli.saturating_add(refill).min(full);
+                self.at = Some(at + Duration::from_millis(ms));
             }
         } else {
             self.at = Some(now);
@@ -806,4 +808,29 @@ pub fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
     (0..len)
         .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_gives_its_bucket_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(100);
+        assert_eq!(
+            (0..150).filter(|_| b.take(t0)).count(),
+            100,
+            "a full bucket"
+        );
+        // 100 a second: one per 10 ms, sub-millisecond time carried over.
+        assert!(!b.take(t0 + Duration::from_millis(9)));
+        assert!(b.take(t0 + Duration::from_millis(10)));
+        assert!(!b.take(t0 + Duration::from_millis(10)));
+        assert!(!b.take(t0 + Duration::from_micros(19_500)));
+        assert!(b.take(t0 + Duration::from_millis(20)));
+        // A long quiet spell refills the bucket, no more.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..150).filter(|_| b.take(later)).count(), 100);
+    }
 }
