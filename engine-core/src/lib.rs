@@ -59,6 +59,7 @@ pub mod p2p_call;
 pub mod pacer;
 pub mod placement;
 pub mod replay;
+pub mod rtcp_craft;
 pub mod signaling;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -10,8 +10,19 @@
 //! Like str0m's window, [`ReplayWindow::accepts`] is a check only: record a packet with
 //! [`ReplayWindow::update`] once it has been authenticated (for a call, when str0m emits the
 //! decrypted packet), or a forged header with a far-ahead sequence number would block the
-//! real stream. SRTCP is not covered: str0m 0.25 checks SRTCP integrity but keeps no SRTCP
-//! index window, and it exposes no per-packet result a caller could use to update one safely.
+//! real stream.
+//!
+//! SRTCP: str0m 0.25 checks SRTCP integrity but keeps no SRTCP index window, and it exposes
+//! no per-packet result a caller could use to update one safely (the index may only be
+//! recorded once the packet authenticated, and only str0m holds the keys). Our patch to str0m
+//! (`third_party/README.md`) adds the window there: per sender SSRC (16 at most), 128 indexes
+//! wide, checked after authentication and before the RTCP is read, so a replay is dropped
+//! unread; the call counts them from `DirectApi::srtcp_replayed`.
+//!
+//! STUN: [`RecentTransactions`] remembers the transaction ids of the last
+//! [`STUN_REPLAY_MEMORY`] authenticated STUN messages a call received; the same id again is a
+//! replay (ICE agents, str0m's and libwebrtc's, draw a new id for every check, retransmissions
+//! included), refused before str0m answers it or it refreshes consent.
 
 /// Width of the window, as str0m's and RFC 3711 §3.3.2's suggested minimum of 64.
 pub const REPLAY_WINDOW: u64 = 128;
@@ -98,9 +109,80 @@ impl ReplayWindow {
     }
 }
 
+/// How many STUN transaction ids [`RecentTransactions`] remembers. An SFU checks a call every
+/// few seconds, so this covers minutes of checks; an older capture replayed is not detected
+/// (it refreshes consent at most once per replay, as a fresh check would).
+pub const STUN_REPLAY_MEMORY: usize = 64;
+
+/// The transaction ids of the last [`STUN_REPLAY_MEMORY`] authenticated STUN messages, in a
+/// fixed ring (no allocation after creation; a lookup scans 768 bytes, and STUN arrives a few
+/// times per second at most).
+#[derive(Debug, Clone)]
+pub struct RecentTransactions {
+    ids: Box<[[u8; 12]; STUN_REPLAY_MEMORY]>,
+    /// Slots filled so far (up to [`STUN_REPLAY_MEMORY`]).
+    len: usize,
+    /// Next slot to overwrite.
+    next: usize,
+}
+
+impl Default for RecentTransactions {
+    fn default() -> Self {
+        Self {
+            ids: Box::new([[0; 12]; STUN_REPLAY_MEMORY]),
+            len: 0,
+            next: 0,
+        }
+    }
+}
+
+impl RecentTransactions {
+    /// An empty memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True if `id` was recorded (and is still remembered).
+    pub fn contains(&self, id: &[u8; 12]) -> bool {
+        self.ids[..self.len].contains(id)
+    }
+
+    /// Records `id`, forgetting the oldest once full. Record only authenticated messages, or a
+    /// forger could fill the memory.
+    pub fn record(&mut self, id: [u8; 12]) {
+        self.ids[self.next] = id;
+        self.next = (self.next + 1) % STUN_REPLAY_MEMORY;
+        self.len = (self.len + 1).min(STUN_REPLAY_MEMORY);
+    }
+
+    /// The transaction id of a STUN message (bytes 8..20 of its header, RFC 5389 §6), if
+    /// `contents` is long enough.
+    pub fn id_of(contents: &[u8]) -> Option<[u8; 12]> {
+        contents.get(8..20)?.try_into().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transactions_are_remembered_until_pushed_out() {
+        let mut r = RecentTransactions::new();
+        let id = |n: usize| {
+            let mut a = [0u8; 12];
+            a[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            a
+        };
+        assert!(!r.contains(&id(0)), "an empty memory knows no zero id");
+        for n in 0..STUN_REPLAY_MEMORY {
+            r.record(id(n));
+        }
+        assert!((0..STUN_REPLAY_MEMORY).all(|n| r.contains(&id(n))));
+        r.record(id(STUN_REPLAY_MEMORY));
+        assert!(!r.contains(&id(0)), "the oldest is forgotten");
+        assert!(r.contains(&id(1)) && r.contains(&id(STUN_REPLAY_MEMORY)));
+    }
 
     #[test]
     fn duplicates_and_old_packets_are_refused_reordering_is_not() {

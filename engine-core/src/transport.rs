@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
@@ -37,7 +37,7 @@ use str0m::rtp::{Extension, RtpWrite, Ssrc as StrSsrc};
 use str0m::{IceCreds, Rtc, RtcConfig, RtcError};
 
 use crate::call::Transmit;
-use crate::demux::{DatagramKind, classify};
+use crate::demux::{DatagramKind, classify, rtp_header};
 use crate::flight::FinalFlight;
 use crate::media::track::Replayed;
 
@@ -115,6 +115,20 @@ pub enum RejectReason {
     StunUnauthenticated,
     /// str0m refused it.
     Refused(RtcErrorKind),
+    /// Authenticated STUN whose transaction id was already received: a replay (see
+    /// [`crate::replay::RecentTransactions`]).
+    StunReplayed,
+    /// An SRTCP datagram above [`MAX_RTCP_DATAGRAM`] bytes.
+    RtcpOversized,
+    /// An SRTCP datagram beyond the call's budget of [`RTCP_BUDGET_PER_SEC`].
+    RtcpOverBudget,
+    /// An authenticated SRTCP datagram whose SRTCP index was already received from its sender
+    /// SSRC, or is older than the replay window: a replay (str0m drops it unread).
+    RtcpReplayed,
+    /// RTP, or RTCP from a sender, that claims one of our own SSRCs.
+    OwnSsrc,
+    /// A DTLS datagram, once connected, beyond [`DTLS_BUDGET_PER_SEC`].
+    DtlsOverBudget,
 }
 
 impl fmt::Display for RejectReason {
@@ -122,9 +136,37 @@ impl fmt::Display for RejectReason {
         match self {
             Self::StunUnauthenticated => f.write_str("stun failed credential or integrity checks"),
             Self::Refused(kind) => write!(f, "refused by {kind}"),
+            Self::StunReplayed => f.write_str("replayed stun transaction"),
+            Self::RtcpOversized => write!(f, "srtcp datagram above {MAX_RTCP_DATAGRAM} bytes"),
+            Self::RtcpOverBudget => {
+                write!(f, "srtcp beyond {RTCP_BUDGET_PER_SEC} datagrams per second")
+            }
+            Self::RtcpReplayed => f.write_str("replayed srtcp packet"),
+            Self::OwnSsrc => f.write_str("packet claims one of our own ssrcs"),
+            Self::DtlsOverBudget => {
+                write!(f, "dtls beyond {DTLS_BUDGET_PER_SEC} datagrams per second")
+            }
         }
     }
 }
+
+/// Largest SRTCP datagram a call hands to str0m. A peer's RTCP compound packets stay below the
+/// path MTU (str0m's own at most [`str0m::DATAGRAM_MTU_TARGET_MAX`], 1,500 bytes); bigger ones
+/// are refused unread, so one datagram carries at most ~60 report blocks or ~370 NACK items.
+pub const MAX_RTCP_DATAGRAM: usize = str0m::DATAGRAM_MTU_TARGET_MAX;
+
+/// SRTCP datagrams per second a call hands to str0m (a token bucket of this many, refilled
+/// continuously); more are refused unread and counted. Telegram's SFU sends a receiver report
+/// per stream every second or so, and NACK, PLI and FIR for video well below this. It bounds
+/// what any RTCP content (NACK storms, PLI and FIR floods, report blocks) can cost a call:
+/// at most this many SRTCP authentications and parses per second.
+pub const RTCP_BUDGET_PER_SEC: u32 = 100;
+
+/// DTLS datagrams per second a connected call hands to str0m (a token bucket of this many);
+/// more are refused unread and counted. Once connected, a peer sends DTLS only to repeat its
+/// last handshake flight (when ours was lost) and to close; str0m ignores, without an error,
+/// records it cannot use (garbage, bad lengths, forged alerts, records that fail decryption).
+pub const DTLS_BUDGET_PER_SEC: u32 = 20;
 
 /// How a DTLS association ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +256,62 @@ pub struct TransportCounters {
     pub dropped_rejected: u64,
     /// DTLS datagrams of our final flight resent ([`crate::flight`]).
     pub dtls_flight_resent: u64,
+    /// SRTCP datagrams above [`MAX_RTCP_DATAGRAM`] (also in `dropped_rejected`).
+    pub dropped_rtcp_oversized: u64,
+    /// SRTCP datagrams beyond [`RTCP_BUDGET_PER_SEC`] (also in `dropped_rejected`).
+    pub dropped_rtcp_over_budget: u64,
+    /// SRTCP datagrams str0m authenticated and dropped as replays (also in `dropped_rejected`).
+    pub dropped_rtcp_replayed: u64,
+    /// DTLS datagrams received once connected (within [`DTLS_BUDGET_PER_SEC`]), handed to
+    /// str0m, which ignores what it cannot use (also in `datagrams_received`).
+    pub dtls_received_connected: u64,
+    /// DTLS datagrams beyond [`DTLS_BUDGET_PER_SEC`] once connected (also in
+    /// `dropped_rejected`).
+    pub dropped_dtls_over_budget: u64,
+}
+
+/// A token bucket of `per_sec` datagrams, refilled continuously: the budgets behind
+/// [`RTCP_BUDGET_PER_SEC`] and [`DTLS_BUDGET_PER_SEC`].
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    per_sec: u32,
+    /// Tokens left, in millitokens (one datagram = 1,000).
+    milli: u64,
+    /// When the bucket was last refilled.
+    at: Option<Instant>,
+}
+
+impl Budget {
+    /// A full bucket of `per_sec`.
+    fn new(per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            milli: u64::from(per_sec) * 1_000,
+            at: None,
+        }
+    }
+
+    /// Takes one datagram's token at `now`; false if the bucket is empty.
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            // `per_sec` tokens per second = that many millitokens per whole millisecond; the
+            // fraction of a millisecond is carried over.
+            let ms = now.saturating_duration_since(at).as_millis() as u64;
+            if ms > 0 {
+                let refill = ms.saturating_mul(u64::from(self.per_sec));
+                let full = u64::from(self.per_sec) * 1_000;
+                self.milli = self.milli.saturating_add(refill).min(full);
+                self.at = Some(at + Duration::from_millis(ms));
+            }
+        } else {
+            self.at = Some(now);
+        }
+        if self.milli < 1_000 {
+            return false;
+        }
+        self.milli -= 1_000;
+        true
+    }
 }
 
 /// One call's [`Rtc`] and what a call keeps around it. See the [module docs](self).
@@ -237,6 +335,8 @@ pub struct Transport {
     /// After [`Transport::close`], until str0m's closing datagrams are out.
     closing: bool,
     counters: TransportCounters,
+    rtcp_budget: Budget,
+    dtls_budget: Budget,
 }
 
 impl Transport {
@@ -253,6 +353,8 @@ impl Transport {
             rtc_dirty: true,
             closing: false,
             counters: TransportCounters::default(),
+            rtcp_budget: Budget::new(RTCP_BUDGET_PER_SEC),
+            dtls_budget: Budget::new(DTLS_BUDGET_PER_SEC),
         }
     }
 
@@ -364,9 +466,32 @@ impl Transport {
     ) -> Result<(), ReceiveError> {
         let contents = datagram.contents;
         self.rtc_dirty = true;
+        let is_rtcp = classify(contents) == DatagramKind::Rtp && rtp_header(contents).is_none();
+        let is_dtls = classify(contents) == DatagramKind::Dtls;
+        let replayed_before = self.counters.dropped_rtcp_replayed;
         let result = parse(datagram).and_then(|datagram| {
             gate(&mut self.rtc)?;
-            receive(&mut self.rtc, now, datagram)
+            if is_rtcp {
+                self.admit_rtcp(now, contents)?;
+            }
+            let dtls_connected = is_dtls && self.rtc.is_connected();
+            if dtls_connected {
+                if !self.dtls_budget.take(now) {
+                    self.counters.dropped_dtls_over_budget += 1;
+                    return Err(DatagramError::Rejected(RejectReason::DtlsOverBudget).into());
+                }
+                self.counters.dtls_received_connected += 1;
+            }
+            receive(&mut self.rtc, now, datagram)?;
+            if is_rtcp {
+                // str0m authenticates SRTCP, then drops a replay unread (our patch to it,
+                // `third_party/README.md`): refuse and count it here instead of as received.
+                self.counters.dropped_rtcp_replayed = self.rtc.direct_api().srtcp_replayed();
+                if self.counters.dropped_rtcp_replayed > replayed_before {
+                    return Err(DatagramError::Rejected(RejectReason::RtcpReplayed).into());
+                }
+            }
+            Ok(())
         });
         match &result {
             Ok(()) => {
@@ -384,6 +509,20 @@ impl Transport {
             Err(_) => {}
         }
         result
+    }
+
+    /// The SRTCP gate before str0m: refuses (and counts) a datagram above
+    /// [`MAX_RTCP_DATAGRAM`] or beyond [`RTCP_BUDGET_PER_SEC`].
+    fn admit_rtcp(&mut self, now: Instant, contents: &[u8]) -> Result<(), ReceiveError> {
+        if contents.len() > MAX_RTCP_DATAGRAM {
+            self.counters.dropped_rtcp_oversized += 1;
+            return Err(DatagramError::Rejected(RejectReason::RtcpOversized).into());
+        }
+        if !self.rtcp_budget.take(now) {
+            self.counters.dropped_rtcp_over_budget += 1;
+            return Err(DatagramError::Rejected(RejectReason::RtcpOverBudget).into());
+        }
+        Ok(())
     }
 
     /// The next datagram or str0m event: final-flight resends first, then str0m's output.
@@ -669,4 +808,29 @@ pub fn random_ice_chars(rng: &mut fastrand::Rng, len: usize) -> String {
     (0..len)
         .map(|_| char::from(ALPHABET[rng.usize(..ALPHABET.len())]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_gives_its_bucket_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(100);
+        assert_eq!(
+            (0..150).filter(|_| b.take(t0)).count(),
+            100,
+            "a full bucket"
+        );
+        // 100 a second: one per 10 ms, sub-millisecond time carried over.
+        assert!(!b.take(t0 + Duration::from_millis(9)));
+        assert!(b.take(t0 + Duration::from_millis(10)));
+        assert!(!b.take(t0 + Duration::from_millis(10)));
+        assert!(!b.take(t0 + Duration::from_micros(19_500)));
+        assert!(b.take(t0 + Duration::from_millis(20)));
+        // A long quiet spell refills the bucket, no more.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..150).filter(|_| b.take(later)).count(), 100);
+    }
 }

@@ -17,6 +17,7 @@
 pub mod analysis;
 pub mod control;
 pub mod coturn;
+pub mod hostile;
 pub mod server;
 mod sfu;
 pub mod video;

@@ -105,6 +105,14 @@ pub enum Misbehaviour {
     /// the picture does; with the next video packet. Not a fault: tests of key frame
     /// answers drive it through the same control path.
     RequestKeyframe,
+    /// Send the participant this many hostile SRTCP datagrams at once, protected with its
+    /// keys ([`crate::hostile`]): NACK storms over every sequence number, PLI and FIR, REMB of
+    /// zero, oversized and self-contradictory compounds, compounds from its own SSRC, and
+    /// every fourth datagram sent twice (a replay).
+    HostileRtcp {
+        /// How many distinct datagrams (replays come on top).
+        datagrams: u32,
+    },
 }
 
 /// Configuration of an [`Sfu`].
@@ -535,6 +543,32 @@ impl Sfu {
                 // Sends the BYE and close_notify, then the participant is gone.
                 self.drain(idx);
                 self.remove(idx);
+            }
+            Misbehaviour::HostileRtcp { datagrams } => {
+                let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut) else {
+                    return Ok(());
+                };
+                let Some(destination) = p.remote else {
+                    return Ok(());
+                };
+                let media = p.ssrc;
+                let mut out = Vec::new();
+                for i in 0..datagrams {
+                    let compound = crate::hostile::compound(i, media);
+                    let Some(contents) = p.rtc.direct_api().protect_rtcp_raw(&compound) else {
+                        break;
+                    };
+                    if i % 4 == 0 {
+                        out.push(contents.clone());
+                    }
+                    out.push(contents);
+                }
+                for contents in out {
+                    self.push_transmit(SfuTransmit {
+                        destination,
+                        contents,
+                    });
+                }
             }
             Misbehaviour::RequestKeyframe => {
                 if let Some((_, video)) = self

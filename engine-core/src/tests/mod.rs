@@ -3,5 +3,6 @@
 //! End-to-end tests over real UDP sockets live with the runtime and sfu-mock.
 
 mod call;
+mod hostile;
 mod p2p_call;
 mod util;

@@ -202,6 +202,21 @@ impl SfuPeer {
         stream.write_rtp(write);
     }
 
+    /// Protects `compound`, an RTCP compound packet built by the test (well-formed or not),
+    /// with the SFU's SRTCP keys: the datagram the call would receive from the SFU.
+    pub(crate) fn protect_rtcp(&mut self, compound: &[u8]) -> Transmit {
+        let contents = self
+            .rtc
+            .direct_api()
+            .protect_rtcp_raw(compound)
+            .expect("sfu srtp keyed");
+        Transmit {
+            source: addr(SFU_ADDR),
+            destination: addr(CALL_ADDR),
+            contents,
+        }
+    }
+
     fn receive(&mut self, now: Instant, t: &Transmit) {
         let Ok(receive) = Receive::new(Protocol::Udp, t.source, t.destination, &t.contents) else {
             return;
@@ -254,6 +269,10 @@ pub(crate) struct GroupPair {
     pub(crate) delivered_to_call: Vec<Transmit>,
     /// The call's datagrams not yet delivered to the SFU.
     to_sfu: Vec<Transmit>,
+    /// Every datagram delivered to the SFU, in order, when `log_to_sfu` is set.
+    pub(crate) delivered_to_sfu: Vec<Transmit>,
+    /// Keep the datagrams delivered to the SFU in `delivered_to_sfu`.
+    pub(crate) log_to_sfu: bool,
     call_timeout: Instant,
 }
 
@@ -265,9 +284,50 @@ impl GroupPair {
 
     /// A call with `seed` that has applied the SFU's answer as `tamper` left it.
     pub(crate) fn with_answer(seed: u64, tamper: impl FnOnce(&mut JoinResponse)) -> Self {
+        Self::with_config(seed, |_| {}, tamper)
+    }
+
+    /// A call with `seed` and a VP8 camera track (the SFU's answer offers VP8 with RTX), that
+    /// has applied the SFU's answer.
+    pub(crate) fn with_video(seed: u64) -> Self {
+        Self::with_config(
+            seed,
+            |config| config.video = Some(crate::media::video::VideoCodec::Vp8),
+            |answer| {
+                let json = serde_json::json!({
+                    "transport": {"ufrag": "uuuu", "pwd": "pppppppppppppppppppppppp",
+                        "fingerprints": [{"hash": "sha-256", "setup": "active",
+                                          "fingerprint": (["AB"; 32].join(":"))}],
+                        "candidates": [{"foundation": "1", "component": "1", "protocol": "udp",
+                            "priority": "1", "ip": "10.0.0.1", "port": "443", "type": "host",
+                            "generation": "0", "network": "0", "id": "1"}]},
+                    "video": {"endpoint": "e", "server_sources": [],
+                        "payload-types": [
+                            {"id": 100, "name": "VP8", "clockrate": 90000,
+                             "rtcp-fbs": [{"type": "nack"}, {"type": "nack", "subtype": "pli"},
+                                          {"type": "ccm", "subtype": "fir"}, {"type": "goog-remb"}]},
+                            {"id": 101, "name": "rtx", "clockrate": 90000,
+                             "parameters": {"apt": 100}}],
+                        "rtp-hdrexts": []}
+                });
+                let with_video =
+                    JoinResponse::parse(json.to_string().as_bytes()).expect("video answer");
+                answer.video = with_video.video;
+            },
+        )
+    }
+
+    /// A call with `seed`, its config as `configure` left it, that has applied the SFU's
+    /// answer as `tamper` left it.
+    pub(crate) fn with_config(
+        seed: u64,
+        configure: impl FnOnce(&mut CallConfig),
+        tamper: impl FnOnce(&mut JoinResponse),
+    ) -> Self {
         let now = Instant::now();
         let mut config = CallConfig::new(seed, cert());
         config.crypto = Some(provider());
+        configure(&mut config);
         let mut call = Call::new(now, config).expect("call");
         let sfu = SfuPeer::new(now, &call.join_payload());
         let mut answer = sfu.answer();
@@ -282,6 +342,8 @@ impl GroupPair {
             heard: Heard::new(),
             delivered_to_call: Vec::new(),
             to_sfu: Vec::new(),
+            delivered_to_sfu: Vec::new(),
+            log_to_sfu: false,
             call_timeout: now,
         };
         pair.drain_call();
@@ -305,6 +367,22 @@ impl GroupPair {
         }
     }
 
+    /// Drives the call alone for `duration` of virtual time: the SFU is gone, what the call
+    /// sends is lost.
+    pub(crate) fn drive_call_only(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.now += STEP;
+            if self.now >= self.call_timeout {
+                self.call
+                    .handle_input(self.now, Input::Timeout)
+                    .expect("timeout input");
+            }
+            self.drain_call();
+            self.to_sfu.clear();
+        }
+    }
+
     /// Moves datagrams both ways until neither end has more.
     fn exchange(&mut self) {
         loop {
@@ -316,6 +394,9 @@ impl GroupPair {
             let to_sfu = std::mem::take(&mut self.to_sfu);
             for t in &to_sfu {
                 self.sfu.receive(self.now, t);
+            }
+            if self.log_to_sfu {
+                self.delivered_to_sfu.extend_from_slice(&to_sfu);
             }
             if to_call.is_empty() && to_sfu.is_empty() {
                 return;

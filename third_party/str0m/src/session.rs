@@ -135,6 +135,14 @@ pub(crate) struct Session {
 
     raw_packets: Option<VecDeque<Box<RawPacket>>>,
 
+    /// ringcast patch, SRTCP replay protection (RFC 3711 §3.3.2): per sender SSRC, the highest
+    /// authenticated SRTCP index and a bitmap of the [`SRTCP_REPLAY_WINDOW`] before it. At most
+    /// [`SRTCP_REPLAY_SSRCS`] senders are tracked (a replay of an untracked sender's packet
+    /// passes; a peer uses one or a few RTCP sender SSRCs).
+    srtcp_rx_windows: Vec<(u32, u32, u128)>,
+    /// SRTCP packets that authenticated but were dropped as replays.
+    srtcp_replayed: u64,
+
     // Pending application-specific feedback (PSFB FMT=15) messages to emit as events.
     pending_app_feedback: Option<AppSpecificFeedback>,
 
@@ -224,6 +232,8 @@ impl Session {
                 None
             },
             pending_app_feedback: None,
+            srtcp_rx_windows: Vec::new(),
+            srtcp_replayed: 0,
             mtu: config.mtu.clone(),
             #[cfg(feature = "_internal_test_exports")]
             pending_probe: None,
@@ -914,6 +924,13 @@ impl Session {
     fn handle_rtcp(&mut self, now: Instant, buf: &[u8], wake: &mut Wake) -> Option<()> {
         let srtp: &mut SrtpContext = self.srtp_rx.as_mut()?;
         let unprotected = srtp.unprotect_rtcp(buf)?;
+        if let Some((ssrc, index)) = srtp.rtcp_sender_and_index(buf) {
+            if !srtcp_replay_check(&mut self.srtcp_rx_windows, ssrc, index) {
+                trace!("Drop replayed SRTCP ssrc {} index {}", ssrc, index);
+                self.srtcp_replayed += 1;
+                return None;
+            }
+        }
 
         Rtcp::read_packet(&unprotected, &mut self.feedback_rx);
         let mut need_configure_pacer = false;
@@ -1006,6 +1023,17 @@ impl Session {
         }
 
         Some(())
+    }
+
+    /// ringcast patch: SRTCP packets dropped as replays (see `srtcp_rx_windows`).
+    pub(crate) fn srtcp_replayed(&self) -> u64 {
+        self.srtcp_replayed
+    }
+
+    /// ringcast patch: protects a caller-built RTCP compound packet with the outgoing SRTCP
+    /// context (`None` before SRTP is keyed).
+    pub(crate) fn protect_rtcp_raw(&mut self, compound: &[u8]) -> Option<Vec<u8>> {
+        Some(self.srtp_tx.as_mut()?.protect_rtcp(compound))
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -1823,4 +1851,38 @@ mod tests {
             "RED associated with Opus must not reinterpret a PCMU primary block as Opus"
         );
     }
+}
+
+/// ringcast patch: width of the SRTCP replay window (RFC 3711 §3.3.2 suggests at least 64).
+pub(crate) const SRTCP_REPLAY_WINDOW: u32 = 128;
+
+/// ringcast patch: how many SRTCP sender SSRCs get a replay window.
+pub(crate) const SRTCP_REPLAY_SSRCS: usize = 16;
+
+/// ringcast patch: checks an authenticated SRTCP `index` from `ssrc` against its window and
+/// records it. False for a replay: an index already seen, or older than the window.
+fn srtcp_replay_check(windows: &mut Vec<(u32, u32, u128)>, ssrc: u32, index: u32) -> bool {
+    let Some((_, max, seen)) = windows.iter_mut().find(|(s, _, _)| *s == ssrc) else {
+        if windows.len() < SRTCP_REPLAY_SSRCS {
+            windows.push((ssrc, index, 1));
+        }
+        return true;
+    };
+    if index > *max {
+        let shift = index - *max;
+        *seen = if shift >= SRTCP_REPLAY_WINDOW {
+            0
+        } else {
+            *seen << shift
+        };
+        *seen |= 1;
+        *max = index;
+        return true;
+    }
+    let age = *max - index;
+    if age >= SRTCP_REPLAY_WINDOW || *seen & (1u128 << age) != 0 {
+        return false;
+    }
+    *seen |= 1u128 << age;
+    true
 }

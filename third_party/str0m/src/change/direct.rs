@@ -487,4 +487,18 @@ impl<'a> DirectApi<'a> {
     pub fn send_pli_feedback(&mut self, sender_ssrc: Ssrc, media_ssrc: Ssrc) {
         self.rtc.session.send_pli_feedback(sender_ssrc, media_ssrc);
     }
+
+    /// ringcast patch, SRTCP replay protection: how many SRTCP packets from the peer
+    /// authenticated but were dropped, unread, as replays (an SRTCP index already received
+    /// from that sender SSRC, or older than a 128-packet window; RFC 3711 §3.3.2).
+    pub fn srtcp_replayed(&self) -> u64 {
+        self.rtc.session.srtcp_replayed()
+    }
+
+    /// ringcast patch, for tests and tools: protects `compound`, an RTCP compound packet built
+    /// by the caller (well-formed or not), with the outgoing SRTCP context, as if str0m had
+    /// sent it. `None` before SRTP is keyed. Uses up one SRTCP index.
+    pub fn protect_rtcp_raw(&mut self, compound: &[u8]) -> Option<Vec<u8>> {
+        self.rtc.session.protect_rtcp_raw(compound)
+    }
 }

@@ -562,6 +562,34 @@ impl SrtpContext {
         }
     }
 
+    /// ringcast patch, SRTCP replay protection: the sender SSRC (of the first RTCP packet) and
+    /// the 31-bit SRTCP index (E flag cleared) of a protected SRTCP packet, read from its clear
+    /// header and trailer (RFC 3711 §3.4; no MKI). `None` if `buf` is too short for this
+    /// context's profile. Meaningful only once [`SrtpContext::unprotect_rtcp`] authenticated it.
+    pub fn rtcp_sender_and_index(&self, buf: &[u8]) -> Option<(u32, u32)> {
+        // AES-CM: index, then the HMAC tag. AEAD: the tag, then the index (RFC 7714 §9).
+        let (tag_len, idx_from_end) = match &self.rtcp {
+            Derived::Aes128CmSha1_80 { .. } => (
+                Aes128CmSha1_80::HMAC_TAG_LEN,
+                Aes128CmSha1_80::HMAC_TAG_LEN + SRTCP_INDEX_LEN,
+            ),
+            Derived::AeadAes128Gcm { .. } => (AeadAes128Gcm::TAG_LEN, SRTCP_INDEX_LEN),
+            Derived::AeadAes256Gcm { .. } => (AeadAes256Gcm::TAG_LEN, SRTCP_INDEX_LEN),
+        };
+        if buf.len() < SRTCP_HEADER_LEN + SRTCP_INDEX_LEN + tag_len {
+            return None;
+        }
+        let idx_start = buf.len() - idx_from_end;
+        let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let e_and_si = u32::from_be_bytes([
+            buf[idx_start],
+            buf[idx_start + 1],
+            buf[idx_start + 2],
+            buf[idx_start + 3],
+        ]);
+        Some((ssrc, e_and_si & 0x7fff_ffff))
+    }
+
     // SRTCP layout
     // ["header", ssrc, payload, ["header", ssrc, payload], ...], ssrtcp_index, tag]
     //
