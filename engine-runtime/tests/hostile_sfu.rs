@@ -60,13 +60,14 @@ fn a_hostile_sfu_costs_only_its_own_call_and_that_within_its_budgets() {
     // Every call, the hostile one too, still delivers its tone at >= 95 %.
     let keys: Vec<i64> = (0..10).collect();
     verify(&engine, &sfu, &plan, &keys);
-    // The others' pacing during the attack: as late as before it, within a few ms.
+    // The others' pacing during the attack: no frame later than one frame interval (a shard
+    // stalled by the attack would show hundreds of ms). A busy machine alone can reach 10 ms.
     for a in after.iter().filter(|a| a.chat_id != 3) {
         let b = before.iter().find(|b| b.chat_id == a.chat_id).unwrap();
         let during = a.stats.lateness.since(&b.stats.lateness);
         let p99 = during.percentile(0.99);
         assert!(
-            p99 <= Duration::from_millis(10),
+            p99 <= Duration::from_millis(25),
             "call {}: p99 lateness {p99:?} during the attack",
             a.chat_id
         );
