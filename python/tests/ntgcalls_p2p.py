@@ -5,10 +5,12 @@ ntgcalls 3.0.5 wheel from PyPI (libwebrtc inside), in one process.
 Run by python/tests/ntgcalls_p2p.rs inside a network namespace with a veth pair (libwebrtc
 gathers no loopback candidates):
 
-    python ntgcalls_p2p.py WORKDIR 8.0.0,9.0.0
+    python ntgcalls_p2p.py WORKDIR 8.0.0,9.0.0,7.0.0+8.0.0
 
-For each library version given, two calls: ringcast calling ntgcalls and ntgcalls calling
-ringcast. The script plays the messenger: the Diffie-Hellman values of phone.requestCall /
+For each entry (a library version, or several joined by ``+``: the list
+``phoneCall.protocol.library_versions`` both sides get, from which each picks its version), two
+calls: ringcast calling ntgcalls and ntgcalls calling ringcast. ``7.0.0+8.0.0`` checks that
+ringcast picks the highest version it speaks, as ntgcalls does (8.0.0; ntgcalls has no 7.0.0). The script plays the messenger: the Diffie-Hellman values of phone.requestCall /
 acceptCall / confirmCall go from one side's ``init_exchange`` / ``exchange_keys`` to the
 other's, and every ``on_signaling_data`` blob of one side goes to the other's
 ``send_signaling_data`` (phone.sendSignalingData / updatePhoneCallSignalingData); a blob for a
@@ -158,8 +160,8 @@ class Side:
         else:
             self.waiting.append(data)
 
-    async def connect(self, version):
-        await self.engine.connect_p2p(self.uid, [], [version], True, None)
+    async def connect(self, versions):
+        await self.engine.connect_p2p(self.uid, [], list(versions), True, None)
         self.ready = True
         for data in self.waiting:
             await self.deliver(data)
@@ -251,7 +253,8 @@ async def one_call(router, ours, theirs, version, ringcast_calls, uid):
               f"{tag}: on_update_emojis fired on both sides ({r.emojis!r}, {n.emojis!r})")
 
         # The messenger confirms the call to both at about the same time.
-        await asyncio.gather(callee.connect(version), caller.connect(version))
+        versions = version.split("+")
+        await asyncio.gather(callee.connect(versions), caller.connect(versions))
         try:
             await asyncio.wait_for(
                 asyncio.gather(r.connected.wait(), n.connected.wait()), CONNECT_TIMEOUT)
@@ -266,7 +269,8 @@ async def one_call(router, ours, theirs, version, ringcast_calls, uid):
             return
         paths = {}
         for s in (r, n):
-            paths[s.name] = os.path.join(WORK, f"{version}-{caller.name}-heard-by-{s.name}.s16le")
+            paths[s.name] = os.path.join(
+                WORK, f"{version}-{caller.name}-heard-by-{s.name}.s16le")
             await s.engine.set_stream_sources(
                 s.uid, s.lib.StreamMode.PLAYBACK, s.recorder(paths[s.name]))
         await asyncio.sleep(LISTEN_SECONDS)
