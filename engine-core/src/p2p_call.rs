@@ -24,13 +24,18 @@
 //! [`P2pConfig::disconnect_timeout`] ends ([`P2pEndReason::IceDisconnected`]). Unlike
 //! [`crate::Call`] this counts any datagram str0m accepts (not only authenticated STUN/SRTP).
 //!
-//! Media negotiation is minimal: the caller sends a `NegotiateChannels` offer with its audio
-//! content ([`P2pCall::local_content`]: Opus on [`P2P_OPUS_PT`], audio level) after its
-//! `InitialSetup`, the callee answers with its own; each side takes the peer's SSRC from it (and,
-//! failing that, from the first RTP packet with our Opus PT). The peer's payload types and
-//! extension ids are not applied yet, so a tgcalls peer using another Opus PT or abs-send-time /
-//! transport-cc would need that. Not implemented either: `MediaState`, Telegram reflectors, TURN
-//! over TCP/TLS and ChannelData, ICE restarts, decoded-PCM hooks.
+//! Media negotiation follows tgcalls' `ContentNegotiationContext` (what ntgcalls 3.0.5 and
+//! tgcalls `InstanceV2Impl` run): each side **offers** the contents it sends
+//! ([`P2pCall::local_content`]: our audio SSRC, Opus on [`P2P_OPUS_PT`], audio level), and the
+//! **answer** lists, under the offer's `exchangeId`, the offered contents the answerer takes,
+//! with the offerer's SSRCs (a peer only creates its sending channel once its own SSRC comes back
+//! in the answer). The caller offers right after its `InitialSetup`; the callee answers the
+//! caller's offer (which may arrive before the caller's `InitialSetup`), then offers its own
+//! audio, which the caller answers. We answer audio offered with Opus on [`P2P_OPUS_PT`] (with
+//! Opus alone and only the audio-level extension, so the peer sends nothing else) and leave out
+//! video and other codecs; the peer's SSRC is also taken from the first RTP packet with our Opus
+//! PT. Not implemented: `MediaState`, Telegram reflectors, TURN over TCP/TLS and ChannelData,
+//! ICE restarts, decoded-PCM hooks.
 //!
 //! Candidates: the host candidate ([`P2pConfig::local_addr`]) goes out with our `InitialSetup`.
 //! For each of [`P2pConfig::stun_servers`] the call sends STUN Binding Requests from the same
@@ -488,8 +493,14 @@ pub struct P2pCall {
     local_sent: bool,
     /// STUN addressed to us that arrived before the remote setup: (source, destination, bytes).
     early_stun: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
-    /// `exchangeId` of the `NegotiateChannels` offer this side sends (the caller).
+    /// `exchangeId` of our next `NegotiateChannels` offer (incremented per offer).
     exchange_id: u32,
+    /// Our outgoing audio still has to be offered (tgcalls `needNegotiation`).
+    offer_needed: bool,
+    /// `exchangeId` of our offer waiting for its answer.
+    pending_offer: Option<u32>,
+    /// The peer answered our offer accepting our audio content.
+    negotiated: bool,
     /// The peer's audio SSRC from its `NegotiateChannels`, once received.
     remote_ssrc: Option<Ssrc>,
     /// Candidate lines received before the remote setup.
@@ -642,6 +653,9 @@ impl P2pCall {
             remote_setup: None,
             local_sent: false,
             exchange_id,
+            offer_needed: true,
+            pending_offer: None,
+            negotiated: false,
             remote_ssrc: None,
             queued_candidates: Vec::new(),
             early_stun: Vec::new(),
@@ -707,6 +721,12 @@ impl P2pCall {
     /// The peer's audio SSRC as announced in its `NegotiateChannels`, once received.
     pub fn remote_ssrc(&self) -> Option<Ssrc> {
         self.remote_ssrc
+    }
+
+    /// Whether the peer answered our offer and takes our audio (it has a receiving channel for
+    /// our SSRC).
+    pub fn is_negotiated(&self) -> bool {
+        self.negotiated
     }
 
     /// This end's role.
@@ -900,21 +920,45 @@ impl P2pCall {
         }
         lines.extend(self.local_relays.iter().map(|(_, line)| line.clone()));
         let candidates = SignalingMessage::Candidates(Candidates { candidates: lines });
-        let mut messages = vec![setup, candidates];
-        // The caller offers its media right after InitialSetup; the callee answers the offer.
-        if self.config.role == Role::Caller {
-            messages.push(SignalingMessage::NegotiateChannels(NegotiateChannels {
-                exchange_id: self.exchange_id,
-                contents: vec![self.local_content()],
-            }));
+        for message in [setup, candidates] {
+            self.send_or_end(&message, now)?;
         }
-        for message in messages {
-            if let Err(e) = self.send_message(&message, now) {
-                self.end(P2pEndReason::Channel(e.to_string()));
-                return Err(e.into());
-            }
+        // The caller offers its media right after its InitialSetup (ntgcalls `connect`); the
+        // callee offers once it has answered the caller's offer (see `apply_negotiation`).
+        if self.config.role == Role::Caller {
+            self.offer_if_needed(now)?;
         }
         Ok(())
+    }
+
+    /// Sends `message`; a channel failure ends the call.
+    fn send_or_end(
+        &mut self,
+        message: &SignalingMessage,
+        now: Instant,
+    ) -> Result<(), P2pCallError> {
+        if let Err(e) = self.send_message(message, now) {
+            self.end(P2pEndReason::Channel(e.to_string()));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Offers our audio content unless it was offered already or an offer of ours waits for
+    /// its answer (tgcalls `sendOfferIfNeeded`).
+    fn offer_if_needed(&mut self, now: Instant) -> Result<(), P2pCallError> {
+        if !self.offer_needed || self.pending_offer.is_some() {
+            return Ok(());
+        }
+        self.offer_needed = false;
+        let exchange_id = self.exchange_id;
+        self.exchange_id = self.exchange_id.wrapping_add(1);
+        self.pending_offer = Some(exchange_id);
+        let offer = SignalingMessage::NegotiateChannels(NegotiateChannels {
+            exchange_id,
+            contents: vec![self.local_content()],
+        });
+        self.send_or_end(&offer, now)
     }
 
     fn handle_signaling(&mut self, now: Instant, bytes: &[u8]) -> Result<(), P2pCallError> {
@@ -999,39 +1043,71 @@ impl P2pCall {
         }
     }
 
-    /// Takes the peer's audio SSRC from its offer or answer, and answers an offer (any exchange
-    /// we did not start) with our own content under the same `exchangeId`.
+    /// One `NegotiateChannels` (tgcalls `ContentNegotiationContext::setPendingAnswer`): each
+    /// side offers the contents it sends, and the answer lists the offered contents the answerer
+    /// receives, under the offer's SSRCs and `exchangeId`.
+    ///
+    /// - The answer to our pending offer: our audio is negotiated if it lists our SSRC. (An
+    ///   answer listing another audio SSRC, as ringcast answered before it mirrored offers, is
+    ///   taken as the peer's stream.)
+    /// - Any other exchange is the peer's offer: we answer it with its audio content we can
+    ///   receive (Opus on [`P2P_OPUS_PT`]) and take its SSRC. While our own offer waits, the
+    ///   caller ignores the peer's offer (the callee answers ours first, then offers again) and
+    ///   the callee drops its offer to answer the caller's, as tgcalls does.
+    ///
+    /// Then we offer our audio if it has not been offered yet.
     fn apply_negotiation(
         &mut self,
         now: Instant,
         negotiation: NegotiateChannels,
     ) -> Result<(), P2pCallError> {
-        let audio = negotiation.contents.iter().find(|c| {
-            c.kind == ContentKind::Audio
-                && c.payload_types
-                    .iter()
-                    .any(|pt| pt.name.eq_ignore_ascii_case("opus") && pt.clockrate == 48_000)
-        });
-        match audio {
-            Some(content) => {
-                self.remote_ssrc = Some(content.ssrc);
-                self.accept_remote_ssrc(content.ssrc.0);
+        let our_ssrc = self.audio_ssrc();
+        if self.pending_offer == Some(negotiation.exchange_id) {
+            self.pending_offer = None;
+            let mut accepted = false;
+            for content in &negotiation.contents {
+                if content.kind != ContentKind::Audio {
+                    continue;
+                }
+                if content.ssrc == our_ssrc {
+                    accepted = true;
+                } else if receivable_opus(content).is_some() {
+                    self.remote_ssrc = Some(content.ssrc);
+                    self.accept_remote_ssrc(content.ssrc.0);
+                }
             }
-            None => self.stats.signaling_ignored += 1,
-        }
-        let is_answer =
-            self.config.role == Role::Caller && negotiation.exchange_id == self.exchange_id;
-        if !is_answer {
+            self.negotiated = accepted;
+            if !accepted {
+                tracing::debug!(role = ?self.config.role, "the peer's answer does not take our audio");
+                self.stats.signaling_ignored += 1;
+            }
+        } else {
+            if self.pending_offer.is_some() {
+                if self.config.role == Role::Caller {
+                    self.stats.signaling_ignored += 1;
+                    return Ok(());
+                }
+                self.pending_offer = None;
+                self.offer_needed = true;
+            }
+            let mut contents = Vec::new();
+            for content in &negotiation.contents {
+                match receivable_opus(content) {
+                    Some(opus) => {
+                        self.remote_ssrc = Some(content.ssrc);
+                        self.accept_remote_ssrc(content.ssrc.0);
+                        contents.push(answer_content(content, opus));
+                    }
+                    None => self.stats.signaling_ignored += 1,
+                }
+            }
             let answer = SignalingMessage::NegotiateChannels(NegotiateChannels {
                 exchange_id: negotiation.exchange_id,
-                contents: vec![self.local_content()],
+                contents,
             });
-            if let Err(e) = self.send_message(&answer, now) {
-                self.end(P2pEndReason::Channel(e.to_string()));
-                return Err(e.into());
-            }
+            self.send_or_end(&answer, now)?;
         }
-        Ok(())
+        self.offer_if_needed(now)
     }
 
     /// Lets str0m receive RTP from `ssrc` (up to [`MAX_REMOTE_SSRCS`] per call).
@@ -1534,5 +1610,279 @@ impl P2pCall {
         self.track.stop();
         self.connect_deadline = None;
         self.set_state(P2pState::Ended(reason));
+    }
+}
+
+/// The Opus payload type of an offered audio content that we can receive: Opus at 48 kHz on
+/// [`P2P_OPUS_PT`] (str0m is configured with that one).
+fn receivable_opus(content: &MediaContent) -> Option<&PayloadType> {
+    if content.kind != ContentKind::Audio {
+        return None;
+    }
+    content.payload_types.iter().find(|pt| {
+        pt.id == P2P_OPUS_PT && pt.name.eq_ignore_ascii_case("opus") && pt.clockrate == 48_000
+    })
+}
+
+/// Our answer to an offered audio `content` (tgcalls `getAnswer`): the offerer's SSRC and SSRC
+/// groups, the one payload type we take (`opus`, with our parameters) and, of the offered RTP
+/// header extensions, the audio level (the only one we read).
+fn answer_content(content: &MediaContent, opus: &PayloadType) -> MediaContent {
+    MediaContent {
+        kind: ContentKind::Audio,
+        ssrc: content.ssrc,
+        ssrc_groups: content.ssrc_groups.clone(),
+        payload_types: vec![PayloadType {
+            id: opus.id,
+            name: opus.name.clone(),
+            clockrate: opus.clockrate,
+            channels: opus.channels,
+            feedback_types: Vec::new(),
+            parameters: vec![
+                ("minptime".to_owned(), "10".to_owned()),
+                ("useinbandfec".to_owned(), "1".to_owned()),
+            ],
+        }],
+        rtp_extensions: content
+            .rtp_extensions
+            .iter()
+            .filter(|e| e.uri == URI_AUDIO_LEVEL)
+            .cloned()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Media negotiation against messages shaped as ntgcalls 3.0.5 / tgcalls `InstanceV2Impl`
+    //! send them (ntgcalls/src/signaling/messages/negotiate_channels_message.cpp,
+    //! wrtc/src/models/content_negotiation_context.cpp): the peer here is a bare
+    //! [`EncryptedChannel`] the test writes JSON into.
+
+    use super::*;
+    use crate::crypto::generate_certificate;
+    use crate::signaling::p2p::dh::DH_BYTES;
+
+    /// The offer the real ntgcalls 3.0.5 sent as the caller (see testdata/README.md): audio
+    /// (Opus 111 first, then red, G722, PCMU, PCMA, CN, telephone-event; abs-send-time 2,
+    /// transport-cc 3) and video (VP8, VP9, AV1, H264, RTX).
+    const NTGCALLS_OFFER: &str = include_str!("signaling/p2p/testdata/ntgcalls-3.0.5-offer.json");
+    const NTGCALLS_SSRC: u32 = 4_117_331_399;
+    const NTGCALLS_EXCHANGE: u32 = 591_650_521;
+
+    fn keys() -> CallKey {
+        let mut key = [0u8; DH_BYTES];
+        fastrand::Rng::with_seed(7).fill(&mut key);
+        CallKey::from_parts(key, &[3u8; DH_BYTES])
+    }
+
+    fn call(role: Role, now: Instant) -> P2pCall {
+        let cert = generate_certificate().expect("certificate");
+        let addr = SocketAddr::from(([10, 0, 0, 2], 40_000));
+        P2pCall::new(now, P2pConfig::new(role, keys(), 9, cert, addr)).expect("call")
+    }
+
+    /// The other end's channel.
+    fn peer(role: Role) -> EncryptedChannel {
+        let other = match role {
+            Role::Caller => Role::Callee,
+            Role::Callee => Role::Caller,
+        };
+        EncryptedChannel::new(keys().as_bytes(), other, Framing::Reliable)
+    }
+
+    /// Everything the call said, decrypted by the peer.
+    fn said(
+        call: &mut P2pCall,
+        peer: &mut EncryptedChannel,
+        now: Instant,
+    ) -> Vec<SignalingMessage> {
+        let mut out = Vec::new();
+        loop {
+            match call.poll_output() {
+                Output::Signaling(bytes) => {
+                    let received = peer.receive(&bytes, now).expect("our packet decrypts");
+                    for m in received.messages {
+                        out.push(SignalingMessage::parse(&m).expect("our message parses"));
+                    }
+                }
+                Output::Timeout(_) => return out,
+                Output::Transmit(_) | Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn tell(call: &mut P2pCall, peer: &mut EncryptedChannel, json: &str, now: Instant) {
+        let packet = peer.send(json.as_bytes(), now).expect("peer encrypts");
+        call.handle_input(now, Input::Signaling(&packet))
+            .expect("the call takes the message");
+    }
+
+    fn negotiations(messages: &[SignalingMessage]) -> Vec<NegotiateChannels> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                SignalingMessage::NegotiateChannels(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// ntgcalls calling us sends its offer before its InitialSetup (the offer is sent at once,
+    /// the setup after a hop to its network thread). We answer with its own SSRC under its
+    /// `exchangeId`, taking only Opus and none of its extensions, then offer our audio.
+    #[test]
+    fn callee_mirrors_the_callers_offer_then_offers_its_own() {
+        let now = Instant::now();
+        let mut ours = call(Role::Callee, now);
+        let mut theirs = peer(Role::Callee);
+        assert!(
+            said(&mut ours, &mut theirs, now).is_empty(),
+            "the callee waits"
+        );
+        tell(&mut ours, &mut theirs, NTGCALLS_OFFER, now);
+        let sent = negotiations(&said(&mut ours, &mut theirs, now));
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        let answer = &sent[0];
+        assert_eq!(answer.exchange_id, NTGCALLS_EXCHANGE);
+        assert_eq!(answer.contents.len(), 1);
+        let content = &answer.contents[0];
+        assert_eq!(
+            content.ssrc,
+            Ssrc(NTGCALLS_SSRC),
+            "the answer names the offerer's SSRC"
+        );
+        assert_eq!(content.kind, ContentKind::Audio);
+        let names: Vec<_> = content
+            .payload_types
+            .iter()
+            .map(|p| (p.id, p.name.as_str()))
+            .collect();
+        assert_eq!(names, [(111, "opus")]);
+        assert!(
+            content.rtp_extensions.is_empty(),
+            "{:?}",
+            content.rtp_extensions
+        );
+        assert_eq!(ours.remote_ssrc(), Some(Ssrc(NTGCALLS_SSRC)));
+
+        let offer = &sent[1];
+        assert_ne!(offer.exchange_id, NTGCALLS_EXCHANGE);
+        assert_eq!(offer.contents, vec![ours.local_content()]);
+        assert!(!ours.is_negotiated());
+        // ntgcalls answers with our SSRC (and only the codecs it takes).
+        let mut answer = ours.local_content();
+        answer.payload_types[0].feedback_types.clear();
+        let answer = SignalingMessage::NegotiateChannels(NegotiateChannels {
+            exchange_id: offer.exchange_id,
+            contents: vec![answer],
+        });
+        tell(&mut ours, &mut theirs, &answer.to_json(), now);
+        assert!(ours.is_negotiated());
+        assert!(
+            negotiations(&said(&mut ours, &mut theirs, now)).is_empty(),
+            "nothing more to offer"
+        );
+    }
+
+    /// Calling ntgcalls: we offer at once; its answer mirrors our SSRC; then it offers its own
+    /// audio, which we answer.
+    #[test]
+    fn caller_offers_then_answers_the_callees_offer() {
+        let now = Instant::now();
+        let mut ours = call(Role::Caller, now);
+        let mut theirs = peer(Role::Caller);
+        let first = said(&mut ours, &mut theirs, now);
+        assert!(
+            matches!(first[0], SignalingMessage::InitialSetup(_)),
+            "{first:?}"
+        );
+        let offers = negotiations(&first);
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].contents, vec![ours.local_content()]);
+        let answer = SignalingMessage::NegotiateChannels(NegotiateChannels {
+            exchange_id: offers[0].exchange_id,
+            contents: offers[0].contents.clone(),
+        });
+        tell(&mut ours, &mut theirs, &answer.to_json(), now);
+        assert!(ours.is_negotiated());
+        assert_eq!(
+            ours.remote_ssrc(),
+            None,
+            "a mirrored answer names no peer stream"
+        );
+        assert!(negotiations(&said(&mut ours, &mut theirs, now)).is_empty());
+
+        tell(&mut ours, &mut theirs, NTGCALLS_OFFER, now);
+        let sent = negotiations(&said(&mut ours, &mut theirs, now));
+        assert_eq!(sent.len(), 1, "an answer, no new offer: {sent:?}");
+        assert_eq!(sent[0].exchange_id, NTGCALLS_EXCHANGE);
+        assert_eq!(sent[0].contents[0].ssrc, Ssrc(NTGCALLS_SSRC));
+        assert_eq!(ours.remote_ssrc(), Some(Ssrc(NTGCALLS_SSRC)));
+    }
+
+    /// Both offered at once: the caller keeps its offer and ignores the callee's (tgcalls
+    /// `setPendingAnswer` with `isOutgoing`), so the callee must offer again after answering.
+    #[test]
+    fn caller_ignores_an_offer_while_its_own_waits() {
+        let now = Instant::now();
+        let mut ours = call(Role::Caller, now);
+        let mut theirs = peer(Role::Caller);
+        let offers = negotiations(&said(&mut ours, &mut theirs, now));
+        tell(&mut ours, &mut theirs, NTGCALLS_OFFER, now);
+        assert!(negotiations(&said(&mut ours, &mut theirs, now)).is_empty());
+        assert_eq!(ours.remote_ssrc(), None);
+        assert_eq!(ours.stats().signaling_ignored, 1);
+        // The callee's answer, then its offer again.
+        let answer = SignalingMessage::NegotiateChannels(NegotiateChannels {
+            exchange_id: offers[0].exchange_id,
+            contents: offers[0].contents.clone(),
+        });
+        tell(&mut ours, &mut theirs, &answer.to_json(), now);
+        tell(&mut ours, &mut theirs, NTGCALLS_OFFER, now);
+        let sent = negotiations(&said(&mut ours, &mut theirs, now));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].exchange_id, NTGCALLS_EXCHANGE);
+    }
+
+    /// The callee drops its own waiting offer to answer the caller's, and offers again.
+    #[test]
+    fn callee_yields_to_the_callers_offer() {
+        let now = Instant::now();
+        let mut ours = call(Role::Callee, now);
+        let mut theirs = peer(Role::Callee);
+        tell(&mut ours, &mut theirs, NTGCALLS_OFFER, now);
+        let first = negotiations(&said(&mut ours, &mut theirs, now));
+        let our_offer = first[1].exchange_id;
+        // A second offer from the caller (another exchange) before it answered ours.
+        let second = NTGCALLS_OFFER.replace("591650521", "17");
+        tell(&mut ours, &mut theirs, &second, now);
+        let sent = negotiations(&said(&mut ours, &mut theirs, now));
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].exchange_id, 17);
+        assert_ne!(sent[1].exchange_id, our_offer, "a new offer");
+        assert_eq!(sent[1].contents, vec![ours.local_content()]);
+    }
+
+    /// Contents we cannot receive are left out of the answer: video, and audio without Opus
+    /// on our payload type.
+    #[test]
+    fn answer_leaves_out_what_we_cannot_receive() {
+        let now = Instant::now();
+        let mut ours = call(Role::Callee, now);
+        let mut theirs = peer(Role::Callee);
+        let offer = r#"{"@type":"NegotiateChannels","exchangeId":"5","contents":[{"type":"video","ssrc":"11","ssrcGroups":[{"semantics":"FID","ssrcs":["11","12"]}],"payloadTypes":[{"id":96,"name":"VP8","clockrate":90000,"channels":0,"feedbackTypes":[],"parameters":{}}],"rtpExtensions":[]},{"type":"audio","ssrc":"13","payloadTypes":[{"id":109,"name":"opus","clockrate":48000,"channels":2,"feedbackTypes":[],"parameters":{}}],"rtpExtensions":[{"id":1,"uri":"urn:ietf:params:rtp-hdrext:ssrc-audio-level"}]},{"type":"audio","ssrc":"14","payloadTypes":[{"id":111,"name":"opus","clockrate":48000,"channels":2,"feedbackTypes":[],"parameters":{}}],"rtpExtensions":[{"id":1,"uri":"urn:ietf:params:rtp-hdrext:ssrc-audio-level"}]}]}"#;
+        tell(&mut ours, &mut theirs, offer, now);
+        let sent = negotiations(&said(&mut ours, &mut theirs, now));
+        let answer = &sent[0];
+        assert_eq!(answer.exchange_id, 5);
+        assert_eq!(answer.contents.len(), 1);
+        assert_eq!(answer.contents[0].ssrc, Ssrc(14));
+        assert_eq!(
+            answer.contents[0].rtp_extensions.len(),
+            1,
+            "audio level kept"
+        );
+        assert_eq!(ours.remote_ssrc(), Some(Ssrc(14)));
     }
 }

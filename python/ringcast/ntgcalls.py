@@ -544,7 +544,7 @@ class _Call:
 
     __slots__ = (
         "kind", "mode", "playing", "recording", "on_shard", "video", "presenting", "screen",
-        "external",
+        "external", "g_b",
     )
 
     def __init__(self, kind: CallType) -> None:
@@ -562,6 +562,8 @@ class _Call:
         self.external: set = set()
         # A 1:1 call is on a shard (and ends with an event) once connect_p2p ran.
         self.on_shard = kind == CallType.GROUP
+        # The callee's own g_b (init_exchange's result): its AuthParams carry it, as ntgcalls'.
+        self.g_b: Optional[bytes] = None
 
 
 _CALLBACK_NAMES = (
@@ -1160,24 +1162,29 @@ class NTgCalls:
         """Resolves to ``g_a_hash`` (caller: ``g_a_hash`` None) or ``g_b`` (callee)."""
 
         def work() -> bytes:
-            self._call(user_id)
-            return self._engine.init_exchange(
+            call = self._call(user_id)
+            value = self._engine.init_exchange(
                 user_id, dh_config.g, bytes(dh_config.p), bytes(dh_config.random),
                 None if g_a_hash is None else bytes(g_a_hash),
             )
+            if g_a_hash is not None:
+                call.g_b = bytes(value)
+            return value
 
         return self._future(user_id, work)
 
     def exchange_keys(
         self, user_id: int, g_a_or_b: bytes, fingerprint: int
     ) -> "asyncio.Future[AuthParams]":
-        """Completes the key exchange; ``on_update_emojis`` then fires."""
+        """Completes the key exchange; ``on_update_emojis`` then fires. ``g_a_or_b`` of the
+        result is this side's own public value, as in ntgcalls: ``g_a`` for the caller (for
+        ``phone.confirmCall``), ``g_b`` for the callee."""
 
         def work() -> AuthParams:
-            self._call(user_id)
+            call = self._call(user_id)
             key_fingerprint, g_a = self._engine.exchange_keys(user_id, bytes(g_a_or_b), fingerprint)
             self._emojis(user_id)
-            return AuthParams(key_fingerprint, g_a)
+            return AuthParams(key_fingerprint, g_a if call.g_b is None else call.g_b)
 
         return self._future(user_id, work)
 

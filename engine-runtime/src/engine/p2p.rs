@@ -47,7 +47,7 @@ use ringcast_core::p2p_call::{self, MAX_STUN_SERVERS, MAX_TURN_SERVERS, P2pConfi
 use ringcast_core::signaling::p2p::dh::DH_BYTES;
 pub use ringcast_core::signaling::p2p::exchange::AuthParams;
 use ringcast_core::signaling::p2p::{
-    DhConfig, DhParams, DhRng, ExchangeError, Framing, KeyExchange, Role,
+    DhConfig, DhParams, DhRng, ExchangeError, Framing, KeyExchange, Role, select_version,
 };
 use ringcast_core::turn::TurnServer;
 use ringcast_core::{FrameSource, OpusFrame, SourceError};
@@ -413,8 +413,9 @@ impl Engine {
     /// Starts the call (ntgcalls `connectP2P`): binds its own UDP socket on the shard that owns
     /// `user_id`, and from then on the call emits [`EventKind::SignalingData`] for the
     /// messenger and takes the peer's with [`Engine::send_signaling_data`]. `versions` is
-    /// `phoneCall.protocol.library_versions`; the first one implemented picks the signaling
-    /// framing ("9.0.0"/"8.0.0" reliable, "7.0.0" raw). The UDP STUN servers among `rtc_servers`
+    /// `phoneCall.protocol.library_versions`; the highest one implemented, in any order (as
+    /// ntgcalls picks it: [`select_version`]), picks the signaling framing ("9.0.0"/"8.0.0"
+    /// reliable, "7.0.0" raw). The UDP STUN servers among `rtc_servers`
     /// (at most [`MAX_STUN_SERVERS`]) add server-reflexive candidates, the UDP TURN servers with
     /// credentials (at most [`MAX_TURN_SERVERS`]) relay candidates; Telegram reflectors are not
     /// used (see [`RtcServer`]). With `p2p_allowed = false` the call is relay only: it uses and
@@ -447,9 +448,8 @@ impl Engine {
         if !p2p_allowed && turn_servers.is_empty() {
             return Err(EngineError::RelayOnlyUnsupported);
         }
-        let framing = versions
-            .iter()
-            .find_map(|v| Framing::for_version(v))
+        let framing = select_version(versions)
+            .and_then(Framing::for_version)
             .ok_or_else(|| EngineError::NoCommonVersion {
                 offered: versions.to_vec(),
             })?;

@@ -662,6 +662,50 @@ mod tests {
         }
     }
 
+    /// What the real ntgcalls 3.0.5 sent (testdata/README.md) parses, field by field.
+    #[test]
+    fn parses_what_ntgcalls_3_0_5_sends() {
+        let SignalingMessage::InitialSetup(setup) =
+            parse(include_str!("testdata/ntgcalls-3.0.5-initial-setup.json")).unwrap()
+        else {
+            panic!("not an InitialSetup")
+        };
+        assert!(setup.renomination);
+        assert_eq!(setup.ufrag, "WFpr");
+        assert_eq!(setup.fingerprints[0].setup, DtlsSetup::Actpass);
+        assert_eq!(setup.fingerprints[0].digest().map(|d| d.len()), Some(32));
+
+        let SignalingMessage::Candidates(c) =
+            parse(include_str!("testdata/ntgcalls-3.0.5-candidates.json")).unwrap()
+        else {
+            panic!("not Candidates")
+        };
+        // `sdpMid` / `sdpMLineIndex` beside `sdpString` are ignored.
+        assert_eq!(c.candidates.len(), 1);
+        assert!(c.candidates[0].starts_with("candidate:3895772297 1 udp 2122260224 10.214.9.2 "));
+
+        let SignalingMessage::NegotiateChannels(n) =
+            parse(include_str!("testdata/ntgcalls-3.0.5-offer.json")).unwrap()
+        else {
+            panic!("not NegotiateChannels")
+        };
+        assert_eq!(n.exchange_id, 591_650_521);
+        let kinds: Vec<_> = n.contents.iter().map(|c| (c.kind, c.ssrc.0)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (MediaKind::Audio, 4_117_331_399),
+                (MediaKind::Video, 671_473_898)
+            ]
+        );
+        let audio = &n.contents[0];
+        assert_eq!(audio.payload_types[0].name, "opus");
+        assert_eq!(audio.payload_types[0].id, 111);
+        assert_eq!(audio.payload_types.len(), 8);
+        assert_eq!(audio.rtp_extensions.len(), 2);
+        assert_eq!(n.contents[1].ssrc_groups[0].semantics, "FID");
+    }
+
     /// As tgcalls `InitialSetupMessage_serialize` emits it.
     fn initial_setup_json(setup: &str) -> String {
         format!(

@@ -46,6 +46,19 @@ pub use messages::SignalingMessage;
 /// [`phoneCallProtocol.library_versions`]: https://core.telegram.org/constructor/phoneCallProtocol
 pub const LIBRARY_VERSIONS: [&str; 3] = ["9.0.0", "8.0.0", "7.0.0"];
 
+/// The version a call runs at, from `phoneCall.protocol.library_versions`: the **highest**
+/// of [`LIBRARY_VERSIONS`] in the list, whatever the list's order (ntgcalls `bestMatch` sorts
+/// the list newest first and takes the first it supports; taking the list's first entry instead
+/// would run 7.0.0's raw framing against a peer on 8.0.0 for `["7.0.0", "8.0.0"]`). `None` if
+/// the list holds none of them.
+pub fn select_version<S: AsRef<str>>(versions: &[S]) -> Option<&'static str> {
+    // LIBRARY_VERSIONS is newest first.
+    LIBRARY_VERSIONS
+        .iter()
+        .copied()
+        .find(|ours| versions.iter().any(|v| v.as_ref().trim() == *ours))
+}
+
 /// Which end of the call this side is. Decides the key slices of the signaling encryption, the
 /// DTLS role and the ICE role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -175,4 +188,22 @@ pub enum P2pError {
     /// The crypto library refused an operation that cannot fail with valid sizes.
     #[error("crypto backend error")]
     Crypto,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_version_takes_the_highest_we_speak_in_any_order() {
+        assert_eq!(select_version(&["7.0.0", "8.0.0"]), Some("8.0.0"));
+        assert_eq!(
+            select_version(&["8.0.0", "9.0.0", "12.0.0", "13.0.0"]),
+            Some("9.0.0")
+        );
+        assert_eq!(select_version(&["13.0.0", "9.0.0", "8.0.0"]), Some("9.0.0"));
+        assert_eq!(select_version(&["7.0.0"]), Some("7.0.0"));
+        assert_eq!(select_version(&["10.0.0", "11.0.0", "4.0.0"]), None);
+        assert_eq!(select_version::<&str>(&[]), None);
+    }
 }
