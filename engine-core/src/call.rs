@@ -385,9 +385,13 @@ pub struct CallStats {
     pub dtls_flight_resent: u64,
     /// The camera track's counters (all zero without video).
     pub video: VideoCounters,
-    /// Authenticated STUN refused as a replay: its transaction id was already received (see
-    /// [`crate::replay::RecentTransactions`]). Not answered, no consent refresh.
-    pub dropped_stun_replayed: u64,
+    /// Authenticated STUN whose transaction id was already received (see
+    /// [`crate::replay::RecentTransactions`]): a retransmission or a replay. It is handed to
+    /// str0m, which answers a request again as RFC 5389 §7.3.1 asks of retransmissions (a
+    /// replayed request costs one response to the SFU's own address; dropping it would fail
+    /// the SFU's checks whenever our first answer is lost), but it is never a sign of life:
+    /// it refreshes no consent.
+    pub stun_replayed: u64,
     /// SRTCP refused as a replay: str0m authenticated it and found its SRTCP index already
     /// received from that sender (see [`crate::replay`]); its RTCP was not read.
     pub dropped_rtcp_replayed: u64,
@@ -1056,7 +1060,6 @@ impl Call {
             None
         };
         let own_ssrcs = self.own_ssrcs();
-        let stun_seen = &self.stun_seen;
         let Some(session) = self.session.as_mut() else {
             self.stats.dropped_not_live += 1;
             return Err(CallError::NotConnecting);
@@ -1089,23 +1092,21 @@ impl Call {
             if is_stun && !stun_authentic {
                 return Err(DatagramError::Rejected(RejectReason::StunUnauthenticated).into());
             }
-            // A genuine STUN message again: a replay, not answered and no sign of life.
-            if stun_id.is_some_and(|id| stun_seen.contains(&id)) {
-                return Err(DatagramError::Rejected(RejectReason::StunReplayed).into());
-            }
             Ok(())
         });
-        if let Err(ReceiveError::Refused(DatagramError::Rejected(reason))) = &result {
-            match reason {
-                RejectReason::StunReplayed => self.stats.dropped_stun_replayed += 1,
-                RejectReason::OwnSsrc => self.stats.dropped_own_ssrc += 1,
-                _ => {}
-            }
+        if let Err(ReceiveError::Refused(DatagramError::Rejected(RejectReason::OwnSsrc))) = &result
+        {
+            self.stats.dropped_own_ssrc += 1;
         }
         self.sync_receive_stats();
         match result {
             Ok(()) => {
-                if let Some(id) = stun_id {
+                // A genuine STUN message again (a retransmission or a replay): answered by
+                // str0m like the first, but no sign of life.
+                let repeated = stun_id.is_some_and(|id| self.stun_seen.contains(&id));
+                if repeated {
+                    self.stats.stun_replayed += 1;
+                } else if let Some(id) = stun_id {
                     self.stun_seen.record(id);
                 }
                 // Consent freshness (RFC 7675) counts only what is authenticated: STUN that
@@ -1113,7 +1114,7 @@ impl Call {
                 // and SRTCP are handed in unauthenticated from our side (str0m drops forged
                 // ones silently), so a spoofed datagram from the SFU's address keeps no
                 // dead call alive.
-                if is_stun {
+                if is_stun && !repeated {
                     self.last_heard = Some(now);
                 }
                 Ok(())

@@ -411,6 +411,14 @@ pub struct P2pStats {
     /// SRTP packets refused as replays: their sequence number was already received, or is
     /// older than the replay window (see [`crate::replay`]). Not in `datagrams_received`.
     pub dropped_replayed: u64,
+    /// SRTCP datagrams above [`crate::transport::MAX_RTCP_DATAGRAM`] bytes, refused unread.
+    pub dropped_rtcp_oversized: u64,
+    /// SRTCP datagrams beyond [`crate::transport::RTCP_BUDGET_PER_SEC`], refused unread.
+    pub dropped_rtcp_over_budget: u64,
+    /// SRTCP refused as a replay (its SRTCP index already received from that sender).
+    pub dropped_rtcp_replayed: u64,
+    /// DTLS datagrams, once connected, beyond [`crate::transport::DTLS_BUDGET_PER_SEC`].
+    pub dropped_dtls_over_budget: u64,
     /// Frames skipped because the call was driven late.
     pub frames_skipped_late: u64,
     /// 48 kHz samples of media played (stops while paused), all sources together.
@@ -1282,11 +1290,15 @@ impl P2pCall {
                 Ok(())
             }
             Err(ReceiveError::Refused(e)) => {
-                // Counted by the transport (malformed, rejected) and the incoming streams
-                // (replayed, above).
+                // Counted by the transport (malformed, rejected, over budget, replayed SRTCP)
+                // and the incoming streams (replayed SRTP, above).
                 let counters = self.transport.counters();
                 self.stats.dropped_malformed = counters.dropped_malformed;
                 self.stats.dropped_rejected = counters.dropped_rejected;
+                self.stats.dropped_rtcp_oversized = counters.dropped_rtcp_oversized;
+                self.stats.dropped_rtcp_over_budget = counters.dropped_rtcp_over_budget;
+                self.stats.dropped_rtcp_replayed = counters.dropped_rtcp_replayed;
+                self.stats.dropped_dtls_over_budget = counters.dropped_dtls_over_budget;
                 Err(e.into())
             }
         }

@@ -115,9 +115,6 @@ pub enum RejectReason {
     StunUnauthenticated,
     /// str0m refused it.
     Refused(RtcErrorKind),
-    /// Authenticated STUN whose transaction id was already received: a replay (see
-    /// [`crate::replay::RecentTransactions`]).
-    StunReplayed,
     /// An SRTCP datagram above [`MAX_RTCP_DATAGRAM`] bytes.
     RtcpOversized,
     /// An SRTCP datagram beyond the call's budget of [`RTCP_BUDGET_PER_SEC`].
@@ -136,7 +133,6 @@ impl fmt::Display for RejectReason {
         match self {
             Self::StunUnauthenticated => f.write_str("stun failed credential or integrity checks"),
             Self::Refused(kind) => write!(f, "refused by {kind}"),
-            Self::StunReplayed => f.write_str("replayed stun transaction"),
             Self::RtcpOversized => write!(f, "srtcp datagram above {MAX_RTCP_DATAGRAM} bytes"),
             Self::RtcpOverBudget => {
                 write!(f, "srtcp beyond {RTCP_BUDGET_PER_SEC} datagrams per second")

@@ -240,7 +240,7 @@ fn replayed_srtcp_is_refused_counted_and_not_read() {
 }
 
 #[test]
-fn replayed_stun_is_refused_and_keeps_no_dead_call_alive() {
+fn replayed_stun_is_counted_and_keeps_no_dead_call_alive() {
     let mut pair = connected(32, false);
     // Authenticated binding requests and responses the SFU sent (STUN message types 0x0001
     // and 0x0101).
@@ -254,18 +254,16 @@ fn replayed_stun_is_refused_and_keeps_no_dead_call_alive() {
         stun.iter().any(|t| t.contents[..2] == [0x00, 0x01]),
         "the sfu sent binding requests"
     );
+    // Replayed (or retransmitted) genuine STUN is counted, and a request is answered again
+    // as RFC 5389 asks of retransmissions, but it is no sign of life (below).
     let sent = pair.call.stats().datagrams_sent;
     for t in &stun {
-        assert_eq!(
-            rejected(pair.deliver_to_call(t)),
-            Some(RejectReason::StunReplayed)
-        );
+        assert_eq!(rejected(pair.deliver_to_call(t)), None);
     }
-    assert_eq!(pair.call.stats().dropped_stun_replayed, stun.len() as u64);
-    assert_eq!(
-        pair.call.stats().datagrams_sent,
-        sent,
-        "a replayed request is not answered"
+    assert_eq!(pair.call.stats().stun_replayed, stun.len() as u64);
+    assert!(
+        pair.call.stats().datagrams_sent > sent,
+        "a repeated request is answered, as a retransmission must be"
     );
     // The SFU goes away; someone on the path replays its STUN every half second. Consent
     // (10 s) must still expire.
