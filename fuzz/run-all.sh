@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Runs every fuzz target in turn for DURATION seconds on the stable toolchain and fails on any
-# crash, naming the input that caused it.
+# Runs every fuzz target in turn on the stable toolchain and fails on any crash, naming the
+# input that caused it. Three ways to say how long:
 #
-#   fuzz/run-all.sh 60            # every target, 60 s each
-#   fuzz/run-all.sh 300 ogg_reader call_datagrams   # only these
-#   fuzz/run-all.sh 60 p2p_decrypt p2p_message       # the 1:1-call signaling targets
+#   fuzz/run-all.sh --total 600   # 600 s in all, split evenly across the targets
+#   fuzz/run-all.sh 60            # 60 s per target
+#   fuzz/run-all.sh 300 ogg_reader call_datagrams   # only these, 300 s each
+#   fuzz/run-all.sh --total 120 p2p_decrypt p2p_message   # 60 s each
+#   fuzz/run-all.sh --runs 10000000 group_join      # until 10 million executions
+#
+# At the end it prints one line per target (executions, executions per second, libFuzzer's
+# final coverage `cov` and features `ft`, result) and the same as a Markdown table.
 #
 # Without target names, every [[bin]] in Cargo.toml runs (`cargo fuzz list`), so a new target
 # (p2p_decrypt and p2p_message included) is picked up without editing this script.
@@ -14,8 +19,14 @@
 # Logs go to corpus-work/<target>.log, crashing inputs to artifacts/<target>/.
 set -euo pipefail
 
-DURATION="${1:?usage: run-all.sh SECONDS [TARGET...]}"
-shift
+usage="usage: run-all.sh SECONDS | --total SECONDS | --runs N  [TARGET...]"
+mode=per-target
+case "${1:?$usage}" in
+    --total) mode=total; BUDGET="${2:?$usage}"; shift 2 ;;
+    --runs) mode=runs; RUNS="${2:?$usage}"; shift 2 ;;
+    -*) echo "$usage" >&2; exit 2 ;;
+    *) BUDGET="$1"; shift ;;
+esac
 cd "$(dirname "$0")"
 
 # cargo-fuzz passes -Zsanitizer=address and other nightly-only flags to rustc; the stable
@@ -37,39 +48,75 @@ else
     mapfile -t targets < <(cargo fuzz list)
 fi
 
+case "$mode" in
+    total)
+        DURATION=$((BUDGET / ${#targets[@]}))
+        if [ "$DURATION" -lt 1 ]; then DURATION=1; fi
+        limit=(-max_total_time="$DURATION")
+        what="${BUDGET}s in all, ${DURATION}s per target" ;;
+    per-target)
+        DURATION="$BUDGET"
+        limit=(-max_total_time="$DURATION")
+        what="${DURATION}s per target" ;;
+    runs)
+        limit=(-runs="$RUNS")
+        what="$RUNS executions per target" ;;
+esac
+
 echo "building ${#targets[@]} targets"
 cargo fuzz build >/dev/null
 
 failed=0
 summary=()
+table=()
 for t in "${targets[@]}"; do
     work="corpus-work/$t"
     rm -rf "$work"
     mkdir -p "$work" "artifacts/$t"
     log="corpus-work/$t.log"
-    echo "== $t: ${DURATION}s"
+    echo "== $t: ${limit[*]}"
     # One process (no -jobs/-fork: those move the output into fuzz-N.log files and the
     # machine is shared). -timeout catches an input that hangs; -print_final_stats gives the
-    # execution count.
+    # execution count and rate.
+    # call_datagrams keeps one connected world across inputs (README.md): its allocations
+    # outlive an input, so libFuzzer's per-input leak check (a full LeakSanitizer scan
+    # whenever mallocs and frees differ) would run on almost every input, a 5x slowdown.
+    # LeakSanitizer still checks the whole process when it exits.
+    extra=()
+    if [ "$t" = call_datagrams ]; then extra=(-detect_leaks=0); fi
+    started=$(date +%s)
     set +e
     cargo fuzz run "$t" "$work" "corpus/$t" -- \
-        -max_total_time="$DURATION" -timeout=20 -print_final_stats=1 >"$log" 2>&1
+        "${limit[@]}" "${extra[@]}" -timeout=20 -print_final_stats=1 >"$log" 2>&1
     rc=$?
     set -e
+    secs=$(($(date +%s) - started))
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
     execs="${execs:-?}"
+    rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
+    rate="${rate:-?}"
+    # The last status line libFuzzer printed: "#N  DONE cov: C ft: F corp: ..."
+    cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n1 | awk '{print $2 "/" $4}')
+    cov="${cov:-?}"
     if [ "$rc" -eq 0 ]; then
-        summary+=("$(printf '%-22s ok     %10s execs' "$t" "$execs")")
+        result=ok
+        summary+=("$(printf '%-22s ok     %11s execs %8s/s  cov/ft %-11s %5ss' "$t" "$execs" "$rate" "$cov" "$secs")")
     else
         failed=1
         artifact=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -n1 | sed 's/Test unit written to //')
-        summary+=("$(printf '%-22s FAILED %10s execs  artifact: %s  log: %s' "$t" "$execs" "${artifact:-none}" "fuzz/$log")")
+        result="FAILED (${artifact:-no artifact})"
+        summary+=("$(printf '%-22s FAILED %11s execs %8s/s  cov/ft %-11s %5ss  artifact: %s  log: %s' "$t" "$execs" "$rate" "$cov" "$secs" "${artifact:-none}" "fuzz/$log")")
         grep -E -m1 -A15 'panicked|ERROR: libFuzzer|ERROR: AddressSanitizer' "$log" || tail -n 30 "$log"
     fi
+    table+=("| \`$t\` | $rate | $execs | $cov | $secs s | $result |")
     echo "${summary[-1]}"
 done
 
 echo
-echo "== summary (${DURATION}s per target)"
+echo "== summary ($what)"
 printf '%s\n' "${summary[@]}"
+echo
+echo "| target | exec/s | executions | cov/ft | time | result |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${table[@]}"
 exit "$failed"

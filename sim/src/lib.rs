@@ -55,10 +55,12 @@ mod net;
 mod report;
 mod run;
 mod scenario;
+mod soak;
 mod sweep;
 mod tone;
 
 pub use report::{Outcomes, RunReport, SweepFailure, SweepReport, describe, replay_command};
 pub use run::{RunOptions, run};
 pub use scenario::{EndKind, Expect, Scenario};
+pub use soak::{Checkpoint, Counts, SoakOptions, SoakReport, StreamSeen, Watch, soak};
 pub use sweep::{SweepOptions, sweep};
