@@ -26,19 +26,10 @@ class Engine:
         fps: int,
         codec: str = "vp8",
         bitrate_kbps: int = 1500,
+        presentation: bool = False,
     ) -> None: ...
     def init_presentation(self, chat_id: int, codec: str = "vp8") -> str: ...
     def connect_presentation(self, chat_id: int, params: str) -> None: ...
-    def show_presentation(
-        self,
-        chat_id: int,
-        command: str,
-        width: int,
-        height: int,
-        fps: int,
-        codec: str = "vp8",
-        bitrate_kbps: int = 1500,
-    ) -> None: ...
     def stop_presentation(self, chat_id: int) -> None: ...
     def external_video(
         self,

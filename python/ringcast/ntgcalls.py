@@ -531,6 +531,16 @@ def _translate(error: _native.NativeError, chat_id: Optional[int] = None) -> Bas
     return _KIND_TO_EXCEPTION.get(kind, RTCException)(message)
 
 
+def _unless_gone(stop: Callable[[int], Any], call_id: int) -> None:
+    """Runs ``stop(call_id)``; a call the engine no longer has (it ended by itself) is not an
+    error."""
+    try:
+        stop(call_id)
+    except _native.NativeError as e:
+        if e.args[0] != "not_found":
+            raise
+
+
 def _unsupported(exc: type, what: str) -> BaseRTCException:
     return exc(f"ringcast does not support {what}")
 
@@ -890,8 +900,10 @@ class NTgCalls:
         sent through ``send_external_frame`` (EXTERNAL) on the camera or the presentation."""
         device = StreamDevice.SCREEN if presentation else StreamDevice.CAMERA
         if video.media_source == MediaSource.SHELL:
-            show = self._engine.show_presentation if presentation else self._engine.show_video
-            show(chat_id, video.input, video.width, video.height, video.fps)
+            self._engine.show_video(
+                chat_id, video.input, video.width, video.height, video.fps,
+                presentation=presentation,
+            )
             call.external.discard(device)
         elif video.media_source == MediaSource.EXTERNAL:
             self._engine.external_video(
@@ -953,11 +965,7 @@ class NTgCalls:
                 call = self._calls.pop(chat_id, None)
                 if call is not None and call.kind != CallType.GROUP and call.on_shard:
                     self._stopping[chat_id] = self._stopping.get(chat_id, 0) + 1
-            try:
-                self._engine.stop(chat_id)
-            except _native.NativeError as e:
-                if e.args[0] != "not_found":
-                    raise
+            _unless_gone(self._engine.stop, chat_id)
 
         return self._future(chat_id, work)
 
@@ -1099,11 +1107,7 @@ class NTgCalls:
                 raise ConnectionError("Presentation not initialized")
             call.presenting = False
             call.external.discard(StreamDevice.SCREEN)
-            try:
-                self._engine.stop_presentation(chat_id)
-            except _native.NativeError as e:
-                if e.args[0] != "not_found":
-                    raise
+            _unless_gone(self._engine.stop_presentation, chat_id)
 
         return self._future(chat_id, work)
 

@@ -87,6 +87,22 @@ fn video_codec(name: &str) -> PyResult<VideoCodec> {
 }
 
 /// A `NativeError` of kind `invalid`.
+fn video_params(
+    codec: &str,
+    width: u16,
+    height: u16,
+    fps: u8,
+    bitrate_kbps: u32,
+) -> PyResult<VideoParams> {
+    Ok(VideoParams {
+        codec: video_codec(codec)?,
+        width,
+        height,
+        fps,
+        bitrate_kbps,
+    })
+}
+
 fn invalid(message: String) -> PyErr {
     NativeError::new_err(("invalid", message))
 }
@@ -230,9 +246,10 @@ impl NativeEngine {
     }
 
     /// Shows raw yuv420p frames of `width`x`height` at `fps` that the shell `command` writes
-    /// (py-tgcalls' camera command) on the call's camera track, encoded once per distinct
-    /// command with `codec` (the call's). Replaces what it showed.
-    #[pyo3(signature = (chat_id, command, width, height, fps, codec="vp8", bitrate_kbps=1500))]
+    /// (py-tgcalls' camera and screen commands) on the call's camera track, or on its
+    /// presentation when `presentation`, encoded once per distinct command with `codec` (the
+    /// call's). Replaces what it showed.
+    #[pyo3(signature = (chat_id, command, width, height, fps, codec="vp8", bitrate_kbps=1500, presentation=false))]
     #[allow(clippy::too_many_arguments)]
     fn show_video(
         &self,
@@ -244,18 +261,19 @@ impl NativeEngine {
         fps: u8,
         codec: &str,
         bitrate_kbps: u32,
+        presentation: bool,
     ) -> PyResult<()> {
-        let params = VideoParams {
-            codec: video_codec(codec)?,
-            width,
-            height,
-            fps,
-            bitrate_kbps,
-        };
+        let params = video_params(codec, width, height, fps, bitrate_kbps)?;
         // The audio fields of a shell source are unused for video.
         let source = MediaSource::shell(command, 48_000, 2);
-        py.detach(|| self.engine.set_video_source(chat_id, source, params))
-            .map_err(py_err)
+        py.detach(|| {
+            if presentation {
+                self.engine.set_presentation_source(chat_id, source, params)
+            } else {
+                self.engine.set_video_source(chat_id, source, params)
+            }
+        })
+        .map_err(py_err)
     }
 
     /// Opens the chat's presentation (screen share) connection; returns its join payload (the
@@ -270,33 +288,6 @@ impl NativeEngine {
     /// Applies the SFU's answer to the presentation and starts connecting it.
     fn connect_presentation(&self, py: Python<'_>, chat_id: i64, params: String) -> PyResult<()> {
         py.detach(|| self.engine.connect_presentation(chat_id, &params))
-            .map_err(py_err)
-    }
-
-    /// Shows a shell command's raw yuv420p frames on the presentation (as `show_video` on the
-    /// camera).
-    #[pyo3(signature = (chat_id, command, width, height, fps, codec="vp8", bitrate_kbps=1500))]
-    #[allow(clippy::too_many_arguments)]
-    fn show_presentation(
-        &self,
-        py: Python<'_>,
-        chat_id: i64,
-        command: String,
-        width: u16,
-        height: u16,
-        fps: u8,
-        codec: &str,
-        bitrate_kbps: u32,
-    ) -> PyResult<()> {
-        let params = VideoParams {
-            codec: video_codec(codec)?,
-            width,
-            height,
-            fps,
-            bitrate_kbps,
-        };
-        let source = MediaSource::shell(command, 48_000, 2);
-        py.detach(|| self.engine.set_presentation_source(chat_id, source, params))
             .map_err(py_err)
     }
 
@@ -322,13 +313,7 @@ impl NativeEngine {
         presentation: bool,
         bitrate_kbps: u32,
     ) -> PyResult<()> {
-        let params = VideoParams {
-            codec: video_codec(codec)?,
-            width,
-            height,
-            fps,
-            bitrate_kbps,
-        };
+        let params = video_params(codec, width, height, fps, bitrate_kbps)?;
         let writer = py
             .detach(|| -> Result<VideoWriter, EngineError> {
                 let writer = self.engine.video_writer(params)?;

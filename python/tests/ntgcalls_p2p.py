@@ -53,19 +53,7 @@ TELEGRAM_DH_PRIME = bytes.fromhex(
     "0D8115F635B105EE2E4E15D04B2454BF6F4FADF034B10403119CD8E3B92FCC5B"
 )
 
-passed = 0
-failed = 0
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok: {what}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL: {what}", flush=True)
-    return ok
+from checks import check, summary  # noqa: E402  (beside this file)
 
 
 def log(*args):
@@ -309,8 +297,7 @@ async def main():
         for ringcast_calls in (True, False):
             await one_call(router, ours, theirs, version, ringcast_calls, uid)
             uid += 10
-    print(f"{passed} passed, {failed} failed", flush=True)
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

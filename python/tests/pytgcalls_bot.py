@@ -43,19 +43,7 @@ TOLERANCE_HZ = 15.0
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-passed = 0
-failed = 0
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok: {what}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL: {what}", flush=True)
-    return ok
+from checks import check, summary  # noqa: E402  (beside this file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,5 +725,4 @@ async def main():
 
 if __name__ == "__main__":
     asyncio.run(asyncio.wait_for(main(), 300))
-    print(f"{passed} passed, {failed} failed", flush=True)
-    sys.exit(1 if failed or not passed else 0)
+    sys.exit(summary())

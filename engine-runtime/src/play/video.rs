@@ -362,13 +362,7 @@ impl VideoHub {
         source: MediaSource,
         params: VideoParams,
     ) -> Result<Arc<LiveVideo>, SourceError> {
-        let live = Arc::new(LiveVideo {
-            codec: params.codec,
-            ring: Mutex::new(Ring::default()),
-            changed: Condvar::new(),
-            killer: Mutex::new(None),
-            counters: self.counters.clone(),
-        });
+        let live = LiveVideo::new(params.codec, &self.counters);
         let weak = Arc::downgrade(&live);
         let ffmpeg = self.ffmpeg.clone();
         spawn_encoder(
@@ -517,6 +511,16 @@ impl VideoOut for DemandOut {
 }
 
 impl LiveVideo {
+    fn new(codec: VideoCodec, counters: &Arc<VideoCounters>) -> Arc<Self> {
+        Arc::new(Self {
+            codec,
+            ring: Mutex::new(Ring::default()),
+            changed: Condvar::new(),
+            killer: Mutex::new(None),
+            counters: counters.clone(),
+        })
+    }
+
     /// What an encoder's end does to the ring (if anyone still reads it): readers learn how
     /// it ended.
     fn ended_with(live: Weak<Self>) -> impl FnOnce(Result<(), SourceError>) + Send {
@@ -899,13 +903,7 @@ impl VideoHub {
     /// Starts an encoder for frames the application writes.
     pub(crate) fn writer(&self, params: VideoParams) -> Result<VideoWriter, SourceError> {
         params.validate()?;
-        let live = Arc::new(LiveVideo {
-            codec: params.codec,
-            ring: Mutex::new(Ring::default()),
-            changed: Condvar::new(),
-            killer: Mutex::new(None),
-            counters: self.counters.clone(),
-        });
+        let live = LiveVideo::new(params.codec, &self.counters);
         let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(EXTERNAL_QUEUE);
         let weak = Arc::downgrade(&live);
         let ffmpeg = self.ffmpeg.clone();
