@@ -23,7 +23,8 @@ mod common;
 mod ntgcalls_peer;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{HINT, Script, prepare_venv, repo};
@@ -36,12 +37,35 @@ const SCRIPT_LIMIT: Duration = Duration::from_secs(90);
 /// The library versions tested (comma-separated, as the script takes them): 8.0.0, 9.0.0, and
 /// the list [7.0.0, 8.0.0], where both must pick 8.0.0 (the highest both speak).
 const VERSIONS: &str = "8.0.0,9.0.0,7.0.0+8.0.0";
+/// The signal of a segmentation fault (Linux).
+const SIGSEGV: i32 = 11;
 
 #[test]
 fn ringcast_and_real_ntgcalls_call_each_other() {
     let python = prepare_venv(&["--only-binary=:all:", NTGCALLS]);
     common::install_wheel(&python, "python-wheel-p2p");
+    let (mut status, mut lines) = run_script(&python);
+    if status.signal() == Some(SIGSEGV) {
+        // The real ntgcalls 3.0.5 crashes now and then under CPU load: a core of such a run
+        // showed the fault on one of its libwebrtc worker threads, in
+        // `IncomingAudioChannel`'s constructor (`enable_audio_incoming`), not in ringcast.
+        // Run the whole script once more; that run must pass every check.
+        eprintln!(
+            "the script died of SIGSEGV (the real ntgcalls' known crash); running it again:\n{}",
+            lines.join("\n")
+        );
+        (status, lines) = run_script(&python);
+    }
+    let output = lines.join("\n");
+    assert!(status.success(), "the script failed ({status}):\n{output}");
+    assert!(
+        lines.iter().any(|l| l == "42 passed, 0 failed"),
+        "not every check ran:\n{output}"
+    );
+}
 
+/// Runs the script in a fresh network namespace; its exit status and standard output.
+fn run_script(python: &std::path::Path) -> (ExitStatus, Vec<String>) {
     let netns = Netns::create().unwrap_or_else(|e| panic!("{e}"));
     // A default route through the veth pair: ringcast's 1:1 sockets bind the address of the
     // default route (no route would leave it on loopback, which libwebrtc cannot reach).
@@ -71,7 +95,7 @@ fn ringcast_and_real_ntgcalls_call_each_other() {
     // native module) does not shadow the installed package.
     let child = Command::new("ip")
         .args(["netns", "exec", netns.name()])
-        .arg(&python)
+        .arg(python)
         .arg(repo().join("python").join("tests").join("ntgcalls_p2p.py"))
         .arg(&work)
         .arg(VERSIONS)
@@ -97,10 +121,5 @@ fn ringcast_and_real_ntgcalls_call_each_other() {
     drop(script);
     drop(netns);
     let _ = std::fs::remove_dir_all(&work);
-    let output = lines.join("\n");
-    assert!(status.success(), "the script failed ({status}):\n{output}");
-    assert!(
-        lines.iter().any(|l| l == "42 passed, 0 failed"),
-        "not every check ran:\n{output}"
-    );
+    (status, lines)
 }
