@@ -105,6 +105,28 @@ fn video_ends(engine: &Engine, chats: &[i64]) {
     }
 }
 
+/// Waits until the participant's video has `frames` decodable frames, checks their size, and
+/// returns its video stats.
+fn wait_shown(
+    sfu: &Server,
+    chat: i64,
+    ssrc: u32,
+    limit: Duration,
+    frames: u64,
+    (width, height): (u64, u64),
+) -> Value {
+    let p = wait_video(sfu, chat, ssrc, limit, |v| {
+        v["decodable_frames"].as_u64().unwrap_or(0) >= frames
+    });
+    let v = p["video"].clone();
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(width), Some(height)),
+        "{chat}/{ssrc}: {v}"
+    );
+    v
+}
+
 fn shows_pattern_as(codec: VideoCodec) {
     let _serial = serial();
     let dir = MediaDir::new(&format!("video-{codec}"));
@@ -315,15 +337,7 @@ fn hundred_calls_share_one_encoder_and_a_late_call_starts_on_a_key_frame() {
     assert_eq!(stats.encoders_started, 1, "{stats:?}");
     assert_eq!(stats.shared_plays, 99, "{stats:?}");
     for &(key, chat, ssrc) in &ssrcs {
-        let p = wait_video(&sfu, chat, ssrc, Duration::from_secs(20), |v| {
-            v["decodable_frames"].as_u64().unwrap_or(0) >= 30
-        });
-        let v = &p["video"];
-        assert_eq!(
-            (v["width"].as_u64(), v["height"].as_u64()),
-            (Some(320), Some(180)),
-            "{key}: {v}"
-        );
+        let v = &wait_shown(&sfu, chat, ssrc, Duration::from_secs(20), 30, (320, 180));
         assert!(v["keyframes"].as_u64().unwrap() >= 1, "{key}: {v}");
     }
     // A late call: its first frame at the SFU is a key frame, within a second.
@@ -513,15 +527,7 @@ fn frames_written_by_the_application_are_encoded_once_and_shown() {
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
     for (chat, ssrc) in [(1, a), (2, b)] {
-        let p = wait_video(&sfu, chat, ssrc, Duration::from_secs(10), |v| {
-            v["frames"].as_u64().unwrap_or(0) >= 30
-        });
-        let v = &p["video"];
-        assert_eq!(
-            (v["width"].as_u64(), v["height"].as_u64()),
-            (Some(320), Some(240)),
-            "{v}"
-        );
+        let v = &wait_shown(&sfu, chat, ssrc, Duration::from_secs(10), 30, (320, 240));
         assert!(v["keyframes"].as_u64().unwrap() >= 1, "{v}");
         assert_eq!(v["frames"], v["decodable_frames"], "{v}");
     }
@@ -617,16 +623,8 @@ fn presentation_and_camera_stream_side_by_side() {
     engine
         .set_presentation_source(1, MediaSource::file(&file), large)
         .unwrap();
-    for (ssrc, (w, h)) in [(camera, (320, 180)), (screen, (640, 360))] {
-        let p = wait_video(&sfu, 1, ssrc, Duration::from_secs(10), |v| {
-            v["decodable_frames"].as_u64().unwrap_or(0) >= 30
-        });
-        let v = &p["video"];
-        assert_eq!(
-            (v["width"].as_u64(), v["height"].as_u64()),
-            (Some(w), Some(h)),
-            "{v}"
-        );
+    for (ssrc, size) in [(camera, (320, 180)), (screen, (640, 360))] {
+        wait_shown(&sfu, 1, ssrc, Duration::from_secs(10), 30, size);
     }
     let info = engine.presentation_info(1).unwrap();
     assert_eq!(info.chat_id, 1);
@@ -675,15 +673,7 @@ fn raw_frames_from_a_shell_command_are_encoded_and_shown() {
     engine
         .set_video_source(1, MediaSource::shell(command, 48_000, 2), params)
         .unwrap();
-    let p = wait_video(&sfu, 1, ssrc, Duration::from_secs(15), |v| {
-        v["decodable_frames"].as_u64().unwrap_or(0) >= 50
-    });
-    let v = &p["video"];
-    assert_eq!(
-        (v["width"].as_u64(), v["height"].as_u64()),
-        (Some(640), Some(360)),
-        "{v}"
-    );
+    let v = &wait_shown(&sfu, 1, ssrc, Duration::from_secs(15), 50, (640, 360));
     let fps = v["fps"].as_f64().unwrap();
     assert!((23.0..=27.0).contains(&fps), "fps {fps}: {v}");
     assert_eq!(v["incomplete_frames"], 0, "{v}");

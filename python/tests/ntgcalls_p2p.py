@@ -30,7 +30,6 @@ import os
 import shlex
 import sys
 import time
-from array import array
 
 import ntgcalls as real  # the real wheel
 from ringcast import ntgcalls as rc  # ringcast's ntgcalls surface
@@ -53,44 +52,21 @@ TELEGRAM_DH_PRIME = bytes.fromhex(
     "0D8115F635B105EE2E4E15D04B2454BF6F4FADF034B10403119CD8E3B92FCC5B"
 )
 
-from checks import check, summary  # noqa: E402  (beside this file)
+from checks import check, pcm_hz, summary  # noqa: E402  (beside this file)
 
 
 def log(*args):
     print("ntgcalls_p2p:", *args, file=sys.stderr, flush=True)
 
 
-def pcm_hz(path):
-    """(dominant frequency, seconds of sound) of a raw s16le 48 kHz mono file: zero crossings
-    (with hysteresis) over its sounding 10 ms windows. (None, s) with under half a second."""
+def pcm_hz_of(path):
+    """(dominant frequency, seconds of sound) of a raw s16le 48 kHz mono file (see
+    :func:`checks.pcm_hz`); (None, 0.0) if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            pcm = f.read()
+            return pcm_hz(f.read())
     except OSError:
         return None, 0.0
-    samples = array("h")
-    samples.frombytes(pcm[: len(pcm) // 2 * 2])
-    if sys.byteorder != "little":
-        samples.byteswap()
-    threshold = 800
-    window = 480
-    sounding = 0
-    switches = 0
-    state = 0
-    for start in range(0, len(samples) - window, window):
-        chunk = samples[start:start + window]
-        if max(abs(x) for x in chunk) < threshold:
-            continue
-        sounding += window
-        for x in chunk:
-            if x > threshold and state <= 0:
-                state, switches = 1, switches + 1
-            elif x < -threshold and state >= 0:
-                state, switches = -1, switches + 1
-    seconds = sounding / 48000
-    if sounding < 48000 // 2:
-        return None, seconds
-    return switches / 2 / seconds, seconds
 
 
 class Side:
@@ -262,8 +238,8 @@ async def one_call(router, ours, theirs, version, ringcast_calls, uid):
             await s.engine.set_stream_sources(
                 s.uid, s.lib.StreamMode.PLAYBACK, s.recorder(paths[s.name]))
         await asyncio.sleep(LISTEN_SECONDS)
-        hz_r, secs_r = pcm_hz(paths["ringcast"])
-        hz_n, secs_n = pcm_hz(paths["ntgcalls"])
+        hz_r, secs_r = pcm_hz_of(paths["ringcast"])
+        hz_n, secs_n = pcm_hz_of(paths["ntgcalls"])
         measured["ringcast_hears_hz"] = hz_r and round(hz_r, 1)
         measured["ringcast_heard_s"] = round(secs_r, 2)
         measured["ntgcalls_hears_hz"] = hz_n and round(hz_n, 1)

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import types
-from array import array
 
 import ringcast
 
@@ -43,7 +42,7 @@ TOLERANCE_HZ = 15.0
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-from checks import check, summary  # noqa: E402  (beside this file)
+from checks import check, pcm_hz, summary  # noqa: E402  (beside this file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,26 +439,7 @@ def file_hz(path):
         ["ffmpeg", "-v", "error", "-i", path, "-f", "s16le", "-ac", "1", "-ar", "48000", "-"],
         check=True, capture_output=True,
     ).stdout
-    samples = array("h")
-    samples.frombytes(pcm[: len(pcm) // 2 * 2])
-    threshold = 800
-    window = 480  # 10 ms
-    sounding = 0
-    switches = 0
-    state = 0
-    for start in range(0, len(samples) - window, window):
-        chunk = samples[start:start + window]
-        if max(abs(x) for x in chunk) < threshold:
-            continue
-        sounding += window
-        for x in chunk:
-            if x > threshold and state <= 0:
-                state, switches = 1, switches + 1
-            elif x < -threshold and state >= 0:
-                state, switches = -1, switches + 1
-    if sounding < 48000 // 2:
-        return None
-    return switches / 2 / (sounding / 48000)
+    return pcm_hz(pcm)[0]
 
 
 async def recording(app):
