@@ -531,6 +531,17 @@ def _translate(error: _native.NativeError, chat_id: Optional[int] = None) -> Bas
     return _KIND_TO_EXCEPTION.get(kind, RTCException)(message)
 
 
+def _connection_state(state: str) -> ConnectionState:
+    """ntgcalls' ConnectionState of the engine's state name (``ended:failed`` and any other
+    end: FAILED)."""
+    return {
+        "connecting": ConnectionState.CONNECTING,
+        "connected": ConnectionState.CONNECTED,
+        "ended:stopped": ConnectionState.CLOSED,
+        "ended:timeout": ConnectionState.TIMEOUT,
+    }.get(state, ConnectionState.FAILED)
+
+
 def _unless_gone(stop: Callable[[int], Any], call_id: int) -> None:
     """Runs ``stop(call_id)``; a call the engine no longer has (it ended by itself) is not an
     error."""
@@ -692,11 +703,7 @@ class NTgCalls:
             log.exception("ringcast: delivering %s of chat %s failed", kind, chat_id)
 
     def _on_connection(self, chat_id: int, p2p: bool, state: str) -> None:
-        if state == "connecting":
-            info = ConnectionState.CONNECTING
-        elif state == "connected":
-            info = ConnectionState.CONNECTED
-        else:
+        if state not in ("connecting", "connected"):
             with self._lock:
                 if state == "ended:stopped":
                     # A group call ends "stopped" only by the user's stop(): ntgcalls reports
@@ -714,29 +721,24 @@ class NTgCalls:
             if ended is not None and ended.recording:
                 # Finish the recording's file off the dispatcher thread (it waits for ffmpeg).
                 self._pool.submit(self._engine.stop_recording, chat_id)
-            info = {
-                "ended:stopped": ConnectionState.CLOSED,
-                "ended:timeout": ConnectionState.TIMEOUT,
-            }.get(state, ConnectionState.FAILED)
-        self._fire("connection_change", chat_id, ConnectionInfo(info, ConnectionKind.NORMAL))
+        self._fire(
+            "connection_change",
+            chat_id,
+            ConnectionInfo(_connection_state(state), ConnectionKind.NORMAL),
+        )
 
     def _on_presentation_connection(self, chat_id: int, state: str) -> None:
-        if state == "connecting":
-            info = ConnectionState.CONNECTING
-        elif state == "connected":
-            info = ConnectionState.CONNECTED
-        else:
+        if state not in ("connecting", "connected"):
             with self._lock:
                 call = self._calls.get(chat_id)
                 if call is not None:
                     call.presenting = False
             if state == "ended:stopped":
                 return  # stop_presentation (or the call's stop): ntgcalls reports nothing
-            info = (
-                ConnectionState.TIMEOUT if state == "ended:timeout" else ConnectionState.FAILED
-            )
         self._fire(
-            "connection_change", chat_id, ConnectionInfo(info, ConnectionKind.PRESENTATION)
+            "connection_change",
+            chat_id,
+            ConnectionInfo(_connection_state(state), ConnectionKind.PRESENTATION),
         )
 
     # -- static ----------------------------------------------------------------------------
