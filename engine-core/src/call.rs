@@ -22,6 +22,7 @@ use str0m::rtp::Ssrc as StrSsrc;
 use str0m::{Candidate, IceCreds};
 
 use crate::demux::{DatagramKind, classify, rtp_header};
+use crate::incoming_video::{IncomingVideo, IncomingVideoCounters, ReceivedVideo};
 use crate::media::track::{
     AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackKind, TrackStats,
 };
@@ -235,6 +236,21 @@ pub enum Command {
     StopVideo,
     /// Undo [`Command::StopVideo`]; sending resumes at the next key frame.
     StartVideo,
+    /// Receive another participant's video (ntgcalls' `add_incoming_video`): its frames arrive
+    /// as [`Event::VideoReceived`]. The SFU is asked for it over the data channel, which the
+    /// first source opens. Fails with [`CallError::IncomingVideo`] past the bounds of
+    /// [`crate::incoming_video`].
+    AddIncomingVideo {
+        /// The participant's video endpoint (its `video.endpoint` in Telegram's updates).
+        endpoint: String,
+        /// Its `video.source_groups` (SIM and FID groups).
+        ssrc_groups: Vec<SsrcGroup>,
+    },
+    /// Stop receiving an endpoint's video (ntgcalls' `remove_incoming_video`).
+    RemoveIncomingVideo {
+        /// As given to [`Command::AddIncomingVideo`].
+        endpoint: String,
+    },
     /// End the call ([`EndReason::Stopped`]).
     Stop,
 }
@@ -251,6 +267,8 @@ impl fmt::Debug for Command {
             Self::ClearVideoSource => "ClearVideoSource",
             Self::StopVideo => "StopVideo",
             Self::StartVideo => "StartVideo",
+            Self::AddIncomingVideo { .. } => "AddIncomingVideo",
+            Self::RemoveIncomingVideo { .. } => "RemoveIncomingVideo",
             Self::Stop => "Stop",
         };
         f.write_str(name)
@@ -300,6 +318,9 @@ pub enum Event {
     MediaStateChanged(MediaState),
     /// An Opus packet from another participant, forwarded by the SFU.
     AudioReceived(ReceivedAudio),
+    /// A video frame (reassembled, still encoded) from a source added with
+    /// [`Command::AddIncomingVideo`].
+    VideoReceived(ReceivedVideo),
 }
 
 /// Output of [`Call::poll_output`].
@@ -340,6 +361,9 @@ pub enum CallError {
         /// What is wrong.
         reason: String,
     },
+    /// [`Command::AddIncomingVideo`] refused the source; the call goes on.
+    #[error(transparent)]
+    IncomingVideo(#[from] crate::incoming_video::IncomingVideoError),
 }
 
 /// Counters of one call. Every datagram the call drops is counted under its reason.
@@ -416,6 +440,8 @@ pub struct CallStats {
     /// REMB bitrate estimates received from the SFU. They change nothing: a call sends at its
     /// source's rate (a REMB of zero does not stop it).
     pub remb_received: u64,
+    /// Other participants' video ([`Command::AddIncomingVideo`]) and the data channel.
+    pub incoming_video: IncomingVideoCounters,
 }
 
 /// Media plumbing that exists once the SFU's answer is applied.
@@ -456,6 +482,8 @@ pub struct Call {
     video: Option<Camera>,
     /// Other speakers' audio: accepted SSRCs and their replay windows.
     incoming: IncomingStreams,
+    /// Other participants' video and the data channel that asks the SFU for it.
+    incoming_video: IncomingVideo,
     /// ICE starts at this instant (pre-connect delay); `None` once started.
     ice_start_at: Option<Instant>,
     /// When the SFU was last heard from (any datagram str0m accepted), for consent freshness.
@@ -552,6 +580,7 @@ impl Call {
             track: AudioTrack::new(rtp),
             video,
             incoming: IncomingStreams::new(ssrc, Mid::from(AUDIO_MID), MAX_REMOTE_SSRCS),
+            incoming_video: IncomingVideo::new(),
             ice_start_at: None,
             last_heard: None,
             events: VecDeque::new(),
@@ -728,6 +757,19 @@ impl Call {
         if let (Some(camera), Some((vpt, rtx_pt))) = (&self.video, video_pts) {
             add_video_codec(&mut rtc_config, camera.codec, vpt, rtx_pt);
         }
+        // Incoming video is read in whichever codec the answer lists (the SFU forwards what the
+        // sender sends); an answer without a video section receives none.
+        let receive_pts = [VideoCodec::Vp8, VideoCodec::H264]
+            .map(|codec| (codec, response.video_payload_types(codec)));
+        for (codec, pts) in receive_pts {
+            let is_camera = self.video.as_ref().is_some_and(|c| c.codec == codec);
+            if let (Some((vpt, rtx_pt)), false) = (pts, is_camera) {
+                add_video_codec(&mut rtc_config, codec, vpt, rtx_pt);
+            }
+        }
+        if let [(_, Some((vp8, _))), (_, Some((h264, _)))] = receive_pts {
+            self.incoming_video.set_payload_types(vp8, h264);
+        }
         rtc_config.set_initial_stun_rto(self.config.ice.initial_rto);
         rtc_config.set_max_stun_rto(self.config.ice.keepalive);
         rtc_config.set_max_stun_retransmits(self.config.ice.max_retransmits);
@@ -825,6 +867,11 @@ impl Call {
                 pass: response.transport.pwd.clone(),
             },
         });
+        if self.incoming_video.wanted()
+            && let Some(session) = self.session.as_mut()
+        {
+            self.incoming_video.apply(session.transport.rtc());
+        }
         self.connect_deadline =
             Some(now + self.config.pre_connect_delay + self.config.connect_timeout);
         self.set_state(CallState::Connecting);
@@ -1036,6 +1083,35 @@ impl Call {
                     let counters = video.counters();
                     self.stats.video = counters;
                 }
+                None
+            }
+            str0m::Event::RtpPacket(p) if self.incoming_video.contains(*p.header.ssrc) => {
+                self.last_heard = Some(self.last_now);
+                self.confirmed();
+                let session = self.session.as_mut()?;
+                let events = &mut self.events;
+                self.incoming_video
+                    .on_rtp(self.last_now, session.transport.rtc(), p, &mut |v| {
+                        events.push_back(Event::VideoReceived(v));
+                    });
+                self.stats.incoming_video = self.incoming_video.counters();
+                self.events.pop_front()
+            }
+            str0m::Event::ChannelOpen(id, _) => {
+                let session = self.session.as_mut()?;
+                self.incoming_video
+                    .on_channel_open(id, session.transport.rtc());
+                self.stats.incoming_video = self.incoming_video.counters();
+                None
+            }
+            str0m::Event::ChannelData(d) => {
+                self.incoming_video.on_channel_data(&d.data);
+                self.stats.incoming_video = self.incoming_video.counters();
+                None
+            }
+            str0m::Event::ChannelClose(id) => {
+                self.incoming_video.on_channel_close(id);
+                self.stats.incoming_video = self.incoming_video.counters();
                 None
             }
             str0m::Event::RtpPacket(p) => {
@@ -1291,6 +1367,21 @@ impl Call {
             }
             Command::StopVideo => self.camera_mut().is_some_and(VideoTrack::mute),
             Command::StartVideo => self.camera_mut().is_some_and(|v| v.unmute(now)),
+            Command::AddIncomingVideo {
+                endpoint,
+                ssrc_groups,
+            } => {
+                let own = self.own_ssrcs();
+                let result = self.incoming_video.add(&endpoint, &ssrc_groups, &own);
+                self.apply_incoming_video();
+                result?;
+                false
+            }
+            Command::RemoveIncomingVideo { endpoint } => {
+                self.incoming_video.remove(&endpoint);
+                self.apply_incoming_video();
+                false
+            }
             Command::Stop => {
                 // RTCP BYE and DTLS close_notify tell the SFU at once that we left (an SFU
                 // otherwise notices only when consent checks time out).
@@ -1342,6 +1433,14 @@ impl Call {
                 error: end.error(),
             });
         }
+    }
+
+    /// Brings str0m in line with the incoming video sources (once the answer is applied).
+    fn apply_incoming_video(&mut self) {
+        if let Some(session) = self.session.as_mut() {
+            self.incoming_video.apply(session.transport.rtc());
+        }
+        self.stats.incoming_video = self.incoming_video.counters();
     }
 
     fn set_state(&mut self, state: CallState) {

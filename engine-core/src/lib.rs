@@ -54,6 +54,7 @@ pub mod crypto;
 pub mod demux;
 pub mod endpoint;
 pub mod flight;
+pub mod incoming_video;
 pub mod media;
 pub mod p2p_call;
 pub mod pacer;

@@ -19,6 +19,8 @@ mod common;
 mod demux;
 #[path = "../../fuzz/harness/ogg.rs"]
 mod ogg;
+#[path = "../../fuzz/harness/video.rs"]
+mod video;
 
 use std::fmt::Debug;
 
@@ -367,4 +369,132 @@ fn generated_seeds_match_the_corpus() {
         &sel(0, &[0x80, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
     );
     w(d, "unroutable_unknown_first_byte.bin", &sel(1, &[0x40; 24]));
+}
+
+/// The `incoming_video` seeds: what each must give.
+const VIDEO_SEEDS: &[(&str, video::Summary)] = &[
+    (
+        "valid_vp8_key_then_delta.bin",
+        video::Summary {
+            frames: 2,
+            keyframes: 1,
+            incomplete: 0,
+            messages: 0,
+            malformed: 0,
+        },
+    ),
+    (
+        "valid_h264_idr_then_delta.bin",
+        video::Summary {
+            frames: 2,
+            keyframes: 1,
+            incomplete: 0,
+            messages: 0,
+            malformed: 0,
+        },
+    ),
+    (
+        "broken_vp8_hole_then_key.bin",
+        video::Summary {
+            frames: 1,
+            keyframes: 1,
+            incomplete: 1,
+            messages: 0,
+            malformed: 0,
+        },
+    ),
+    (
+        "broken_channel_messages.bin",
+        video::Summary {
+            frames: 0,
+            keyframes: 0,
+            incomplete: 0,
+            messages: 4,
+            malformed: 3,
+        },
+    ),
+];
+
+#[test]
+fn incoming_video_corpus() {
+    let mut named = 0;
+    for (name, data) in corpus_files("incoming_video") {
+        let summary = video::incoming(&data);
+        if let Some((_, want)) = VIDEO_SEEDS.iter().find(|(n, _)| *n == name) {
+            assert_eq!(summary, *want, "{name}");
+            named += 1;
+        }
+    }
+    assert_eq!(named, VIDEO_SEEDS.len());
+}
+
+#[test]
+fn incoming_video_seeds_match_the_corpus() {
+    use ringcast_core::media::video::{VideoCodec, VideoFrame};
+    use video::{message_record, packet_record};
+    let t = "incoming_video";
+    // The packetizers' own payloads of a small frame, the marker on the last.
+    let frame = |codec: VideoCodec, data: &[u8], ts_step: u8| -> Vec<u8> {
+        let f = VideoFrame::packetize(codec, data, 3_000).unwrap();
+        let n = f.payloads.len();
+        let h264 = codec == VideoCodec::H264;
+        f.payloads
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                packet_record(i + 1 == n, h264, 1, if i == 0 { ts_step } else { 0 }, p)
+            })
+            .collect()
+    };
+    let mut vp8_key = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00];
+    vp8_key.extend([7; 60]);
+    let mut vp8_delta = vec![0x11, 0x02, 0x00];
+    vp8_delta.extend([9; 40]);
+    let seed = [
+        frame(VideoCodec::Vp8, &vp8_key, 0),
+        frame(VideoCodec::Vp8, &vp8_delta, 10),
+    ]
+    .concat();
+    seed_file(t, "valid_vp8_key_then_delta.bin", &seed);
+    // SPS, PPS and an IDR slice; then a non-IDR slice.
+    let idr = [
+        &[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1f, 0x8c, 0x68][..],
+        &[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80],
+        &[0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00, 0x33, 0x21],
+    ]
+    .concat();
+    let non_idr = [0, 0, 0, 1, 0x41, 0x9a, 0x02, 0x03, 0x04];
+    let seed = [
+        frame(VideoCodec::H264, &idr, 0),
+        frame(VideoCodec::H264, &non_idr, 10),
+    ]
+    .concat();
+    seed_file(t, "valid_h264_idr_then_delta.bin", &seed);
+    // A key frame whose second packet never comes; enough later delta frames that it is given
+    // up; then a key frame starts the picture again.
+    let one = |data: &[u8]| -> Vec<u8> {
+        let f = VideoFrame::packetize(VideoCodec::Vp8, data, 3_000).unwrap();
+        assert_eq!(f.payloads.len(), 1);
+        f.payloads[0].to_vec()
+    };
+    let (key, delta) = (one(&vp8_key), one(&vp8_delta));
+    let mut seed = packet_record(false, false, 1, 0, &key);
+    for i in 0..video_rx_give_up() {
+        let step = if i == 0 { 2 } else { 1 };
+        seed.extend(packet_record(true, false, step, 10, &delta));
+    }
+    seed.extend(packet_record(true, false, 1, 10, &key));
+    seed_file(t, "broken_vp8_hole_then_key.bin", &seed);
+    let seed = [
+        message_record(br#"{"colibriClass":"DominantSpeakerEndpointChangeEvent"}"#),
+        message_record(b"\xff\xfe"),
+        message_record(br#"{"no":"class"}"#),
+        message_record(br#"{"colibriClass":"#),
+    ]
+    .concat();
+    seed_file(t, "broken_channel_messages.bin", &seed);
+}
+
+fn video_rx_give_up() -> usize {
+    ringcast_core::media::video_rx::GIVE_UP_AFTER_FRAMES
 }

@@ -95,6 +95,17 @@ pub enum EventKind {
         /// The Opus packet.
         payload: Arc<[u8]>,
     },
+    /// A video frame from a source added with [`Engine::add_incoming_video`]: reassembled
+    /// from RTP, still encoded (a VP8 frame, or an H.264 access unit in Annex B), with the
+    /// picture size of its last key frame.
+    VideoReceived {
+        /// The endpoint it was added under.
+        endpoint: Arc<str>,
+        /// The media SSRC it came on.
+        ssrc: u32,
+        /// The frame.
+        frame: crate::ReceivedFrame,
+    },
 }
 
 /// Engine-wide counters: every shard's endpoint counters added up, plus the runtime's own.
@@ -615,6 +626,41 @@ impl Engine {
     /// Undoes [`Engine::stop_video`]; the picture returns at the next key frame.
     pub fn start_video(&self, chat_id: i64) -> Result<(), EngineError> {
         self.command(chat_id, ringcast_core::Command::StartVideo)
+    }
+
+    /// Receives another participant's video in a group call (ntgcalls' `add_incoming_video`):
+    /// `endpoint` and `ssrc_groups` are the participant's `video.endpoint` and
+    /// `video.source_groups` from Telegram's participant updates. The call asks the SFU for
+    /// it over the data channel (opened by the first source) and delivers each reassembled
+    /// frame as [`EventKind::VideoReceived`]. Adding an endpoint again replaces its SSRCs.
+    ///
+    /// # Errors
+    /// [`EngineError::ConnectionNotFound`] for an unknown call; a call error wrapping
+    /// [`crate::IncomingVideoError`] past the bounds (16 sources of 4 layers).
+    pub fn add_incoming_video(
+        &self,
+        chat_id: i64,
+        endpoint: &str,
+        ssrc_groups: &[crate::SsrcGroup],
+    ) -> Result<(), EngineError> {
+        self.command(
+            chat_id,
+            ringcast_core::Command::AddIncomingVideo {
+                endpoint: endpoint.to_owned(),
+                ssrc_groups: ssrc_groups.to_vec(),
+            },
+        )
+    }
+
+    /// Stops receiving `endpoint`'s video (ntgcalls' `remove_incoming_video`); the SFU is told
+    /// at once. Removing an endpoint that is not received is not an error.
+    pub fn remove_incoming_video(&self, chat_id: i64, endpoint: &str) -> Result<(), EngineError> {
+        self.command(
+            chat_id,
+            ringcast_core::Command::RemoveIncomingVideo {
+                endpoint: endpoint.to_owned(),
+            },
+        )
     }
 
     /// Counters of the video encoders.

@@ -61,13 +61,17 @@ pub use record::{
     RecordConfig, RecordLayout, RecordOutput, RecordedOutput, Recording, RecordingSummary,
 };
 pub use ringcast_core::call::{CallState, CallStats, EndReason, IceTimings, MediaState};
+pub use ringcast_core::incoming_video::{IncomingVideoCounters, IncomingVideoError};
 pub use ringcast_core::media::SharedSource;
 pub use ringcast_core::media::pcm::{
     PcmChannels, PcmFrame, PcmPushError, PcmReceiver, PcmSinkConfig, PcmSinkStats, PcmSource,
     PcmSourceConfig, PcmSourceStats, PcmWriter,
 };
 pub use ringcast_core::media::video::VideoCodec;
+pub use ringcast_core::media::video_rx::ReceivedFrame;
 pub use ringcast_core::p2p_call::{P2pEndReason, P2pLinkStats, P2pState, P2pStats};
+pub use ringcast_core::signaling::Ssrc;
+pub use ringcast_core::signaling::group::SsrcGroup;
 pub use ringcast_core::signaling::p2p::{DhConfig, LIBRARY_VERSIONS, P2pError, Role};
 pub use ringcast_core::{SourceError, TrackKind};
 pub use rtmp::RtmpPush;

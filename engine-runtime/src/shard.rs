@@ -699,6 +699,11 @@ impl Shard {
                             payload,
                         })
                 }
+                Group(call::Event::VideoReceived(v)) => Some(EventKind::VideoReceived {
+                    endpoint: v.endpoint,
+                    ssrc: v.ssrc.0,
+                    frame: v.frame,
+                }),
                 _ => None,
             };
             if let Some(kind) = kind {

@@ -34,9 +34,28 @@ fn five_hundred_calls_fifty_chats_one_sfu_port_two_shards() {
     for k in &stopped {
         engine.stop(*k).unwrap();
     }
-    // Let what was already in flight land, then nothing more may arrive from the stopped calls.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = sfu.stats().unwrap();
+    // Let what was already in flight land: each stopped call's close_notify, which it sends
+    // after its last packet, has reached the SFU (on a loaded machine the SFU's thread can be
+    // seconds behind). From then on nothing more may arrive from the stopped calls.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let stats = sfu.stats().unwrap();
+        let left = stopped
+            .iter()
+            .filter(|k| {
+                let (chat, ssrc) = plan[*k];
+                participant(&stats, chat, ssrc)["connected"].as_bool() == Some(true)
+            })
+            .count();
+        if left == 0 {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{left} stopped calls still connected at the sfu"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     std::thread::sleep(Duration::from_secs(2));
     let after = verify(&engine, &sfu, &plan, &kept);
     for k in &stopped {

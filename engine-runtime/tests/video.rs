@@ -690,3 +690,151 @@ fn raw_frames_from_a_shell_command_are_encoded_and_shown() {
         "{err:?}"
     );
 }
+
+/// The participant's `ssrc_groups` as sfu-mock reports them (Telegram's `source_groups`).
+fn ssrc_groups_of(p: &Value) -> Vec<ringcast::SsrcGroup> {
+    p["ssrc_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| ringcast::SsrcGroup {
+            semantics: g["semantics"].as_str().unwrap().to_owned(),
+            sources: g["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| ringcast::Ssrc(u32::try_from(s.as_u64().unwrap()).unwrap()))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Waits for the next incoming video frame of `chat`.
+fn next_frame(
+    engine: &Engine,
+    chat: i64,
+    limit: Duration,
+) -> Option<(String, u32, ringcast::ReceivedFrame)> {
+    wait_event(engine, limit, |e| {
+        e.chat_id == chat && matches!(e.kind, EventKind::VideoReceived { .. })
+    })
+    .and_then(|e| match e.kind {
+        EventKind::VideoReceived {
+            endpoint,
+            ssrc,
+            frame,
+        } => Some((endpoint.to_string(), ssrc, frame)),
+        _ => None,
+    })
+}
+
+#[test]
+fn incoming_video_arrives_after_asking_over_the_data_channel_and_none_before() {
+    let _serial = serial();
+    let dir = MediaDir::new("video-incoming");
+    let file = small_clip(&dir, "320x180", 30);
+    let sfu = silent_sfu();
+    let engine = Engine::builder().build().unwrap();
+    let chat = 30;
+    let sender = join_video(&engine, &sfu, 1, chat, VideoCodec::Vp8);
+    let payload = engine.create_call(2).unwrap();
+    let response = sfu.join(chat, payload.as_bytes()).unwrap();
+    engine.connect(2, &response).unwrap();
+    let receiver = engine.audio_ssrc(2).unwrap();
+    wait_connected(&engine, 2, Duration::from_secs(10));
+    engine
+        .set_stream_sources(1, MediaSource::file(&file).live())
+        .unwrap();
+    let params = VideoParams {
+        width: 320,
+        height: 180,
+        fps: 15,
+        bitrate_kbps: 200,
+        ..VideoParams::default()
+    };
+    engine
+        .set_video_source(1, MediaSource::file(&file).live(), params)
+        .unwrap();
+    wait_shown(&sfu, chat, sender, Duration::from_secs(10), 15, (320, 180));
+
+    // Not asked for: nothing arrives, and the SFU forwards nothing.
+    assert!(next_frame(&engine, 2, Duration::from_secs(1)).is_none());
+    let stats = sfu.stats().unwrap();
+    let from = participant(&stats, chat, sender);
+    let to = participant(&stats, chat, receiver);
+    assert_eq!(to["video_forwarded"], 0, "{to}");
+    let endpoint = from["endpoint"].as_str().unwrap().to_owned();
+    let groups = ssrc_groups_of(&from);
+    assert!(!groups.is_empty(), "{from}");
+
+    // Asked for over the data channel: frames of the right size, from a key frame on.
+    let asked = Instant::now();
+    engine.add_incoming_video(2, &endpoint, &groups).unwrap();
+    let (ep, ssrc, first) = next_frame(&engine, 2, Duration::from_secs(5)).expect("no frame");
+    let waited = asked.elapsed();
+    assert_eq!((ep.as_str(), ssrc), (endpoint.as_str(), sender + 1));
+    assert!(first.keyframe, "the first frame shown must be a key frame");
+    assert!(
+        waited < Duration::from_secs(1),
+        "first frame after {waited:?}"
+    );
+    let mut frames = 1;
+    let mut keyframes = 1;
+    while frames < 30 {
+        let (_, _, f) = next_frame(&engine, 2, Duration::from_secs(3)).expect("frames stopped");
+        assert_eq!(f.codec, VideoCodec::Vp8);
+        assert_eq!((f.width, f.height), (320, 180));
+        assert!(!f.data.is_empty());
+        frames += 1;
+        keyframes += u32::from(f.keyframe);
+    }
+    assert!(keyframes >= 1 && keyframes < frames, "{keyframes}/{frames}");
+    let to = participant(&sfu.stats().unwrap(), chat, receiver);
+    assert_eq!(to["wants"], serde_json::json!([endpoint]), "{to}");
+    assert!(to["video_forwarded"].as_u64().unwrap() > 0, "{to}");
+    let counters = engine.call_info(2).unwrap().stats.incoming_video;
+    assert!(counters.channel_open, "{counters:?}");
+    assert_eq!(counters.channel_messages_sent, 1, "{counters:?}");
+    assert!(counters.frames >= 30, "{counters:?}");
+
+    // Malformed messages on the data channel: counted, the call stays up and keeps receiving.
+    sfu.misbehave(
+        chat,
+        receiver,
+        sfu_mock::Misbehaviour::ChannelGarbage { messages: 30 },
+    )
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = engine.call_info(2).unwrap().stats.incoming_video;
+        if c.channel_messages_malformed >= 30 {
+            break;
+        }
+        assert!(Instant::now() < end, "garbage not counted: {c:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(next_frame(&engine, 2, Duration::from_secs(2)).is_some());
+
+    // Removed: the SFU is told and the frames stop.
+    engine.remove_incoming_video(2, &endpoint).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    while engine.events().try_recv().is_ok() {}
+    assert!(next_frame(&engine, 2, Duration::from_secs(1)).is_none());
+    let to = participant(&sfu.stats().unwrap(), chat, receiver);
+    assert_eq!(to["wants"], serde_json::json!([]), "{to}");
+    let counters = engine.call_info(2).unwrap().stats.incoming_video;
+    assert_eq!(counters.channel_messages_sent, 2, "{counters:?}");
+    // The sender was never disturbed: its frames go on arriving whole at the SFU.
+    let v = participant(&sfu.stats().unwrap(), chat, sender)["video"].clone();
+    let shown = v["decodable_frames"].as_u64().unwrap();
+    wait_shown(
+        &sfu,
+        chat,
+        sender,
+        Duration::from_secs(5),
+        shown + 15,
+        (320, 180),
+    );
+    let v = participant(&sfu.stats().unwrap(), chat, sender)["video"].clone();
+    assert_eq!(v["incomplete_frames"], 0, "{v}");
+}

@@ -37,6 +37,8 @@ use ringcast_core::replay::ReplayWindow;
 use crate::analysis::ToneMeter;
 use crate::video::{VideoReceiver, VideoStats};
 use ringcast_core::media::video::VideoCodec;
+use ringcast_core::signaling::group::SsrcGroup;
+use ringcast_core::str0m::channel::ChannelId;
 use ringcast_core::str0m::media::KeyframeRequestKind;
 use ringcast_core::transport::add_video_codec;
 
@@ -112,6 +114,12 @@ pub enum Misbehaviour {
     HostileRtcp {
         /// How many distinct datagrams (replays come on top).
         datagrams: u32,
+    },
+    /// Send this many malformed messages on the participant's data channel (once it is
+    /// open): invalid UTF-8, JSON without a `colibriClass`, truncated JSON, in turn.
+    ChannelGarbage {
+        /// How many messages.
+        messages: u32,
     },
 }
 
@@ -205,6 +213,19 @@ pub struct ParticipantStats {
     pub remote: Option<SocketAddr>,
     /// The participant's video, if its join payload announced some (`ssrc-groups`).
     pub video: Option<VideoStats>,
+    /// Its video endpoint (its ufrag; the answer's `video.endpoint`), what other participants
+    /// ask for.
+    pub endpoint: String,
+    /// Its join payload's `ssrc-groups`.
+    pub ssrc_groups: Vec<SsrcGroup>,
+    /// Endpoints it asked for on the data channel.
+    pub wants: Vec<String>,
+    /// Messages received on its data channel.
+    pub channel_messages: u64,
+    /// Of them, malformed (not colibri JSON).
+    pub channel_malformed: u64,
+    /// Video packets forwarded to it.
+    pub video_forwarded: u64,
 }
 
 /// SFU-wide counters.
@@ -305,6 +326,21 @@ struct Participant {
     silent: bool,
     /// The video SSRC from the join payload's first FID group, and what arrived on it.
     video: Option<(u32, VideoReceiver)>,
+    /// The join payload's `ssrc-groups` (what Telegram lists as the participant's video
+    /// `source_groups`; its endpoint is its ufrag, the answer's `video.endpoint`).
+    ssrc_groups: Vec<SsrcGroup>,
+    /// Video endpoints it asked for on the data channel (colibri `ReceiverVideoConstraints`).
+    wants: HashSet<String>,
+    /// Messages received on its data channel, and of them the malformed ones.
+    channel_messages: u64,
+    /// See `channel_messages`.
+    channel_malformed: u64,
+    /// Video packets forwarded to it from the endpoints it wants.
+    video_forwarded: u64,
+    /// Forwarded video's mid -> the sender's video SSRC (a PLI names the mid).
+    forwarded_mids: HashMap<Mid, u32>,
+    /// Its data channel, once open.
+    channel: Option<ChannelId>,
 }
 
 /// A Telegram-like SFU. See the module docs of `sfu_mock::sfu`.
@@ -438,10 +474,10 @@ impl Sfu {
             );
             rtc_config = rtc_config.set_mtu(mtu..=mtu);
         }
-        if video_ssrcs.is_some() {
-            add_video_codec(&mut rtc_config, VideoCodec::Vp8, VP8_PT, VP8_RTX_PT);
-            add_video_codec(&mut rtc_config, VideoCodec::H264, H264_PT, H264_RTX_PT);
-        }
+        // Every participant can be sent video (forwarded to it once it asks), not only those
+        // that send some.
+        add_video_codec(&mut rtc_config, VideoCodec::Vp8, VP8_PT, VP8_RTX_PT);
+        add_video_codec(&mut rtc_config, VideoCodec::H264, H264_PT, H264_RTX_PT);
         let mut rtc = rtc_config.build(now);
         let local = Candidate::host(self.config.udp_addr, "udp")
             .map_err(|e| SfuError::Setup(format!("local candidate: {e}")))?;
@@ -462,6 +498,11 @@ impl Sfu {
             api.set_ice_controlling(true);
             api.start_dtls(true)
                 .map_err(|e| SfuError::Setup(format!("start dtls: {e}")))?;
+            // The data channel: the client opens it (SCTP initiator) and we accept. Not in
+            // the header-only load mode, which never decrypts anything once connected.
+            if !self.config.header_only {
+                api.start_sctp(false);
+            }
             api.declare_media(mid, MediaKind::Audio);
             api.expect_stream_rx(StrSsrc::from(join.ssrc.0), None, mid, None);
             if let Some((media, rtx)) = video_ssrcs {
@@ -499,6 +540,13 @@ impl Sfu {
             tx_streams: HashSet::new(),
             silent: false,
             video: video_ssrcs.map(|(media, _)| (media, VideoReceiver::new(VP8_PT, H264_PT))),
+            ssrc_groups: join.ssrc_groups.clone(),
+            wants: HashSet::new(),
+            channel_messages: 0,
+            channel_malformed: 0,
+            video_forwarded: 0,
+            forwarded_mids: HashMap::new(),
+            channel: None,
         };
         let idx = self.participants.len();
         self.participants.push(Some(participant));
@@ -569,6 +617,24 @@ impl Sfu {
                         contents,
                     });
                 }
+            }
+            Misbehaviour::ChannelGarbage { messages } => {
+                if let Some(p) = self.participants.get_mut(idx).and_then(Option::as_mut)
+                    && let Some(mut channel) = p.channel.and_then(|id| p.rtc.channel(id))
+                {
+                    const GARBAGE: [&[u8]; 3] = [
+                        b"\xff\xfe\x00garbage",
+                        br#"{"no":"class"}"#,
+                        br#"{"colibriClass":"#,
+                    ];
+                    for i in 0..messages as usize {
+                        let msg = GARBAGE[i % GARBAGE.len()];
+                        if !matches!(channel.write(true, msg), Ok(true)) {
+                            break;
+                        }
+                    }
+                }
+                self.drain(idx);
             }
             Misbehaviour::RequestKeyframe => {
                 if let Some((_, video)) = self
@@ -945,6 +1011,23 @@ impl Sfu {
                 }
                 self.by_check_addr.retain(|_, i| *i != idx);
             }
+            Event::ChannelOpen(id, _) => p.channel = Some(id),
+            Event::ChannelData(d) => {
+                let chat_id = p.chat_id;
+                let newly = on_colibri(p, &d.data);
+                // A receiver that starts watching gets a key frame at once, as from a real
+                // SFU, instead of waiting for the sender's next one.
+                for endpoint in newly {
+                    self.ask_keyframe(chat_id, &endpoint);
+                }
+            }
+            Event::KeyframeRequest(req) => {
+                // A receiver lost the picture of a forwarded video: ask its sender.
+                if let Some(&ssrc) = p.forwarded_mids.get(&req.mid) {
+                    let chat_id = p.chat_id;
+                    self.ask_keyframe_of_ssrc(chat_id, ssrc);
+                }
+            }
             Event::RtpPacket(pkt) => {
                 if let Some((ssrc, video)) = p.video.as_mut()
                     && *pkt.header.ssrc == *ssrc
@@ -964,6 +1047,8 @@ impl Sfu {
                             rx.request_keyframe(KeyframeRequestKind::Pli);
                         }
                     }
+                    let (chat_id, endpoint) = (p.chat_id, p.ufrag.clone());
+                    self.forward_video(chat_id, idx, &endpoint, &pkt);
                     return;
                 }
                 if *pkt.header.ssrc == p.ssrc {
@@ -1061,6 +1146,97 @@ impl Sfu {
         }
     }
 
+    /// Forwards a video packet of `from` (whose endpoint is `endpoint`) to every connected
+    /// participant of the chat that asked for that endpoint, with its SSRC, sequence number,
+    /// RTP time and marker (no RTX toward receivers: a receiver's loss ends in a PLI).
+    fn forward_video(
+        &mut self,
+        chat_id: i64,
+        from: usize,
+        endpoint: &str,
+        pkt: &ringcast_core::str0m::rtp::RtpPacket,
+    ) {
+        let targets: Vec<usize> = match self.chats.get(&chat_id) {
+            Some(list) => list.iter().copied().filter(|i| *i != from).collect(),
+            None => return,
+        };
+        let now = self.last_now;
+        let ssrc = *pkt.header.ssrc;
+        for t in targets {
+            let Some(p) = self.participants.get_mut(t).and_then(Option::as_mut) else {
+                continue;
+            };
+            if !p.connected || p.left || !p.wants.contains(endpoint) {
+                continue;
+            }
+            let mut api = p.rtc.direct_api();
+            if p.tx_streams.insert(ssrc) {
+                let mid = Mid::from(format!("v{ssrc}").as_str());
+                api.declare_media(mid, MediaKind::Video);
+                api.declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
+                p.forwarded_mids.insert(mid, ssrc);
+            }
+            let Some(stream) = api.stream_tx(&StrSsrc::from(ssrc)) else {
+                continue;
+            };
+            let write = RtpWrite::new(
+                pkt.header.payload_type,
+                pkt.seq_no,
+                pkt.header.timestamp,
+                now,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.header.marker);
+            stream.write_rtp(write);
+            if let Err(e) = p
+                .rtc
+                .handle_input(ringcast_core::str0m::Input::Timeout(now))
+            {
+                tracing::debug!("forward video timeout: {e}");
+            }
+            p.video_forwarded += 1;
+            self.drain(t);
+        }
+    }
+
+    /// Asks the participant of `chat_id` whose endpoint is `endpoint` for a key frame (at most
+    /// one PLI per `PLI_INTERVAL`, with its next video packet).
+    fn ask_keyframe(&mut self, chat_id: i64, endpoint: &str) {
+        let sender = self.chats.get(&chat_id).and_then(|list| {
+            list.iter().copied().find(|i| {
+                self.participants
+                    .get(*i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|p| p.ufrag == endpoint)
+            })
+        });
+        if let Some((_, video)) = sender
+            .and_then(|i| self.participants.get_mut(i))
+            .and_then(Option::as_mut)
+            .and_then(|p| p.video.as_mut())
+        {
+            video.ask_pli();
+        }
+    }
+
+    /// [`Sfu::ask_keyframe`] for the participant whose video SSRC is `ssrc`.
+    fn ask_keyframe_of_ssrc(&mut self, chat_id: i64, ssrc: u32) {
+        let Some(list) = self.chats.get(&chat_id) else {
+            return;
+        };
+        for &i in list {
+            if let Some((video_ssrc, video)) = self
+                .participants
+                .get_mut(i)
+                .and_then(Option::as_mut)
+                .and_then(|p| p.video.as_mut())
+                && *video_ssrc == ssrc
+            {
+                video.ask_pli();
+            }
+        }
+    }
+
     /// Stats of every participant, grouped by chat, in join order.
     pub fn stats(&self) -> Vec<(i64, Vec<ParticipantStats>)> {
         let mut chats: Vec<(i64, Vec<ParticipantStats>)> = Vec::new();
@@ -1083,6 +1259,16 @@ impl Sfu {
                     dominant_hz: p.meter.dominant_hz(),
                     remote: p.remote,
                     video: p.video.as_ref().map(|(_, v)| v.stats()),
+                    endpoint: p.ufrag.clone(),
+                    ssrc_groups: p.ssrc_groups.clone(),
+                    wants: {
+                        let mut w: Vec<String> = p.wants.iter().cloned().collect();
+                        w.sort();
+                        w
+                    },
+                    channel_messages: p.channel_messages,
+                    channel_malformed: p.channel_malformed,
+                    video_forwarded: p.video_forwarded,
                 });
             }
         }
@@ -1107,6 +1293,15 @@ impl Sfu {
                         "forwarded": p.forwarded,
                         "dominant_hz": p.dominant_hz,
                         "remote": p.remote.map(|a| a.to_string()),
+                        "endpoint": p.endpoint,
+                        "ssrc_groups": p.ssrc_groups.iter().map(|g| serde_json::json!({
+                            "semantics": g.semantics,
+                            "sources": g.sources.iter().map(|s| s.0).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
+                        "wants": p.wants,
+                        "channel_messages": p.channel_messages,
+                        "channel_malformed": p.channel_malformed,
+                        "video_forwarded": p.video_forwarded,
                         "video": p.video.as_ref().map(|v| serde_json::json!({
                             "codec": v.codec.map(|c| c.to_string()),
                             "packets": v.packets,
@@ -1153,6 +1348,41 @@ impl Sfu {
     /// Number of participants that have joined and not left.
     pub fn participants(&self) -> usize {
         self.live
+    }
+}
+
+/// Reads a colibri message from participant `p`'s data channel: a `ReceiverVideoConstraints`
+/// replaces the endpoints it wants (those with a `maxHeight` above 0; all of them if the
+/// default constraint allows any height, which this mock does not do: it forwards only what
+/// was named). Returns the endpoints newly wanted. Anything else is counted; malformed
+/// messages too.
+fn on_colibri(p: &mut Participant, data: &[u8]) -> Vec<String> {
+    p.channel_messages += 1;
+    let Ok(msg) = serde_json::from_slice::<serde_json::Value>(data) else {
+        p.channel_malformed += 1;
+        return Vec::new();
+    };
+    match msg.get("colibriClass").and_then(|c| c.as_str()) {
+        Some("ReceiverVideoConstraints") => {
+            let Some(constraints) = msg.get("constraints").and_then(|c| c.as_object()) else {
+                p.channel_malformed += 1;
+                return Vec::new();
+            };
+            let wants: HashSet<String> = constraints
+                .iter()
+                .filter(|(_, c)| c.get("maxHeight").and_then(|h| h.as_u64()).unwrap_or(0) > 0)
+                .map(|(endpoint, _)| endpoint.clone())
+                .take(64)
+                .collect();
+            let newly = wants.difference(&p.wants).cloned().collect();
+            p.wants = wants;
+            newly
+        }
+        Some(_) => Vec::new(),
+        None => {
+            p.channel_malformed += 1;
+            Vec::new()
+        }
     }
 }
 

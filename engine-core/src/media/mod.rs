@@ -30,6 +30,7 @@ pub mod shared;
 pub mod tone;
 pub mod track;
 pub mod video;
+pub mod video_rx;
 pub mod video_track;
 
 pub use looped::LoopedFrames;

@@ -812,5 +812,9 @@ fn event_tag(e: &Event) -> String {
         }
         Event::MediaStateChanged(m) => format!("media:{}:{}", m.paused, m.muted),
         Event::AudioReceived(a) => format!("audio:{}:{}", a.ssrc.0, a.seq),
+        Event::VideoReceived(v) => format!(
+            "video:{}:{}:{}:{}",
+            v.endpoint, v.ssrc.0, v.frame.rtp_time, v.frame.keyframe
+        ),
     }
 }
