@@ -160,7 +160,10 @@ pub const RTCP_BUDGET_PER_SEC: u32 = 100;
 
 /// DTLS datagrams per second a connected call hands to str0m (a token bucket of this many);
 /// more are refused unread and counted. Once connected, a peer sends DTLS only to repeat its
-/// last handshake flight (when ours was lost) and to close; str0m ignores, without an error,
+/// last handshake flight (when ours was lost), to close, and to carry the SCTP of a data
+/// channel (a call with incoming video: the association's handshake, a constraints message
+/// per change, acknowledgements and a heartbeat; a few records a second at most); str0m
+/// ignores, without an error,
 /// records it cannot use (garbage, bad lengths, forged alerts, records that fail decryption).
 pub const DTLS_BUDGET_PER_SEC: u32 = 20;
 
