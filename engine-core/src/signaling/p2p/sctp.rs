@@ -76,8 +76,9 @@ const MAX_PENDING_MESSAGES: usize = 256;
 /// Received messages kept until [`SctpCarrier::poll_message`] takes them.
 const MAX_RECEIVED_MESSAGES: usize = 256;
 
-/// New associations (INITs with a fresh tag) the callee lets the endpoint create; each keeps a
-/// small record in the endpoint, so a peer repeating fresh INITs cannot grow it without bound.
+/// INITs the callee hands to SCTP (the peer's first one and its retransmissions); an INIT with
+/// a fresh tag keeps a small record in the endpoint even when ignored, so a peer repeating fresh
+/// INITs cannot grow it without bound.
 const MAX_ASSOCIATION_ATTEMPTS: u32 = 16;
 
 /// Chunk type of INIT (RFC 9260 §3.3.2).
@@ -279,7 +280,9 @@ impl SctpCarrier {
             // Ours starts the association; the peer answers it.
             return Err(CarrierRejected::InitIgnored);
         }
-        if is_init && self.association.is_none() {
+        if is_init {
+            // Retransmissions of the peer's INIT reach the association it created; an INIT
+            // with a fresh tag leaves a record in the endpoint even when it is ignored below.
             if self.association_attempts >= MAX_ASSOCIATION_ATTEMPTS {
                 return Err(CarrierRejected::InitIgnored);
             }
@@ -565,6 +568,15 @@ mod tests {
         let stats = callee.stats();
         assert_eq!((stats.rejected_not_sctp, stats.rejected_dropped), (2, 2));
         assert_eq!(caller.stats().inits_ignored, 1);
+        // Fresh INITs after that are ignored, and past the limit not even handed to SCTP.
+        let mut ignored = 0;
+        for _ in 0..2 * MAX_ASSOCIATION_ATTEMPTS {
+            let mut other = SctpCarrier::new(Role::Caller, now);
+            let init = other.poll_transmit(now).expect("INIT");
+            ignored += u32::from(callee.receive(&init, now) == Err(CarrierRejected::InitIgnored));
+        }
+        assert_eq!(ignored, 2 * MAX_ASSOCIATION_ATTEMPTS);
+        assert!(callee.is_established());
     }
 
     #[test]
