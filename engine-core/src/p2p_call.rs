@@ -86,7 +86,8 @@ use crate::signaling::p2p::messages::{
     NegotiateChannels, PayloadType, RtpExtension,
 };
 use crate::signaling::p2p::{
-    CallKey, ChannelStats, EncryptedChannel, Framing, P2pError, Rejected, Role, SignalingMessage,
+    CallKey, CarrierRejected, ChannelStats, Framing, LinkRejected, P2pError, Rejected, Role,
+    SctpStats, SignalingLink, SignalingMessage,
 };
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
@@ -366,6 +367,10 @@ pub enum P2pCallError {
     /// goes on.
     #[error("signaling packet rejected: {0}")]
     SignalingRejected(#[from] Rejected),
+    /// A signaling V3 blob was refused by the SCTP carrier (not SCTP, dropped by SCTP, an INIT
+    /// ignored), or an authentic payload did not inflate. The call goes on.
+    #[error("signaling blob rejected: {0}")]
+    SignalingCarrier(#[from] CarrierRejected),
     /// An authentic signaling message that does not parse or cannot be applied. The call goes
     /// on unless it was the peer's `InitialSetup`.
     #[error("invalid signaling message: {0}")]
@@ -487,7 +492,8 @@ pub struct P2pCall {
     config: P2pConfig,
     /// The str0m instance and what we keep around it (final flight, close handshake).
     transport: Transport,
-    channel: EncryptedChannel,
+    /// JSON messages to and from the messenger's blobs at the negotiated version.
+    signaling: SignalingLink,
     local_creds: IceCreds,
     local_digest: [u8; 32],
     /// Our outgoing audio: source, pause/mute, pacing, sequence numbers and RTP time.
@@ -528,7 +534,6 @@ pub struct P2pCall {
     last_heard: Option<Instant>,
     started_at: Instant,
     link: P2pLinkStats,
-    signaling_out: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     stats: P2pStats,
     last_now: Instant,
@@ -642,7 +647,7 @@ impl P2pCall {
             api.declare_media(mid, MediaKind::Audio);
             api.declare_stream_tx(StrSsrc::from(ssrc.0), None, mid, None);
         }
-        let channel = EncryptedChannel::new(config.key.as_bytes(), config.role, config.framing);
+        let signaling = SignalingLink::new(config.key.as_bytes(), config.role, config.framing, now);
         let connect_deadline = now + config.connect_timeout;
         let mut call = Self {
             // The callee is the DTLS server: its final flight is resent until the caller proves
@@ -652,7 +657,7 @@ impl P2pCall {
                 crypto: Some(crypto),
                 ..config
             },
-            channel,
+            signaling,
             local_creds,
             local_digest,
             track: AudioTrack::new(rtp),
@@ -677,7 +682,6 @@ impl P2pCall {
             last_heard: None,
             started_at: now,
             link: P2pLinkStats::default(),
-            signaling_out: VecDeque::new(),
             events: VecDeque::new(),
             stats,
             last_now: now,
@@ -801,7 +805,12 @@ impl P2pCall {
 
     /// The encrypted channel's counters (rejections by reason, resends, acks).
     pub fn channel_stats(&self) -> ChannelStats {
-        self.channel.stats()
+        self.signaling.channel_stats()
+    }
+
+    /// The SCTP carrier's counters (signaling V3, versions 12.0.0/13.0.0, only).
+    pub fn sctp_stats(&self) -> Option<SctpStats> {
+        self.signaling.sctp_stats()
     }
 
     /// Feeds one input. Drain [`P2pCall::poll_output`] afterwards.
@@ -826,13 +835,9 @@ impl P2pCall {
         if let Some(e) = self.events.pop_front() {
             return Output::Event(e);
         }
-        if let Some(bytes) = self.signaling_out.pop_front() {
-            self.stats.signaling_sent += 1;
-            return Output::Signaling(bytes);
-        }
         let ended = matches!(self.state, P2pState::Ended(_));
         if !ended {
-            if let Some(bytes) = self.channel.poll_transmit(self.last_now) {
+            if let Some(bytes) = self.signaling.poll_transmit(self.last_now) {
                 self.stats.signaling_sent += 1;
                 return Output::Signaling(bytes);
             }
@@ -886,7 +891,7 @@ impl P2pCall {
             self.track.deadline(),
             self.connect_deadline,
             self.disconnect_deadline(),
-            self.channel.poll_timeout(),
+            self.signaling.poll_timeout(),
             self.stun.poll_timeout(),
             self.turn.iter().filter_map(TurnClient::poll_timeout).min(),
             self.transport.deadline(),
@@ -904,9 +909,7 @@ impl P2pCall {
     }
 
     fn send_message(&mut self, message: &SignalingMessage, now: Instant) -> Result<(), P2pError> {
-        let packet = self.channel.send(message.to_json().as_bytes(), now)?;
-        self.signaling_out.push_back(packet);
-        Ok(())
+        self.signaling.send(message.to_json().as_bytes(), now)
     }
 
     /// Sends our InitialSetup and host candidate.
@@ -973,17 +976,20 @@ impl P2pCall {
         if matches!(self.state, P2pState::Ended(_)) {
             return Err(P2pCallError::Ended);
         }
-        let received = match self.channel.receive(bytes, now) {
-            Ok(r) => r,
+        let messages = match self.signaling.receive(bytes, now) {
+            Ok(m) => m,
             Err(e) => {
                 self.stats.signaling_rejected += 1;
                 tracing::debug!("signaling packet rejected: {e}");
-                return Err(e.into());
+                return Err(match e {
+                    LinkRejected::Channel(e) => e.into(),
+                    LinkRejected::Carrier(e) => e.into(),
+                });
             }
         };
         self.stats.signaling_received += 1;
         let mut first_error = None;
-        for body in received.messages {
+        for body in messages {
             let result = match SignalingMessage::parse(&body) {
                 Ok(message) => self.apply_message(now, message),
                 Err(e) => Err(P2pCallError::SignalingInvalid(e)),
@@ -1451,6 +1457,7 @@ impl P2pCall {
         if matches!(self.state, P2pState::Ended(_)) {
             return;
         }
+        self.signaling.handle_timeout(now);
         for server in self.stun.handle_timeout(now) {
             tracing::debug!(%server, "STUN server did not answer");
             self.stats.stun_failed += 1;
@@ -1673,6 +1680,7 @@ mod tests {
 
     use super::*;
     use crate::crypto::generate_certificate;
+    use crate::signaling::p2p::EncryptedChannel;
     use crate::signaling::p2p::dh::DH_BYTES;
 
     /// The offer the real ntgcalls 3.0.5 sent as the caller (see testdata/README.md): audio

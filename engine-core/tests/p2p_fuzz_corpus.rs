@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
-//! The 1:1-call fuzz seed corpora (`fuzz/corpus/p2p_decrypt/`, `fuzz/corpus/p2p_message/`) as a
+//! The 1:1-call fuzz seed corpora (`fuzz/corpus/p2p_decrypt/`, `fuzz/corpus/p2p_message/`,
+//! `fuzz/corpus/p2p_sctp/`) as a
 //! regression suite on stable, through the fuzz targets' own checks (`fuzz/harness/p2p.rs`).
 //!
 //! `p2p_decrypt` seeds: `valid_*` = every packet accepted; `replay_*` = the first accepted, the
@@ -23,7 +24,9 @@ use common::{corpus_files, seed_file};
 use ringcast_core::signaling::p2p::messages::{
     Candidates, DtlsFingerprint, InitialSetup, MediaState, VideoState,
 };
-use ringcast_core::signaling::p2p::{EncryptedChannel, Framing, Rejected, Role, SignalingMessage};
+use ringcast_core::signaling::p2p::{
+    CarrierRejected, EncryptedChannel, Framing, LinkRejected, Rejected, Role, SignalingMessage,
+};
 
 #[test]
 fn p2p_decrypt_corpus() {
@@ -264,6 +267,103 @@ fn generated_seeds_match_the_corpus() {
         "broken_wrong_framing",
         &p2p::encode(1, &[misframed]),
     );
+
+    // p2p_sctp: an SCTP INIT as libwebrtc's or sctp-proto's (built here with fixed tag and TSN
+    // so the seed is reproducible), and broken variants of it.
+    let init = sctp_init();
+    write(
+        "p2p_sctp",
+        "valid_init_to_callee",
+        &p2p::encode(0, std::slice::from_ref(&init)),
+    );
+    write(
+        "p2p_sctp",
+        "ignored_init_to_caller",
+        &p2p::encode(2, std::slice::from_ref(&init)),
+    );
+    let mut bad_checksum = init.clone();
+    bad_checksum[8] ^= 0x01;
+    let mut wrong_port = init.clone();
+    wrong_port[1] = 0x89;
+    let mut unknown_tag = init.clone();
+    unknown_tag[7] = 0x2A;
+    write(
+        "p2p_sctp",
+        "broken_blobs",
+        &p2p::encode(
+            0,
+            &[
+                bad_checksum,
+                wrong_port,
+                unknown_tag,
+                init[..15].to_vec(),
+                Vec::new(),
+                vec![0xFF; 300],
+            ],
+        ),
+    );
+}
+
+/// An SCTP packet (RFC 9260) from port 5000 to 5000 with verification tag 0 and one INIT
+/// chunk (initiate tag 0x0A0B0C0D, a_rwnd 1 MiB, 65535 streams each way, initial TSN 1000),
+/// CRC32c in place.
+fn sctp_init() -> Vec<u8> {
+    let mut p = vec![0x13, 0x88, 0x13, 0x88, 0, 0, 0, 0, 0, 0, 0, 0];
+    p.extend_from_slice(&[1, 0, 0, 20]); // INIT, flags 0, length 20
+    p.extend_from_slice(&0x0A0B_0C0D_u32.to_be_bytes());
+    p.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    p.extend_from_slice(&u16::MAX.to_be_bytes());
+    p.extend_from_slice(&u16::MAX.to_be_bytes());
+    p.extend_from_slice(&1000u32.to_be_bytes());
+    let crc = crc32c(&p);
+    p[8..12].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+/// CRC32c (Castagnoli, reflected), as SCTP's checksum.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `fuzz/corpus/p2p_sctp`: `valid_*` blobs are all taken by SCTP and answered (INIT ACK),
+/// `ignored_*` are INITs a caller ignores, `broken_*` are all refused; anything else must only
+/// pass the harness checks (no panic, every blob counted once).
+#[test]
+fn p2p_sctp_corpus() {
+    let mut named = 0;
+    for (name, data) in corpus_files("p2p_sctp") {
+        let got = p2p::sctp(&data);
+        if name.starts_with("valid_") {
+            assert_eq!(got.accepted, got.blobs, "{name}: {got:?}");
+            assert!(got.replies > 0, "{name}: {got:?}");
+        } else if name.starts_with("ignored_") {
+            assert_eq!(got.accepted, 0, "{name}: {got:?}");
+            assert!(
+                got.rejected
+                    .iter()
+                    .all(|r| *r == LinkRejected::Carrier(CarrierRejected::InitIgnored)),
+                "{name}: {got:?}"
+            );
+        } else if name.starts_with("broken_") {
+            assert_eq!(got.accepted, 0, "{name}: {got:?}");
+            assert_eq!(got.rejected.len(), got.blobs, "{name}: {got:?}");
+        } else {
+            continue;
+        }
+        named += 1;
+    }
+    assert!(named >= 3, "only {named} named seeds");
 }
 
 /// `fuzz/corpus/stun_response`: STUN server answers for server-reflexive gathering. `valid_*`

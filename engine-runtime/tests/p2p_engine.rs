@@ -207,9 +207,15 @@ fn hear_each_other<'a>(a: &'a Engine, b: &'a Engine) -> Pump<'a> {
     pump
 }
 
+/// Connects both at every version ringcast offers: 13.0.0, signaling V3 over SCTP.
 fn connect(a: &Engine, b: &Engine) {
-    a.connect_p2p(B_USER, &[], &versions(), true).unwrap();
-    b.connect_p2p(A_USER, &[], &versions(), true).unwrap();
+    connect_at(a, b, &versions());
+}
+
+/// Connects both at the highest of `versions`.
+fn connect_at(a: &Engine, b: &Engine, versions: &[String]) {
+    a.connect_p2p(B_USER, &[], versions, true).unwrap();
+    b.connect_p2p(A_USER, &[], versions, true).unwrap();
 }
 
 #[test]
@@ -232,7 +238,19 @@ fn two_engines_exchange_keys_connect_and_hear_each_other() {
         assert!(i.stats.packets_sent >= 40 && i.stats.packets_received >= 40);
         assert!(i.stats.bytes_sent > 0 && i.stats.bytes_received > 0);
         assert_eq!(i.stats.signaling_rejected, 0);
+        // 13.0.0: every signaling message went as one SCTP user message.
+        let sctp = i.sctp.expect("signaling V3");
+        assert!(sctp.established && !sctp.lost, "{sctp:?}");
+        assert_eq!(sctp.messages_sent, i.channel.packets_sent);
+        assert_eq!(sctp.messages_received, i.channel.packets_received);
+        assert!(sctp.messages_received >= 3, "{sctp:?}");
     }
+    // A blob that is no SCTP packet is refused by the carrier, typed, and the call goes on.
+    assert!(matches!(
+        b.send_signaling_data(A_USER, &[0u8; 8]),
+        Err(EngineError::P2pCall(P2pCallError::SignalingCarrier(_)))
+    ));
+    assert_eq!(b.p2p_call_info(A_USER).unwrap().state, P2pState::Connected);
     assert_eq!(ia.remote_ssrc, Some(ib.ssrc));
     assert!(matches!(
         a.create_call(B_USER),
@@ -508,7 +526,9 @@ fn tampered_signaling_is_rejected_and_counted_and_the_call_stays_up() {
     let b = engine(6);
     exchange(&a, &b);
     play_tones(&a, &b);
-    connect(&a, &b);
+    // 9.0.0: each blob is one packet of the encrypted channel (at 13.0.0 the blobs are SCTP
+    // packets, whose own rejections the V3 tests cover).
+    connect_at(&a, &b, &["9.0.0".to_owned(), "8.0.0".to_owned()]);
     let mut pump = Pump::new(&a, &b);
     pump.run(Duration::from_secs(20), |x, y| {
         x.audio_packets >= 20 && y.audio_packets >= 20

@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use ringcast_core::SignalingError;
-use ringcast_core::signaling::p2p::{EncryptedChannel, Framing, Rejected, Role, SignalingMessage};
+use ringcast_core::signaling::p2p::{
+    EncryptedChannel, Framing, LinkRejected, Rejected, Role, SctpStats, SignalingLink,
+    SignalingMessage,
+};
 
 /// The telegram-signaling.md §5 key (bytes 00 01 .. FF): the seeds are encrypted with it.
 pub fn key() -> [u8; 256] {
@@ -143,4 +146,61 @@ pub fn message(data: &[u8]) -> Result<SignalingMessage, SignalingError> {
         .unwrap_or_else(|e| panic!("emitted json does not parse: {e}: {json}"));
     assert_eq!(again, parsed, "round trip changed the message: {json}");
     Ok(parsed)
+}
+
+/// What feeding one `p2p_sctp` input gave.
+#[derive(Debug)]
+pub struct Carried {
+    /// Blobs fed.
+    pub blobs: usize,
+    /// Blobs SCTP took.
+    pub accepted: usize,
+    /// Rejections, in order.
+    pub rejected: Vec<LinkRejected>,
+    /// Blobs the receiver sent back (INIT ACK, SACK, ...).
+    pub replies: usize,
+}
+
+/// Feeds every blob of `data` (flags byte as [`setup`], bit 0 unused) to a fresh signaling
+/// V3 link ([`Framing::Sctp`]) holding [`key`], 100 ms apart, driving its timers and draining
+/// what it sends in between. Panics if the link breaks a promise: a blob not counted exactly
+/// once in its SCTP counters, or a reply larger than an SCTP packet can be.
+pub fn sctp(data: &[u8]) -> Carried {
+    let (flags, blobs) = decode(data);
+    let (_, receiver_role, _) = setup(flags);
+    let mut now = Instant::now();
+    let mut link = SignalingLink::new(&key(), receiver_role, Framing::Sctp, now);
+    let mut out = Carried {
+        blobs: blobs.len(),
+        accepted: 0,
+        rejected: Vec::new(),
+        replies: 0,
+    };
+    // The caller's own INIT.
+    while link.poll_transmit(now).is_some() {}
+    for blob in &blobs {
+        let before = link.sctp_stats().expect("a V3 link has a carrier");
+        match link.receive(blob, now) {
+            Ok(_) => out.accepted += 1,
+            Err(e) => out.rejected.push(e),
+        }
+        let after = link.sctp_stats().expect("a V3 link has a carrier");
+        let counted = |s: SctpStats| {
+            s.packets_received + s.rejected_not_sctp + s.rejected_dropped + s.inits_ignored
+        };
+        assert_eq!(
+            counted(after),
+            counted(before) + 1,
+            "each blob counted once"
+        );
+        now += Duration::from_millis(100);
+        if link.poll_timeout().is_some_and(|t| t <= now) {
+            link.handle_timeout(now);
+        }
+        while let Some(reply) = link.poll_transmit(now) {
+            assert!(reply.len() <= 64 * 1024, "reply over an SCTP packet's size");
+            out.replies += 1;
+        }
+    }
+    out
 }

@@ -24,7 +24,7 @@ use crate::p2p_call::{
     Command, Input, Output, P2pCall, P2pConfig, P2pLinkStats, P2pState, P2pStats,
 };
 use crate::signaling::Ssrc;
-use crate::signaling::p2p::{ChannelStats, Role};
+use crate::signaling::p2p::{ChannelStats, Role, SctpStats};
 use crate::transport::Datagram;
 
 /// Remote addresses remembered per call for the source rule (a call sends to its signaled
@@ -56,6 +56,8 @@ pub struct P2pSnapshot {
     pub stats: P2pStats,
     /// The encrypted signaling channel's counters (rejections by reason, resends).
     pub channel: ChannelStats,
+    /// The SCTP carrier's counters when the call runs signaling V3 (12.0.0/13.0.0).
+    pub sctp: Option<SctpStats>,
     /// RTT and loss.
     pub link: P2pLinkStats,
 }
@@ -145,6 +147,7 @@ impl P2pEntry {
             connect_duration: call.connect_duration(),
             stats: call.stats().clone(),
             channel: call.channel_stats(),
+            sctp: call.sctp_stats(),
             link: call.link_stats(),
         }
     }

@@ -6,6 +6,7 @@ use super::util::{P2pPair, tone};
 use crate::demux::rtp_header;
 use crate::media::track::Replayed;
 use crate::p2p_call::{Command, Input, P2pCallError, P2pState};
+use crate::signaling::p2p::Framing;
 use crate::transport::DatagramError;
 
 fn connected_with_tones() -> P2pPair {
@@ -129,4 +130,69 @@ fn rtt_and_loss_are_measured_from_rtcp_over_a_delayed_link() {
         assert_eq!(link.egress_loss, Some(0.0), "{name}: {link:?}");
         assert_eq!(link.ingress_loss, Some(0.0), "{name}: {link:?}");
     }
+}
+
+/// Signaling V3 (12.0.0/13.0.0): the same call with every signaling message gzip'd, encrypted
+/// and carried as an SCTP user message whose SCTP packets are the messenger's blobs.
+#[test]
+fn signaling_v3_carries_the_call_over_sctp() {
+    let mut pair = P2pPair::with_framing(Framing::Sctp);
+    let now = pair.now;
+    for (end, hz) in [(&mut pair.caller, 440.0), (&mut pair.callee, 1000.0)] {
+        end.call
+            .handle_input(now, Input::Command(Command::SetSource(tone(hz))))
+            .expect("source");
+    }
+    pair.drive(Duration::from_secs(2));
+    assert!(pair.caller.connected() && pair.callee.connected());
+    assert_eq!(pair.callee.heard.dominant_hz(), 440);
+    assert_eq!(pair.caller.heard.dominant_hz(), 1000);
+    for end in [&pair.caller, &pair.callee] {
+        let sctp = end.call.sctp_stats().expect("V3 has an SCTP carrier");
+        assert!(sctp.established && !sctp.lost, "{sctp:?}");
+        // InitialSetup, Candidates and NegotiateChannels at least, each one SCTP message.
+        assert!(
+            sctp.messages_sent >= 3 && sctp.messages_received >= 3,
+            "{sctp:?}"
+        );
+        assert_eq!(
+            sctp.rejected_dropped + sctp.rejected_not_sctp,
+            0,
+            "{sctp:?}"
+        );
+        let channel = end.call.channel_stats();
+        assert_eq!(channel.packets_sent, sctp.messages_sent);
+        assert_eq!(channel.packets_received, sctp.messages_received);
+        assert_eq!(end.call.stats().signaling_invalid, 0);
+    }
+}
+
+/// A lost blob (the caller's INIT) is made up for by SCTP's retransmission; garbage blobs are
+/// refused, counted and change nothing.
+#[test]
+fn signaling_v3_survives_a_lost_blob_and_garbage() {
+    let mut pair = P2pPair::with_framing(Framing::Sctp);
+    pair.lose_signaling = 1;
+    let now = pair.now;
+    for garbage in [
+        &[][..],
+        &[0u8; 3][..],
+        &[0x13, 0x88, 0x13, 0x88, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 4][..],
+    ] {
+        let e = pair
+            .callee
+            .call
+            .handle_input(now, Input::Signaling(garbage))
+            .expect_err("garbage is refused");
+        assert!(matches!(e, P2pCallError::SignalingCarrier(_)), "{e:?}");
+    }
+    pair.drive(Duration::from_secs(4));
+    assert!(pair.caller.connected() && pair.callee.connected());
+    let sctp = pair.callee.call.sctp_stats().expect("carrier");
+    assert_eq!(
+        sctp.rejected_not_sctp + sctp.rejected_dropped,
+        3,
+        "{sctp:?}"
+    );
+    assert_eq!(pair.callee.call.stats().signaling_rejected, 3);
 }

@@ -28,7 +28,7 @@ use crate::signaling::group::{
     parse_fingerprint_hex,
 };
 use crate::signaling::p2p::dh::DH_BYTES;
-use crate::signaling::p2p::{CallKey, Role};
+use crate::signaling::p2p::{CallKey, Framing, Role};
 
 /// Step of the virtual clock while driving a pair.
 const STEP: Duration = Duration::from_millis(1);
@@ -457,9 +457,17 @@ pub(crate) struct P2pEnd {
 }
 
 impl P2pEnd {
-    fn new(now: Instant, role: Role, key: CallKey, seed: u64, local: &str) -> Self {
+    fn new(
+        now: Instant,
+        role: Role,
+        key: CallKey,
+        seed: u64,
+        local: &str,
+        framing: Framing,
+    ) -> Self {
         let mut config = P2pConfig::new(role, key, seed, cert(), addr(local));
         config.crypto = Some(provider());
+        config.framing = framing;
         let call = P2pCall::new(now, config).expect("p2p call");
         let mut end = Self {
             call,
@@ -514,16 +522,24 @@ pub(crate) struct P2pPair {
     pub(crate) latency: Duration,
     /// Datagrams on the wire: when they arrive, and whether they go to the callee.
     in_flight: std::collections::VecDeque<(Instant, bool, Transmit)>,
+    /// The messenger loses this many of the next signaling blobs (either direction).
+    pub(crate) lose_signaling: usize,
 }
 
 impl P2pPair {
     pub(crate) fn new() -> Self {
+        Self::with_framing(Framing::Reliable)
+    }
+
+    /// A pair whose signaling runs at `framing` (the negotiated version's).
+    pub(crate) fn with_framing(framing: Framing) -> Self {
         let now = Instant::now();
         let (caller_key, callee_key) = shared_keys();
         Self {
             now,
-            caller: P2pEnd::new(now, Role::Caller, caller_key, 1, CALL_ADDR),
-            callee: P2pEnd::new(now, Role::Callee, callee_key, 2, CALLEE_ADDR),
+            caller: P2pEnd::new(now, Role::Caller, caller_key, 1, CALL_ADDR, framing),
+            callee: P2pEnd::new(now, Role::Callee, callee_key, 2, CALLEE_ADDR, framing),
+            lose_signaling: 0,
             delivered_to_callee: Vec::new(),
             latency: Duration::ZERO,
             in_flight: std::collections::VecDeque::new(),
@@ -553,6 +569,10 @@ impl P2pPair {
             let mut moved = false;
             for bytes in std::mem::take(&mut self.caller.signaling) {
                 moved = true;
+                if self.lose_signaling > 0 {
+                    self.lose_signaling -= 1;
+                    continue;
+                }
                 let _ = self
                     .callee
                     .call
@@ -561,6 +581,10 @@ impl P2pPair {
             }
             for bytes in std::mem::take(&mut self.callee.signaling) {
                 moved = true;
+                if self.lose_signaling > 0 {
+                    self.lose_signaling -= 1;
+                    continue;
+                }
                 let _ = self
                     .caller
                     .call

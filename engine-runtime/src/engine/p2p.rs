@@ -414,8 +414,8 @@ impl Engine {
     /// `user_id`, and from then on the call emits [`EventKind::SignalingData`] for the
     /// messenger and takes the peer's with [`Engine::send_signaling_data`]. `versions` is
     /// `phoneCall.protocol.library_versions`; the highest one implemented, in any order (as
-    /// ntgcalls picks it: [`select_version`]), picks the signaling framing ("9.0.0"/"8.0.0"
-    /// reliable, "7.0.0" raw). The UDP STUN servers among `rtc_servers`
+    /// ntgcalls picks it: [`select_version`]), picks the signaling framing ("13.0.0"/"12.0.0"
+    /// SCTP-carried "signaling V3", "9.0.0"/"8.0.0" reliable, "7.0.0" raw). The UDP STUN servers among `rtc_servers`
     /// (at most [`MAX_STUN_SERVERS`]) add server-reflexive candidates, the UDP TURN servers with
     /// credentials (at most [`MAX_TURN_SERVERS`]) relay candidates; Telegram reflectors are not
     /// used (see [`RtcServer`]). With `p2p_allowed = false` the call is relay only: it uses and

@@ -83,16 +83,24 @@ pub enum Framing {
     Raw,
     /// Items with acks and resends (8.0.0, 9.0.0; tgcalls `prepareForSendingRawMessage`).
     Reliable,
+    /// "Signaling V3" (12.0.0, 13.0.0): each packet is encrypted as [`Framing::Raw`] and is one
+    /// user message of a plain SCTP association whose packets are the messenger's blobs; the
+    /// payload is gzip'd JSON ([`super::sctp`], [`super::SignalingLink`]). The channel itself
+    /// treats it exactly as [`Framing::Raw`].
+    Sctp,
 }
 
 impl Framing {
     /// The framing of a `library_versions` entry this module implements (tgcalls
-    /// `signalingProtocolVersion`, tgcalls/v2/InstanceV2Impl.cpp, branch `development`):
-    /// "7.0.0" raw, "8.0.0" and "9.0.0" reliable; `None` for anything else.
+    /// `signalingProtocolVersion`, tgcalls/v2/InstanceV2Impl.cpp, branch `development`;
+    /// ntgcalls `Signaling::matchVersion`, ntgcalls/src/signaling/signaling.cpp):
+    /// "7.0.0" raw, "8.0.0" and "9.0.0" reliable, "12.0.0" and "13.0.0" SCTP-carried; `None`
+    /// for anything else.
     pub fn for_version(version: &str) -> Option<Self> {
         match version {
             "7.0.0" => Some(Self::Raw),
             "8.0.0" | "9.0.0" => Some(Self::Reliable),
+            "12.0.0" | "13.0.0" => Some(Self::Sctp),
             _ => None,
         }
     }
@@ -260,7 +268,7 @@ impl EncryptedChannel {
         match self.framing {
             // msg_key + seq + type + len.
             Framing::Reliable => MAX_RELIABLE_PACKET_BYTES - 16 - 9,
-            Framing::Raw => MAX_PACKET_BYTES - 16 - 4,
+            Framing::Raw | Framing::Sctp => MAX_PACKET_BYTES - 16 - 4,
         }
     }
 
@@ -282,7 +290,7 @@ impl EncryptedChannel {
             });
         }
         match self.framing {
-            Framing::Raw => {
+            Framing::Raw | Framing::Sctp => {
                 let seq = self.next_counter()?;
                 let mut plain = Vec::with_capacity(4 + message.len());
                 plain.extend_from_slice(&seq.to_be_bytes());
@@ -461,7 +469,7 @@ impl EncryptedChannel {
             return Err(Rejected::Replay);
         }
         match self.framing {
-            Framing::Raw => {
+            Framing::Raw | Framing::Sctp => {
                 self.remember(counter);
                 Ok(Received {
                     messages: vec![plain.get(4..).unwrap_or_default().to_vec()],
@@ -794,6 +802,8 @@ mod tests {
         assert_eq!(Framing::for_version("7.0.0"), Some(Framing::Raw));
         assert_eq!(Framing::for_version("8.0.0"), Some(Framing::Reliable));
         assert_eq!(Framing::for_version("9.0.0"), Some(Framing::Reliable));
+        assert_eq!(Framing::for_version("12.0.0"), Some(Framing::Sctp));
+        assert_eq!(Framing::for_version("13.0.0"), Some(Framing::Sctp));
         assert_eq!(Framing::for_version("11.0.0"), None);
         assert_eq!(Framing::for_version("4.0.0"), None);
     }

@@ -17,8 +17,12 @@
 //! - [`channel`]: [`EncryptedChannel`], the MTProto-2.0-like encryption of every signaling blob
 //!   (tgcalls `EncryptedConnection`): counters, replay window, acks and resends for the
 //!   "reliable" framing of protocol versions 8.0.0/9.0.0, the "raw" framing of 7.0.0.
-//! - [`messages`]: the JSON control messages of tgcalls `InstanceV2Impl` (versions 7.0.0-9.0.0):
+//! - [`messages`]: the JSON control messages of tgcalls `InstanceV2Impl` (versions 7.0.0-13.0.0):
 //!   `InitialSetup`, `Candidates`, `NegotiateChannels`, `MediaState`.
+//! - [`sctp`]: "signaling V3" (12.0.0, 13.0.0): the plain SCTP association whose packets are the
+//!   messenger's blobs, and the gzip of its payloads.
+//! - [`link`]: [`SignalingLink`], the whole path from JSON messages to blobs at the negotiated
+//!   version (channel alone, or gzip + channel + SCTP).
 //!
 //! Nothing here reads a clock or the OS random generator: randomness (DH secrets, the
 //! Miller-Rabin seed) and the current time come in as arguments, so the simulator can replay a
@@ -29,22 +33,27 @@ pub mod channel;
 pub mod dh;
 pub mod emoji;
 pub mod exchange;
+pub mod link;
 pub mod messages;
+pub mod sctp;
 
 pub use channel::{ChannelStats, EncryptedChannel, Framing, Received, Rejected};
 pub use dh::{CallKey, CalleeExchange, CallerExchange, DhConfig, DhParams};
 pub use exchange::{AuthParams, DhRng, ExchangeError, KeyExchange};
+pub use link::{LinkRejected, SignalingLink};
 pub use messages::SignalingMessage;
+pub use sctp::{CarrierRejected, SctpStats};
 
 /// Protocol versions ([`phoneCallProtocol.library_versions`]) this module implements, newest
 /// first, as ringcast should offer them.
 ///
-/// All three are tgcalls `InstanceV2Impl` with the same JSON messages ([`messages`]); 7.0.0 uses
-/// the raw framing, 8.0.0 and 9.0.0 the reliable one ([`Framing::for_version`]). Current official
-/// clients and ntgcalls (8.0.0 / 9.0.0 only) all support at least one of them.
+/// All use the same JSON messages ([`messages`]); 7.0.0 uses the raw framing, 8.0.0 and 9.0.0
+/// the reliable one, 12.0.0 and 13.0.0 the SCTP-carried "signaling V3"
+/// ([`Framing::for_version`]). ntgcalls 3.0.5 offers 8.0.0, 9.0.0, 12.0.0 and 13.0.0 and
+/// picks the highest both speak.
 ///
 /// [`phoneCallProtocol.library_versions`]: https://core.telegram.org/constructor/phoneCallProtocol
-pub const LIBRARY_VERSIONS: [&str; 3] = ["9.0.0", "8.0.0", "7.0.0"];
+pub const LIBRARY_VERSIONS: [&str; 5] = ["13.0.0", "12.0.0", "9.0.0", "8.0.0", "7.0.0"];
 
 /// The version a call runs at, from `phoneCall.protocol.library_versions`: the **highest**
 /// of [`LIBRARY_VERSIONS`] in the list, whatever the list's order (ntgcalls `bestMatch` sorts
@@ -188,6 +197,10 @@ pub enum P2pError {
     /// The crypto library refused an operation that cannot fail with valid sizes.
     #[error("crypto backend error")]
     Crypto,
+    /// The SCTP association carrying signaling V3 is gone (the peer aborted it); nothing more
+    /// can be sent.
+    #[error("the signaling SCTP association was lost")]
+    SignalingTransportLost,
 }
 
 #[cfg(test)]
@@ -199,9 +212,14 @@ mod tests {
         assert_eq!(select_version(&["7.0.0", "8.0.0"]), Some("8.0.0"));
         assert_eq!(
             select_version(&["8.0.0", "9.0.0", "12.0.0", "13.0.0"]),
-            Some("9.0.0")
+            Some("13.0.0")
         );
-        assert_eq!(select_version(&["13.0.0", "9.0.0", "8.0.0"]), Some("9.0.0"));
+        assert_eq!(
+            select_version(&["13.0.0", "9.0.0", "8.0.0"]),
+            Some("13.0.0")
+        );
+        assert_eq!(select_version(&["12.0.0", "9.0.0"]), Some("12.0.0"));
+        assert_eq!(select_version(&["9.0.0", "8.0.0"]), Some("9.0.0"));
         assert_eq!(select_version(&["7.0.0"]), Some("7.0.0"));
         assert_eq!(select_version(&["10.0.0", "11.0.0", "4.0.0"]), None);
         assert_eq!(select_version::<&str>(&[]), None);
