@@ -1247,22 +1247,12 @@ impl Call {
         else {
             return false;
         };
-        let Ok(msg) = str0m::ice::StunMessage::parse(contents) else {
-            return false;
-        };
-        let hmac = |key: &[u8], parts: &[&[u8]]| crypto.sha1_hmac_provider.sha1_hmac(key, parts);
-        if msg.is_binding_request() {
-            msg.split_username()
-                == Some((
-                    self.local_creds.ufrag.as_str(),
-                    session.remote_creds.ufrag.as_str(),
-                ))
-                && msg.verify(self.local_creds.pass.as_bytes(), hmac)
-        } else if msg.is_successful_binding_response() || msg.is_failed_binding_response() {
-            msg.verify(session.remote_creds.pass.as_bytes(), hmac)
-        } else {
-            false
-        }
+        crate::transport::stun_is_authentic(
+            contents,
+            &self.local_creds,
+            &session.remote_creds,
+            crypto,
+        )
     }
 
     fn handle_timeout(&mut self, now: Instant) {

@@ -74,12 +74,13 @@ use str0m::rtp::Ssrc as StrSsrc;
 use str0m::{Candidate, IceCreds};
 
 use crate::call::Transmit;
-use crate::demux::stun_local_ufrag;
+use crate::demux::{DatagramKind, classify, stun_local_ufrag};
 use crate::media::track::{
     AudioTrack, IncomingStreams, ReceivedAudio, RtpSender, SourceEnd, TrackKind, TrackStats,
 };
 use crate::media::{FrameSource, OPUS_CLOCK_RATE_HZ, SourceError};
 use crate::pacer::LatenessHistogram;
+use crate::replay::RecentTransactions;
 use crate::signaling::group::URI_AUDIO_LEVEL;
 use crate::signaling::p2p::messages::{
     Candidates, DtlsFingerprint, InitialSetup, MediaContent, MediaKind as ContentKind,
@@ -92,8 +93,8 @@ use crate::signaling::p2p::{
 use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
 use crate::transport::{
-    Datagram, DatagramError, Drive, DtlsEnd, Polled, ReceiveError, RtcErrorKind, Transport,
-    TransportEnd, opus_rtc_config, random_ice_creds,
+    Datagram, DatagramError, Drive, DtlsEnd, Polled, ReceiveError, RejectReason, RtcErrorKind,
+    Transport, TransportEnd, opus_rtc_config, random_ice_creds, stun_is_authentic,
 };
 use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
 
@@ -453,6 +454,11 @@ pub struct P2pStats {
     pub stun_redundant: u64,
     /// STUN servers that answered with an error or not within [`P2pConfig::stun_timeout`].
     pub stun_failed: u64,
+    /// Authenticated ICE STUN from the peer whose transaction id was already received (see
+    /// [`crate::replay::RecentTransactions`]): a retransmission or a replay. Answered by str0m
+    /// like the first, but never a sign of life. STUN that fails the peer's credentials is
+    /// refused before str0m and counted in `dropped_rejected`.
+    pub stun_replayed: u64,
     /// Configured STUN servers of the other address family, not asked.
     pub stun_servers_skipped: u64,
     /// Responses to finished STUN transactions (duplicates) or malformed ones, dropped.
@@ -530,8 +536,11 @@ pub struct P2pCall {
     local_relays: Vec<(SocketAddr, String)>,
     connect_deadline: Option<Instant>,
     connected_at: Option<Instant>,
-    /// When str0m last accepted a datagram from the peer.
+    /// When the peer was last heard from: authenticated STUN (not a repeat) or SRTP str0m
+    /// decrypted (consent freshness, RFC 7675).
     last_heard: Option<Instant>,
+    /// Transaction ids of the last authenticated STUN received, to count repeats.
+    stun_seen: RecentTransactions,
     started_at: Instant,
     link: P2pLinkStats,
     events: VecDeque<Event>,
@@ -680,6 +689,7 @@ impl P2pCall {
             connect_deadline: Some(connect_deadline),
             connected_at: None,
             last_heard: None,
+            stun_seen: RecentTransactions::new(),
             started_at: now,
             link: P2pLinkStats::default(),
             events: VecDeque::new(),
@@ -1271,8 +1281,20 @@ impl P2pCall {
             }
             return Err(P2pCallError::NotStarted);
         }
+        let is_stun = classify(contents) == DatagramKind::Stun;
+        let stun_authentic = is_stun && self.stun_is_authentic(contents);
+        let stun_id = if stun_authentic {
+            RecentTransactions::id_of(contents)
+        } else {
+            None
+        };
         let incoming = &mut self.incoming;
         let result = self.transport.receive(now, datagram, |rtc| {
+            // str0m ignores STUN that fails the peer's credentials without an error: refuse
+            // and count it here, so that it never counts as hearing from the peer.
+            if is_stun && !stun_authentic {
+                return Err(DatagramError::Rejected(RejectReason::StunUnauthenticated).into());
+            }
             // Replays: str0m drops them silently (see `crate::replay`); refuse and count
             // them here. No NegotiateChannels yet: accept the peer's audio SSRC from the
             // first packet with our Opus PT (the RTP header is clear text; str0m
@@ -1288,7 +1310,17 @@ impl P2pCall {
             Ok(()) => {
                 self.stats.datagrams_received += 1;
                 self.stats.bytes_received += contents.len() as u64;
-                self.last_heard = Some(now);
+                // A genuine STUN message again (a retransmission or a replay): answered by
+                // str0m like the first, but no sign of life. DTLS and SRTCP are handed in
+                // unauthenticated from our side (str0m drops forged ones silently), so only
+                // STUN here and decrypted SRTP (`map_rtc_event`) keep the call alive.
+                let repeated = stun_id.is_some_and(|id| self.stun_seen.contains(&id));
+                if repeated {
+                    self.stats.stun_replayed += 1;
+                } else if let Some(id) = stun_id {
+                    self.stun_seen.record(id);
+                    self.last_heard = Some(now);
+                }
                 Ok(())
             }
             Err(ReceiveError::Fatal(end)) => {
@@ -1308,6 +1340,19 @@ impl P2pCall {
                 Err(e.into())
             }
         }
+    }
+
+    /// See [`stun_is_authentic`]: with the peer's credentials from its InitialSetup.
+    fn stun_is_authentic(&self, contents: &[u8]) -> bool {
+        let (Some(setup), Some(crypto)) = (self.remote_setup.as_ref(), self.config.crypto.as_ref())
+        else {
+            return false;
+        };
+        let remote = IceCreds {
+            ufrag: setup.ufrag.clone(),
+            pass: setup.pwd.clone(),
+        };
+        stun_is_authentic(contents, &self.local_creds, &remote, crypto)
     }
 
     /// A TURN server sent something: an allocation (relayed candidate added to ICE and
@@ -1589,6 +1634,7 @@ impl P2pCall {
                 None
             }
             str0m::Event::RtpPacket(p) => {
+                self.last_heard = Some(self.last_now);
                 self.transport.on_confirmed();
                 self.stats.packets_received += 1;
                 self.stats.payload_bytes_received += p.payload.len() as u64;

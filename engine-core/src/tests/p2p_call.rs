@@ -7,7 +7,7 @@ use crate::demux::rtp_header;
 use crate::media::track::Replayed;
 use crate::p2p_call::{Command, Input, P2pCallError, P2pState};
 use crate::signaling::p2p::Framing;
-use crate::transport::DatagramError;
+use crate::transport::{DatagramError, RejectReason};
 
 fn connected_with_tones() -> P2pPair {
     let mut pair = P2pPair::new();
@@ -75,6 +75,77 @@ fn replayed_srtp_is_refused_and_counted() {
     // And the stream goes on.
     pair.drive(Duration::from_millis(200));
     assert!(pair.callee.heard.packets >= heard + 9);
+}
+
+#[test]
+fn forged_stun_is_refused_and_replayed_stun_keeps_no_dead_call_alive() {
+    let mut pair = connected_with_tones();
+    // The caller's authenticated binding requests and responses (types 0x0001 and 0x0101).
+    let stun: Vec<_> = pair
+        .delivered_to_callee
+        .iter()
+        .filter(|t| matches!(t.contents.get(..2), Some([0x00 | 0x01, 0x01])))
+        .cloned()
+        .collect();
+    assert!(
+        stun.iter().any(|t| t.contents[..2] == [0x00, 0x01]),
+        "the caller sent binding requests"
+    );
+    // A forged request: a byte of its MESSAGE-INTEGRITY value changed (the 20-byte HMAC just
+    // before the 8-byte FINGERPRINT attribute).
+    let rejected_before = pair.callee.call.stats().dropped_rejected;
+    let mut forged = stun
+        .iter()
+        .find(|t| t.contents[..2] == [0x00, 0x01])
+        .cloned()
+        .expect("a request");
+    let at = forged.contents.len() - 12;
+    forged.contents[at] ^= 0x40;
+    let result = pair.deliver_to_callee(&forged);
+    assert!(
+        matches!(
+            result,
+            Err(P2pCallError::Datagram(DatagramError::Rejected(
+                RejectReason::StunUnauthenticated
+            )))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        pair.callee.call.stats().dropped_rejected,
+        rejected_before + 1
+    );
+    // Genuine STUN again: accepted (a request is answered again) and counted as repeated.
+    for t in &stun {
+        pair.deliver_to_callee(t).expect("genuine stun again");
+    }
+    assert_eq!(pair.callee.call.stats().stun_replayed, stun.len() as u64);
+    // The caller goes away; someone on the path replays its STUN every half second. The
+    // callee must still notice (disconnect timeout).
+    let timeout = crate::p2p_call::DEFAULT_P2P_DISCONNECT_TIMEOUT;
+    let mut waited = Duration::ZERO;
+    while pair.callee.call.state() == &P2pState::Connected {
+        assert!(
+            waited < timeout + Duration::from_secs(2),
+            "replayed stun kept a dead call alive"
+        );
+        pair.now += Duration::from_millis(500);
+        waited += Duration::from_millis(500);
+        let now = pair.now;
+        pair.callee
+            .call
+            .handle_input(now, Input::Timeout)
+            .expect("timeout");
+        pair.callee.drain();
+        pair.callee.datagrams.clear();
+        for t in &stun {
+            let _ = pair.deliver_to_callee(t);
+        }
+    }
+    assert!(
+        waited >= timeout,
+        "ended after {waited:?}, before the timeout"
+    );
 }
 
 #[test]

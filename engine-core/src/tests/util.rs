@@ -452,7 +452,7 @@ pub(crate) struct P2pEnd {
     pub(crate) heard: Heard,
     pub(crate) events: Vec<p2p_call::Event>,
     timeout: Instant,
-    datagrams: Vec<Transmit>,
+    pub(crate) datagrams: Vec<Transmit>,
     signaling: Vec<Vec<u8>>,
 }
 
@@ -481,7 +481,7 @@ impl P2pEnd {
         end
     }
 
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         loop {
             match self.call.poll_output() {
                 p2p_call::Output::Transmit(t) => self.datagrams.push(t),
