@@ -1179,12 +1179,8 @@ impl Call {
             Ok(()) => {
                 // A genuine STUN message again (a retransmission or a replay): answered by
                 // str0m like the first, but no sign of life.
-                let repeated = stun_id.is_some_and(|id| self.stun_seen.contains(&id));
-                if repeated {
-                    self.stats.stun_replayed += 1;
-                } else if let Some(id) = stun_id {
-                    self.stun_seen.record(id);
-                }
+                let repeated = self.stun_seen.is_repeat(stun_id);
+                self.stats.stun_replayed += u64::from(repeated);
                 // Consent freshness (RFC 7675) counts only what is authenticated: STUN that
                 // passed the check above, and (in `map_rtc_event`) SRTP str0m decrypted. DTLS
                 // and SRTCP are handed in unauthenticated from our side (str0m drops forged

@@ -1314,11 +1314,9 @@ impl P2pCall {
                 // str0m like the first, but no sign of life. DTLS and SRTCP are handed in
                 // unauthenticated from our side (str0m drops forged ones silently), so only
                 // STUN here and decrypted SRTP (`map_rtc_event`) keep the call alive.
-                let repeated = stun_id.is_some_and(|id| self.stun_seen.contains(&id));
-                if repeated {
-                    self.stats.stun_replayed += 1;
-                } else if let Some(id) = stun_id {
-                    self.stun_seen.record(id);
+                let repeated = self.stun_seen.is_repeat(stun_id);
+                self.stats.stun_replayed += u64::from(repeated);
+                if stun_id.is_some() && !repeated {
                     self.last_heard = Some(now);
                 }
                 Ok(())

@@ -155,6 +155,20 @@ impl RecentTransactions {
         self.len = (self.len + 1).min(STUN_REPLAY_MEMORY);
     }
 
+    /// For a STUN message that passed authentication, with transaction id `id` (None: not
+    /// STUN): true if it is a repeat (counted by the caller; a sign of nothing), else records
+    /// it and returns false (a fresh message, a sign of life).
+    pub fn is_repeat(&mut self, id: Option<[u8; 12]>) -> bool {
+        let Some(id) = id else {
+            return false;
+        };
+        if self.contains(&id) {
+            return true;
+        }
+        self.record(id);
+        false
+    }
+
     /// The transaction id of a STUN message (bytes 8..20 of its header, RFC 5389 §6), if
     /// `contents` is long enough.
     pub fn id_of(contents: &[u8]) -> Option<[u8; 12]> {

@@ -1092,32 +1092,9 @@ impl Sfu {
         pkt: &ringcast_core::str0m::rtp::RtpPacket,
         level: i8,
     ) {
-        let targets: Vec<usize> = match self.chats.get(&chat_id) {
-            Some(list) => list.iter().copied().filter(|i| *i != from).collect(),
-            None => return,
-        };
-        let mut forwarded = 0;
         let now = self.last_now;
-        for t in targets {
-            let Some(p) = self.participants.get_mut(t).and_then(Option::as_mut) else {
-                continue;
-            };
-            if !p.connected || p.left {
-                continue;
-            }
-            let mut api = p.rtc.direct_api();
-            if p.tx_streams.insert(ssrc) {
-                // One media (mid) per forwarded speaker: str0m's pacer queues by (mid, rid) and
-                // sends from the first stream it finds for it, so two speakers on one mid left
-                // the second speaker's packets queued forever and the Rtc asking for a timeout
-                // in the past on every poll. The mid never goes on the wire (no MID extension).
-                let mid = Mid::from(format!("f{ssrc}").as_str());
-                api.declare_media(mid, MediaKind::Audio);
-                api.declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
-            }
-            let Some(stream) = api.stream_tx(&StrSsrc::from(ssrc)) else {
-                continue;
-            };
+        let mut forwarded = 0;
+        for t in self.others(chat_id, from) {
             let write = RtpWrite::new(
                 pkt.header.payload_type,
                 pkt.seq_no,
@@ -1130,16 +1107,7 @@ impl Sfu {
                 voice_activity: pkt.header.ext_vals.voice_activity,
                 ..Default::default()
             });
-            stream.write_rtp(write);
-            // str0m releases queued RTP on the next timeout; make that now.
-            if let Err(e) = p
-                .rtc
-                .handle_input(ringcast_core::str0m::Input::Timeout(now))
-            {
-                tracing::debug!("forward timeout: {e}");
-            }
-            forwarded += 1;
-            self.drain(t);
+            forwarded += u64::from(self.send_forwarded(t, ssrc, MediaKind::Audio, write));
         }
         if let Some(p) = self.participants.get_mut(from).and_then(Option::as_mut) {
             p.forwarded += forwarded;
@@ -1156,29 +1124,16 @@ impl Sfu {
         endpoint: &str,
         pkt: &ringcast_core::str0m::rtp::RtpPacket,
     ) {
-        let targets: Vec<usize> = match self.chats.get(&chat_id) {
-            Some(list) => list.iter().copied().filter(|i| *i != from).collect(),
-            None => return,
-        };
         let now = self.last_now;
-        let ssrc = *pkt.header.ssrc;
-        for t in targets {
-            let Some(p) = self.participants.get_mut(t).and_then(Option::as_mut) else {
-                continue;
-            };
-            if !p.connected || p.left || !p.wants.contains(endpoint) {
+        for t in self.others(chat_id, from) {
+            let wants = self
+                .participants
+                .get(t)
+                .and_then(Option::as_ref)
+                .is_some_and(|p| p.wants.contains(endpoint));
+            if !wants {
                 continue;
             }
-            let mut api = p.rtc.direct_api();
-            if p.tx_streams.insert(ssrc) {
-                let mid = Mid::from(format!("v{ssrc}").as_str());
-                api.declare_media(mid, MediaKind::Video);
-                api.declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
-                p.forwarded_mids.insert(mid, ssrc);
-            }
-            let Some(stream) = api.stream_tx(&StrSsrc::from(ssrc)) else {
-                continue;
-            };
             let write = RtpWrite::new(
                 pkt.header.payload_type,
                 pkt.seq_no,
@@ -1187,16 +1142,59 @@ impl Sfu {
                 pkt.payload.clone(),
             )
             .marker(pkt.header.marker);
-            stream.write_rtp(write);
-            if let Err(e) = p
-                .rtc
-                .handle_input(ringcast_core::str0m::Input::Timeout(now))
+            if self.send_forwarded(t, *pkt.header.ssrc, MediaKind::Video, write)
+                && let Some(p) = self.participants.get_mut(t).and_then(Option::as_mut)
             {
-                tracing::debug!("forward video timeout: {e}");
+                p.video_forwarded += 1;
             }
-            p.video_forwarded += 1;
-            self.drain(t);
         }
+    }
+
+    /// The participants of `chat_id` other than `from`.
+    fn others(&self, chat_id: i64, from: usize) -> Vec<usize> {
+        self.chats.get(&chat_id).map_or_else(Vec::new, |list| {
+            list.iter().copied().filter(|i| *i != from).collect()
+        })
+    }
+
+    /// Sends `write` to participant `t` on a send stream for `ssrc` (declared on first use),
+    /// if it is connected; true if it went out.
+    fn send_forwarded(&mut self, t: usize, ssrc: u32, kind: MediaKind, write: RtpWrite) -> bool {
+        let now = self.last_now;
+        let Some(p) = self.participants.get_mut(t).and_then(Option::as_mut) else {
+            return false;
+        };
+        if !p.connected || p.left {
+            return false;
+        }
+        let mut api = p.rtc.direct_api();
+        if p.tx_streams.insert(ssrc) {
+            // One media (mid) per forwarded source: str0m's pacer queues by (mid, rid) and
+            // sends from the first stream it finds for it, so two speakers on one mid left the
+            // second speaker's packets queued forever and the Rtc asking for a timeout in the
+            // past on every poll. The mid never goes on the wire (no MID extension). A
+            // receiver's PLI names the mid, hence the map for video.
+            let prefix = if kind == MediaKind::Video { "v" } else { "f" };
+            let mid = Mid::from(format!("{prefix}{ssrc}").as_str());
+            api.declare_media(mid, kind);
+            api.declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
+            if kind == MediaKind::Video {
+                p.forwarded_mids.insert(mid, ssrc);
+            }
+        }
+        let Some(stream) = api.stream_tx(&StrSsrc::from(ssrc)) else {
+            return false;
+        };
+        stream.write_rtp(write);
+        // str0m releases queued RTP on the next timeout; make that now.
+        if let Err(e) = p
+            .rtc
+            .handle_input(ringcast_core::str0m::Input::Timeout(now))
+        {
+            tracing::debug!("forward timeout: {e}");
+        }
+        self.drain(t);
+        true
     }
 
     /// Asks the participant of `chat_id` whose endpoint is `endpoint` for a key frame (at most
