@@ -3,7 +3,9 @@
 # ntgcalls 3.0.5 wheel from PyPI, against one sfu-mock, in one run: CPU and RSS per call and the
 # largest N each holds with every call verified (docs/performance.md, "py-tgcalls on ringcast").
 #
-#   benches/pytgcalls-bench.sh [--chats 10,50,100] [--seconds 10]
+#   benches/pytgcalls-bench.sh [--chats 10,50,100] [--seconds 10] [--engines ringcast,ntgcalls]
+#
+# --engines ringcast ramps ringcast alone (past what ntgcalls holds on this machine).
 #
 # Needs root (a network namespace: libwebrtc inside ntgcalls gathers no loopback candidates, so
 # both bots run in a namespace joined to sfu-mock by a veth pair, as the load tool's ntgcalls
@@ -12,11 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 chats=10,50,100
 seconds=10
+engines=ringcast,ntgcalls
 while [ $# -gt 0 ]; do
     case "$1" in
         --chats) chats="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
-        -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --engines) engines="$2"; shift 2 ;;
+        -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "pytgcalls-bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -70,7 +74,11 @@ sfu_pid=$!
 for _ in $(seq 50); do [ -s "$work/sfu.json" ] && break; sleep 0.1; done
 http=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['http'])" "$work/sfu.json")
 
-for engine in ringcast ntgcalls; do
+for engine in ${engines//,/ }; do
+    case "$engine" in
+        ringcast | ntgcalls) ;;
+        *) echo "pytgcalls-bench: unknown engine $engine" >&2; exit 2 ;;
+    esac
     venv=$ring_venv
     [ "$engine" = ntgcalls ] && venv=$ntg_venv
     echo "pytgcalls-bench: $engine, chats $chats, $seconds s per step" >&2
