@@ -1050,11 +1050,13 @@ class NTgCalls:
     def add_incoming_video(
         self, chat_id: int, user_id: int, endpoint: str, ssrc_groups: List[SsrcGroup]
     ) -> "asyncio.Future[int]":
-        """Accepted and ignored: ringcast receives no video."""
+        """Accepted and ignored here. The engine receives other participants' video
+        (Rust: ``Engine::add_incoming_video``), but ntgcalls hands ``on_frames`` decoded I420
+        frames and this layer has no decoder yet, so the SFU is not asked for any."""
         return self._future(chat_id, lambda: 0)
 
     def remove_incoming_video(self, chat_id: int, endpoint: str) -> "asyncio.Future[bool]":
-        """Accepted and ignored: ringcast receives no video."""
+        """Accepted and ignored (see ``add_incoming_video``)."""
         return self._future(chat_id, lambda: False)
 
     def update_audio_ssrc_mappings(
