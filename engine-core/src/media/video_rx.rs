@@ -312,6 +312,12 @@ impl VideoReceiver {
                 return;
             }
         }
+        // Packets that depacketize to nothing (an H.264 payload of only parameter sets the
+        // depacketizer keeps, say): no frame to show. Found by the `incoming_video` fuzz target.
+        if data.is_empty() {
+            self.frame_lost();
+            return;
+        }
         self.frame_done(now, codec, first.timestamp, data);
     }
 
