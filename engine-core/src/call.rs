@@ -1129,12 +1129,12 @@ impl Call {
     fn handle_datagram(&mut self, now: Instant, datagram: Datagram<'_>) -> Result<(), CallError> {
         let contents = datagram.contents;
         let is_stun = classify(contents) == DatagramKind::Stun;
-        let stun_authentic = is_stun && self.stun_is_authentic(contents);
-        let stun_id = if stun_authentic {
-            RecentTransactions::id_of(contents)
+        let stun_id = if is_stun {
+            self.authentic_stun_id(contents)
         } else {
             None
         };
+        let stun_authentic = stun_id.is_some();
         let own_ssrcs = self.own_ssrcs();
         let Some(session) = self.session.as_mut() else {
             self.stats.dropped_not_live += 1;
@@ -1238,12 +1238,13 @@ impl Call {
     /// True for a STUN binding request from the SFU to us (USERNAME `ours:theirs`, integrity
     /// with our password) or a binding response from it (integrity with its password): the
     /// checks str0m's ICE agent makes, less the transaction-id match of responses.
-    fn stun_is_authentic(&self, contents: &[u8]) -> bool {
+    /// See [`crate::transport::authentic_stun_id`]: with the SFU's credentials from its answer.
+    fn authentic_stun_id(&self, contents: &[u8]) -> Option<[u8; 12]> {
         let (Some(session), Some(crypto)) = (self.session.as_ref(), self.config.crypto.as_ref())
         else {
-            return false;
+            return None;
         };
-        crate::transport::stun_is_authentic(
+        crate::transport::authentic_stun_id(
             contents,
             &self.local_creds,
             &session.remote_creds,

@@ -94,7 +94,7 @@ use crate::signaling::{SignalingError, Ssrc};
 use crate::stun::{GatherEvent, StunGatherer};
 use crate::transport::{
     Datagram, DatagramError, Drive, DtlsEnd, Polled, ReceiveError, RejectReason, RtcErrorKind,
-    Transport, TransportEnd, opus_rtc_config, random_ice_creds, stun_is_authentic,
+    Transport, TransportEnd, authentic_stun_id, opus_rtc_config, random_ice_creds,
 };
 use crate::turn::{TurnClient, TurnError, TurnEvent, TurnServer};
 
@@ -1282,12 +1282,12 @@ impl P2pCall {
             return Err(P2pCallError::NotStarted);
         }
         let is_stun = classify(contents) == DatagramKind::Stun;
-        let stun_authentic = is_stun && self.stun_is_authentic(contents);
-        let stun_id = if stun_authentic {
-            RecentTransactions::id_of(contents)
+        let stun_id = if is_stun {
+            self.authentic_stun_id(contents)
         } else {
             None
         };
+        let stun_authentic = stun_id.is_some();
         let incoming = &mut self.incoming;
         let result = self.transport.receive(now, datagram, |rtc| {
             // str0m ignores STUN that fails the peer's credentials without an error: refuse
@@ -1340,17 +1340,17 @@ impl P2pCall {
         }
     }
 
-    /// See [`stun_is_authentic`]: with the peer's credentials from its InitialSetup.
-    fn stun_is_authentic(&self, contents: &[u8]) -> bool {
+    /// See [`authentic_stun_id`]: with the peer's credentials from its InitialSetup.
+    fn authentic_stun_id(&self, contents: &[u8]) -> Option<[u8; 12]> {
         let (Some(setup), Some(crypto)) = (self.remote_setup.as_ref(), self.config.crypto.as_ref())
         else {
-            return false;
+            return None;
         };
         let remote = IceCreds {
             ufrag: setup.ufrag.clone(),
             pass: setup.pwd.clone(),
         };
-        stun_is_authentic(contents, &self.local_creds, &remote, crypto)
+        authentic_stun_id(contents, &self.local_creds, &remote, crypto)
     }
 
     /// A TURN server sent something: an allocation (relayed candidate added to ICE and

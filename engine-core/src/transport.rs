@@ -573,28 +573,32 @@ impl Transport {
     }
 }
 
-/// True if `contents` is an ICE STUN message from the peer whose credentials are `remote`:
-/// a Binding request naming `local.ufrag:remote.ufrag` and signed with our password, or a
-/// Binding response signed with the peer's. str0m ignores STUN that fails these checks without
-/// telling us; a call checks first, so such STUN is refused and counted and never counts as
-/// hearing from the peer (consent freshness, RFC 7675).
-pub fn stun_is_authentic(
+/// The transaction id of `contents` if it is an ICE STUN message from the peer whose
+/// credentials are `remote`: a Binding request naming `local.ufrag:remote.ufrag` and signed
+/// with our password, or a Binding response signed with the peer's; `None` otherwise. str0m
+/// ignores STUN that fails these checks without telling us; a call checks first, so such STUN
+/// is refused and counted and never counts as hearing from the peer (consent freshness, RFC
+/// 7675), and the id lets it count repeats ([`crate::replay::RecentTransactions`]).
+pub fn authentic_stun_id(
     contents: &[u8],
     local: &IceCreds,
     remote: &IceCreds,
     crypto: &CryptoProvider,
-) -> bool {
-    let Ok(msg) = str0m::ice::StunMessage::parse(contents) else {
-        return false;
-    };
+) -> Option<[u8; 12]> {
+    let msg = str0m::ice::StunMessage::parse(contents).ok()?;
     let hmac = |key: &[u8], parts: &[&[u8]]| crypto.sha1_hmac_provider.sha1_hmac(key, parts);
-    if msg.is_binding_request() {
+    let authentic = if msg.is_binding_request() {
         msg.split_username() == Some((local.ufrag.as_str(), remote.ufrag.as_str()))
             && msg.verify(local.pass.as_bytes(), hmac)
     } else if msg.is_successful_binding_response() || msg.is_failed_binding_response() {
         msg.verify(remote.pass.as_bytes(), hmac)
     } else {
         false
+    };
+    if authentic {
+        crate::replay::RecentTransactions::id_of(contents)
+    } else {
+        None
     }
 }
 

@@ -1095,14 +1095,7 @@ impl Sfu {
         let now = self.last_now;
         let mut forwarded = 0;
         for t in self.others(chat_id, from) {
-            let write = RtpWrite::new(
-                pkt.header.payload_type,
-                pkt.seq_no,
-                pkt.header.timestamp,
-                now,
-                pkt.payload.clone(),
-            )
-            .ext_vals(ExtensionValues {
+            let write = forwarded_write(pkt, now).ext_vals(ExtensionValues {
                 audio_level: Some(level),
                 voice_activity: pkt.header.ext_vals.voice_activity,
                 ..Default::default()
@@ -1134,14 +1127,7 @@ impl Sfu {
             if !wants {
                 continue;
             }
-            let write = RtpWrite::new(
-                pkt.header.payload_type,
-                pkt.seq_no,
-                pkt.header.timestamp,
-                now,
-                pkt.payload.clone(),
-            )
-            .marker(pkt.header.marker);
+            let write = forwarded_write(pkt, now).marker(pkt.header.marker);
             if self.send_forwarded(t, *pkt.header.ssrc, MediaKind::Video, write)
                 && let Some(p) = self.participants.get_mut(t).and_then(Option::as_mut)
             {
@@ -1347,6 +1333,18 @@ impl Sfu {
     pub fn participants(&self) -> usize {
         self.live
     }
+}
+
+/// A received packet as it is forwarded: same payload type, sequence number, RTP time and
+/// payload (shared, not copied); the caller adds what the media kind needs.
+fn forwarded_write(pkt: &ringcast_core::str0m::rtp::RtpPacket, now: Instant) -> RtpWrite {
+    RtpWrite::new(
+        pkt.header.payload_type,
+        pkt.seq_no,
+        pkt.header.timestamp,
+        now,
+        pkt.payload.clone(),
+    )
 }
 
 /// Reads a colibri message from participant `p`'s data channel: a `ReceiverVideoConstraints`

@@ -12,7 +12,7 @@ use std::time::Duration;
 use str0m::media::Mid;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Ssrc as StrSsrc};
 
-use super::util::{GroupPair, tone};
+use super::util::{GroupPair, binding_messages, tone};
 use crate::call::{CallError, CallState, Command, EndReason, Input, RTX_BUDGET_PER_SEC};
 use crate::demux::rtp_header;
 use crate::media::SourceError;
@@ -244,12 +244,7 @@ fn replayed_stun_is_counted_and_keeps_no_dead_call_alive() {
     let mut pair = connected(32, false);
     // Authenticated binding requests and responses the SFU sent (STUN message types 0x0001
     // and 0x0101).
-    let stun: Vec<_> = pair
-        .delivered_to_call
-        .iter()
-        .filter(|t| matches!(t.contents.get(..2), Some([0x00 | 0x01, 0x01])))
-        .cloned()
-        .collect();
+    let stun = binding_messages(&pair.delivered_to_call);
     assert!(
         stun.iter().any(|t| t.contents[..2] == [0x00, 0x01]),
         "the sfu sent binding requests"

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::util::{P2pPair, tone};
+use super::util::{P2pPair, binding_messages, tone};
 use crate::demux::rtp_header;
 use crate::media::track::Replayed;
 use crate::p2p_call::{Command, Input, P2pCallError, P2pState};
@@ -81,12 +81,7 @@ fn replayed_srtp_is_refused_and_counted() {
 fn forged_stun_is_refused_and_replayed_stun_keeps_no_dead_call_alive() {
     let mut pair = connected_with_tones();
     // The caller's authenticated binding requests and responses (types 0x0001 and 0x0101).
-    let stun: Vec<_> = pair
-        .delivered_to_callee
-        .iter()
-        .filter(|t| matches!(t.contents.get(..2), Some([0x00 | 0x01, 0x01])))
-        .cloned()
-        .collect();
+    let stun = binding_messages(&pair.delivered_to_callee);
     assert!(
         stun.iter().any(|t| t.contents[..2] == [0x00, 0x01]),
         "the caller sent binding requests"

@@ -630,6 +630,14 @@ impl P2pPair {
     }
 }
 
+/// The STUN Binding requests and responses (message types 0x0001 and 0x0101) among `sent`.
+pub(crate) fn binding_messages(sent: &[Transmit]) -> Vec<Transmit> {
+    sent.iter()
+        .filter(|t| matches!(t.contents.get(..2), Some([0x00 | 0x01, 0x01])))
+        .cloned()
+        .collect()
+}
+
 /// A 20 ms tone source.
 pub(crate) fn tone(hz: f32) -> Box<ToneSource> {
     Box::new(ToneSource::new(hz, None).expect("tone"))
