@@ -67,6 +67,10 @@ struct Cli {
     /// Percent of the soak's calls stopped and replaced at every sample (0-100).
     #[arg(long = "churn", value_name = "PERCENT", default_value_t = 2, value_parser = parse_percent)]
     churn_pct: usize,
+    /// Seconds between the soak's samples (and churns) [default: the soak's length / 20,
+    /// between 1 and 60].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    soak_interval: Option<f64>,
     /// Hold instead of ramp: connect this many calls with their sources paused and report
     /// RSS, live heap and descriptors per call (module `hold`).
     #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
@@ -211,6 +215,8 @@ pub(crate) struct Args {
     pub(crate) soak_calls: usize,
     /// Percent of the soak's calls stopped and replaced at every sample.
     pub(crate) churn_pct: usize,
+    /// Seconds between the soak's samples (None: a twentieth of the soak, 1 to 60 s).
+    pub(crate) soak_interval: Option<f64>,
     /// Hold this many paused calls instead of ramping.
     pub(crate) hold: Option<usize>,
     /// sfu-mock processes the held calls are spread over.
@@ -279,6 +285,7 @@ impl Args {
             soak: cli.soak,
             soak_calls: cli.soak_calls,
             churn_pct: cli.churn_pct,
+            soak_interval: cli.soak_interval,
             hold: cli.hold,
             hold_sfus: cli.hold_sfus,
             play_bench: cli.play_bench,
@@ -358,7 +365,12 @@ mod tests {
         assert_eq!(n.systems, [SystemName::Ntgcalls], "explicitly selected");
         assert_eq!(n.ntgcalls_steps, [2, 4]);
         let s = parse(&["--soak", "30", "--soak-calls", "200", "--report", "z.json"]).unwrap();
-        assert_eq!((s.soak, s.soak_calls), (Some(30.0), 200));
+        assert_eq!(
+            (s.soak, s.soak_calls, s.soak_interval),
+            (Some(30.0), 200, None)
+        );
+        let i = parse(&["--soak", "3600", "--soak-interval", "15"]).unwrap();
+        assert_eq!(i.soak_interval, Some(15.0));
         let h = parse(&["--hold", "10000", "--hold-sfus", "4"]).unwrap();
         assert_eq!((h.hold, h.hold_sfus), (Some(10_000), 4));
         assert_eq!(parse(&[]).unwrap().hold, None);
@@ -411,6 +423,7 @@ mod tests {
             (&["--steps", "10,x"][..], "--steps"),
             (&["--step-seconds", "-1"][..], "--step-seconds"),
             (&["--soak", "0"][..], "--soak"),
+            (&["--soak-interval", "0"][..], "--soak-interval"),
             (&["--churn", "101"][..], "--churn"),
             (&["--send-path", "carrier-pigeon"][..], "--send-path"),
             (&["--systems", "ringcast,nope"][..], "--systems"),

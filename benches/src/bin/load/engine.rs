@@ -42,6 +42,23 @@ pub(crate) struct Ringcast {
     /// Join payload and SFU answer of each live call, for the diagnostics of a call that
     /// ends on its own.
     signaling: HashMap<i64, (String, String)>,
+    /// When each live call was connected to its source.
+    started: HashMap<i64, Instant>,
+}
+
+/// What the SFU counted for every live call, checked call by call ([`Ringcast::verify_live`]).
+#[derive(Debug, Default)]
+pub(crate) struct LiveCheck {
+    /// Live calls checked.
+    pub(crate) calls: usize,
+    /// Of them, those the SFU saw connected with no loss and at least 98 % of the packets
+    /// their age implies (50 a second).
+    pub(crate) verified: usize,
+    /// Of the verified, those that sent more than 65,536 packets: their RTP sequence number
+    /// wrapped (and SRTP's rollover counter moved) during the run.
+    pub(crate) verified_past_wrap: usize,
+    /// Up to ten calls that failed, with what the SFU said.
+    pub(crate) failures: Vec<String>,
 }
 
 impl Ringcast {
@@ -81,6 +98,7 @@ impl Ringcast {
             connected: 0,
             stopped: 0,
             signaling: HashMap::new(),
+            started: HashMap::new(),
         })
     }
 
@@ -91,6 +109,7 @@ impl Ringcast {
         for _ in 0..k.min(n) {
             if let Some(key) = self.live.pop_front() {
                 self.signaling.remove(&key);
+                self.started.remove(&key);
                 self.engine
                     .stop(key)
                     .map_err(|e| format!("stop {key}: {e}"))?;
@@ -111,6 +130,7 @@ impl Ringcast {
                 EventKind::ConnectionChanged(CallState::Ended(r)) => {
                     if let Some(i) = self.live.iter().position(|k| *k == e.chat_id) {
                         self.live.remove(i);
+                        self.started.remove(&e.chat_id);
                         self.stopped += 1;
                     }
                     ended.push((e.chat_id, r));
@@ -119,6 +139,60 @@ impl Ringcast {
             }
         }
         ended
+    }
+
+    /// Checks every live call at the SFU: found by its audio SSRC (from its join payload) in
+    /// its chat, connected, nothing lost, and at least 98 % of the packets its age implies
+    /// (a call whose SRTP failed at the sequence wrap stops being counted there).
+    pub(crate) fn verify_live(&self, sfu: &Sfu) -> Result<LiveCheck, String> {
+        let stats = sfu.stats_json()?;
+        let now = Instant::now();
+        let mut check = LiveCheck::default();
+        for key in &self.live {
+            check.calls += 1;
+            let ssrc = self
+                .signaling
+                .get(key)
+                .and_then(|(join, _)| serde_json::from_str::<serde_json::Value>(join).ok())
+                .and_then(|j| j["ssrc"].as_u64());
+            let chat = (*key as usize) % CHATS;
+            let entry = stats["chats"][chat.to_string()]
+                .as_array()
+                .and_then(|list| {
+                    list.iter()
+                        .find(|p| p["ssrc"].as_u64() == ssrc && p["left"] == false)
+                })
+                .cloned();
+            let age = self
+                .started
+                .get(key)
+                .map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
+            // 50 packets a second, less a second for connecting, less 2 %.
+            let expected = ((age - 1.0).max(0.0) * 50.0 * 0.98) as u64;
+            let (ok, packets) = match &entry {
+                Some(p) => {
+                    let packets = p["packets"].as_u64().unwrap_or(0);
+                    let ok = p["connected"] == true
+                        && p["lost"].as_u64() == Some(0)
+                        && packets >= expected;
+                    (ok, packets)
+                }
+                None => (false, 0),
+            };
+            if ok {
+                check.verified += 1;
+                if packets > 65_536 {
+                    check.verified_past_wrap += 1;
+                }
+            } else if check.failures.len() < 10 {
+                check.failures.push(format!(
+                    "call {key} (ssrc {ssrc:?}, {age:.0} s old, {expected} packets expected): \
+                     {}",
+                    entry.map_or_else(|| "not at the SFU".to_owned(), |e| e.to_string())
+                ));
+            }
+        }
+        Ok(check)
     }
 }
 
@@ -137,6 +211,7 @@ impl System for Ringcast {
                 .connect(key, &answer)
                 .map_err(|e| e.to_string())?;
             self.signaling.insert(key, (join, answer));
+            self.started.insert(key, Instant::now());
             self.engine
                 .set_stream_sources(key, StreamSource::Shared(self.tones[chat].clone()))
                 .map_err(|e| e.to_string())?;

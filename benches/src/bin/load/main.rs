@@ -18,7 +18,7 @@
 //!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring] [--no-pin]
 //!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs,ntgcalls]
 //!      [--ntgcalls-steps 10,20,40,60]
-//! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--report PATH]
+//! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--soak-interval S] [--report PATH]
 //! load --hold N [--hold-sfus K] [--report PATH]
 //! load --play-bench [--play-calls 500,100] [--play-seconds S] [--play-file PATH] [--report PATH]
 //! ```
@@ -31,9 +31,11 @@
 //! times create, join (the SFU's HTTP answer) and connect until every call is up.
 //!
 //! `--soak` holds N streaming calls for a long run instead, stopping and replacing `--churn`
-//! percent of them at every sample (about 20 samples per run), and reports RSS and live heap
-//! over time, loss and lateness. It fails (exit 1) on any loss or if RSS grows after warm-up
-//! (the first quarter) by more than 5 % + 4 MB.
+//! percent of them at every sample (about 20 samples per run, or every `--soak-interval`
+//! seconds), and reports RSS and live heap over time, loss and lateness. At the end it checks
+//! every live call at the SFU (connected, nothing lost, the packets its age implies) and
+//! counts those past the RTP sequence wrap. It fails (exit 1) on any loss, any call not
+//! verified, or if RSS grows after warm-up (the first quarter) by more than 5 % + 4 MB.
 //!
 //! `--hold N` connects N calls with their sources paused (joins concurrent, several sfu-mock
 //! processes with `--hold-sfus`) and reports RSS, live heap and descriptors per call, and the

@@ -22,7 +22,10 @@ pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
     eprintln!("[soak] connecting {calls} calls ...");
     rc.grow_to(calls, &sfu)?;
     std::thread::sleep(Duration::from_secs(1));
-    let interval = Duration::from_secs_f64((seconds / 20.0).clamp(1.0, 60.0));
+    let interval = Duration::from_secs_f64(
+        args.soak_interval
+            .unwrap_or((seconds / 20.0).clamp(1.0, 60.0)),
+    );
     let churn = calls * args.churn_pct / 100;
     let t0 = Instant::now();
     let (sfu0, lost0) = sfu.totals()?;
@@ -67,18 +70,30 @@ pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
     std::thread::sleep(Duration::from_millis(300));
     let (packets, lost) = sfu.totals()?;
     let lost = lost - lost0;
+    let check = rc.verify_live(&sfu)?;
+    for f in &check.failures {
+        eprintln!("[soak] not verified: {f}");
+    }
     let warm = rss.get(rss.len() / 4).copied().unwrap_or(0);
     let end = rss.last().copied().unwrap_or(0);
     let allowed = warm / 20 + 4096;
     let flat = end <= warm + allowed;
     let all = prev.lateness.since(&first.lateness);
-    let pass = lost == 0 && flat && unexpected.is_empty() && !samples.is_empty();
+    let pass = lost == 0
+        && flat
+        && unexpected.is_empty()
+        && !samples.is_empty()
+        && check.verified == check.calls;
     eprintln!(
         "[soak] {:.0} s, {calls} calls, {} replaced, {} ended on their own: lost {lost}, RSS \
-         {warm} KB after warm-up -> {end} KB at the end (allowed +{allowed} KB): {}",
+         {warm} KB after warm-up -> {end} KB at the end (allowed +{allowed} KB); {} of {} live \
+         calls verified at the SFU, {} of them past the RTP sequence wrap: {}",
         t0.elapsed().as_secs_f64(),
         churn * samples.len(),
         unexpected.len(),
+        check.verified,
+        check.calls,
+        check.verified_past_wrap,
         if pass { "pass" } else { "FAIL" }
     );
     Ok((
@@ -88,7 +103,10 @@ pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
             "packets_counted_by_sfu": packets - sfu0,
             "rss_kb_after_warmup": warm, "rss_kb_end": end, "rss_flat": flat,
             "p99_lateness_ms": ms(all.percentile(0.99)), "max_lateness_ms": ms(all.max()),
-            "ended_unexpectedly": unexpected, "samples": samples, "pass": pass,
+            "ended_unexpectedly": unexpected, "samples": samples,
+            "live_calls": check.calls, "live_calls_verified": check.verified,
+            "verified_past_wrap": check.verified_past_wrap, "not_verified": check.failures,
+            "pass": pass,
         }),
         pass,
     ))
