@@ -9,9 +9,12 @@ verbatim.
 Protocol (one JSON document per line; stdout is the protocol, logs go to stderr):
   stdout, first line: {"event": "ready", "version": "3.0.5", "pid": N}
                       or {"event": "error", "error": "..."} (ntgcalls not importable: exit 3)
-  stdin  {"cmd": "call", "chat_id": -1, "hz": 440.0}
+  stdin  {"cmd": "call", "chat_id": -1, "hz": 440.0,
+          "video": {"width": 1280, "height": 720, "fps": 30}}      ("video" optional)
          -> create_call(chat_id), set_stream_sources(CAPTURE, microphone = SHELL "cat" of a
-            48 kHz s16le sine of `hz`, looped by sh so it never runs out), then
+            48 kHz s16le sine of `hz`, looped by sh so it never runs out; camera, with "video",
+            = SHELL ffmpeg's testsrc2 pattern of that size and rate as raw yuv420p, the frames
+            py-tgcalls' ffmpeg commands produce), then
   stdout {"event": "payload", "chat_id": -1, "payload": "<join payload JSON>"}
   stdin  {"cmd": "answer", "chat_id": -1, "answer": "<the SFU's answer JSON, verbatim>"}
          -> connect(chat_id, answer, False), then
@@ -101,7 +104,7 @@ class Driver:
             self.files[key] = path
         return path
 
-    async def call(self, chat_id, hz):
+    async def call(self, chat_id, hz, video=None):
         path = self.pcm_for(hz)
         # keep_open=False as py-tgcalls passes it; the shell loop keeps the tone going.
         # cat's "Broken pipe" when ntgcalls closes the pipe at stop ends the loop quietly.
@@ -117,11 +120,28 @@ class Driver:
                 keep_open=False,
             ),
             speaker=None,
-            camera=None,
+            camera=self.camera(video) if video else None,
             screen=None,
         )
         await self.tg.set_stream_sources(chat_id, ntgcalls.StreamMode.CAPTURE, media)
         emit({"event": "payload", "chat_id": chat_id, "payload": payload})
+
+    @staticmethod
+    def camera(video):
+        width, height, fps = int(video["width"]), int(video["height"]), int(video["fps"])
+        command = (
+            "ffmpeg -nostdin -loglevel error -re -f lavfi "
+            f"-i testsrc2=size={width}x{height}:rate={fps} "
+            "-f rawvideo -pix_fmt yuv420p pipe:1"
+        )
+        return ntgcalls.VideoDescription(
+            media_source=ntgcalls.MediaSource.SHELL,
+            width=width,
+            height=height,
+            fps=fps,
+            input=command,
+            keep_open=False,
+        )
 
     async def answer(self, chat_id, answer):
         await self.tg.connect(chat_id, answer, False)
@@ -132,7 +152,7 @@ class Driver:
         chat_id = msg.get("chat_id")
         try:
             if cmd == "call":
-                await self.call(int(chat_id), float(msg["hz"]))
+                await self.call(int(chat_id), float(msg["hz"]), msg.get("video"))
             elif cmd == "answer":
                 await self.answer(int(chat_id), msg["answer"])
             else:

@@ -274,6 +274,20 @@ impl NtgcallsDriver {
         self.send(&json!({ "cmd": "call", "chat_id": chat_id, "hz": hz }))
     }
 
+    /// [`NtgcallsDriver::call`] with a camera too: ffmpeg's `testsrc2` at `width`x`height`,
+    /// `fps`, as raw yuv420p through `MediaSource.SHELL`.
+    pub(crate) fn call_with_video(
+        &mut self,
+        chat_id: i64,
+        hz: f64,
+        (width, height, fps): (u32, u32, u32),
+    ) -> Result<(), String> {
+        self.send(&json!({
+            "cmd": "call", "chat_id": chat_id, "hz": hz,
+            "video": { "width": width, "height": height, "fps": fps },
+        }))
+    }
+
     /// Hands the SFU's answer to `chat_id` (verbatim).
     pub(crate) fn answer(&mut self, chat_id: i64, answer: &str) -> Result<(), String> {
         self.send(&json!({ "cmd": "answer", "chat_id": chat_id, "answer": answer }))

@@ -81,6 +81,8 @@ pub struct ServerOptions {
     pub jitter: Duration,
     /// See [`SfuConfig::drop_video_every`](crate::SfuConfig::drop_video_every).
     pub drop_video_every: Option<u64>,
+    /// See [`SfuConfig::twcc_feedback`](crate::SfuConfig::twcc_feedback); on by default.
+    pub twcc_feedback: bool,
 }
 
 impl Default for ServerOptions {
@@ -97,6 +99,7 @@ impl Default for ServerOptions {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
             drop_video_every: None,
+            twcc_feedback: true,
         }
     }
 }
@@ -187,6 +190,7 @@ impl Server {
         config.forward_audio = options.forward_audio;
         config.header_only = options.header_only;
         config.drop_video_every = options.drop_video_every;
+        config.twcc_feedback = options.twcc_feedback;
         let delay = DelayLine::new(options.latency, options.jitter, options.seed);
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
         let waker = Arc::new(Waker::new()?);

@@ -44,7 +44,8 @@ use ringcast_core::transport::add_video_codec;
 
 /// The extension id we tell clients to use for ssrc-audio-level (tgcalls' hardcoded id).
 const AUDIO_LEVEL_ID: u8 = 1;
-/// transport-cc id, announced like Telegram does; the mock does not use it.
+/// transport-cc id, announced like Telegram does: packets that carry the transport-wide
+/// sequence number get transport-cc feedback ([`SfuConfig::twcc_feedback`]).
 const TRANSPORT_CC_ID: u8 = 3;
 /// abs-send-time id of Telegram's video section.
 const ABS_SEND_TIME_ID: u8 = 2;
@@ -60,6 +61,8 @@ const H264_PT: u8 = 102;
 const H264_RTX_PT: u8 = 103;
 /// The video media section of each participant's Rtc.
 const VIDEO_MID: &str = "v";
+/// Video layers (FID groups) read from one join payload at most; libwebrtc announces three.
+const MAX_VIDEO_LAYERS: usize = 4;
 /// The SSRC the answer names for bandwidth probing (`server_sources`), -1017713629 as a signed
 /// int32, as in telegram-signaling.md §2's example.
 const PROBING_SSRC: u32 = 3_277_253_667;
@@ -151,6 +154,12 @@ pub struct SfuConfig {
     /// (media SSRC; RTX repairs pass) before it reaches the participant's transport, which
     /// then NACKs it. `None`: nothing dropped.
     pub drop_video_every: Option<u64>,
+    /// Send transport-cc feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01) for
+    /// the packets that carry the transport-wide sequence number, every 100 ms, as Telegram's
+    /// SFU does. A sender running Google congestion control (libwebrtc, so ntgcalls) raises
+    /// its bitrate, and sends its upper simulcast layers, only with it. On by default; off
+    /// only to show that difference.
+    pub twcc_feedback: bool,
 }
 
 impl SfuConfig {
@@ -166,6 +175,7 @@ impl SfuConfig {
             header_only: false,
             mtu: None,
             drop_video_every: None,
+            twcc_feedback: true,
         }
     }
 }
@@ -203,6 +213,9 @@ pub struct ParticipantStats {
     pub bytes: u64,
     /// Packets lost, from RTP sequence numbers (expected - received, RFC 3550 A.3).
     pub lost: u64,
+    /// Times the audio's 16-bit RTP sequence number wrapped while counted (SRTP rollovers;
+    /// in full mode every packet was decrypted across them).
+    pub seq_wraps: u64,
     /// Audio packets ignored because they lacked the ssrc-audio-level extension.
     pub dropped_no_audio_level: u64,
     /// Packets forwarded to other participants on this participant's behalf.
@@ -211,8 +224,14 @@ pub struct ParticipantStats {
     pub dominant_hz: Option<f32>,
     /// The nominated remote address.
     pub remote: Option<SocketAddr>,
-    /// The participant's video, if its join payload announced some (`ssrc-groups`).
+    /// The participant's video, if its join payload announced some (`ssrc-groups`): its
+    /// first FID group's media SSRC.
     pub video: Option<VideoStats>,
+    /// Every video layer the join payload announced (one per FID group, the first is
+    /// `video`): SSRC and what arrived on it. Simulcast senders (libwebrtc) announce three.
+    pub video_layers: Vec<(u32, VideoStats)>,
+    /// RTP packets (audio and video) that carried the transport-wide sequence number.
+    pub transport_cc_packets: u64,
     /// Its video endpoint (its ufrag; the answer's `video.endpoint`), what other participants
     /// ask for.
     pub endpoint: String,
@@ -299,6 +318,12 @@ impl LossTracker {
             None => 0,
         }
     }
+
+    /// How often the 16-bit sequence number wrapped between the first packet and the highest
+    /// (each wrap moves SRTP's rollover counter).
+    fn wraps(&self) -> u64 {
+        self.base.map_or(0, |base| (self.max >> 16) - (base >> 16))
+    }
 }
 
 struct Participant {
@@ -326,6 +351,11 @@ struct Participant {
     silent: bool,
     /// The video SSRC from the join payload's first FID group, and what arrived on it.
     video: Option<(u32, VideoReceiver)>,
+    /// The media SSRCs of the join payload's other FID groups (simulcast layers), and what
+    /// arrived on each. Counted, not forwarded: receivers get the first layer.
+    layers: Vec<(u32, VideoReceiver)>,
+    /// RTP packets that carried the transport-wide sequence number.
+    transport_cc_packets: u64,
     /// The join payload's `ssrc-groups` (what Telegram lists as the participant's video
     /// `source_groups`; its endpoint is its ufrag, the answer's `video.endpoint`).
     ssrc_groups: Vec<SsrcGroup>,
@@ -445,13 +475,15 @@ impl Sfu {
         let fp_bytes = parse_fingerprint_hex(&fp.fingerprint)
             .ok_or_else(|| SfuError::Setup("fingerprint is not colon-separated hex".to_owned()))?;
 
-        // A camera track: the first FID group is [media SSRC, RTX SSRC] (telegram-signaling.md
-        // §1; a SIM group lists layers, whose FID groups follow).
-        let video_ssrcs = join
+        // A camera track: each FID group is [media SSRC, RTX SSRC] (telegram-signaling.md §1;
+        // a SIM group lists layers, whose FID groups follow, lowest first).
+        let video_ssrcs: Vec<(u32, u32)> = join
             .ssrc_groups
             .iter()
-            .find(|g| g.semantics == "FID")
-            .and_then(|g| Some((g.sources.first()?.0, g.sources.get(1)?.0)));
+            .filter(|g| g.semantics == "FID")
+            .filter_map(|g| Some((g.sources.first()?.0, g.sources.get(1)?.0)))
+            .take(MAX_VIDEO_LAYERS)
+            .collect();
         let ufrag = self.random_chars(8);
         let pwd = self.random_chars(24);
         let mut rtc_config = RtcConfig::new()
@@ -466,7 +498,8 @@ impl Sfu {
             .clear_codecs()
             .enable_opus(true, false)
             .clear_extension_map()
-            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel);
+            .set_extension(AUDIO_LEVEL_ID, Extension::AudioLevel)
+            .set_extension(TRANSPORT_CC_ID, Extension::TransportSequenceNumber);
         if let Some(mtu) = self.config.mtu {
             let mtu = mtu.clamp(
                 ringcast_core::str0m::DATAGRAM_MTU_TARGET_MIN,
@@ -496,6 +529,9 @@ impl Sfu {
             // Telegram's SFU is the controlling side toward native clients, and the DTLS
             // client (the join payload says setup "passive").
             api.set_ice_controlling(true);
+            if self.config.twcc_feedback {
+                api.enable_twcc_feedback();
+            }
             api.start_dtls(true)
                 .map_err(|e| SfuError::Setup(format!("start dtls: {e}")))?;
             // The data channel: the client opens it (SCTP initiator) and we accept. Not in
@@ -505,10 +541,17 @@ impl Sfu {
             }
             api.declare_media(mid, MediaKind::Audio);
             api.expect_stream_rx(StrSsrc::from(join.ssrc.0), None, mid, None);
-            if let Some((media, rtx)) = video_ssrcs {
+            if !video_ssrcs.is_empty() {
                 let vmid = Mid::from(VIDEO_MID);
                 api.declare_media(vmid, MediaKind::Video);
-                api.expect_stream_rx(StrSsrc::from(media), Some(StrSsrc::from(rtx)), vmid, None);
+                for &(media, rtx) in &video_ssrcs {
+                    api.expect_stream_rx(
+                        StrSsrc::from(media),
+                        Some(StrSsrc::from(rtx)),
+                        vmid,
+                        None,
+                    );
+                }
             }
         }
         let decoder = if self.config.analyse_audio {
@@ -539,7 +582,15 @@ impl Sfu {
             meter: ToneMeter::new(),
             tx_streams: HashSet::new(),
             silent: false,
-            video: video_ssrcs.map(|(media, _)| (media, VideoReceiver::new(VP8_PT, H264_PT))),
+            video: video_ssrcs
+                .first()
+                .map(|(media, _)| (*media, VideoReceiver::new(VP8_PT, H264_PT))),
+            layers: video_ssrcs
+                .iter()
+                .skip(1)
+                .map(|(media, _)| (*media, VideoReceiver::new(VP8_PT, H264_PT)))
+                .collect(),
+            transport_cc_packets: 0,
             ssrc_groups: join.ssrc_groups.clone(),
             wants: HashSet::new(),
             channel_messages: 0,
@@ -1029,11 +1080,14 @@ impl Sfu {
                 }
             }
             Event::RtpPacket(pkt) => {
+                if pkt.header.ext_vals.transport_cc.is_some() {
+                    p.transport_cc_packets += 1;
+                }
                 if let Some((ssrc, video)) = p.video.as_mut()
                     && *pkt.header.ssrc == *ssrc
                 {
                     let now = self.last_now;
-                    video.on_packet(
+                    let new = video.on_packet(
                         now,
                         *pkt.header.payload_type,
                         *pkt.seq_no,
@@ -1047,8 +1101,32 @@ impl Sfu {
                             rx.request_keyframe(KeyframeRequestKind::Pli);
                         }
                     }
-                    let (chat_id, endpoint) = (p.chat_id, p.ufrag.clone());
-                    self.forward_video(chat_id, idx, &endpoint, &pkt);
+                    // A duplicate (a bandwidth probe repeating old packets on RTX, a resend
+                    // of a packet that was not lost) is not forwarded again.
+                    if new {
+                        let (chat_id, endpoint) = (p.chat_id, p.ufrag.clone());
+                        self.forward_video(chat_id, idx, &endpoint, &pkt);
+                    }
+                    return;
+                }
+                if let Some((ssrc, layer)) =
+                    p.layers.iter_mut().find(|(s, _)| *s == *pkt.header.ssrc)
+                {
+                    let now = self.last_now;
+                    layer.on_packet(
+                        now,
+                        *pkt.header.payload_type,
+                        *pkt.seq_no,
+                        pkt.header.timestamp,
+                        pkt.header.marker,
+                        pkt.payload.clone(),
+                    );
+                    if layer.take_pli(now) {
+                        let ssrc = StrSsrc::from(*ssrc);
+                        if let Some(rx) = p.rtc.direct_api().stream_rx(&ssrc) {
+                            rx.request_keyframe(KeyframeRequestKind::Pli);
+                        }
+                    }
                     return;
                 }
                 if *pkt.header.ssrc == p.ssrc {
@@ -1238,11 +1316,19 @@ impl Sfu {
                     packets: p.packets,
                     bytes: p.bytes,
                     lost: p.loss.lost(),
+                    seq_wraps: p.loss.wraps(),
                     dropped_no_audio_level: p.dropped_no_audio_level,
                     forwarded: p.forwarded,
                     dominant_hz: p.meter.dominant_hz(),
                     remote: p.remote,
                     video: p.video.as_ref().map(|(_, v)| v.stats()),
+                    video_layers: p
+                        .video
+                        .iter()
+                        .chain(&p.layers)
+                        .map(|(ssrc, v)| (*ssrc, v.stats()))
+                        .collect(),
+                    transport_cc_packets: p.transport_cc_packets,
                     endpoint: p.ufrag.clone(),
                     ssrc_groups: p.ssrc_groups.clone(),
                     wants: {
@@ -1273,6 +1359,7 @@ impl Sfu {
                         "packets": p.packets,
                         "bytes": p.bytes,
                         "lost": p.lost,
+                        "seq_wraps": p.seq_wraps,
                         "dropped_no_audio_level": p.dropped_no_audio_level,
                         "forwarded": p.forwarded,
                         "dominant_hz": p.dominant_hz,
@@ -1286,6 +1373,18 @@ impl Sfu {
                         "channel_messages": p.channel_messages,
                         "channel_malformed": p.channel_malformed,
                         "video_forwarded": p.video_forwarded,
+                        "transport_cc_packets": p.transport_cc_packets,
+                        "video_layers": p.video_layers.iter().map(|(ssrc, v)| serde_json::json!({
+                            "ssrc": ssrc,
+                            "packets": v.packets,
+                            "frames": v.frames,
+                            "keyframes": v.keyframes,
+                            "width": v.width,
+                            "height": v.height,
+                            "fps": v.fps,
+                            "lost": v.lost,
+                            "duplicates": v.duplicates,
+                        })).collect::<Vec<_>>(),
                         "video": p.video.as_ref().map(|v| serde_json::json!({
                             "codec": v.codec.map(|c| c.to_string()),
                             "packets": v.packets,
@@ -1300,6 +1399,7 @@ impl Sfu {
                             "plis_sent": v.plis_sent,
                             "lost": v.lost,
                             "late_packets": v.late_packets,
+                            "duplicates": v.duplicates,
                             "dropped_by_impairment": v.dropped_by_impairment,
                         })),
                     })
@@ -1503,5 +1603,13 @@ mod tests {
             loss.on_packet(ext);
         }
         assert_eq!(loss.lost(), 1);
+        assert_eq!(loss.wraps(), 1, "65,534 .. 65,536+1 crossed one wrap");
+        let mut fresh = LossTracker::default();
+        assert_eq!(fresh.wraps(), 0);
+        fresh.on_packet(5);
+        fresh.on_packet(65_535);
+        assert_eq!(fresh.wraps(), 0);
+        fresh.on_packet(3 * 65_536 + 2);
+        assert_eq!(fresh.wraps(), 3);
     }
 }

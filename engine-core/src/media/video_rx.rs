@@ -67,6 +67,10 @@ pub struct VideoStats {
     pub dropped_by_impairment: u64,
     /// Packets refused because their payload type is neither VP8's nor H.264's.
     pub dropped_unknown_pt: u64,
+    /// Packets received before (a resend of one that was not lost after all, a libwebrtc
+    /// bandwidth probe that repeats old packets on the RTX stream): counted once, and not
+    /// forwarded by the SFU.
+    pub duplicates: u64,
     /// Complete frames not handed on: the pending queue was full, or the frame was not
     /// decodable (no key frame since the last loss).
     pub frames_dropped: u64,
@@ -193,7 +197,9 @@ impl VideoReceiver {
     }
 
     /// One packet of the media stream (RTX repairs arrive here unwrapped, with their original
-    /// sequence number), `seq` extended (str0m's `seq_no`).
+    /// sequence number), `seq` extended (str0m's `seq_no`). Returns false for a packet that is
+    /// not new (a duplicate, counted in [`VideoStats::duplicates`]) or not video; an SFU
+    /// forwards only the new ones.
     pub fn on_packet(
         &mut self,
         now: Instant,
@@ -202,17 +208,18 @@ impl VideoReceiver {
         timestamp: u32,
         marker: bool,
         payload: std::sync::Arc<[u8]>,
-    ) {
+    ) -> bool {
         self.stats.packets += 1;
         self.stats.bytes += payload.len() as u64;
         if pt != self.vp8_pt && pt != self.h264_pt {
             self.stats.dropped_unknown_pt += 1;
-            return;
+            return false;
         }
         // A packet received before (an RTX resend of one that was not lost after all, a
-        // second NACK answered twice): counted once.
+        // second NACK answered twice, a bandwidth probe): counted once.
         if self.held.contains_key(&seq) || !self.seen.check_and_update(seq as u16) {
-            return;
+            self.stats.duplicates += 1;
+            return false;
         }
         let before_start = self.next_start.is_some_and(|s| seq < s);
         self.received += 1;
@@ -220,9 +227,9 @@ impl VideoReceiver {
             self.late_packets += 1;
         }
         if before_start {
-            // A repair (or a duplicate) of a frame already given up: it arrived, too late.
+            // A repair of a frame already given up: it arrived, too late.
             self.update_lost();
-            return;
+            return true;
         }
         self.first = Some(self.first.map_or(seq, |f| f.min(seq)));
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
@@ -241,6 +248,7 @@ impl VideoReceiver {
             self.held.pop_first();
         }
         self.assemble(now);
+        true
     }
 
     /// Completes every frame whose packets are all in, in order; gives up a frame with a hole
@@ -499,6 +507,35 @@ mod tests {
         // A payload type that is neither codec's: counted, not read.
         rx.on_packet(now, 111, seq, 0, true, Arc::from(&b"opus"[..]));
         assert_eq!(rx.stats().dropped_unknown_pt, 1);
+    }
+
+    #[test]
+    fn a_repeated_packet_is_a_counted_duplicate_and_not_new() {
+        let now = Instant::now();
+        let mut rx = VideoReceiver::new(96, 98).deliver_frames();
+        let key = vp8_key(2_000);
+        let packets = VideoFrame::packetize(VideoCodec::Vp8, &key, 1_000).unwrap();
+        let n = packets.payloads.len();
+        assert!(n >= 2, "{n} packets");
+        for (i, p) in packets.payloads.iter().enumerate() {
+            let seq = 500 + i as u64;
+            assert!(
+                rx.on_packet(now, 96, seq, 0, i + 1 == n, p.clone()),
+                "packet {i} is new"
+            );
+        }
+        // A bandwidth probe repeats the first two packets (on RTX, unwrapped by str0m): neither
+        // is new, both are counted, and no second frame appears.
+        for (i, p) in packets.payloads.iter().take(2).enumerate() {
+            assert!(!rx.on_packet(now, 96, 500 + i as u64, 0, false, p.clone()));
+        }
+        assert_eq!(rx.stats().duplicates, 2);
+        assert_eq!(rx.stats().frames, 1);
+        assert!(rx.take_frame().is_some());
+        assert!(rx.take_frame().is_none(), "a duplicate made a second frame");
+        // A packet of another payload type is not new either, but it is no duplicate.
+        assert!(!rx.on_packet(now, 111, 600, 0, true, Arc::from(&b"opus"[..])));
+        assert_eq!(rx.stats().duplicates, 2);
     }
 
     #[test]

@@ -46,6 +46,11 @@ struct Cli {
     /// Do not pin this process to the first `--shards` cores and sfu-mock to the others.
     #[arg(long)]
     no_pin: bool,
+    /// Process loopback receives on sfu-mock's cores (RPS on `lo`, restored at exit; root),
+    /// as a NIC would: without it the receiving side of every packet this process sends runs
+    /// on its own core and is charged to it.
+    #[arg(long)]
+    steer_loopback: bool,
     /// Connect-burst sizes, comma-separated; an empty list measures no burst [default: 100,1000].
     #[arg(long, value_name = "N,N,...", value_parser = parse_bursts)]
     bursts: Option<Counts>,
@@ -201,6 +206,8 @@ pub(crate) struct Args {
     pub(crate) send_path: SendPath,
     /// Pin this process to the first `shards` cores and sfu-mock to the others.
     pub(crate) pin: bool,
+    /// Steer loopback receive processing to sfu-mock's cores (`--steer-loopback`).
+    pub(crate) steer_loopback: bool,
     /// Connect-burst sizes (empty: no burst measurement).
     pub(crate) bursts: Vec<usize>,
     /// Cores of the machine, read before this process pins itself.
@@ -269,6 +276,7 @@ impl Args {
             baseline: !cli.no_baseline,
             send_path: cli.send_path.into(),
             pin: !cli.no_pin,
+            steer_loopback: cli.steer_loopback,
             bursts: cli.bursts.map_or(bursts, |c| c.0),
             cores,
             // A quick run (CI) needs no root, network namespace or Python wheel.

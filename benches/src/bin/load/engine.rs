@@ -54,8 +54,8 @@ pub(crate) struct LiveCheck {
     /// Of them, those the SFU saw connected with no loss and at least 98 % of the packets
     /// their age implies (50 a second).
     pub(crate) verified: usize,
-    /// Of the verified, those that sent more than 65,536 packets: their RTP sequence number
-    /// wrapped (and SRTP's rollover counter moved) during the run.
+    /// Of the verified, those whose RTP sequence number wrapped at the SFU (so SRTP's
+    /// rollover counter moved) while every packet was decrypted there.
     pub(crate) verified_past_wrap: usize,
     /// Up to ten calls that failed, with what the SFU said.
     pub(crate) failures: Vec<String>,
@@ -169,19 +169,19 @@ impl Ringcast {
                 .map_or(0.0, |t| now.duration_since(*t).as_secs_f64());
             // 50 packets a second, less a second for connecting, less 2 %.
             let expected = ((age - 1.0).max(0.0) * 50.0 * 0.98) as u64;
-            let (ok, packets) = match &entry {
+            let (ok, wraps) = match &entry {
                 Some(p) => {
                     let packets = p["packets"].as_u64().unwrap_or(0);
                     let ok = p["connected"] == true
                         && p["lost"].as_u64() == Some(0)
                         && packets >= expected;
-                    (ok, packets)
+                    (ok, p["seq_wraps"].as_u64().unwrap_or(0))
                 }
                 None => (false, 0),
             };
             if ok {
                 check.verified += 1;
-                if packets > 65_536 {
+                if wraps > 0 {
                     check.verified_past_wrap += 1;
                 }
             } else if check.failures.len() < 10 {

@@ -27,6 +27,50 @@ pub(crate) fn sfu_cpus(args: &Args) -> Option<String> {
     (args.pin && n > args.shards).then(|| format!("{}-{}", args.shards, n - 1))
 }
 
+/// Loopback's receive queue: which cores process what arrives on `lo` (RPS).
+const LO_RPS_CPUS: &str = "/sys/class/net/lo/queues/rx-0/rps_cpus";
+
+/// Receive processing of loopback packets moved to sfu-mock's cores (Receive Packet Steering
+/// on `lo`), as a real NIC's interrupt and softirq run apart from the sender's core. Without
+/// it, `loopback_xmit` queues each packet on the sending core's backlog, and the receiver's
+/// whole UDP receive path (socket lookup, queueing, waking sfu-mock) is charged to the engine.
+/// The previous mask is restored on drop.
+pub(crate) struct LoopbackSteering {
+    previous: String,
+    /// The mask written (hex), for the report.
+    pub(crate) mask: String,
+}
+
+impl LoopbackSteering {
+    /// Steers `lo`'s receives to every core after the first `shards` (sfu-mock's).
+    pub(crate) fn apply(args: &Args) -> Result<Self, String> {
+        if args.cores <= args.shards {
+            return Err("--steer-loopback needs a core for sfu-mock".to_owned());
+        }
+        let previous = std::fs::read_to_string(LO_RPS_CPUS)
+            .map_err(|e| format!("{LO_RPS_CPUS}: {e}"))?
+            .trim()
+            .to_owned();
+        let bits = (args.shards..args.cores.min(64)).fold(0_u64, |m, c| m | 1 << c);
+        let mask = format!("{bits:x}");
+        std::fs::write(LO_RPS_CPUS, &mask)
+            .map_err(|e| format!("writing {mask} to {LO_RPS_CPUS} (root?): {e}"))?;
+        eprintln!("load: loopback receives steered to cores {mask} (was {previous})");
+        Ok(Self { previous, mask })
+    }
+}
+
+impl Drop for LoopbackSteering {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(LO_RPS_CPUS, &self.previous) {
+            eprintln!(
+                "load: could not restore {LO_RPS_CPUS} to {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
 /// Pins every thread of this process (and the threads it starts later, which inherit it) to
 /// the first `shards` cores.
 pub(crate) fn pin_self(shards: usize) -> Result<(), String> {

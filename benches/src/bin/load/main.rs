@@ -17,7 +17,7 @@
 //! load [--quick] [--report PATH] [--plot PATH.svg] [--steps 250,500,...] [--step-seconds S]
 //!      [--shards N] [--no-baseline] [--send-path batch|tokio-uring] [--no-pin]
 //!      [--bursts 100,1000] [--systems ringcast,tokio_per_call,webrtc_rs,ntgcalls]
-//!      [--ntgcalls-steps 10,20,40,60]
+//!      [--ntgcalls-steps 10,20,40,60] [--steer-loopback]
 //! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--soak-interval S] [--report PATH]
 //! load --hold N [--hold-sfus K] [--report PATH]
 //! load --play-bench [--play-calls 500,100] [--play-seconds S] [--play-file PATH] [--report PATH]
@@ -29,6 +29,11 @@
 //! (`taskset`), so streams per core is the calls one engine core carries. The connect burst
 //! creates N calls at once on a fresh engine, with a full certificate pool and without one, and
 //! times create, join (the SFU's HTTP answer) and connect until every call is up.
+//!
+//! `--steer-loopback` (root) moves the receive processing of loopback packets to sfu-mock's
+//! cores (RPS on `lo`, restored at exit), as a NIC's would be: otherwise the receiving half of
+//! every packet the engine sends (socket lookup, queueing, waking sfu-mock) runs on, and is
+//! charged to, the engine's core. Baselines run under the same setting.
 //!
 //! `--soak` holds N streaming calls for a long run instead, stopping and replacing `--churn`
 //! percent of them at every sample (about 20 samples per run, or every `--soak-interval`
@@ -79,7 +84,7 @@ mod webrtc_rs;
 
 use args::{Args, SystemName};
 use engine::Ringcast;
-use host::{pin_self, raise_nofile, sfu_cpus};
+use host::{LoopbackSteering, pin_self, raise_nofile, sfu_cpus};
 use ramp::{Step, ramp, streams_per_core};
 use tokio_per_call::TokioPerCall;
 
@@ -133,6 +138,12 @@ fn run(args: &Args) -> Result<(), String> {
     if args.pin && args.cores > args.shards {
         pin_self(args.shards)?;
     }
+    // Restored when `run` returns (also on an error).
+    let steering = if args.steer_loopback {
+        Some(LoopbackSteering::apply(args)?)
+    } else {
+        None
+    };
     if let Some(seconds) = args.soak {
         let (report, pass) = soak::soak(seconds, args)?;
         std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
@@ -257,6 +268,7 @@ fn run(args: &Args) -> Result<(), String> {
         "baselines": baselines,
         "connect_burst": bursts,
         "sfu_cpus": sfu_cpus(args),
+        "loopback_rps_cpus": steering.as_ref().map(|s| s.mask.clone()),
         "quick": args.quick,
     });
     std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;

@@ -28,6 +28,28 @@ impl Sfu {
         udp_ip: IpAddr,
         latency_ms: u64,
     ) -> Result<Self, String> {
+        Self::spawn(pin, udp_ip, latency_ms, &["--header-only"])
+    }
+
+    /// On loopback, decrypting every packet (SRTP, so its rollover at every sequence wrap is
+    /// exercised) and counting it from what str0m hands on, without decoding or forwarding:
+    /// the soak's SFU. Header-only mode would count from the clear-text header and never see a
+    /// packet that fails to decrypt.
+    pub(crate) fn start_decrypting(pin: Option<String>) -> Result<Self, String> {
+        Self::spawn(
+            pin,
+            IpAddr::from([127, 0, 0, 1]),
+            0,
+            &["--no-forward", "--no-analyse"],
+        )
+    }
+
+    fn spawn(
+        pin: Option<String>,
+        udp_ip: IpAddr,
+        latency_ms: u64,
+        mode: &[&str],
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let bin = exe.with_file_name("sfu-mock");
         if !bin.exists() {
@@ -45,7 +67,8 @@ impl Sfu {
             None => Command::new(&bin),
         };
         let mut child = command
-            .args(["--header-only", "--http", "127.0.0.1:0", "--udp"])
+            .args(mode)
+            .args(["--http", "127.0.0.1:0", "--udp"])
             .arg(SocketAddr::new(udp_ip, 0).to_string())
             .args(["--latency-ms", &latency_ms.to_string()])
             .stdout(Stdio::piped())
@@ -134,6 +157,19 @@ impl Sfu {
             .read_to_string()
             .map_err(|e| e.to_string())?;
         serde_json::from_str(&body).map_err(|e| e.to_string())
+    }
+
+    /// Participants whose audio sequence number wrapped at least once (`seq_wraps`), left
+    /// ones included.
+    pub(crate) fn wrapped(&self) -> Result<u64, String> {
+        let v = self.stats_json()?;
+        Ok(v["chats"]
+            .as_object()
+            .into_iter()
+            .flat_map(|chats| chats.values())
+            .flat_map(|list| list.as_array().into_iter().flatten())
+            .filter(|p| p["seq_wraps"].as_u64().unwrap_or(0) > 0)
+            .count() as u64)
     }
 
     pub(crate) fn totals(&self) -> Result<(u64, u64), String> {

@@ -17,7 +17,9 @@ use crate::system::System;
 /// Runs the soak for `seconds`; returns the report and whether it passed.
 pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
     let calls = args.soak_calls;
-    let sfu = Sfu::start(sfu_cpus(args))?;
+    // Every packet decrypted at the SFU: a call whose SRTP broke at a sequence wrap stops being
+    // counted there and fails the check at the end.
+    let sfu = Sfu::start_decrypting(sfu_cpus(args))?;
     let mut rc = Ringcast::new(args.shards, args.send_path)?;
     eprintln!("[soak] connecting {calls} calls ...");
     rc.grow_to(calls, &sfu)?;
@@ -45,13 +47,14 @@ pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
         }
         let s = rc.sample();
         let (packets, lost) = sfu.totals()?;
+        let wrapped = sfu.wrapped()?;
         let window = s.lateness.since(&prev.lateness);
         let (r, heap) = (rss_kb(), LIVE_BYTES.load(Ordering::Relaxed) / 1024);
         rss.push(r);
         let t = t0.elapsed().as_secs_f64();
         eprintln!(
             "[soak] {t:>6.0} s: {} calls, {} packets sent, {} counted by the SFU, lost {}, \
-             p99 {:.2} ms, RSS {r} KB, heap {heap} KB",
+             p99 {:.2} ms, RSS {r} KB, heap {heap} KB, {wrapped} calls past a sequence wrap",
             s.connected,
             s.packets_sent - first.packets_sent,
             packets - sfu0,
@@ -63,6 +66,7 @@ pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
             "packets_sent": s.packets_sent - first.packets_sent,
             "packets_counted_by_sfu": packets - sfu0, "lost": lost - lost0,
             "p99_lateness_ms": ms(window.percentile(0.99)),
+            "calls_past_a_wrap": wrapped,
         }));
         prev = s;
     }
