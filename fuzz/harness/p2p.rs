@@ -126,12 +126,14 @@ pub fn decrypt(data: &[u8]) -> Decrypted {
     out
 }
 
+/// A check packet per (framing, sender role).
+type Checks = Vec<((Framing, Role), Vec<u8>)>;
+
 thread_local! {
     /// [`check_packet`]'s packets, made once per (framing, sender role): the 70 sends behind
     /// one cost more than the rest of a run (a reliable-framing packet repeats every unacked
     /// message), and the bytes depend on neither the input nor the clock.
-    static CHECKS: std::cell::RefCell<Vec<((Framing, Role), Vec<u8>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static CHECKS: std::cell::RefCell<Checks> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A genuine packet from `sender_role` whose counter is past anything in the seeds (they use
