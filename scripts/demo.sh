@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-# RINGCAST_PROFILE picks the cargo profile (CI uses `ci`, release without LTO).
+# RINGCAST_PROFILE picks the cargo profile (CI uses `dev`, the profile its tests were built in).
 cargo run --profile "${RINGCAST_PROFILE:-release}" --locked -p ringcast-cli --bin ringcast -- demo "$@"
