@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use str0m::Rtc;
 use str0m::channel::{ChannelConfig, ChannelId};
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{MediaKind, Mid};
 use str0m::rtp::Ssrc as StrSsrc;
 
 use crate::media::video_rx::{ReceivedFrame, VideoReceiver};
@@ -388,14 +388,7 @@ impl IncomingVideo {
         let Some((source, receiver)) = self.receivers.get_mut(&ssrc) else {
             return;
         };
-        receiver.on_packet(
-            now,
-            *packet.header.payload_type,
-            *packet.seq_no,
-            packet.header.timestamp,
-            packet.header.marker,
-            packet.payload,
-        );
+        receiver.on_rtp(now, rtc, &packet);
         let endpoint = self.sources.get(*source).map(|s| s.endpoint.clone());
         while let Some(frame) = receiver.take_frame() {
             self.counters.frames += 1;
@@ -407,11 +400,6 @@ impl IncomingVideo {
                     frame,
                 });
             }
-        }
-        if receiver.take_pli(now)
-            && let Some(rx) = rtc.direct_api().stream_rx(&StrSsrc::from(ssrc))
-        {
-            rx.request_keyframe(KeyframeRequestKind::Pli);
         }
     }
 }

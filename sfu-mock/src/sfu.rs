@@ -39,7 +39,6 @@ use crate::video::{VideoReceiver, VideoStats};
 use ringcast_core::media::video::VideoCodec;
 use ringcast_core::signaling::group::SsrcGroup;
 use ringcast_core::str0m::channel::ChannelId;
-use ringcast_core::str0m::media::KeyframeRequestKind;
 use ringcast_core::transport::add_video_codec;
 
 /// The extension id we tell clients to use for ssrc-audio-level (tgcalls' hardcoded id).
@@ -1083,49 +1082,22 @@ impl Sfu {
                 if pkt.header.ext_vals.transport_cc.is_some() {
                     p.transport_cc_packets += 1;
                 }
-                if let Some((ssrc, video)) = p.video.as_mut()
-                    && *pkt.header.ssrc == *ssrc
+                // Video: the first layer (forwarded to whoever asked for it) or another
+                // simulcast layer (counted only).
+                let ssrc = *pkt.header.ssrc;
+                let first = p.video.as_ref().is_some_and(|(s, _)| *s == ssrc);
+                if let Some((_, receiver)) = p
+                    .video
+                    .iter_mut()
+                    .chain(p.layers.iter_mut())
+                    .find(|(s, _)| *s == ssrc)
                 {
-                    let now = self.last_now;
-                    let new = video.on_packet(
-                        now,
-                        *pkt.header.payload_type,
-                        *pkt.seq_no,
-                        pkt.header.timestamp,
-                        pkt.header.marker,
-                        pkt.payload.clone(),
-                    );
-                    if video.take_pli(now) {
-                        let ssrc = StrSsrc::from(*ssrc);
-                        if let Some(rx) = p.rtc.direct_api().stream_rx(&ssrc) {
-                            rx.request_keyframe(KeyframeRequestKind::Pli);
-                        }
-                    }
+                    let new = receiver.on_rtp(self.last_now, &mut p.rtc, &pkt);
                     // A duplicate (a bandwidth probe repeating old packets on RTX, a resend
                     // of a packet that was not lost) is not forwarded again.
-                    if new {
+                    if first && new {
                         let (chat_id, endpoint) = (p.chat_id, p.ufrag.clone());
                         self.forward_video(chat_id, idx, &endpoint, &pkt);
-                    }
-                    return;
-                }
-                if let Some((ssrc, layer)) =
-                    p.layers.iter_mut().find(|(s, _)| *s == *pkt.header.ssrc)
-                {
-                    let now = self.last_now;
-                    layer.on_packet(
-                        now,
-                        *pkt.header.payload_type,
-                        *pkt.seq_no,
-                        pkt.header.timestamp,
-                        pkt.header.marker,
-                        pkt.payload.clone(),
-                    );
-                    if layer.take_pli(now) {
-                        let ssrc = StrSsrc::from(*ssrc);
-                        if let Some(rx) = p.rtc.direct_api().stream_rx(&ssrc) {
-                            rx.request_keyframe(KeyframeRequestKind::Pli);
-                        }
                     }
                     return;
                 }

@@ -196,6 +196,31 @@ impl VideoReceiver {
         }
     }
 
+    /// [`VideoReceiver::on_packet`] for a packet str0m handed on, then the key frame request
+    /// it may call for ([`VideoReceiver::take_pli`]) sent on the packet's stream through
+    /// `rtc`. Returns `on_packet`'s answer (false: a duplicate, or not video).
+    pub fn on_rtp(
+        &mut self,
+        now: Instant,
+        rtc: &mut crate::str0m::Rtc,
+        packet: &crate::str0m::rtp::RtpPacket,
+    ) -> bool {
+        let new = self.on_packet(
+            now,
+            *packet.header.payload_type,
+            *packet.seq_no,
+            packet.header.timestamp,
+            packet.header.marker,
+            packet.payload.clone(),
+        );
+        if self.take_pli(now)
+            && let Some(rx) = rtc.direct_api().stream_rx(&packet.header.ssrc)
+        {
+            rx.request_keyframe(crate::str0m::media::KeyframeRequestKind::Pli);
+        }
+        new
+    }
+
     /// One packet of the media stream (RTX repairs arrive here unwrapped, with their original
     /// sequence number), `seq` extended (str0m's `seq_no`). Returns false for a packet that is
     /// not new (a duplicate, counted in [`VideoStats::duplicates`]) or not video; an SFU
