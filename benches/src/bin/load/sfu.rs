@@ -144,7 +144,6 @@ impl Sfu {
             .map_err(|e| e.to_string())
     }
 
-    /// (packets, lost) summed over every participant.
     /// `GET /v1/stats`, parsed.
     pub(crate) fn stats_json(&self) -> Result<Value, String> {
         let mut r = ureq::get(&format!("http://{}/v1/stats", self.http))
@@ -159,32 +158,39 @@ impl Sfu {
         serde_json::from_str(&body).map_err(|e| e.to_string())
     }
 
-    /// Participants whose audio sequence number wrapped at least once (`seq_wraps`), left
-    /// ones included.
-    pub(crate) fn wrapped(&self) -> Result<u64, String> {
+    /// (packets, lost) summed over every participant.
+    pub(crate) fn totals(&self) -> Result<(u64, u64), String> {
+        self.counts().map(|c| (c.packets, c.lost))
+    }
+
+    /// Packets and loss summed over every participant, and how many participants' audio
+    /// sequence number wrapped at least once (`seq_wraps`), left ones included: one stats
+    /// request.
+    pub(crate) fn counts(&self) -> Result<Counts, String> {
         let v = self.stats_json()?;
-        Ok(v["chats"]
+        let mut c = Counts::default();
+        let participants = v["chats"]
             .as_object()
             .into_iter()
             .flat_map(|chats| chats.values())
-            .flat_map(|list| list.as_array().into_iter().flatten())
-            .filter(|p| p["seq_wraps"].as_u64().unwrap_or(0) > 0)
-            .count() as u64)
-    }
-
-    pub(crate) fn totals(&self) -> Result<(u64, u64), String> {
-        let v = self.stats_json()?;
-        let (mut packets, mut lost) = (0, 0);
-        if let Some(chats) = v["chats"].as_object() {
-            for list in chats.values() {
-                for p in list.as_array().into_iter().flatten() {
-                    packets += p["packets"].as_u64().unwrap_or(0);
-                    lost += p["lost"].as_u64().unwrap_or(0);
-                }
-            }
+            .flat_map(|list| list.as_array().into_iter().flatten());
+        for p in participants {
+            let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            c.packets += n("packets");
+            c.lost += n("lost");
+            c.wrapped += u64::from(n("seq_wraps") > 0);
         }
-        Ok((packets, lost))
+        Ok(c)
     }
+}
+
+/// What [`Sfu::counts`] sums.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) packets: u64,
+    pub(crate) lost: u64,
+    /// Participants whose audio sequence number wrapped at least once.
+    pub(crate) wrapped: u64,
 }
 
 /// Threads that send a burst's joins at once ([`Sfu::join_all`]). sfu-mock serves 8 requests

@@ -46,8 +46,8 @@ pub(crate) fn soak(seconds: f64, args: &Args) -> Result<(Value, bool), String> {
             rc.churn(churn, &sfu)?;
         }
         let s = rc.sample();
-        let (packets, lost) = sfu.totals()?;
-        let wrapped = sfu.wrapped()?;
+        let c = sfu.counts()?;
+        let (packets, lost, wrapped) = (c.packets, c.lost, c.wrapped);
         let window = s.lateness.since(&prev.lateness);
         let (r, heap) = (rss_kb(), LIVE_BYTES.load(Ordering::Relaxed) / 1024);
         rss.push(r);
