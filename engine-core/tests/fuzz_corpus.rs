@@ -81,9 +81,13 @@ fn demux_first_datagram_corpus() {
             assert_eq!(outcome, demux::Outcome::Unroutable, "{name}");
             unroutable += 1;
         } else if name.starts_with("routed_") {
-            assert_eq!(outcome, demux::Outcome::RoutedByUfrag, "{name}");
+            assert!(outcome.routed(), "{name}: {outcome:?}");
             routed += 1;
-            fixture = demux::Fixture::new();
+            // As the fuzz target does: only a check the call answered spends the fixture, so
+            // the seeds after an unanswered one also prove the call learned nothing from it.
+            if outcome == (demux::Outcome::RoutedByUfrag { answered: true }) {
+                fixture = demux::Fixture::new();
+            }
         }
     }
     assert!(

@@ -34,7 +34,19 @@ pub enum Outcome {
     /// No call: counted in `dropped_unroutable`, no call saw it.
     Unroutable,
     /// Its STUN USERNAME named a call's ufrag (a peer-reflexive check): that call got it.
-    RoutedByUfrag,
+    RoutedByUfrag {
+        /// The call answered it or raised an event: it took the check as genuine, so its ICE
+        /// state may have changed (a new peer-reflexive candidate) and the fixture is spent.
+        /// A check whose integrity fails changes nothing and leaves this false.
+        answered: bool,
+    },
+}
+
+impl Outcome {
+    /// True if a call got the datagram.
+    pub fn routed(self) -> bool {
+        matches!(self, Self::RoutedByUfrag { .. })
+    }
 }
 
 /// An endpoint with three connected-in-progress calls on two sockets.
@@ -145,9 +157,14 @@ impl Fixture {
         assert_eq!(after.datagrams_received, before.datagrams_received + 1);
         if expect_ufrag {
             assert_eq!(after.dropped_unroutable, before.dropped_unroutable);
-            while self.endpoint.poll_transmit().is_some() {}
-            while self.endpoint.poll_event().is_some() {}
-            Outcome::RoutedByUfrag
+            let mut answered = false;
+            while self.endpoint.poll_transmit().is_some() {
+                answered = true;
+            }
+            while self.endpoint.poll_event().is_some() {
+                answered = true;
+            }
+            Outcome::RoutedByUfrag { answered }
         } else {
             assert_eq!(
                 after.dropped_unroutable,
