@@ -100,6 +100,20 @@ struct Cli {
     /// Threads starting the play benchmark's tracks at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_at_least_one)]
     play_threads: usize,
+    /// Measure the kernel's own cost per datagram on this machine instead of ramping: UDP
+    /// sends from many sockets to one, by `sendto` and by io_uring, with loopback's receive
+    /// processing on the sending core and steered away (module `floor`).
+    #[arg(long)]
+    kernel_floor: bool,
+    /// Sending sockets of `--kernel-floor` (each sends every 20 ms, like a call).
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = parse_at_least_one)]
+    floor_sockets: usize,
+    /// Datagrams each socket sends per `--kernel-floor` measurement.
+    #[arg(long, value_name = "N", default_value_t = 150, value_parser = parse_at_least_one)]
+    floor_frames: usize,
+    /// Repetitions of each `--kernel-floor` measurement (interleaved).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_at_least_one)]
+    floor_runs: usize,
     /// Video benchmark instead of ramp (issue 14): N calls showing the same 720p30 video,
     /// one shared ffmpeg encoder, then one encoder per call (module `video`).
     #[arg(long)]
@@ -238,6 +252,14 @@ pub(crate) struct Args {
     pub(crate) play_seconds: f64,
     /// Threads starting the tracks.
     pub(crate) play_threads: usize,
+    /// Measure the kernel's cost per datagram instead of ramping (`--kernel-floor`).
+    pub(crate) kernel_floor: bool,
+    /// Sending sockets of the floor measurement.
+    pub(crate) floor_sockets: usize,
+    /// Datagrams per socket per floor measurement.
+    pub(crate) floor_frames: usize,
+    /// Repetitions of each floor measurement.
+    pub(crate) floor_runs: usize,
     /// Run the video benchmark instead of ramping.
     pub(crate) video_bench: bool,
     /// Calls of the video benchmark (each N runs both designs).
@@ -301,6 +323,10 @@ impl Args {
             play_calls: cli.play_calls.0,
             play_seconds: cli.play_seconds,
             play_threads: cli.play_threads,
+            kernel_floor: cli.kernel_floor,
+            floor_sockets: cli.floor_sockets,
+            floor_frames: cli.floor_frames,
+            floor_runs: cli.floor_runs,
             video_bench: cli.video_bench,
             video_calls: cli.video_calls.0,
             video_seconds: cli.video_seconds,

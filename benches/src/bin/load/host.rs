@@ -47,16 +47,38 @@ impl LoopbackSteering {
         if args.cores <= args.shards {
             return Err("--steer-loopback needs a core for sfu-mock".to_owned());
         }
+        let mut steering = Self::read()?;
+        let bits = (args.shards..args.cores.min(64)).fold(0_u64, |m, c| m | 1 << c);
+        steering.set(bits)?;
+        eprintln!(
+            "load: loopback receives steered to cores {} (was {})",
+            steering.mask, steering.previous
+        );
+        Ok(steering)
+    }
+
+    /// Remembers the current mask (restored on drop) without changing it; fails if `lo`'s
+    /// mask cannot be written (not root).
+    pub(crate) fn read() -> Result<Self, String> {
         let previous = std::fs::read_to_string(LO_RPS_CPUS)
             .map_err(|e| format!("{LO_RPS_CPUS}: {e}"))?
             .trim()
             .to_owned();
-        let bits = (args.shards..args.cores.min(64)).fold(0_u64, |m, c| m | 1 << c);
+        std::fs::write(LO_RPS_CPUS, &previous)
+            .map_err(|e| format!("writing {LO_RPS_CPUS} (root?): {e}"))?;
+        Ok(Self {
+            mask: previous.clone(),
+            previous,
+        })
+    }
+
+    /// Sets the cores (a bit mask; 0: the sending core) that process loopback receives.
+    pub(crate) fn set(&mut self, bits: u64) -> Result<(), String> {
         let mask = format!("{bits:x}");
         std::fs::write(LO_RPS_CPUS, &mask)
             .map_err(|e| format!("writing {mask} to {LO_RPS_CPUS} (root?): {e}"))?;
-        eprintln!("load: loopback receives steered to cores {mask} (was {previous})");
-        Ok(Self { previous, mask })
+        self.mask = mask;
+        Ok(())
     }
 }
 

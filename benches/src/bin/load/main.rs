@@ -21,6 +21,7 @@
 //! load --soak SECONDS [--soak-calls N] [--churn PERCENT] [--soak-interval S] [--report PATH]
 //! load --hold N [--hold-sfus K] [--report PATH]
 //! load --play-bench [--play-calls 500,100] [--play-seconds S] [--play-file PATH] [--report PATH]
+//! load --kernel-floor [--floor-sockets 2000] [--floor-frames 150] [--floor-runs 3]
 //! ```
 //!
 //! `load --help` lists every flag with its default (module `args`).
@@ -50,6 +51,10 @@
 //! track cache, then with one ffmpeg and one encoder per call (the incumbents' design), and
 //! reports CPU and memory per call of each and their ratio (module `play`, issue 13).
 //!
+//! `--kernel-floor` measures what the kernel alone charges the sending core per datagram here
+//! (many sockets to one, `sendto` and io_uring, with and without RPS): the ceiling of streams
+//! per core for any engine on this machine (module `floor`).
+//!
 //! Modules: `args` (command line), `sfu` (the sfu-mock process), `system` (what a system under
 //! test offers), `engine` (ringcast), `tokio_per_call`, `webrtc_rs` and `ntgcalls` (the
 //! baselines; `ntgcalls_peer` is the namespace and driver it shares with sfu-mock's
@@ -67,6 +72,7 @@ use serde_json::{Value, json};
 mod args;
 mod burst;
 mod engine;
+mod floor;
 mod hold;
 mod host;
 mod ntgcalls;
@@ -125,7 +131,7 @@ static GLOBAL: Counting = Counting;
 
 /// Ramps (or soaks), then writes the report and the plot.
 fn run(args: &Args) -> Result<(), String> {
-    if !args.play_bench && !args.video_bench {
+    if !args.play_bench && !args.video_bench && !args.kernel_floor {
         eprintln!(
             "load: steps {:?}, {} s each, {} shards{}",
             args.steps,
@@ -135,6 +141,13 @@ fn run(args: &Args) -> Result<(), String> {
         );
     }
     raise_nofile(1 << 18);
+    if args.kernel_floor {
+        // Pins its own threads (sender on core 0, receiver on the others).
+        let report = floor::kernel_floor(args)?;
+        std::fs::write(&args.report, format!("{report:#}\n")).map_err(|e| e.to_string())?;
+        println!("{report}");
+        return Ok(());
+    }
     if args.pin && args.cores > args.shards {
         pin_self(args.shards)?;
     }
