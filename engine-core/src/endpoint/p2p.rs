@@ -177,7 +177,7 @@ impl Endpoint {
             call,
             peers: Vec::new(),
         };
-        let idx = self.insert(id, CallKind::P2p(entry), span)?;
+        let idx = self.insert(id, CallKind::P2p(Box::new(entry)), span)?;
         self.drain(idx);
         Ok(())
     }

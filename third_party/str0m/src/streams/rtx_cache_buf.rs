@@ -15,6 +15,11 @@ use crate::util::already_happened;
 #[derive(Debug)]
 pub struct EvictingBuffer<T> {
     buf: Vec<Option<Entry<T>>>,
+    /// ringcast patch: the size `buf` gets at the first push. Until then `buf` is empty and
+    /// costs nothing: a stream that never sends (the padding probe of a session without
+    /// bandwidth estimation, or a stream whose cache is replaced right after it is declared)
+    /// no longer holds `initial_size` empty slots (~4 KB at the default 2,000).
+    initial_size: usize,
     /// How long to keep entries for.
     max_age: Duration,
     /// The maximum size allowed to grow to. Once this sized is reached, new pushed
@@ -53,10 +58,10 @@ impl<T> EvictingBuffer<T> {
     /// Creates a new buffer with an initial size.
     pub fn new(initial_size: usize, max_age: Duration, max_size: usize) -> Self {
         Self {
-            // ringcast patch: a buffer that keeps nothing (max_age zero: inert, see
-            // `is_inert`) allocates nothing, instead of `initial_size` empty slots of a few
-            // hundred bytes each.
-            buf: prepare_buf(if max_age.is_zero() { 0 } else { initial_size }),
+            // ringcast patch: nothing is allocated here (see `initial_size`); a buffer that
+            // keeps nothing (max_age zero: inert, see `is_inert`) never allocates.
+            buf: Vec::new(),
+            initial_size,
             max_age,
             max_size,
             last_position: None,
@@ -78,6 +83,10 @@ impl<T> EvictingBuffer<T> {
     ///
     /// Position is an increasing sequence number. The sequence can be out of order.
     pub fn push(&mut self, position: u64, timestamp: Instant, value: T) {
+        if self.buf.is_empty() && !self.max_age.is_zero() {
+            // ringcast patch: the slots are allocated at the first push.
+            self.buf = prepare_buf(self.initial_size);
+        }
         if self.is_inert() {
             return;
         }
