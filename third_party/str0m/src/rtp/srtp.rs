@@ -43,6 +43,15 @@ const CTR_BUFFER_PADDING: usize = SRTP_BLOCK_SIZE - 1;
 /// needs, so `unprotect_rtp` never has to grow the buffer in practice.
 const RX_SCRATCH_CAPACITY: usize = DATAGRAM_MAX_PACKET_SIZE + CTR_BUFFER_PADDING;
 
+/// ringcast patch: the scratch buffer of `unprotect_rtp` is reserved at the first packet
+/// decrypted, not when the context is made, so a context that never decrypts RTP (every
+/// outgoing one, and the incoming one of a call that only sends) keeps no 2 KB buffer.
+fn reserve_scratch(scratch: &mut Vec<u8>) {
+    if scratch.capacity() == 0 {
+        scratch.reserve_exact(RX_SCRATCH_CAPACITY);
+    }
+}
+
 /// Start repeated warnings here, then double the failure count between reports.
 const DECRYPT_WARN_INITIAL_COUNT: u64 = 4_096;
 
@@ -70,7 +79,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
-                    rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rx_scratch: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -86,7 +95,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
-                    rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rx_scratch: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -102,7 +111,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
-                    rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+                    rx_scratch: Vec::new(),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
             }
@@ -145,7 +154,7 @@ impl SrtpContext {
             },
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
-            rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+            rx_scratch: Vec::new(),
             decrypt_warnings: DecryptWarnings::default(),
         }
     }
@@ -185,7 +194,7 @@ impl SrtpContext {
             },
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
-            rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
+            rx_scratch: Vec::new(),
             decrypt_warnings: DecryptWarnings::default(),
         }
     }
@@ -390,6 +399,7 @@ impl SrtpContext {
 
                 let input = &buf[header.header_len..hmac_start];
                 // Sized with CTR padding (aws-lc-rs requirement).
+                reserve_scratch(&mut self.rx_scratch);
                 self.rx_scratch.resize(input.len() + CTR_BUFFER_PADDING, 0);
 
                 if let Err(e) = dec.decrypt(&iv, input, &mut self.rx_scratch) {
@@ -419,6 +429,7 @@ impl SrtpContext {
                 // Input and output lengths for decryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.2
                 let out_len = input.len() - AeadAes128Gcm::TAG_LEN;
+                reserve_scratch(&mut self.rx_scratch);
                 self.rx_scratch.resize(out_len, 0);
 
                 match dec.decrypt(&iv, &[aad], input, &mut self.rx_scratch) {
@@ -451,6 +462,7 @@ impl SrtpContext {
                 // Input and output lengths for decryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.2
                 let out_len = input.len() - AeadAes256Gcm::TAG_LEN;
+                reserve_scratch(&mut self.rx_scratch);
                 self.rx_scratch.resize(out_len, 0);
 
                 match dec.decrypt(&iv, &[aad], input, &mut self.rx_scratch) {
