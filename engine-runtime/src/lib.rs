@@ -47,6 +47,14 @@ mod sync;
 mod uring_recv;
 mod uring_send;
 
+/// The engine's io_uring send path, exposed for one measurement only: the load tool's
+/// `--kernel-floor` mode sends through it with no WebRTC above, to measure what the kernel
+/// charges per datagram the way the engine sends. Not part of the API; may change at any time.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::uring_send::{SendCounters, UringSender};
+}
+
 pub use engine::{
     AuthParams, CallInfo, CallOptions, Engine, EngineBuilder, EngineEvent, EngineStats, EventKind,
     LatenessCauses, P2pCallInfo, P2pKeyInfo, RtcServer, SendPath,

@@ -113,20 +113,20 @@ impl Slot {
 
 /// Counters of a [`UringSender`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct SendCounters {
+pub struct SendCounters {
     /// Datagrams the kernel accepted.
-    pub(crate) sent: u64,
+    pub sent: u64,
     /// Datagrams the kernel refused (the errno is logged at debug level), other than for a
     /// full send buffer.
-    pub(crate) errors: u64,
+    pub errors: u64,
     /// Datagrams dropped because the socket's send buffer was full (`EAGAIN`, `ENOBUFS`).
-    pub(crate) dropped_full: u64,
+    pub dropped_full: u64,
     /// `io_uring_enter` calls made to submit.
-    pub(crate) submits: u64,
+    pub submits: u64,
 }
 
 /// A private io_uring that sends datagrams in batches; see the module docs.
-pub(crate) struct UringSender {
+pub struct UringSender {
     ring: IoUring,
     /// Never resized: the kernel holds pointers into it.
     slots: Box<[Slot]>,
@@ -138,9 +138,20 @@ pub(crate) struct UringSender {
     counters: SendCounters,
 }
 
+impl std::fmt::Debug for UringSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringSender")
+            .field("slots", &self.slots.len())
+            .field("in_flight", &self.in_flight())
+            .field("sockets", &self.fds.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
 impl UringSender {
     /// A ring with room for `slots` datagrams in flight (rounded up to a power of two).
-    pub(crate) fn new(slots: usize) -> io::Result<Self> {
+    pub fn new(slots: usize) -> io::Result<Self> {
         let slots = slots.next_power_of_two().clamp(64, 32_768);
         let ring = IoUring::builder().build(slots as u32)?;
         // A sparse table for fixed files; the kernel caps it at RLIMIT_NOFILE, so try smaller
@@ -164,7 +175,7 @@ impl UringSender {
     }
 
     /// Adds the socket with id `fds.len()`: ids must be added in order.
-    pub(crate) fn add_socket(&mut self, fd: RawFd) {
+    pub fn add_socket(&mut self, fd: RawFd) {
         let index = self.fds.len() as u32;
         if index < self.registered
             && self
@@ -182,7 +193,7 @@ impl UringSender {
     /// Queues one datagram; it goes out at the next [`UringSender::submit`] (or sooner, when
     /// the submission queue fills up). Returns a buffer to reuse: the one of the datagram the
     /// slot sent before (or `buf` itself if it could not be queued).
-    pub(crate) fn push(
+    pub fn push(
         &mut self,
         socket: usize,
         destination: SocketAddr,
@@ -262,7 +273,7 @@ impl UringSender {
     }
 
     /// Submits everything queued with one system call and reaps what has completed.
-    pub(crate) fn submit(&mut self) {
+    pub fn submit(&mut self) {
         if self.queued > 0 {
             self.submit_and_wait(0);
         } else {
@@ -275,7 +286,8 @@ impl UringSender {
         self.slots.len() - self.free.len()
     }
 
-    pub(crate) fn counters(&self) -> SendCounters {
+    /// What was sent, refused and dropped so far.
+    pub fn counters(&self) -> SendCounters {
         self.counters
     }
 

@@ -8,14 +8,17 @@
 //! receiving socket (sfu-mock's single port), in 1 ms ticks of a twentieth of the sockets. The
 //! sender thread is pinned to the first core, the receiver to the others. Two ways to send:
 //! - `sendto`: one `sendto(2)` per datagram;
-//! - `io_uring`: the engine's way (`engine-runtime/src/uring_send.rs`): one `SENDMSG` entry per
-//!   datagram on a private ring with the sockets registered, one `io_uring_enter` per tick.
+//! - `io_uring`: through the engine's own send path, `UringSender`
+//!   (`engine-runtime/src/uring_send.rs`, exposed to this tool as `ringcast::bench`): one
+//!   `SENDMSG` entry per datagram in a pre-allocated slot, the sockets registered, one
+//!   `io_uring_enter` per tick, and each datagram's buffer handed back for the next one as the
+//!   pacer's are.
 //!
 //! Each runs with loopback's receive processing on the sending core (the default) and steered
 //! to the receiver's cores (RPS on `lo`, as `--steer-loopback`; root), `--floor-runs` times in
 //! an interleaved order. CPU is the sender thread's own (`CLOCK_THREAD_CPUTIME_ID`), so the
 //! sleep between ticks costs nothing and the receiver is not counted.
-#![allow(unsafe_code)] // libc socket and affinity calls; the ring reads buffers that outlive each tick
+#![allow(unsafe_code)] // libc sendto, clock and affinity calls
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, opcode, types};
+use ringcast::bench::UringSender;
 use serde_json::{Value, json};
 
 use crate::args::Args;
@@ -182,11 +185,20 @@ fn measure(way: Way, sockets: usize, frames: usize, cores: usize) -> Result<Samp
         pin_thread(cores, |cpu| cpu == 0);
         let payload = [0x80_u8; DATAGRAM];
         let dest = sockaddr(target);
+        let per_tick = sockets.div_ceil(TICKS_PER_FRAME);
         let mut ring = match way {
-            Way::IoUring => Some(Ring::new(&senders, sockets.div_ceil(TICKS_PER_FRAME))?),
+            Way::IoUring => {
+                let mut ring = UringSender::new(per_tick).map_err(|e| format!("io_uring: {e}"))?;
+                for socket in &senders {
+                    ring.add_socket(socket.as_raw_fd());
+                }
+                Some(ring)
+            }
             Way::SendTo => None,
         };
-        let per_tick = sockets.div_ceil(TICKS_PER_FRAME);
+        // Buffers handed back by the ring, refilled for the next datagrams (the engine's
+        // str0m writes each packet into one of these).
+        let mut spare: Vec<Vec<u8>> = Vec::with_capacity(per_tick * 2);
         let cpu0 = thread_cpu_us();
         let mut sent = 0_u64;
         let mut next = Instant::now();
@@ -195,7 +207,15 @@ fn measure(way: Way, sockets: usize, frames: usize, cores: usize) -> Result<Samp
                 let first = tick * per_tick;
                 let batch = first.min(sockets)..(first + per_tick).min(sockets);
                 match ring.as_mut() {
-                    Some(ring) => sent += ring.send(batch, &payload, &dest),
+                    Some(ring) => {
+                        for i in batch {
+                            let mut buf = spare.pop().unwrap_or_default();
+                            buf.clear();
+                            buf.extend_from_slice(&payload);
+                            spare.extend(ring.push(i, target, buf));
+                        }
+                        ring.submit();
+                    }
                     None => {
                         for i in batch {
                             // SAFETY: the buffer and address outlive the call.
@@ -219,6 +239,15 @@ fn measure(way: Way, sockets: usize, frames: usize, cores: usize) -> Result<Samp
                 }
             }
         }
+        if let Some(ring) = ring.as_mut() {
+            // Reaps the last tick's completions (UDP sends complete inline).
+            ring.submit();
+            let counters = ring.counters();
+            sent = counters.sent;
+            if counters.errors + counters.dropped_full > 0 {
+                return Err(format!("the ring refused datagrams: {counters:?}"));
+            }
+        }
         Ok((sent, thread_cpu_us() - cpu0))
     });
     let result = send.join().map_err(|_| "the sender panicked".to_owned());
@@ -231,75 +260,6 @@ fn measure(way: Way, sockets: usize, frames: usize, cores: usize) -> Result<Samp
         sent,
         received: received.load(Ordering::Relaxed),
     })
-}
-
-/// A private ring with the sockets registered, one `SENDMSG` per datagram.
-struct Ring {
-    ring: IoUring,
-    /// One `msghdr` + `iovec` per slot; a tick uses at most `slots` of them.
-    hdrs: Box<[libc::msghdr]>,
-    iovs: Box<[libc::iovec]>,
-}
-
-impl Ring {
-    fn new(sockets: &[UdpSocket], slots: usize) -> Result<Self, String> {
-        let entries = (slots.next_power_of_two() as u32).max(8);
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .build(entries)
-            .map_err(|e| format!("io_uring: {e}"))?;
-        let fds: Vec<i32> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
-        ring.submitter()
-            .register_files(&fds)
-            .map_err(|e| format!("register_files: {e}"))?;
-        // SAFETY: all-zero is a valid msghdr and iovec.
-        let hdrs = vec![unsafe { std::mem::zeroed::<libc::msghdr>() }; slots].into_boxed_slice();
-        let iovs = vec![
-            libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0
-            };
-            slots
-        ]
-        .into_boxed_slice();
-        Ok(Self { ring, hdrs, iovs })
-    }
-
-    /// Sends one datagram from each socket of `batch` with one `io_uring_enter`; returns how
-    /// many completed successfully.
-    fn send(
-        &mut self,
-        batch: std::ops::Range<usize>,
-        payload: &[u8; DATAGRAM],
-        dest: &libc::sockaddr_in,
-    ) -> u64 {
-        let mut n = 0;
-        for (slot, socket) in batch.enumerate() {
-            self.iovs[slot] = libc::iovec {
-                iov_base: payload.as_ptr().cast_mut().cast(),
-                iov_len: payload.len(),
-            };
-            let hdr = &mut self.hdrs[slot];
-            hdr.msg_name = (dest as *const libc::sockaddr_in).cast_mut().cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            hdr.msg_iov = &raw mut self.iovs[slot];
-            hdr.msg_iovlen = 1;
-            let entry = opcode::SendMsg::new(types::Fixed(socket as u32), &raw const *hdr)
-                .flags(libc::MSG_DONTWAIT as u32)
-                .build()
-                .user_data(slot as u64);
-            // SAFETY: the msghdr, iovec, payload and address live until the completions are
-            // reaped below, before this function returns.
-            if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                break;
-            }
-            n += 1;
-        }
-        if self.ring.submit_and_wait(n).is_err() {
-            return 0;
-        }
-        self.ring.completion().filter(|c| c.result() > 0).count() as u64
-    }
 }
 
 fn sockaddr(addr: std::net::SocketAddr) -> libc::sockaddr_in {
