@@ -1296,10 +1296,12 @@ impl Session {
             seq_no,
             is_padding,
             payload_size,
+            packet_len,
         } = receipt;
+        let buf = &buf[..packet_len];
         self.pacer.register_send(now, payload_size.into(), midrid);
         if let Some(raw_packets) = &mut self.raw_packets {
-            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
+            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.to_vec())));
         }
         srtp_tx.protect_rtp_into(buf, &header, *seq_no, out);
         if twcc_enabled {
@@ -1344,7 +1346,9 @@ impl Session {
             seq_no,
             is_padding,
             payload_size,
+            packet_len,
         } = receipt;
+        let buf = &buf[..packet_len];
 
         trace!(payload_size, is_padding, "Poll RTP: {:?}", header);
 
@@ -1358,7 +1362,7 @@ impl Session {
         self.pacer.register_send(now, payload_size.into(), midrid);
 
         if let Some(raw_packets) = &mut self.raw_packets {
-            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
+            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.to_vec())));
         }
 
         let protected = srtp_tx.protect_rtp(buf, &header, *seq_no);
@@ -1642,6 +1646,9 @@ pub struct PacketReceipt {
     pub seq_no: SeqNo,
     pub is_padding: bool,
     pub payload_size: usize,
+    /// ringcast patch: the packet is `buf[..packet_len]`. The scratch buffer keeps its full
+    /// size between packets, so that it is not zero-filled again (~1.9 KB) for every packet.
+    pub packet_len: usize,
 }
 
 /// Find the PayloadParams for the given Pt, either when the Pt is the main Pt for the Codec or

@@ -717,7 +717,11 @@ impl StreamTx {
             *twcc += 1;
         }
 
-        buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        // ringcast patch: sized once; every byte of the packet is written below (header,
+        // payload or padding), so stale bytes past it do not matter and are not zeroed again.
+        if buf.len() < DATAGRAM_MAX_PACKET_SIZE {
+            buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        }
 
         let header_len = header.write_to(buf, exts);
         assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
@@ -766,7 +770,7 @@ impl StreamTx {
             }
         };
 
-        buf.truncate(header_len + body_len);
+        let packet_len = header_len + body_len;
 
         #[cfg(feature = "_internal_dont_use_log_stats")]
         {
@@ -821,6 +825,7 @@ impl StreamTx {
             seq_no,
             is_padding,
             payload_size: body_len,
+            packet_len,
         })
     }
 
@@ -1499,7 +1504,8 @@ mod test {
         assert_eq!(second.header.sequence_number, 0);
         assert_eq!(second.header.ext_vals.transport_cc, Some(0));
         assert_eq!(second.payload_size, SRTP_BLOCK_SIZE);
-        assert_eq!(buf.len(), second.header.header_len + second.payload_size);
+        assert_eq!(second.packet_len, second.header.header_len + second.payload_size);
+        let buf = &buf[..second.packet_len];
         assert!(
             RtpHeader::unpad_payload(&buf[second.header.header_len..])
                 .unwrap()
