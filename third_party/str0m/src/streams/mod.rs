@@ -135,9 +135,11 @@ pub(crate) struct Streams {
 
     /// All outgoing encoded streams.
     ///
-    /// ringcast patch: boxed. A `StreamTx` is ~1.8 KB and a map of one stream has 4 buckets,
-    /// so inline values cost ~7 KB per session for one sender; boxed, ~1.9 KB.
-    streams_tx: HashMap<Ssrc, Box<StreamTx>>,
+    /// ringcast patch: a [`SmallMap`], not a `HashMap`. A `StreamTx` is ~1.8 KB and a `HashMap`
+    /// of one entry has four buckets, so one sender cost ~7.3 KB per session; and the stream is
+    /// looked up for every packet sent, where SipHash and the probe cost more than comparing
+    /// the one to three SSRCs a session sends on.
+    streams_tx: SmallMap<Ssrc, StreamTx>,
 
     /// Non-media padding source. Its sequence counter survives media changes.
     probe_tx: StreamTx,
@@ -336,14 +338,9 @@ impl Streams {
         rtx: Option<Ssrc>,
         midrid: MidRid,
     ) -> &mut StreamTx {
-        self.streams_tx.entry(ssrc).or_insert_with(|| {
-            Box::new(StreamTx::new(
-                ssrc,
-                rtx,
-                midrid,
-                self.enable_stats,
-                self.mtu_warn,
-            ))
+        let (enable_stats, mtu_warn) = (self.enable_stats, self.mtu_warn);
+        self.streams_tx.get_or_insert_with(ssrc, || {
+            StreamTx::new(ssrc, rtx, midrid, enable_stats, mtu_warn)
         })
     }
 
@@ -369,7 +366,7 @@ impl Streams {
     }
 
     pub fn stream_tx(&mut self, ssrc: &Ssrc) -> Option<&mut StreamTx> {
-        self.streams_tx.get_mut(ssrc).map(|s| &mut **s)
+        self.streams_tx.get_mut(ssrc)
     }
 
     /// Lookup the "main" SSRC and mid for a given SSRC(main or RTX).
@@ -560,7 +557,7 @@ impl Streams {
     }
 
     pub(crate) fn streams_tx(&mut self) -> impl Iterator<Item = &mut StreamTx> {
-        self.streams_tx.values_mut().map(|s| &mut **s)
+        self.streams_tx.values_mut()
     }
 
     pub(crate) fn ssrcs_tx(&self, mid: Mid) -> Vec<(Ssrc, Option<Ssrc>)> {
@@ -681,10 +678,7 @@ impl Streams {
             self.probe_media?;
             return Some(&mut self.probe_tx);
         }
-        self.streams_tx
-            .values_mut()
-            .find(|s| s.is_midrid(midrid))
-            .map(|s| &mut **s)
+        self.streams_tx.values_mut().find(|s| s.is_midrid(midrid))
     }
 
     pub(crate) fn stream_rx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamRx> {
@@ -699,10 +693,7 @@ impl Streams {
 
     /// An iterator over all the tx streams for a given mid.
     pub(crate) fn streams_tx_by_mid(&mut self, mid: Mid) -> impl Iterator<Item = &mut StreamTx> {
-        self.streams_tx
-            .values_mut()
-            .filter(move |s| s.mid() == mid)
-            .map(|s| &mut **s)
+        self.streams_tx.values_mut().filter(move |s| s.mid() == mid)
     }
 
     /// An iterator over all the rx streams for a given mid.
@@ -795,5 +786,65 @@ impl fmt::Debug for RtpPacket {
             .field("nackable", &self.nackable)
             .field("timestamp", &self.timestamp)
             .finish()
+    }
+}
+
+/// ringcast patch: a map kept as a short `Vec` of pairs, for the few send streams of a
+/// session (one per SSRC: audio, video and its simulcast layers). Lookups compare keys in
+/// turn, which for a handful of `u32` SSRCs is cheaper than hashing one, and one entry costs
+/// its own size instead of a four-bucket table's. Iteration is in insertion order (a removal
+/// swaps the last entry into its place); nothing depends on the order.
+#[derive(Debug)]
+struct SmallMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: PartialEq, V> SmallMap<K, V> {
+    fn position(&self, key: &K) -> Option<usize> {
+        self.0.iter().position(|(k, _)| k == key)
+    }
+
+    fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        let index = match self.position(&key) {
+            Some(i) => i,
+            None => {
+                self.0.push((key, make()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[index].1
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let index = self.position(key)?;
+        Some(self.0.swap_remove(index).1)
+    }
+
+    fn contains_key(&self, key: &K) -> bool {
+        self.position(key).is_some()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().map(|(_, v)| v)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        self.0.retain_mut(|(k, v)| keep(k, v));
     }
 }
