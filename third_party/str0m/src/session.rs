@@ -215,8 +215,8 @@ impl Session {
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
-            // ringcast patch: allocated at the first packet (`packet_buf`), so that a session
-            // that never sends (a held or paused call) does not keep 2 KB for nothing.
+            // ringcast patch: empty until the first packet (`StreamTx::poll_packet` sizes it),
+            // so that a session that never sends (a held or paused call) does not keep 2 KB.
             poll_packet_buf: Vec::new(),
             pending_packet: None,
             media_bytes_rx: 0,
@@ -1283,7 +1283,7 @@ impl Session {
         let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {
             return false;
         };
-        let buf = packet_buf(&mut self.poll_packet_buf);
+        let buf = &mut self.poll_packet_buf;
         let twcc_seq = self.twcc;
         let exts = media.remote_extmap();
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
@@ -1328,7 +1328,7 @@ impl Session {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());
             return None;
         };
-        let buf = packet_buf(&mut self.poll_packet_buf);
+        let buf = &mut self.poll_packet_buf;
         let twcc_seq = self.twcc;
 
         let params = &self.codec_config;
@@ -1894,12 +1894,4 @@ fn srtcp_replay_check(windows: &mut Vec<(u32, u32, u128)>, ssrc: u32, index: u32
     }
     *seen |= 1u128 << age;
     true
-}
-
-/// ringcast patch: the scratch buffer of `poll_packet`, sized at first use.
-fn packet_buf(buf: &mut Vec<u8>) -> &mut Vec<u8> {
-    if buf.is_empty() {
-        buf.resize(2000, 0);
-    }
-    buf
 }
